@@ -1,0 +1,1 @@
+//! dbus test harness
