@@ -1,1 +1,101 @@
-//! control
+//! shoal's control plane: the orchestrator (replicated and global services, restarts with
+//! exponential backoff, scale up and down), the rolling updater, the scheduler and the task reaper.
+//!
+//! Everything here is pure: [`reconcile`] takes the full cluster state, the current time and a
+//! source of fresh ids, and returns the commands that move the cluster towards its specs. It does
+//! no IO, reads no clock and draws no randomness, so the leader loop, the deterministic
+//! simulation and the unit tests all drive the same code.
+//!
+//! Reconciliation is level-triggered: the plan depends only on the state and `now`, never on
+//! which event woke the caller. Running `reconcile` on a converged state returns no commands.
+
+mod orchestrator;
+mod reaper;
+mod scheduler;
+mod updater;
+
+use model::{ClusterState, Command, Id, Millis};
+
+/// Where new task ids come from. The daemon draws random ids; the simulation uses a seeded RNG.
+pub trait IdSource {
+    fn next_id(&mut self) -> Id;
+}
+
+/// Sequential ids, handy for tests: `t1`, `t2`, ...
+#[derive(Debug, Default)]
+pub struct SeqIds {
+    prefix: String,
+    next: u64,
+}
+
+impl SeqIds {
+    pub fn new(prefix: &str) -> SeqIds {
+        SeqIds {
+            prefix: prefix.into(),
+            next: 0,
+        }
+    }
+}
+
+impl IdSource for SeqIds {
+    fn next_id(&mut self) -> Id {
+        self.next += 1;
+        format!("{}{}", self.prefix, self.next)
+    }
+}
+
+/// The outcome of one reconciliation pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Commands to propose, in order. The leader proposes them as one atomic batch.
+    pub commands: Vec<Command>,
+    /// The earliest time at which reconciling again may produce new commands even if the state
+    /// does not change (an update delay expiring). `None`: only a state change can.
+    pub wake_at: Option<Millis>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: Millis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// Working state for one pass: the state as the commands planned so far will leave it.
+pub(crate) struct Pass<'a> {
+    pub state: ClusterState,
+    pub now: Millis,
+    pub ids: &'a mut dyn IdSource,
+    pub plan: Plan,
+}
+
+impl Pass<'_> {
+    /// Record a command and apply it to the working copy so later phases see its effect.
+    pub fn push(&mut self, cmd: Command) {
+        // Commands built here are valid by construction; a rejected one is dropped from the plan
+        // so that the batch as a whole still applies.
+        if self.state.apply(&cmd).is_ok() {
+            self.plan.commands.push(cmd);
+        }
+    }
+}
+
+/// Compute the commands that move `state` towards its specs at time `now`.
+pub fn reconcile(state: &ClusterState, now: Millis, ids: &mut dyn IdSource) -> Plan {
+    let mut pass = Pass {
+        state: state.clone(),
+        now,
+        ids,
+        plan: Plan::default(),
+    };
+    let service_ids: Vec<Id> = pass.state.services.keys().cloned().collect();
+    for id in &service_ids {
+        updater::update_service(&mut pass, id);
+        orchestrator::reconcile_service(&mut pass, id);
+    }
+    scheduler::schedule(&mut pass);
+    reaper::reap(&mut pass);
+    pass.plan
+}
+
+#[cfg(test)]
+mod tests;

@@ -198,6 +198,12 @@ pub enum Command {
     /// Create or replace tasks (orchestrator, scheduler, restart, updater). Keeps the observed
     /// status of an existing task: managers never write it.
     PutTasks(Vec<Task>),
+    /// The scheduler's decision: set the node of pending tasks and mark them ASSIGNED. Managers
+    /// write observed states up to ASSIGNED; from ACCEPTED on only the node writes them.
+    Assign {
+        assignments: Vec<(Id, Id)>,
+        now: Millis,
+    },
     /// Set the desired state of tasks (only forward, except READY -> RUNNING release).
     SetDesired {
         task_ids: Vec<Id>,
@@ -397,6 +403,24 @@ impl ClusterState {
                 Ok(Applied {
                     changed: tasks.len() as u64,
                 })
+            }
+            Command::Assign { assignments, now } => {
+                let mut changed = 0;
+                for (task_id, node_id) in assignments {
+                    if let Some(t) = self.tasks.get_mut(task_id) {
+                        if t.node_id.is_none() && t.status.state < TaskState::Assigned {
+                            t.node_id = Some(node_id.clone());
+                            t.status = TaskStatus {
+                                state: TaskState::Assigned,
+                                timestamp: *now,
+                                message: "scheduled".into(),
+                                ..Default::default()
+                            };
+                            changed += 1;
+                        }
+                    }
+                }
+                Ok(Applied { changed })
             }
             Command::SetDesired { task_ids, desired } => {
                 let mut changed = 0;

@@ -1,0 +1,38 @@
+//! The task reaper: deletes finished tasks beyond each slot's history limit, and finished tasks
+//! whose service or slot is gone (desired REMOVE).
+
+use std::collections::BTreeMap;
+
+use model::{Command, SlotKey, TaskState};
+
+use crate::Pass;
+
+pub(crate) fn reap(pass: &mut Pass<'_>) {
+    let limit = pass.state.settings.task_history_limit as usize;
+    let mut delete = Vec::new();
+    let mut history: BTreeMap<(&str, SlotKey), Vec<(u64, &str)>> = BTreeMap::new();
+    for t in pass.state.tasks.values() {
+        let finished = t.status.state.is_terminal() || t.node_id.is_none();
+        if t.desired == TaskState::Remove && finished {
+            delete.push(t.id.clone());
+        } else if t.desired >= TaskState::Shutdown && t.status.state.is_terminal() {
+            history
+                .entry((t.service_id.as_str(), t.slot_key()))
+                .or_default()
+                .push((t.created_at, t.id.as_str()));
+        } else if !pass.state.services.contains_key(&t.service_id) && finished {
+            delete.push(t.id.clone());
+        }
+    }
+    for (_, mut old) in history {
+        if old.len() > limit {
+            old.sort();
+            let excess = old.len() - limit;
+            delete.extend(old[..excess].iter().map(|(_, id)| id.to_string()));
+        }
+    }
+    if !delete.is_empty() {
+        delete.sort();
+        pass.push(Command::DeleteTasks(delete));
+    }
+}

@@ -1,0 +1,538 @@
+//! Scenario tests of the control plane against a small simulated agent with virtual time.
+
+use std::collections::BTreeMap;
+
+use model::*;
+
+use crate::{SeqIds, reconcile};
+
+/// A simulated single- or multi-node cluster: the control plane plus an agent per node that moves
+/// tasks forward instantly. Images named `bad` fail right after starting.
+struct Sim {
+    state: ClusterState,
+    now: Millis,
+    ids: SeqIds,
+}
+
+const STEP: Millis = 100;
+
+impl Sim {
+    fn new(nodes: &[&str]) -> Sim {
+        let mut state = ClusterState::default();
+        state.settings.task_history_limit = 3;
+        for (i, n) in nodes.iter().enumerate() {
+            state
+                .apply(&Command::UpsertNode(Node {
+                    id: n.to_string(),
+                    raft_id: i as u64 + 1,
+                    name: n.to_string(),
+                    role: NodeRole::Manager,
+                    availability: Availability::Active,
+                    status: NodeStatus::Ready,
+                    labels: BTreeMap::new(),
+                    addr: String::new(),
+                    last_heartbeat: 0,
+                    version: String::new(),
+                }))
+                .unwrap();
+        }
+        Sim {
+            state,
+            now: 1_000_000,
+            ids: SeqIds::new("t"),
+        }
+    }
+
+    fn create(&mut self, name: &str, mode: ServiceMode, image: &str) -> Id {
+        let mut spec = ServiceSpec {
+            name: name.into(),
+            mode,
+            ..Default::default()
+        };
+        spec.task.image = image.into();
+        spec.task.stop_signal = "SIGTERM".into();
+        let id = format!("svc-{name}");
+        self.state
+            .apply(&Command::CreateService(Service {
+                id: id.clone(),
+                spec,
+                version: 1,
+                previous_spec: None,
+                image_digest: None,
+                update_status: None,
+                created_at: self.now,
+                updated_at: self.now,
+            }))
+            .unwrap();
+        id
+    }
+
+    fn update(&mut self, id: &str, f: impl FnOnce(&mut ServiceSpec)) {
+        let mut spec = self.state.services[id].spec.clone();
+        f(&mut spec);
+        self.state
+            .apply(&Command::UpdateService {
+                id: id.into(),
+                spec,
+                image_digest: None,
+                now: self.now,
+            })
+            .unwrap();
+    }
+
+    /// One control-plane pass, then one agent pass, then time moves on.
+    fn step(&mut self) {
+        let plan = reconcile(&self.state, self.now, &mut self.ids);
+        for c in &plan.commands {
+            self.state.apply(c).expect("planned commands apply");
+        }
+        self.agent();
+        self.check_invariants();
+        self.now += STEP;
+    }
+
+    fn agent(&mut self) {
+        let tasks: Vec<Task> = self.state.tasks.values().cloned().collect();
+        for t in tasks {
+            let Some(node) = t.node_id.clone() else {
+                continue;
+            };
+            let cur = t.status.state;
+            if cur.is_terminal() {
+                continue;
+            }
+            let next = if t.desired >= TaskState::Shutdown {
+                Some(TaskState::Shutdown)
+            } else if cur == TaskState::Running {
+                (t.spec.image == "bad").then_some(TaskState::Failed)
+            } else if t.desired == TaskState::Running
+                && t.not_before.is_none_or(|nb| self.now >= nb)
+            {
+                Some(TaskState::Running)
+            } else if cur < TaskState::Ready {
+                Some(TaskState::Ready)
+            } else {
+                None
+            };
+            if let Some(state) = next {
+                self.report(&t.id, &node, state);
+            }
+        }
+    }
+
+    fn report(&mut self, task: &str, node: &str, state: TaskState) {
+        let status = TaskStatus {
+            state,
+            timestamp: self.now,
+            ..Default::default()
+        };
+        self.state
+            .apply(&Command::UpdateTaskStatus {
+                task_id: task.into(),
+                node_id: node.into(),
+                status,
+            })
+            .unwrap();
+    }
+
+    fn crash(&mut self, task: &str) {
+        let node = self.state.tasks[task].node_id.clone().unwrap();
+        self.report(task, &node, TaskState::Failed);
+    }
+
+    fn run_until(&mut self, what: &str, mut done: impl FnMut(&Sim) -> bool) {
+        for _ in 0..2000 {
+            if done(self) {
+                return;
+            }
+            self.step();
+        }
+        panic!(
+            "not converged after 2000 steps: {what}\n{:#?}",
+            self.state.tasks
+        );
+    }
+
+    fn running<'a>(&'a self, svc: &'a str) -> Vec<&'a Task> {
+        self.state
+            .tasks_of(svc)
+            .filter(|t| t.status.state == TaskState::Running && t.desired == TaskState::Running)
+            .collect()
+    }
+
+    fn converged(&self, svc: &str, n: usize) -> bool {
+        let s = &self.state.services[svc];
+        let running = self.running(svc);
+        running.len() == n
+            && running.iter().all(|t| t.spec_version == s.version)
+            && self.state.tasks_of(svc).filter(|t| t.is_runnable()).count() == n
+    }
+
+    fn check_invariants(&self) {
+        for t in self.state.tasks.values() {
+            // Tasks never run without a node.
+            if t.status.state >= TaskState::Accepted {
+                assert!(t.node_id.is_some(), "task {} runs without node", t.id);
+            }
+        }
+        // A replicated slot never has two runnable tasks of the same version.
+        let mut seen = BTreeMap::new();
+        for t in self
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.is_runnable() && t.slot > 0)
+        {
+            let prev = seen.insert((t.service_id.clone(), t.slot, t.spec_version), t.id.clone());
+            assert!(
+                prev.is_none(),
+                "slot {} of {} has two tasks of one version",
+                t.slot,
+                t.service_id
+            );
+        }
+    }
+}
+
+#[test]
+fn replicated_service_converges_and_is_stable() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "bb");
+    sim.run_until("3 running", |s| s.converged(&svc, 3));
+    let slots: Vec<u64> = sim.running(&svc).iter().map(|t| t.slot).collect();
+    assert_eq!(slots.len(), 3);
+    for s in 1..=3 {
+        assert!(slots.contains(&s), "slot {s} missing: {slots:?}");
+    }
+    // Level-triggered and idempotent: a converged state plans nothing.
+    let plan = reconcile(&sim.state, sim.now, &mut SeqIds::new("x"));
+    assert!(
+        plan.commands.is_empty(),
+        "converged state planned {:?}",
+        plan.commands
+    );
+}
+
+#[test]
+fn scale_up_and_down_removes_highest_slots() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 2 }, "bb");
+    sim.run_until("2", |s| s.converged(&svc, 2));
+    sim.update(&svc, |s| s.mode = ServiceMode::Replicated { replicas: 5 });
+    sim.run_until("5", |s| s.converged(&svc, 5));
+    sim.update(&svc, |s| s.mode = ServiceMode::Replicated { replicas: 2 });
+    sim.run_until("2 again", |s| s.converged(&svc, 2));
+    let mut slots: Vec<u64> = sim.running(&svc).iter().map(|t| t.slot).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2]);
+    // Removed slots' tasks are deleted once stopped.
+    sim.run_until("reaped", |s| s.state.tasks_of(&svc).all(|t| t.slot <= 2));
+}
+
+#[test]
+fn crash_is_replaced_with_exponential_backoff_that_resets() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&svc, |s| {
+        s.restart.delay = 1_000;
+        s.restart.max_delay = 3_000;
+        s.restart.window = 60_000;
+    });
+    sim.run_until("1", |s| s.converged(&svc, 1));
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let victim = sim.running(&svc)[0].id.clone();
+        sim.crash(&victim);
+        let crashed_at = sim.now;
+        sim.step();
+        let replacement = sim
+            .state
+            .tasks_of(&svc)
+            .find(|t| t.is_runnable())
+            .expect("replacement created")
+            .clone();
+        assert_eq!(replacement.slot, 1, "replacement stays in the slot");
+        assert_ne!(replacement.id, victim);
+        delays.push(replacement.not_before.unwrap() - crashed_at);
+        sim.run_until("running again", |s| s.converged(&svc, 1));
+        assert!(
+            sim.now >= replacement.not_before.unwrap(),
+            "started before its backoff"
+        );
+    }
+    assert_eq!(delays, vec![1_000, 2_000, 3_000, 3_000]);
+    // A healthy run (longer than the window) resets the backoff.
+    for _ in 0..700 {
+        sim.step();
+    }
+    let victim = sim.running(&svc)[0].id.clone();
+    sim.crash(&victim);
+    let crashed_at = sim.now;
+    sim.step();
+    let replacement = sim
+        .state
+        .tasks_of(&svc)
+        .find(|t| t.is_runnable())
+        .unwrap()
+        .clone();
+    assert_eq!(replacement.not_before.unwrap() - crashed_at, 1_000);
+    // History is bounded.
+    assert!(sim.state.tasks_of(&svc).count() <= 1 + 3);
+}
+
+#[test]
+fn restart_conditions() {
+    let mut sim = Sim::new(&["n1"]);
+    let none = sim.create("none", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&none, |s| s.restart.condition = RestartCondition::None);
+    let onf = sim.create("onf", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&onf, |s| s.restart.condition = RestartCondition::OnFailure);
+    sim.run_until("both", |s| s.converged(&none, 1) && s.converged(&onf, 1));
+    let t = sim.running(&none)[0].id.clone();
+    sim.crash(&t);
+    let t2 = sim.running(&onf)[0].clone();
+    sim.report(&t2.id, "n1", TaskState::Complete);
+    for _ in 0..50 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.state
+            .tasks_of(&none)
+            .filter(|t| t.is_runnable())
+            .count(),
+        0
+    );
+    assert_eq!(
+        sim.state.tasks_of(&onf).filter(|t| t.is_runnable()).count(),
+        0,
+        "exit 0 is not a failure"
+    );
+    // on-failure does restart a failure (slot 1 finished for good; slot 2 is new).
+    sim.update(&onf, |s| s.mode = ServiceMode::Replicated { replicas: 2 });
+    sim.run_until("onf slot 2", |s| {
+        s.running(&onf).iter().any(|t| t.slot == 2)
+    });
+    let t3 = sim.running(&onf)[0].id.clone();
+    sim.crash(&t3);
+    sim.run_until("onf restarted", |s| {
+        s.running(&onf).iter().any(|t| t.slot == 2 && t.id != t3)
+    });
+}
+
+#[test]
+fn rolling_update_stop_first_one_at_a_time() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 4 }, "v1");
+    sim.run_until("4", |s| s.converged(&svc, 4));
+    sim.update(&svc, |s| {
+        s.task.image = "v2".into();
+        s.update.parallelism = 1;
+        s.update.delay = 500;
+    });
+    let mut min_running = usize::MAX;
+    let mut batches_started = Vec::new();
+    sim.run_until("updated", |s| {
+        s.converged(&svc, 4) && s.running(&svc).iter().all(|t| t.spec.image == "v2")
+    });
+    // Re-run the scenario while observing to check the invariants during the update.
+    let mut sim2 = Sim::new(&["n1"]);
+    let svc2 = sim2.create("web", ServiceMode::Replicated { replicas: 4 }, "v1");
+    sim2.run_until("4", |s| s.converged(&svc2, 4));
+    sim2.update(&svc2, |s| {
+        s.task.image = "v2".into();
+        s.update.delay = 500;
+    });
+    for _ in 0..400 {
+        sim2.step();
+        let running = sim2.running(&svc2).len();
+        min_running = min_running.min(running);
+        for t in sim2.state.tasks_of(&svc2).filter(|t| t.spec.image == "v2") {
+            if !batches_started.contains(&t.created_at) {
+                batches_started.push(t.created_at);
+            }
+        }
+        // stop-first never runs old and new in one slot.
+        for slot in 1..=4 {
+            let live = sim2
+                .state
+                .tasks_of(&svc2)
+                .filter(|t| t.slot == slot && t.status.state == TaskState::Running)
+                .count();
+            assert!(
+                live <= 1,
+                "slot {slot} has {live} running tasks during stop-first"
+            );
+        }
+    }
+    assert!(
+        min_running >= 3,
+        "parallelism 1 keeps 3 of 4 running, saw {min_running}"
+    );
+    batches_started.sort();
+    assert_eq!(batches_started.len(), 4, "one batch per slot");
+    for w in batches_started.windows(2) {
+        assert!(
+            w[1] - w[0] >= 500,
+            "update delay respected between batches: {batches_started:?}"
+        );
+    }
+    let st = sim2.state.services[&svc2].update_status.clone().unwrap();
+    assert_eq!(st.state, UpdateState::Completed);
+}
+
+#[test]
+fn rolling_update_start_first_keeps_capacity() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "v1");
+    sim.run_until("3", |s| s.converged(&svc, 3));
+    sim.update(&svc, |s| {
+        s.task.image = "v2".into();
+        s.update.order = UpdateOrder::StartFirst;
+        s.update.parallelism = 2;
+    });
+    for _ in 0..200 {
+        sim.step();
+        let running = sim
+            .state
+            .tasks_of(&svc)
+            .filter(|t| t.status.state == TaskState::Running)
+            .count();
+        assert!(
+            running >= 3,
+            "start-first never drops below the replica count: {running}"
+        );
+    }
+    assert!(sim.converged(&svc, 3));
+    assert!(sim.running(&svc).iter().all(|t| t.spec.image == "v2"));
+}
+
+#[test]
+fn failing_update_pauses_or_rolls_back() {
+    for action in [
+        FailureAction::Pause,
+        FailureAction::Rollback,
+        FailureAction::Continue,
+    ] {
+        let mut sim = Sim::new(&["n1"]);
+        let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "v1");
+        sim.run_until("3", |s| s.converged(&svc, 3));
+        sim.update(&svc, |s| {
+            s.task.image = "bad".into();
+            s.update.failure_action = action;
+        });
+        for _ in 0..300 {
+            sim.step();
+        }
+        let st = sim.state.services[&svc].update_status.clone().unwrap();
+        match action {
+            FailureAction::Pause => {
+                assert_eq!(st.state, UpdateState::Paused);
+                // The rollout halts with old tasks still serving, and stays halted.
+                let old = sim
+                    .running(&svc)
+                    .iter()
+                    .filter(|t| t.spec.image == "v1")
+                    .count();
+                assert!(
+                    old >= 1,
+                    "pause stops the rollout before it reaches every slot"
+                );
+                for _ in 0..300 {
+                    sim.step();
+                }
+                let still = sim
+                    .running(&svc)
+                    .iter()
+                    .filter(|t| t.spec.image == "v1")
+                    .count();
+                assert_eq!(still, old, "a paused update does not go on");
+            }
+            FailureAction::Rollback => {
+                assert_eq!(st.state, UpdateState::RollbackCompleted, "{st:?}");
+                assert_eq!(sim.state.services[&svc].spec.task.image, "v1");
+                assert!(sim.converged(&svc, 3));
+                assert!(sim.running(&svc).iter().all(|t| t.spec.image == "v1"));
+            }
+            FailureAction::Continue => {
+                let bad = sim
+                    .state
+                    .tasks_of(&svc)
+                    .filter(|t| t.spec.image == "bad")
+                    .count();
+                assert!(bad >= 3, "continue reaches every slot");
+                assert_eq!(
+                    sim.running(&svc)
+                        .iter()
+                        .filter(|t| t.spec.image == "v1")
+                        .count(),
+                    0
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn global_service_follows_eligible_nodes() {
+    let mut sim = Sim::new(&["n1", "n2", "n3"]);
+    let svc = sim.create("agent", ServiceMode::Global, "bb");
+    sim.run_until("3", |s| s.running(&svc).len() == 3);
+    let nodes: Vec<_> = sim
+        .running(&svc)
+        .iter()
+        .map(|t| t.node_id.clone().unwrap())
+        .collect();
+    assert_eq!(nodes, vec!["n1", "n2", "n3"]);
+    let mut n2 = sim.state.nodes["n2"].clone();
+    n2.availability = Availability::Drain;
+    sim.state.apply(&Command::UpsertNode(n2)).unwrap();
+    sim.run_until("drained", |s| s.running(&svc).len() == 2);
+    for _ in 0..20 {
+        sim.step();
+    }
+    assert!(
+        sim.running(&svc)
+            .iter()
+            .all(|t| t.node_id.as_deref() != Some("n2"))
+    );
+    assert_eq!(
+        sim.running(&svc).len(),
+        2,
+        "global tasks are not moved elsewhere"
+    );
+}
+
+#[test]
+fn replicated_tasks_spread_and_leave_drained_nodes() {
+    let mut sim = Sim::new(&["n1", "n2", "n3"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 6 }, "bb");
+    sim.run_until("6", |s| s.converged(&svc, 6));
+    let mut per_node = BTreeMap::new();
+    for t in sim.running(&svc) {
+        *per_node.entry(t.node_id.clone().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
+    let mut n1 = sim.state.nodes["n1"].clone();
+    n1.availability = Availability::Drain;
+    sim.state.apply(&Command::UpsertNode(n1)).unwrap();
+    sim.run_until("moved", |s| {
+        s.converged(&svc, 6)
+            && s.running(&svc)
+                .iter()
+                .all(|t| t.node_id.as_deref() != Some("n1"))
+    });
+}
+
+#[test]
+fn removing_a_service_stops_and_reaps_its_tasks() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "bb");
+    sim.run_until("3", |s| s.converged(&svc, 3));
+    sim.state
+        .apply(&Command::RemoveService { id: svc.clone() })
+        .unwrap();
+    sim.run_until("gone", |s| s.state.tasks.is_empty());
+}

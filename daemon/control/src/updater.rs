@@ -1,0 +1,298 @@
+//! The rolling updater: replaces the tasks of a service whose spec changed, slot by slot,
+//! following the service's `update` settings (or `rollback` settings while rolling back).
+//!
+//! Level-triggered: progress is read from the tasks themselves.
+//! - A slot is *dirty* when its runnable task was made from an older service version.
+//! - A slot is *in flight* while its new task has not reached RUNNING (or, stop-first, while it
+//!   waits for the old task to stop).
+//! - A new batch starts when fewer than `parallelism` slots are in flight (0: no limit) and
+//!   `delay` has passed since the last new task reached RUNNING.
+//! - stop-first: the old task gets desired SHUTDOWN and the new one is created with desired
+//!   READY; it is released to RUNNING once the old task has stopped.
+//! - start-first: the new task starts at once; the old one is shut down when the new one runs.
+//! - A new task that fails (or exits) within `monitor` of starting counts as a failure; above
+//!   `max_failure_ratio` the `failure_action` applies: pause, continue, or rollback to the
+//!   previous spec (a failing rollback pauses).
+
+use model::{
+    Command, FailureAction, Id, Service, TaskState, UpdateConfig, UpdateOrder, UpdateState,
+    UpdateStatus,
+};
+
+use crate::Pass;
+use crate::orchestrator::{new_task, tasks_by_slot, wanted_slots};
+
+pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
+    let Some(svc) = pass.state.services.get(service_id).cloned() else {
+        return;
+    };
+    let rolling_back = matches!(
+        svc.update_status.as_ref().map(|s| s.state),
+        Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused)
+    );
+    let config = if rolling_back {
+        svc.spec.rollback.clone()
+    } else {
+        svc.spec.update.clone()
+    };
+    let status = svc.update_status.clone();
+
+    // A paused update stays paused until the spec changes again.
+    if let Some(st) = &status {
+        let paused = matches!(st.state, UpdateState::Paused | UpdateState::RollbackPaused);
+        if paused && svc.updated_at <= st.started_at {
+            return;
+        }
+    }
+
+    let wanted = wanted_slots(pass, &svc);
+    let slots = tasks_by_slot(pass, service_id);
+    let now = pass.now;
+    let started_at = status
+        .as_ref()
+        .filter(|s| {
+            matches!(
+                s.state,
+                UpdateState::Updating | UpdateState::RollbackStarted
+            )
+        })
+        .map(|s| s.started_at)
+        .unwrap_or(svc.updated_at);
+
+    let mut dirty = Vec::new();
+    let mut in_flight = 0u64;
+    let mut release = Vec::new();
+    let mut shut_old = Vec::new();
+    let mut last_running: Option<u64> = None;
+    let mut updated = 0u64;
+    let mut failed = 0u64;
+
+    for (slot, tasks) in &slots {
+        if !wanted.contains(slot) {
+            continue;
+        }
+        let runnable: Vec<_> = tasks.iter().filter(|t| t.is_runnable()).collect();
+        let new: Vec<_> = runnable
+            .iter()
+            .filter(|t| t.spec_version == svc.version)
+            .collect();
+        let old: Vec<_> = runnable
+            .iter()
+            .filter(|t| t.spec_version != svc.version)
+            .collect();
+        // Old tasks still stopping in this slot (stop-first hand-over).
+        let old_stopping = tasks.iter().any(|t| {
+            t.spec_version != svc.version
+                && t.desired >= TaskState::Shutdown
+                && !t.status.state.is_terminal()
+                && t.node_id.is_some()
+        });
+
+        for t in tasks
+            .iter()
+            .filter(|t| t.spec_version == svc.version && t.created_at >= started_at)
+        {
+            if t.restart_attempt == 0 {
+                updated += 1;
+            }
+            if t.status.state == TaskState::Running {
+                last_running =
+                    Some(last_running.map_or(t.status.timestamp, |l| l.max(t.status.timestamp)));
+            }
+            if failed_within_monitor(t, &config) {
+                failed += 1;
+            }
+        }
+
+        match (new.first(), old.is_empty()) {
+            (None, false) => dirty.push((
+                slot.clone(),
+                old.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
+            )),
+            (Some(n), _) => {
+                if n.desired == TaskState::Ready {
+                    // stop-first: wait for the old task to stop, then release the new one.
+                    if old_stopping || !old.is_empty() {
+                        in_flight += 1;
+                    } else {
+                        release.push(n.id.clone());
+                        in_flight += 1;
+                    }
+                } else if n.status.state < TaskState::Running {
+                    in_flight += 1;
+                } else if !old.is_empty() {
+                    // start-first: the new task runs, retire the old one.
+                    shut_old.extend(old.iter().map(|t| t.id.clone()));
+                }
+            }
+            (None, true) => {}
+        }
+    }
+
+    if !release.is_empty() {
+        pass.push(Command::SetDesired {
+            task_ids: release,
+            desired: TaskState::Running,
+        });
+    }
+    if !shut_old.is_empty() {
+        pass.push(Command::SetDesired {
+            task_ids: shut_old,
+            desired: TaskState::Shutdown,
+        });
+    }
+
+    let updating = dirty.len() as u64 + in_flight > 0;
+    let set_status = |pass: &mut Pass<'_>, state: UpdateState, message: &str, started: u64| {
+        let completed_at = matches!(
+            state,
+            UpdateState::Completed | UpdateState::RollbackCompleted
+        )
+        .then_some(now);
+        pass.push(Command::SetUpdateStatus {
+            service_id: service_id.clone(),
+            status: Some(UpdateStatus {
+                state,
+                started_at: started,
+                completed_at,
+                message: message.into(),
+            }),
+        });
+    };
+
+    // Failure handling.
+    if failed > 0 && updating {
+        let ratio_exceeded =
+            failed * 1000 > u64::from(config.max_failure_ratio_permille) * updated.max(1);
+        if ratio_exceeded {
+            match (config.failure_action, rolling_back) {
+                (FailureAction::Continue, _) => {}
+                (_, true) => {
+                    set_status(
+                        pass,
+                        UpdateState::RollbackPaused,
+                        "rollback paused: tasks failed",
+                        started_at,
+                    );
+                    return;
+                }
+                (FailureAction::Pause, false) => {
+                    set_status(
+                        pass,
+                        UpdateState::Paused,
+                        "update paused: tasks failed",
+                        started_at,
+                    );
+                    return;
+                }
+                (FailureAction::Rollback, false) => {
+                    if let Some(prev) = svc.previous_spec.clone() {
+                        pass.push(Command::UpdateService {
+                            id: service_id.clone(),
+                            spec: prev,
+                            image_digest: None,
+                            now,
+                        });
+                        set_status(
+                            pass,
+                            UpdateState::RollbackStarted,
+                            "update failed: rolling back",
+                            now,
+                        );
+                    } else {
+                        set_status(
+                            pass,
+                            UpdateState::Paused,
+                            "update paused: no previous spec",
+                            started_at,
+                        );
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    if !updating {
+        match status.as_ref().map(|s| s.state) {
+            Some(UpdateState::Updating) => {
+                set_status(pass, UpdateState::Completed, "update completed", started_at)
+            }
+            Some(UpdateState::RollbackStarted) => set_status(
+                pass,
+                UpdateState::RollbackCompleted,
+                "rollback completed",
+                started_at,
+            ),
+            _ => {}
+        }
+        return;
+    }
+
+    if !matches!(
+        status.as_ref().map(|s| s.state),
+        Some(UpdateState::Updating | UpdateState::RollbackStarted)
+    ) || status
+        .as_ref()
+        .is_some_and(|s| s.started_at < svc.updated_at && !rolling_back)
+    {
+        set_status(pass, UpdateState::Updating, "update in progress", now);
+    }
+
+    // Start the next batch once there is room and the delay has passed.
+    let room = if config.parallelism == 0 {
+        u64::MAX
+    } else {
+        config.parallelism.saturating_sub(in_flight)
+    };
+    if room == 0 || dirty.is_empty() {
+        return;
+    }
+    if let Some(last) = last_running {
+        if in_flight == 0 && config.delay > 0 && now < last + config.delay {
+            pass.plan.wake(last + config.delay);
+            return;
+        }
+    }
+    let batch: Vec<_> = dirty
+        .into_iter()
+        .take(room.min(usize::MAX as u64) as usize)
+        .collect();
+    start_batch(pass, &svc, &config, batch);
+}
+
+fn start_batch(
+    pass: &mut Pass<'_>,
+    svc: &Service,
+    config: &UpdateConfig,
+    batch: Vec<(model::SlotKey, Vec<Id>)>,
+) {
+    let mut tasks = Vec::new();
+    let mut stop = Vec::new();
+    for (slot, old) in batch {
+        let mut t = new_task(pass, svc, &slot);
+        if config.order == UpdateOrder::StopFirst {
+            t.desired = TaskState::Ready;
+            stop.extend(old);
+        }
+        tasks.push(t);
+    }
+    if !stop.is_empty() {
+        pass.push(Command::SetDesired {
+            task_ids: stop,
+            desired: TaskState::Shutdown,
+        });
+    }
+    pass.push(Command::PutTasks(tasks));
+}
+
+/// A new task that ended (failed, rejected or even completed) within `monitor` of its start.
+fn failed_within_monitor(t: &model::Task, config: &UpdateConfig) -> bool {
+    match t.status.state {
+        TaskState::Failed | TaskState::Rejected | TaskState::Complete => {
+            let started = t.not_before.unwrap_or(0).max(t.created_at);
+            t.status.timestamp.saturating_sub(started) <= config.monitor
+        }
+        _ => false,
+    }
+}
