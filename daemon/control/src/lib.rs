@@ -12,6 +12,7 @@
 mod orchestrator;
 mod reaper;
 mod scheduler;
+pub mod stacks;
 mod updater;
 
 use model::{ClusterState, Command, Id, Millis};

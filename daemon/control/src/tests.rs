@@ -536,3 +536,153 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
         .unwrap();
     sim.run_until("gone", |s| s.state.tasks.is_empty());
 }
+
+mod stacks {
+    use super::*;
+    use crate::stacks::*;
+
+    fn stack(name: &str, services: &[(&str, &str)]) -> StackSpec {
+        StackSpec {
+            name: name.into(),
+            services: services
+                .iter()
+                .map(|(svc, image)| {
+                    let mut s = ServiceSpec {
+                        name: format!("{name}_{svc}"),
+                        stack: Some(name.into()),
+                        ..Default::default()
+                    };
+                    s.task.image = image.to_string();
+                    s
+                })
+                .collect(),
+            networks: Default::default(),
+        }
+    }
+
+    fn file(name: &str, hash: &str, spec: StackSpec) -> FileStack {
+        FileStack {
+            name: name.into(),
+            path: format!("/etc/shoal/stacks/{name}.toml"),
+            hash: hash.into(),
+            spec,
+        }
+    }
+
+    fn apply(state: &mut ClusterState, plan: &ReloadPlan) {
+        if let Some(c) = &plan.command {
+            state.apply(c).unwrap();
+        }
+    }
+
+    #[test]
+    fn reload_adds_changes_removes_and_leaves_unchanged_alone() {
+        let mut st = ClusterState::default();
+        let mut ids = SeqIds::new("s");
+        let d = BTreeMap::new();
+        let a = file("a", "h1", stack("a", &[("web", "bb:1"), ("db", "bb:1")]));
+        let b = file("b", "h1", stack("b", &[("x", "bb:1")]));
+        let p = plan_reload(&st, &[a.clone(), b.clone()], &d, 1, &mut ids).unwrap();
+        assert_eq!(
+            (p.added.clone(), p.changed.clone(), p.removed.clone()),
+            (vec!["a".into(), "b".into()], vec![], vec![])
+        );
+        apply(&mut st, &p);
+        assert_eq!(st.services.len(), 3);
+
+        // Same files again: nothing to do.
+        let p = plan_reload(&st, &[a.clone(), b.clone()], &d, 2, &mut ids).unwrap();
+        assert_eq!(p.unchanged, vec!["a".to_string(), "b".to_string()]);
+        assert!(p.command.is_none());
+
+        // a changes (web image, db dropped, cache added); b's file disappears.
+        let a2 = file("a", "h2", stack("a", &[("web", "bb:2"), ("cache", "bb:1")]));
+        let web_id = st.service_by_name("a_web").unwrap().id.clone();
+        let p = plan_reload(&st, &[a2], &d, 3, &mut ids).unwrap();
+        assert_eq!(p.changed, vec!["a".to_string()]);
+        assert_eq!(p.removed, vec!["b".to_string()]);
+        apply(&mut st, &p);
+        let names: Vec<_> = st.services.values().map(|s| s.spec.name.clone()).collect();
+        assert!(names.contains(&"a_web".to_string()) && names.contains(&"a_cache".to_string()));
+        assert!(!names.contains(&"a_db".to_string()) && !names.contains(&"b_x".to_string()));
+        assert_eq!(
+            st.services[&web_id].spec.task.image, "bb:2",
+            "updated in place, same id"
+        );
+        assert!(!st.stacks.contains_key("b"));
+    }
+
+    #[test]
+    fn reload_never_touches_cli_stacks_and_refuses_to_take_them_over() {
+        let mut st = ClusterState::default();
+        let mut ids = SeqIds::new("s");
+        let d = BTreeMap::new();
+        let change = plan_stack(
+            &st,
+            &stack("cli", &[("web", "bb")]),
+            StackSource::Cli,
+            &d,
+            1,
+            &mut ids,
+        )
+        .unwrap()
+        .unwrap();
+        st.apply(&Command::ApplyStack(change)).unwrap();
+        // An empty stacks dir removes no CLI stack.
+        let p = plan_reload(&st, &[], &d, 2, &mut ids).unwrap();
+        assert!(p.command.is_none() && p.removed.is_empty());
+        // A file with the same name is an error, and nothing is planned.
+        let err = plan_reload(
+            &st,
+            &[file("cli", "h", stack("cli", &[("web", "bb")]))],
+            &d,
+            3,
+            &mut ids,
+        )
+        .unwrap_err();
+        assert_eq!(err, vec![PlanError::OwnedByCli("cli".into())]);
+    }
+
+    #[test]
+    fn stack_service_name_taken_by_plain_service_is_an_error() {
+        let mut sim = Sim::new(&["n1"]);
+        sim.create("a_web", ServiceMode::Replicated { replicas: 1 }, "bb");
+        let mut ids = SeqIds::new("s");
+        let err = plan_reload(
+            &sim.state,
+            &[file("a", "h", stack("a", &[("web", "bb")]))],
+            &BTreeMap::new(),
+            1,
+            &mut ids,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err[0], PlanError::ServiceOwnedElsewhere { service, .. } if service == "a_web")
+        );
+    }
+
+    #[test]
+    fn digest_change_alone_updates_the_service() {
+        let mut st = ClusterState::default();
+        let mut ids = SeqIds::new("s");
+        let spec = stack("a", &[("web", "reg/bb:1")]);
+        let mut d = BTreeMap::from([("reg/bb:1".to_string(), "sha256:aaa".to_string())]);
+        let c = plan_stack(&st, &spec, StackSource::Cli, &d, 1, &mut ids)
+            .unwrap()
+            .unwrap();
+        st.apply(&Command::ApplyStack(c)).unwrap();
+        assert!(
+            plan_stack(&st, &spec, StackSource::Cli, &d, 2, &mut ids)
+                .unwrap()
+                .is_none()
+        );
+        d.insert("reg/bb:1".into(), "sha256:bbb".into());
+        let c = plan_stack(&st, &spec, StackSource::Cli, &d, 3, &mut ids)
+            .unwrap()
+            .unwrap();
+        st.apply(&Command::ApplyStack(c)).unwrap();
+        let svc = st.service_by_name("a_web").unwrap();
+        assert_eq!(svc.image_digest.as_deref(), Some("sha256:bbb"));
+        assert_eq!(svc.version, 2, "a new digest rolls the tasks");
+    }
+}
