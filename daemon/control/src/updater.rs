@@ -105,10 +105,22 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         }
 
         match (new.first(), old.is_empty()) {
-            (None, false) => dirty.push((
-                slot.clone(),
-                old.iter().map(|t| t.id.clone()).collect::<Vec<_>>(),
-            )),
+            (None, false) => {
+                // A newer spec interrupted an update of this slot: keep the task that serves
+                // (the newest running one, else the newest), retire the unfinished others.
+                let keep = old
+                    .iter()
+                    .filter(|t| t.status.state == TaskState::Running)
+                    .max_by_key(|t| t.created_at)
+                    .or_else(|| old.iter().max_by_key(|t| t.created_at))
+                    .map(|t| t.id.clone());
+                shut_old.extend(
+                    old.iter()
+                        .filter(|t| Some(&t.id) != keep.as_ref())
+                        .map(|t| t.id.clone()),
+                );
+                dirty.push((slot.clone(), keep.into_iter().collect::<Vec<_>>()));
+            }
             (Some(n), _) => {
                 if n.desired == TaskState::Ready {
                     // stop-first: wait for the old task to stop, then release the new one.
