@@ -1,0 +1,1046 @@
+//! Stack files: `/etc/shoal/stacks/NAME.toml`, Compose's service model written in TOML.
+//!
+//! One stack per file; the stack name is the file stem and its services are named
+//! `STACK_SERVICE`. The only top-level table is `[services.NAME]`, with these keys (Compose's
+//! `deploy` keys sit directly in the service):
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `image` | registry reference, `oci-archive:/abs/path` or `docker-archive:/abs/path` | required |
+//! | `mode` | `"replicated"` or `"global"` | replicated |
+//! | `replicas` | integer ≥ 0 (not with global) | 1 |
+//! | `command`, `entrypoint` | array of strings, or a string split like a shell | the image's |
+//! | `env` | table of strings (numbers and booleans become text) or `["K=V", ...]` | |
+//! | `working_dir`, `user`, `hostname` | absolute path; `NAME`/`UID[:GID]`; DNS name | the image's |
+//! | `labels` | service labels (table or `["K=V"]`) | |
+//! | `container_labels` | labels on the task containers | |
+//! | `ports` | `"8080:80"`, `"8080:80/udp"`, `"8000-8001:80-81"`, or `{ published, target, protocol = "tcp"/"udp", mode = "ingress"/"host" }` | |
+//! | `volumes` (or `mounts`) | `"/host:/ctr[:ro]"` (bind), `"name:/ctr[:ro]"` (volume), or `{ type = "bind"/"volume"/"tmpfs", source, target, read_only, tmpfs = { size } }` | |
+//! | `stop_signal` | signal name, `SIG` optional | `SIGTERM` |
+//! | `stop_grace_period` | duration (`"10s"`, `"1m30s"`, `"100ms"`) | 10s |
+//! | `read_only` | bool | false |
+//! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1) }` | no limits |
+//! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
+//! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
+//!
+//! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
+//! (as in Swarm); a `restart.delay` above the default `max_delay` raises `max_delay` to match;
+//! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
+//! protocol in a file; random published ports, anonymous volumes and host-address bindings are
+//! refused. `healthcheck`, `networks`, `secrets`, `configs`, `depends_on`, `placement` and the
+//! top-level `networks`, `secrets`, `configs` and `volumes` tables are refused as not supported
+//! yet, never ignored.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use model::{
+    FailureAction, Millis, Mount, MountKind, PortSpec, Protocol, PublishMode, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, StackSpec, TaskSpec, UpdateConfig, UpdateOrder,
+};
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue};
+
+use crate::diag::{Diagnostic, Errors, Sink};
+use crate::units;
+use crate::walk::{self, Keys, Value};
+
+/// The signal sent to stop a task when `stop_signal` is not set.
+pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
+/// How long a task may take to stop before it is killed, when `stop_grace_period` is not set.
+pub const DEFAULT_STOP_GRACE_PERIOD: Millis = 10_000;
+
+/// A stack file read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedStack {
+    /// The stack name: the file stem.
+    pub name: String,
+    pub path: PathBuf,
+    /// Lowercase hex sha256 of the file's bytes (`model::StackSource::File::hash`).
+    pub hash: String,
+    pub spec: StackSpec,
+}
+
+const STACK_KEYS: Keys<'static> = Keys {
+    known: &["services"],
+    unsupported: &[
+        (
+            "networks",
+            "services use the node's default network for now",
+        ),
+        ("secrets", ""),
+        ("configs", ""),
+        (
+            "volumes",
+            "named volumes are created when first used; remove the top-level [volumes] table",
+        ),
+    ],
+    hints: &[("version", "stack files have no version; remove it")],
+};
+
+const SERVICE_KEYS: Keys<'static> = Keys {
+    known: &[
+        "image",
+        "mode",
+        "replicas",
+        "command",
+        "entrypoint",
+        "env",
+        "working_dir",
+        "user",
+        "hostname",
+        "labels",
+        "container_labels",
+        "ports",
+        "volumes",
+        "mounts",
+        "stop_signal",
+        "stop_grace_period",
+        "read_only",
+        "resources",
+        "restart",
+        "update",
+        "rollback",
+    ],
+    unsupported: &[
+        ("healthcheck", ""),
+        (
+            "networks",
+            "services use the node's default network for now",
+        ),
+        ("secrets", ""),
+        ("configs", ""),
+        ("depends_on", "services of a stack start together"),
+        ("placement", "tasks go to any eligible node"),
+    ],
+    hints: &[
+        ("environment", "did you mean \"env\"?"),
+        ("environments", "did you mean \"env\"?"),
+        ("workdir", "did you mean \"working_dir\"?"),
+        ("restart_policy", "did you mean \"restart\"?"),
+        ("update_config", "did you mean \"update\"?"),
+        ("rollback_config", "did you mean \"rollback\"?"),
+        (
+            "deploy",
+            "stack files have no deploy section: write mode, replicas, labels, resources, restart, update and rollback directly in the service",
+        ),
+        (
+            "build",
+            "shoal does not build images; build the image elsewhere and set \"image\"",
+        ),
+        (
+            "container_name",
+            "task containers are named by shoal; remove it",
+        ),
+        (
+            "tmpfs",
+            "write tmpfs mounts in \"volumes\" as { type = \"tmpfs\", target = \"/path\" }",
+        ),
+    ],
+};
+
+const PORT_KEYS: Keys<'static> = Keys {
+    known: &["published", "target", "protocol", "mode"],
+    unsupported: &[
+        ("host_ip", "published ports listen on every address"),
+        ("name", ""),
+        ("app_protocol", ""),
+    ],
+    hints: &[],
+};
+
+const MOUNT_KEYS: Keys<'static> = Keys {
+    known: &["type", "source", "target", "read_only", "tmpfs"],
+    unsupported: &[("bind", ""), ("volume", ""), ("consistency", "")],
+    hints: &[
+        ("readonly", "did you mean \"read_only\"?"),
+        ("destination", "did you mean \"target\"?"),
+        ("dst", "did you mean \"target\"?"),
+        ("src", "did you mean \"source\"?"),
+    ],
+};
+
+const TMPFS_KEYS: Keys<'static> = Keys {
+    known: &["size"],
+    unsupported: &[("mode", "")],
+    hints: &[],
+};
+
+const RESOURCES_KEYS: Keys<'static> = Keys {
+    known: &["cpus", "memory", "pids"],
+    unsupported: &[("reservations", "shoal enforces limits only")],
+    hints: &[(
+        "limits",
+        "write cpus, memory and pids directly in resources, e.g. resources = { cpus = 0.5, memory = \"256M\" }",
+    )],
+};
+
+const RESTART_KEYS: Keys<'static> = Keys {
+    known: &["condition", "delay", "max_delay", "max_attempts", "window"],
+    unsupported: &[],
+    hints: &[],
+};
+
+const UPDATE_KEYS: Keys<'static> = Keys {
+    known: &[
+        "parallelism",
+        "delay",
+        "order",
+        "failure_action",
+        "monitor",
+        "max_failure_ratio",
+    ],
+    unsupported: &[],
+    hints: &[],
+};
+
+/// Derives the stack name from a file name: the stem of `NAME.toml`.
+pub fn stack_name_from_path(path: &Path) -> Result<String, String> {
+    let stem = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
+        format!(
+            "cannot take a stack name from the file name of {}",
+            path.display()
+        )
+    })?;
+    units::validate_name("stack", stem)
+        .map_err(|e| format!("{e} (the stack name is the file name without .toml)"))?;
+    Ok(stem.to_string())
+}
+
+/// Parses and validates a stack file; the stack is named after the file stem.
+pub fn parse_stack(path: &Path, text: &str) -> Result<StackSpec, Errors> {
+    match stack_name_from_path(path) {
+        Ok(name) => parse(path, &name, text, None),
+        Err(e) => {
+            // Check the contents anyway, so that every problem is reported at once.
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            parse(path, &stem, text, Some(e))
+        }
+    }
+}
+
+/// Parses and validates stack file text under an explicit stack name (`shoal stack deploy -c
+/// FILE NAME`). `path` is only used in diagnostics.
+pub fn parse_stack_named(path: &Path, name: &str, text: &str) -> Result<StackSpec, Errors> {
+    let name_error = units::validate_name("stack", name).err();
+    parse(path, name, text, name_error)
+}
+
+fn parse(
+    path: &Path,
+    name: &str,
+    text: &str,
+    name_error: Option<String>,
+) -> Result<StackSpec, Errors> {
+    let mut sink = Sink::new(path, text);
+    if let Some(e) = name_error {
+        sink.whole_file(e);
+    }
+    let spec =
+        walk::parse_document(&mut sink, text).map(|doc| stack_from_doc(&mut sink, name, &doc));
+    match spec {
+        Some(spec) if !sink.has_errors() => Ok(spec),
+        _ => Err(Errors(sink.finish())),
+    }
+}
+
+/// Reads, hashes and validates one stack file.
+pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Errors(vec![Diagnostic::whole_file(
+            path,
+            format!("failed to read stack file: {e}"),
+        )])
+    })?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Errors(vec![Diagnostic::whole_file(
+            path,
+            format!(
+                "stack file is not valid UTF-8 (byte {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )])
+    })?;
+    let spec = parse_stack(path, &text)?;
+    Ok(LoadedStack {
+        name: spec.name.clone(),
+        path: path.to_path_buf(),
+        hash,
+        spec,
+    })
+}
+
+/// Loads every `*.toml` file of `dir`, sorted by file name, and reports the problems of all
+/// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped.
+/// A missing directory holds no stacks.
+pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Errors(vec![Diagnostic::whole_file(
+                dir,
+                format!("failed to read stacks directory: {e}"),
+            )]));
+        }
+    };
+    let mut errors = Vec::new();
+    let mut paths = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let path = entry.path();
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                if !hidden && path.extension().is_some_and(|e| e == "toml") && !path.is_dir() {
+                    paths.push(path);
+                }
+            }
+            Err(e) => errors.push(Diagnostic::whole_file(
+                dir,
+                format!("failed to read stacks directory: {e}"),
+            )),
+        }
+    }
+    paths.sort();
+    let mut stacks = Vec::new();
+    for path in paths {
+        match load_stack_file(&path) {
+            Ok(stack) => stacks.push(stack),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(stacks)
+    } else {
+        Err(Errors(errors))
+    }
+}
+
+/// Where a published port was first declared, to report duplicates.
+struct PortUse {
+    path: String,
+    line: usize,
+}
+
+fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSpec {
+    walk::check_keys(sink, doc, "the stack file", &STACK_KEYS);
+    let mut spec = StackSpec {
+        name: name.to_string(),
+        ..StackSpec::default()
+    };
+    let Some(services_value) = doc.get("services") else {
+        sink.error(
+            0..0,
+            "stack has no services; add a [services.NAME] table with at least an image",
+        );
+        return spec;
+    };
+    let Some(services) = walk::table(sink, services_value, "services") else {
+        return spec;
+    };
+    if services.is_empty() {
+        sink.error(
+            services_value.span(),
+            "stack has no services; add a [services.NAME] table with at least an image",
+        );
+    }
+    let mut ports: BTreeMap<(u16, &'static str), PortUse> = BTreeMap::new();
+    for (key, value) in walk::entries(services) {
+        let short: &str = key.get_ref();
+        let path = format!("services.{short}");
+        let full = format!("{name}_{short}");
+        if let Err(e) = units::validate_name("service", short) {
+            sink.error(key.span(), e);
+        } else if full.len() > units::MAX_SERVICE_NAME_LEN {
+            sink.error(
+                key.span(),
+                format!(
+                    "full service name \"{full}\" is longer than {} characters; shorten the stack or service name",
+                    units::MAX_SERVICE_NAME_LEN
+                ),
+            );
+        }
+        let Some(table) = walk::table(sink, value, &path) else {
+            continue;
+        };
+        let service = service_from_table(sink, &path, value.span(), table, &mut ports);
+        spec.services.push(ServiceSpec {
+            name: full,
+            stack: Some(name.to_string()),
+            ..service
+        });
+    }
+    spec
+}
+
+fn service_from_table(
+    sink: &mut Sink<'_>,
+    path: &str,
+    span: Range<usize>,
+    t: &DeTable<'_>,
+    ports: &mut BTreeMap<(u16, &'static str), PortUse>,
+) -> ServiceSpec {
+    let place = format!("[{path}]");
+    walk::check_keys(sink, t, &place, &SERVICE_KEYS);
+    let p = |key: &str| format!("{path}.{key}");
+    let mut svc = ServiceSpec {
+        task: TaskSpec {
+            stop_signal: DEFAULT_STOP_SIGNAL.to_string(),
+            stop_grace_period: DEFAULT_STOP_GRACE_PERIOD,
+            ..TaskSpec::default()
+        },
+        ..ServiceSpec::default()
+    };
+
+    match t.get("image") {
+        None => sink.error(
+            span.clone(),
+            format!("missing key \"image\" in {place}; every service needs an image"),
+        ),
+        Some(v) => {
+            if let Some(image) = walk::string(sink, v, &p("image")) {
+                match units::validate_image(image) {
+                    Ok(()) => svc.task.image = image.to_string(),
+                    Err(e) => sink.error(v.span(), format!("{}: {e}", p("image"))),
+                }
+            }
+        }
+    }
+
+    let global = match t.get("mode") {
+        None => false,
+        Some(v) => match v.get_ref() {
+            DeValue::String(s) if s == "replicated-job" || s == "global-job" => {
+                sink.error(
+                    v.span(),
+                    format!("{}: mode \"{s}\" is not supported yet", p("mode")),
+                );
+                false
+            }
+            _ => walk::choice(sink, v, &p("mode"), &["replicated", "global"]) == Some("global"),
+        },
+    };
+    if global {
+        svc.mode = ServiceMode::Global;
+        if let Some(span) = walk::key_span(t, "replicas") {
+            sink.error(
+                span,
+                format!(
+                    "{}: not allowed with mode = \"global\" (a global service runs one task on every eligible node)",
+                    p("replicas")
+                ),
+            );
+        }
+    } else if let Some(v) = t.get("replicas")
+        && let Some(n) = walk::uint(sink, v, &p("replicas"))
+    {
+        svc.mode = ServiceMode::Replicated { replicas: n };
+    }
+
+    if let Some(v) = t.get("command") {
+        svc.task.command = walk::command(sink, v, &p("command"));
+    }
+    if let Some(v) = t.get("entrypoint") {
+        svc.task.entrypoint = walk::command(sink, v, &p("entrypoint"));
+    }
+    if let Some(v) = t.get("env")
+        && let Some(env) = walk::string_map(sink, v, &p("env"), "variable")
+    {
+        svc.task.env = env;
+    }
+    if let Some(v) = t.get("working_dir")
+        && let Some(dir) = walk::string(sink, v, &p("working_dir"))
+    {
+        if dir.starts_with('/') {
+            svc.task.workdir = Some(dir.to_string());
+        } else {
+            sink.error(
+                v.span(),
+                format!("{}: \"{dir}\" must be an absolute path", p("working_dir")),
+            );
+        }
+    }
+    if let Some(v) = t.get("user") {
+        svc.task.user = user(sink, v, &p("user"));
+    }
+    if let Some(v) = t.get("hostname")
+        && let Some(h) = walk::string(sink, v, &p("hostname"))
+    {
+        match check_hostname(h) {
+            Ok(()) => svc.task.hostname = Some(h.to_string()),
+            Err(e) => sink.error(v.span(), format!("{}: {e}", p("hostname"))),
+        }
+    }
+    if let Some(v) = t.get("labels")
+        && let Some(labels) = walk::string_map(sink, v, &p("labels"), "label")
+    {
+        svc.labels = labels;
+    }
+    if let Some(v) = t.get("container_labels")
+        && let Some(labels) = walk::string_map(sink, v, &p("container_labels"), "label")
+    {
+        svc.task.labels = labels;
+    }
+    if let Some(v) = t.get("ports") {
+        svc.ports = port_list(sink, v, &p("ports"), ports);
+    }
+    match (t.get("volumes"), t.get("mounts")) {
+        (Some(_), Some(_)) => {
+            let (first, second) = order_keys(t, "volumes", "mounts");
+            sink.error(
+                walk::key_span(t, second).unwrap_or(span.clone()),
+                format!(
+                    "{}: use either \"volumes\" or \"mounts\", not both (they mean the same); move these into \"{first}\"",
+                    p(second)
+                ),
+            );
+        }
+        (Some(v), None) => svc.task.mounts = mount_list(sink, v, &p("volumes")),
+        (None, Some(v)) => svc.task.mounts = mount_list(sink, v, &p("mounts")),
+        (None, None) => {}
+    }
+    if let Some(v) = t.get("stop_signal")
+        && let Some(s) = walk::string(sink, v, &p("stop_signal"))
+    {
+        match units::normalize_signal(s) {
+            Ok(sig) => svc.task.stop_signal = sig,
+            Err(e) => sink.error(v.span(), format!("{}: {e}", p("stop_signal"))),
+        }
+    }
+    if let Some(v) = t.get("stop_grace_period")
+        && let Some(ms) = walk::duration(sink, v, &p("stop_grace_period"))
+    {
+        svc.task.stop_grace_period = ms;
+    }
+    if let Some(v) = t.get("read_only")
+        && let Some(b) = walk::boolean(sink, v, &p("read_only"))
+    {
+        svc.task.read_only = b;
+    }
+    if let Some(v) = t.get("resources")
+        && let Some(rt) = walk::table(sink, v, &p("resources"))
+    {
+        resources(sink, &p("resources"), rt, &mut svc.task.resources);
+    }
+    if let Some(v) = t.get("restart")
+        && let Some(rt) = walk::table(sink, v, &p("restart"))
+    {
+        svc.restart = restart_policy(sink, &p("restart"), rt);
+    }
+    if let Some(v) = t.get("update")
+        && let Some(ut) = walk::table(sink, v, &p("update"))
+    {
+        svc.update = update_config(sink, &p("update"), ut, false);
+    }
+    if let Some(v) = t.get("rollback")
+        && let Some(ut) = walk::table(sink, v, &p("rollback"))
+    {
+        svc.rollback = update_config(sink, &p("rollback"), ut, true);
+    }
+    svc
+}
+
+/// The two keys in source order.
+fn order_keys<'k>(t: &DeTable<'_>, a: &'k str, b: &'k str) -> (&'k str, &'k str) {
+    let sa = walk::key_span(t, a).map(|s| s.start).unwrap_or(0);
+    let sb = walk::key_span(t, b).map(|s| s.start).unwrap_or(0);
+    if sa <= sb { (a, b) } else { (b, a) }
+}
+
+fn user(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Option<String> {
+    match v.get_ref() {
+        DeValue::Integer(_) => walk::uint(sink, v, path).map(|n| n.to_string()),
+        _ => {
+            let s = walk::string(sink, v, path)?;
+            if s.is_empty() || s.chars().any(char::is_whitespace) || s.matches(':').count() > 1 {
+                sink.error(
+                    v.span(),
+                    format!("{path}: invalid user \"{s}\"; use NAME, UID, NAME:GROUP or UID:GID"),
+                );
+                return None;
+            }
+            Some(s.to_string())
+        }
+    }
+}
+
+fn check_hostname(h: &str) -> Result<(), String> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid hostname \"{h}\": use dot-separated labels of letters, digits and '-' (at most 63 characters each)"
+        ))
+    }
+}
+
+fn port_list(
+    sink: &mut Sink<'_>,
+    v: &Value<'_>,
+    path: &str,
+    seen: &mut BTreeMap<(u16, &'static str), PortUse>,
+) -> Vec<PortSpec> {
+    let Some(items) = walk::array(sink, v, path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let parsed = match item.get_ref() {
+            DeValue::String(s) => match units::parse_port_short(s) {
+                Ok(ports) => ports,
+                Err(e) => {
+                    sink.error(item.span(), format!("{ipath}: {e}"));
+                    continue;
+                }
+            },
+            DeValue::Integer(_) => {
+                sink.error(
+                    item.span(),
+                    format!(
+                        "{ipath}: a published port is required, like \"8080:80\" or {{ published = 8080, target = 80 }} (shoal does not pick random ports yet)"
+                    ),
+                );
+                continue;
+            }
+            DeValue::Table(pt) => match port_long(sink, &ipath, item.span(), pt) {
+                Some(port) => vec![port],
+                None => continue,
+            },
+            _ => {
+                sink.error(
+                    item.span(),
+                    format!(
+                        "{ipath}: expected a string like \"8080:80\" or a table like {{ published = 8080, target = 80 }}, found {}",
+                        item.get_ref().type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        for port in parsed {
+            let key = (port.published, port.protocol.as_str());
+            if let Some(first) = seen.get(&key) {
+                sink.error(
+                    item.span(),
+                    format!(
+                        "{ipath}: published port {}/{} is already used by {} (line {})",
+                        port.published,
+                        port.protocol.as_str(),
+                        first.path,
+                        first.line
+                    ),
+                );
+            } else {
+                let (line, _) = sink.position(item.span().start);
+                seen.insert(
+                    key,
+                    PortUse {
+                        path: ipath.clone(),
+                        line,
+                    },
+                );
+            }
+            out.push(port);
+        }
+    }
+    out
+}
+
+fn port_long(
+    sink: &mut Sink<'_>,
+    path: &str,
+    span: Range<usize>,
+    t: &DeTable<'_>,
+) -> Option<PortSpec> {
+    walk::check_keys(sink, t, path, &PORT_KEYS);
+    let mut ok = true;
+    let port_number = |key: &str, sink: &mut Sink<'_>| -> Option<u16> {
+        match t.get(key) {
+            None => {
+                let hint = if key == "published" {
+                    " (shoal does not pick random ports yet)"
+                } else {
+                    ""
+                };
+                sink.error(span.clone(), format!("{path}: missing key \"{key}\"{hint}"));
+                None
+            }
+            Some(v) => {
+                let n = walk::integer(sink, v, &format!("{path}.{key}"))?;
+                match units::check_port(n) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        sink.error(v.span(), format!("{path}.{key}: {e}"));
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let published = port_number("published", sink);
+    let target = port_number("target", sink);
+    let mut protocol = Protocol::Tcp;
+    if let Some(v) = t.get("protocol")
+        && let Some(s) = walk::string(sink, v, &format!("{path}.protocol"))
+    {
+        match units::parse_protocol(s) {
+            Ok(p) => protocol = p,
+            Err(e) => {
+                sink.error(v.span(), format!("{path}.protocol: {e}"));
+                ok = false;
+            }
+        }
+    }
+    let mut mode = PublishMode::Ingress;
+    if let Some(v) = t.get("mode") {
+        match walk::choice(sink, v, &format!("{path}.mode"), &["ingress", "host"]) {
+            Some("host") => mode = PublishMode::Host,
+            Some(_) => {}
+            None => ok = false,
+        }
+    }
+    match (published, target, ok) {
+        (Some(published), Some(target), true) => Some(PortSpec {
+            published,
+            target,
+            protocol,
+            mode,
+        }),
+        _ => None,
+    }
+}
+
+fn mount_list(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Vec<Mount> {
+    let Some(items) = walk::array(sink, v, path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Mount> = Vec::new();
+    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let mount = match item.get_ref() {
+            DeValue::String(s) => match units::parse_mount_short(s) {
+                Ok(m) => m,
+                Err(e) => {
+                    sink.error(item.span(), format!("{ipath}: {e}"));
+                    continue;
+                }
+            },
+            DeValue::Table(mt) => match mount_long(sink, &ipath, item.span(), mt) {
+                Some(m) => m,
+                None => continue,
+            },
+            _ => {
+                sink.error(
+                    item.span(),
+                    format!(
+                        "{ipath}: expected a string like \"/host:/container:ro\" or a table like {{ type = \"bind\", source = \"/host\", target = \"/container\" }}, found {}",
+                        item.get_ref().type_str()
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Some(first) = targets.get(&mount.target) {
+            sink.error(
+                item.span(),
+                format!(
+                    "{ipath}: target \"{}\" is already mounted by {first}",
+                    mount.target
+                ),
+            );
+            continue;
+        }
+        targets.insert(mount.target.clone(), ipath);
+        out.push(mount);
+    }
+    out
+}
+
+fn mount_long(
+    sink: &mut Sink<'_>,
+    path: &str,
+    span: Range<usize>,
+    t: &DeTable<'_>,
+) -> Option<Mount> {
+    walk::check_keys(sink, t, path, &MOUNT_KEYS);
+    let errors_before = sink_len(sink);
+    let kind = match t.get("type") {
+        None => {
+            sink.error(
+                span.clone(),
+                format!("{path}: missing key \"type\" (bind, volume or tmpfs)"),
+            );
+            None
+        }
+        Some(v) => match walk::choice(
+            sink,
+            v,
+            &format!("{path}.type"),
+            &["bind", "volume", "tmpfs"],
+        ) {
+            Some("bind") => Some(MountKind::Bind),
+            Some("volume") => Some(MountKind::Volume),
+            Some("tmpfs") => Some(MountKind::Tmpfs),
+            _ => None,
+        },
+    };
+    let source = match t.get("source") {
+        Some(v) => walk::string(sink, v, &format!("{path}.source")).map(str::to_string),
+        None => Some(String::new()),
+    };
+    let target = match t.get("target") {
+        Some(v) => walk::string(sink, v, &format!("{path}.target")).map(str::to_string),
+        None => {
+            sink.error(span.clone(), format!("{path}: missing key \"target\""));
+            None
+        }
+    };
+    let read_only = match t.get("read_only") {
+        Some(v) => walk::boolean(sink, v, &format!("{path}.read_only")),
+        None => Some(false),
+    };
+    let mut size = None;
+    if let Some(v) = t.get("tmpfs")
+        && let Some(tt) = walk::table(sink, v, &format!("{path}.tmpfs"))
+    {
+        walk::check_keys(sink, tt, &format!("{path}.tmpfs"), &TMPFS_KEYS);
+        if let Some(sv) = tt.get("size") {
+            size = memory(sink, sv, &format!("{path}.tmpfs.size"), false);
+        }
+    }
+    let (kind, source, target, read_only) = (kind?, source?, target?, read_only?);
+    if sink_len(sink) != errors_before {
+        return None;
+    }
+    if kind != MountKind::Tmpfs && source.is_empty() {
+        sink.error(span, format!("{path}: missing key \"source\""));
+        return None;
+    }
+    if kind != MountKind::Tmpfs && t.contains_key("tmpfs") {
+        sink.error(
+            walk::key_span(t, "tmpfs").unwrap_or(span),
+            format!("{path}.tmpfs: only valid with type = \"tmpfs\""),
+        );
+        return None;
+    }
+    let mount = Mount {
+        kind,
+        source,
+        target,
+        read_only,
+        size,
+    };
+    if let Err(e) = units::validate_mount(&mount) {
+        sink.error(span, format!("{path}: {e}"));
+        return None;
+    }
+    Some(mount)
+}
+
+fn sink_len(sink: &Sink<'_>) -> usize {
+    sink.count()
+}
+
+/// A memory size: a string like "256M" or an integer number of bytes.
+fn memory(sink: &mut Sink<'_>, v: &Value<'_>, path: &str, enforce_min: bool) -> Option<u64> {
+    let bytes = match v.get_ref() {
+        DeValue::Integer(_) => walk::uint(sink, v, path)?,
+        DeValue::String(s) => match units::parse_memory(s) {
+            Ok(b) => b,
+            Err(e) => {
+                sink.error(v.span(), format!("{path}: {e}"));
+                return None;
+            }
+        },
+        other => {
+            sink.error(
+                v.span(),
+                format!(
+                    "{path}: expected a size like \"256M\" or a number of bytes, found {}",
+                    other.type_str()
+                ),
+            );
+            return None;
+        }
+    };
+    if enforce_min && bytes < units::MIN_MEMORY_BYTES {
+        sink.error(
+            v.span(),
+            format!("{path}: {bytes} bytes is below the minimum of 4M"),
+        );
+        return None;
+    }
+    if bytes == 0 {
+        sink.error(v.span(), format!("{path}: must be greater than 0"));
+        return None;
+    }
+    Some(bytes)
+}
+
+fn resources(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, out: &mut model::Resources) {
+    walk::check_keys(sink, t, &format!("[{path}]"), &RESOURCES_KEYS);
+    if let Some(v) = t.get("cpus") {
+        let cpus = match v.get_ref() {
+            DeValue::String(s) => match s.trim().parse::<f64>() {
+                Ok(x) => Some(x),
+                Err(_) => {
+                    sink.error(
+                        v.span(),
+                        format!("{path}.cpus: \"{s}\" is not a number; write e.g. cpus = 0.5"),
+                    );
+                    None
+                }
+            },
+            _ => walk::number(sink, v, &format!("{path}.cpus")),
+        };
+        if let Some(cpus) = cpus {
+            match units::cpus_to_nano(cpus) {
+                Ok(n) => out.nano_cpus = Some(n),
+                Err(e) => sink.error(v.span(), format!("{path}.cpus: {e}")),
+            }
+        }
+    }
+    if let Some(v) = t.get("memory") {
+        out.memory_bytes = memory(sink, v, &format!("{path}.memory"), true);
+    }
+    if let Some(v) = t.get("pids")
+        && let Some(n) = walk::integer(sink, v, &format!("{path}.pids"))
+    {
+        if n >= 1 {
+            out.pids = Some(n);
+        } else {
+            sink.error(
+                v.span(),
+                format!("{path}.pids: must be at least 1 (leave it out for no limit)"),
+            );
+        }
+    }
+}
+
+fn restart_policy(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>) -> RestartPolicy {
+    walk::check_keys(sink, t, &format!("[{path}]"), &RESTART_KEYS);
+    let mut r = RestartPolicy::default();
+    if let Some(v) = t.get("condition") {
+        match walk::choice(
+            sink,
+            v,
+            &format!("{path}.condition"),
+            &["any", "on-failure", "none"],
+        ) {
+            Some("any") => r.condition = RestartCondition::Any,
+            Some("on-failure") => r.condition = RestartCondition::OnFailure,
+            Some("none") => r.condition = RestartCondition::None,
+            _ => {}
+        }
+    }
+    if let Some(v) = t.get("delay")
+        && let Some(ms) = walk::duration(sink, v, &format!("{path}.delay"))
+    {
+        r.delay = ms;
+    }
+    if let Some(v) = t.get("max_delay")
+        && let Some(ms) = walk::duration(sink, v, &format!("{path}.max_delay"))
+    {
+        if ms < r.delay {
+            sink.error(
+                v.span(),
+                format!(
+                    "{path}.max_delay: {} is shorter than delay {}",
+                    units::format_duration(ms),
+                    units::format_duration(r.delay)
+                ),
+            );
+        } else {
+            r.max_delay = ms;
+        }
+    } else if r.delay > r.max_delay && !t.contains_key("max_delay") {
+        // A long first delay raises the cap rather than being cut by the default.
+        r.max_delay = r.delay;
+    }
+    if let Some(v) = t.get("max_attempts")
+        && let Some(n) = walk::uint(sink, v, &format!("{path}.max_attempts"))
+    {
+        // As in Swarm, 0 means no limit.
+        r.max_attempts = (n > 0).then_some(n);
+    }
+    if let Some(v) = t.get("window")
+        && let Some(ms) = walk::duration(sink, v, &format!("{path}.window"))
+    {
+        r.window = ms;
+    }
+    r
+}
+
+fn update_config(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, rollback: bool) -> UpdateConfig {
+    walk::check_keys(sink, t, &format!("[{path}]"), &UPDATE_KEYS);
+    let mut u = UpdateConfig::default();
+    if let Some(v) = t.get("parallelism")
+        && let Some(n) = walk::uint(sink, v, &format!("{path}.parallelism"))
+    {
+        u.parallelism = n;
+    }
+    if let Some(v) = t.get("delay")
+        && let Some(ms) = walk::duration(sink, v, &format!("{path}.delay"))
+    {
+        u.delay = ms;
+    }
+    if let Some(v) = t.get("order") {
+        match walk::choice(
+            sink,
+            v,
+            &format!("{path}.order"),
+            &["stop-first", "start-first"],
+        ) {
+            Some("stop-first") => u.order = UpdateOrder::StopFirst,
+            Some("start-first") => u.order = UpdateOrder::StartFirst,
+            _ => {}
+        }
+    }
+    if let Some(v) = t.get("failure_action") {
+        let fpath = format!("{path}.failure_action");
+        match walk::choice(sink, v, &fpath, &["pause", "continue", "rollback"]) {
+            Some("pause") => u.failure_action = FailureAction::Pause,
+            Some("continue") => u.failure_action = FailureAction::Continue,
+            Some("rollback") if rollback => sink.error(
+                v.span(),
+                format!("{fpath}: a rollback cannot be rolled back; use \"pause\" or \"continue\""),
+            ),
+            Some("rollback") => u.failure_action = FailureAction::Rollback,
+            _ => {}
+        }
+    }
+    if let Some(v) = t.get("monitor")
+        && let Some(ms) = walk::duration(sink, v, &format!("{path}.monitor"))
+    {
+        u.monitor = ms;
+    }
+    if let Some(v) = t.get("max_failure_ratio")
+        && let Some(x) = walk::number(sink, v, &format!("{path}.max_failure_ratio"))
+    {
+        if (0.0..=1.0).contains(&x) {
+            u.max_failure_ratio_permille = (x * 1000.0).round() as u32;
+        } else {
+            sink.error(
+                v.span(),
+                format!("{path}.max_failure_ratio: {x} is not between 0 and 1"),
+            );
+        }
+    }
+    u
+}
