@@ -19,6 +19,9 @@ pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "shoal";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shoal";
 pub const DEFAULT_STACKS_DIR: &str = "/etc/shoal/stacks";
+pub const DEFAULT_RUN_DIR: &str = "/run/shoal";
+pub const DEFAULT_BRIDGE: &str = "shoal0";
+pub const DEFAULT_SUBNET: &str = "10.231.0.0/16";
 /// The shortest node certificate lifetime accepted (as in Swarm).
 pub const MIN_CERT_EXPIRY: u64 = 3600 * 1000;
 
@@ -33,6 +36,15 @@ pub struct ClusterConfig {
     /// Per-registry settings keyed by `host[:port]`, e.g. `localhost:5000`.
     pub registries: BTreeMap<String, RegistryConfig>,
     pub paths: PathsConfig,
+    pub images: ImagesConfig,
+}
+
+/// `[images]` (shoal's addition): images imported into containerd when the daemon starts, so
+/// that air-gapped nodes and NixOS `dockerTools` images need no registry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImagesConfig {
+    /// `oci-archive:/path`, `docker-archive:/path` or registry references.
+    pub preload: Vec<String>,
 }
 
 /// `[node]`
@@ -55,6 +67,10 @@ pub struct NetworkConfig {
     /// The address other nodes use to reach this one; `None`: the first non-loopback address,
     /// found by the caller. A bare IP gets the listen port.
     pub advertise: Option<SocketAddr>,
+    /// The node bridge tasks attach to (shoal's addition; default `shoal0`).
+    pub bridge: String,
+    /// The subnet of the node bridge, CIDR (default `10.231.0.0/16`).
+    pub subnet: String,
 }
 
 /// `[cluster]`
@@ -91,6 +107,8 @@ pub struct RegistryConfig {
 pub struct PathsConfig {
     pub state_dir: PathBuf,
     pub stacks_dir: PathBuf,
+    /// Runtime files: network namespaces, per-task /etc files (default `/run/shoal`).
+    pub run_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -109,6 +127,8 @@ impl Default for NetworkConfig {
         NetworkConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
             advertise: None,
+            bridge: DEFAULT_BRIDGE.to_string(),
+            subnet: DEFAULT_SUBNET.to_string(),
         }
     }
 }
@@ -138,6 +158,7 @@ impl Default for PathsConfig {
         PathsConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             stacks_dir: PathBuf::from(DEFAULT_STACKS_DIR),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
         }
     }
 }
@@ -159,6 +180,7 @@ impl ClusterConfig {
             containerd: ContainerdConfig::default(),
             registries: BTreeMap::new(),
             paths: PathsConfig::default(),
+            images: ImagesConfig::default(),
         }
     }
 
@@ -176,6 +198,7 @@ const TOP_KEYS: Keys<'static> = Keys {
         "containerd",
         "registries",
         "paths",
+        "images",
     ],
     unsupported: &[],
     hints: &[
@@ -196,7 +219,7 @@ const NODE_KEYS: Keys<'static> = Keys {
     hints: &[("hostname", "did you mean \"name\"?")],
 };
 const NETWORK_KEYS: Keys<'static> = Keys {
-    known: &["listen", "advertise"],
+    known: &["listen", "advertise", "bridge", "subnet"],
     unsupported: &[
         ("data_path_port", "the overlay data port is 4789/udp"),
         ("default_addr_pool", ""),
@@ -242,9 +265,14 @@ const REGISTRY_KEYS: Keys<'static> = Keys {
     hints: &[],
 };
 const PATHS_KEYS: Keys<'static> = Keys {
-    known: &["state_dir", "stacks_dir"],
+    known: &["state_dir", "stacks_dir", "run_dir"],
     unsupported: &[],
     hints: &[],
+};
+const IMAGES_KEYS: Keys<'static> = Keys {
+    known: &["preload"],
+    unsupported: &[],
+    hints: &[("import", "did you mean \"preload\"?")],
 };
 
 /// Reads and validates a cluster file.
@@ -277,6 +305,13 @@ fn section<'v, 'i>(
     let t = walk::table(sink, doc.get(key)?, key)?;
     walk::check_keys(sink, t, &format!("[{key}]"), keys);
     Some(t)
+}
+
+/// The prefix length of an IPv4 CIDR, when `s` is one.
+fn parse_cidr(s: &str) -> Option<u8> {
+    let (ip, prefix) = s.split_once('/')?;
+    ip.parse::<Ipv4Addr>().ok()?;
+    prefix.parse::<u8>().ok().filter(|p| *p <= 32)
 }
 
 fn abs_path(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Option<PathBuf> {
@@ -396,6 +431,27 @@ fn cluster_from_doc(sink: &mut Sink<'_>, doc: &DeTable<'_>) -> ClusterConfig {
                 );
             } else {
                 c.network.advertise = Some(addr);
+            }
+        }
+        if let Some(v) = t.get("bridge")
+            && let Some(b) = walk::string(sink, v, "network.bridge")
+        {
+            let ok = !b.is_empty()
+                && b.len() <= 15
+                && b.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+            if ok {
+                c.network.bridge = b.to_string();
+            } else {
+                sink.error(v.span(), format!("network.bridge: \"{b}\" is not a valid interface name (1-15 letters, digits, - or _)"));
+            }
+        }
+        if let Some(v) = t.get("subnet")
+            && let Some(sn) = walk::string(sink, v, "network.subnet")
+        {
+            match parse_cidr(sn) {
+                Some(prefix) if (8..=28).contains(&prefix) => c.network.subnet = sn.to_string(),
+                _ => sink.error(v.span(), format!("network.subnet: \"{sn}\" is not an IPv4 subnet like 10.231.0.0/16 (prefix 8 to 28)")),
             }
         }
     }
@@ -523,6 +579,23 @@ fn cluster_from_doc(sink: &mut Sink<'_>, doc: &DeTable<'_>) -> ClusterConfig {
         {
             c.paths.stacks_dir = p;
         }
+        if let Some(v) = t.get("run_dir")
+            && let Some(p) = abs_path(sink, v, "paths.run_dir")
+        {
+            c.paths.run_dir = p;
+        }
+    }
+
+    if let Some(t) = section(sink, doc, "images", &IMAGES_KEYS)
+        && let Some(v) = t.get("preload")
+        && let Some(list) = walk::string_list(sink, v, "images.preload")
+    {
+        for image in &list {
+            if let Err(e) = crate::units::validate_image(image) {
+                sink.error(v.span(), format!("images.preload: {e}"));
+            }
+        }
+        c.images.preload = list;
     }
     c
 }

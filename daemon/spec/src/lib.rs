@@ -27,10 +27,10 @@ pub mod units;
 mod walk;
 
 pub use cluster::{
-    ClusterConfig, ClusterSection, ContainerdConfig, DEFAULT_CLUSTER_FILE,
-    DEFAULT_CONTAINERD_ADDRESS, DEFAULT_CONTAINERD_NAMESPACE, DEFAULT_PORT, DEFAULT_STACKS_DIR,
-    DEFAULT_STATE_DIR, MIN_CERT_EXPIRY, NetworkConfig, NodeConfig, PathsConfig, RegistryConfig,
-    load_cluster_file, parse_cluster,
+    ClusterConfig, ClusterSection, ContainerdConfig, DEFAULT_BRIDGE, DEFAULT_CLUSTER_FILE,
+    DEFAULT_CONTAINERD_ADDRESS, DEFAULT_CONTAINERD_NAMESPACE, DEFAULT_PORT, DEFAULT_RUN_DIR,
+    DEFAULT_STACKS_DIR, DEFAULT_STATE_DIR, DEFAULT_SUBNET, ImagesConfig, MIN_CERT_EXPIRY,
+    NetworkConfig, NodeConfig, PathsConfig, RegistryConfig, load_cluster_file, parse_cluster,
 };
 pub use diag::{Diagnostic, Errors};
 pub use stack::{

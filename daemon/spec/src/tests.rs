@@ -1297,3 +1297,43 @@ fn demo_stack_is_the_readme_example() {
     assert_eq!(cmd[0..2], ["sh".to_string(), "-c".to_string()]);
     assert!(cmd[2].contains("exec httpd -f -p 80 -h /www"));
 }
+
+mod node_local_additions {
+    use std::path::Path;
+
+    #[test]
+    fn bridge_subnet_run_dir_and_preload_are_read() {
+        let text = r#"
+[network]
+bridge = "shtest0"
+subnet = "10.99.0.0/24"
+
+[paths]
+run_dir = "/tmp/shoal-run"
+
+[images]
+preload = ["oci-archive:/var/lib/shoal/images/busybox.tar", "docker-archive:/nix/store/x-img.tar.gz"]
+"#;
+        let c = crate::parse_cluster(Path::new("c.toml"), text).unwrap();
+        assert_eq!(c.network.bridge, "shtest0");
+        assert_eq!(c.network.subnet, "10.99.0.0/24");
+        assert_eq!(c.paths.run_dir, Path::new("/tmp/shoal-run"));
+        assert_eq!(c.images.preload.len(), 2);
+        let d = crate::ClusterConfig::default_single_node();
+        assert_eq!(
+            (d.network.bridge.as_str(), d.network.subnet.as_str()),
+            ("shoal0", "10.231.0.0/16")
+        );
+    }
+
+    #[test]
+    fn bad_bridge_subnet_and_relative_run_dir_all_reported() {
+        let text = "[network]\nbridge = \"way-too-long-bridge-name\"\nsubnet = \"10.0.0.0\"\n[paths]\nrun_dir = \"run\"\n";
+        let err = crate::parse_cluster(Path::new("c.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml:2:10: network.bridge"), "{err}");
+        assert!(err.contains("c.toml:3:10: network.subnet"), "{err}");
+        assert!(err.contains("c.toml:5:11: paths.run_dir"), "{err}");
+    }
+}
