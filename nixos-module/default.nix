@@ -1,0 +1,487 @@
+# NixOS module for shoal: `services.shoal`.
+#
+# The same module runs on every host of a cluster; `role`, `bootstrap` and
+# `join` say what each host does. The cluster file is rendered to
+# /etc/shoal/cluster.toml (a change restarts shoald once, containers keep
+# running), stacks to /etc/shoal/stacks/<name>.toml (a change reloads shoald:
+# `shoal reload` applies the difference, or fails the switch when a stack is bad).
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  inherit (lib)
+    attrNames
+    attrValues
+    concatStringsSep
+    filterAttrs
+    hasPrefix
+    literalExpression
+    mapAttrs'
+    mkDefault
+    mkIf
+    mkMerge
+    mkOption
+    nameValuePair
+    optional
+    optionalAttrs
+    types
+    ;
+
+  cfg = config.services.shoal;
+
+  settingsFormat = pkgs.formats.toml { };
+
+  # Fixed paths: the daemon reads these, the unit does not change when they do.
+  configPath = "/etc/shoal/cluster.toml";
+  stacksDir = "/etc/shoal/stacks";
+  stateDir = "/var/lib/shoal";
+  clusterPort = 4600;
+  vxlanPort = 4789;
+
+  clusterFile = settingsFormat.generate "shoal-cluster.toml" cfg.settings;
+
+  enabledStacks = filterAttrs (_: stack: stack.enable) cfg.stacks;
+
+  # The file that ends up in /etc/shoal/stacks/<name>.toml: either the rendered
+  # `settings` or `source`, checked with the daemon's own validator unless the
+  # stack opts out. The stack name is the file stem, so the validator sees the
+  # file under its real name and reports `<name>.toml:line:col`.
+  stackFile =
+    name: stack:
+    let
+      file = lib.escapeShellArg "stacks/${name}.toml";
+      raw =
+        if stack.source != null then
+          stack.source
+        else
+          settingsFormat.generate "shoal-stack-${name}.toml" stack.settings;
+    in
+    if stack.validate then
+      pkgs.runCommand "shoal-stack-${name}.toml"
+        {
+          nativeBuildInputs = [ cfg.package ];
+          preferLocalBuild = true;
+        }
+        ''
+          mkdir stacks
+          cp ${raw} ${file}
+          shoal stack validate ${file}
+          cp ${file} "$out"
+        ''
+    else
+      raw;
+
+  stackFiles = lib.mapAttrs stackFile enabledStacks;
+
+  stackNamePattern = "[A-Za-z0-9][A-Za-z0-9_.-]*";
+
+  stackModule =
+    { name, ... }:
+    {
+      options = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+          description = ''
+            Whether to deploy this stack. A stack that is disabled or removed
+            from the configuration is removed from the cluster at the next
+            reload.
+          '';
+        };
+
+        settings = mkOption {
+          type = settingsFormat.type;
+          default = { };
+          example = literalExpression ''
+            {
+              services.web = {
+                image = "docker.io/library/nginx:1.27";
+                replicas = 3;
+                ports = [ "8080:80" ];
+              };
+            }
+          '';
+          description = ''
+            The stack file as a Nix value, rendered to TOML at
+            `/etc/shoal/stacks/${name}.toml`. See the stack file format in the
+            shoal documentation (`[services.NAME]` with `image`, `replicas`,
+            `mode`, `command`, `env`, `ports`, ...). Never put secrets here:
+            the file is world-readable in the Nix store.
+          '';
+        };
+
+        source = mkOption {
+          type = types.nullOr types.path;
+          default = null;
+          example = literalExpression "./stacks/shop.toml";
+          description = ''
+            A hand-written stack file to use instead of `settings`.
+          '';
+        };
+
+        validate = mkOption {
+          type = types.bool;
+          default = true;
+          description = ''
+            Whether to check the stack file with `shoal stack validate` when
+            the system is built, so that a broken stack fails
+            `nixos-rebuild build` instead of the switch. Only turn this off to
+            test how a running cluster handles a bad file.
+          '';
+        };
+      };
+    };
+in
+{
+  options.services.shoal = {
+    enable = lib.mkEnableOption ''
+      shoal, a Docker-Swarm-like container orchestrator (the `shoald` daemon and
+      the `shoal` CLI). On its own this gives a single-node cluster: the host
+      bootstraps as a manager that also runs tasks'';
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.shoal or (pkgs.callPackage ./package.nix { });
+      defaultText = literalExpression "pkgs.shoal or (pkgs.callPackage ./package.nix { })";
+      description = ''
+        The shoal package (daemon, CLI, D-Bus policy). Defaults to `pkgs.shoal`
+        when the shoal flake's `overlays.default` is applied, and otherwise to
+        a build of the source tree this module comes from.
+      '';
+    };
+
+    role = mkOption {
+      type = types.enum [
+        "manager"
+        "worker"
+      ];
+      default = "manager";
+      description = ''
+        The node's role. Managers keep the cluster state (Raft) and also run
+        tasks unless drained; workers only run tasks. Run an odd number of
+        managers (3 or 5) for fault tolerance.
+      '';
+    };
+
+    bootstrap = mkOption {
+      type = types.bool;
+      default = cfg.role == "manager" && cfg.join == [ ];
+      defaultText = literalExpression ''config.services.shoal.role == "manager" && config.services.shoal.join == [ ]'';
+      description = ''
+        Whether this node forms a new cluster when it has no state yet.
+        Exactly one manager of a cluster may set this, and it has an empty
+        `join`; every other node lists that manager (or any manager already
+        in the cluster) in `join`. One
+        host's configuration cannot see the others, so the module cannot check
+        that only one host bootstraps: keep the cluster's hosts in one flake
+        and set `bootstrap` on one of them. Ignored once the node has state
+        in /var/lib/shoal.
+      '';
+    };
+
+    join = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [
+        "192.168.1.10:4600"
+        "192.168.1.11:4600"
+      ];
+      description = ''
+        Managers (`host:port`) this node joins through when it has no state
+        yet. Required on workers and on every manager but the bootstrapping
+        one. Listing several managers lets a node join while one is down.
+      '';
+    };
+
+    advertiseAddress = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "192.168.1.10:4600";
+      description = ''
+        The `host:port` other nodes use to reach this node. Defaults (in the
+        daemon) to the first non-loopback address: set it on hosts with
+        several interfaces.
+      '';
+    };
+
+    labels = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        zone = "a";
+        disk = "ssd";
+      };
+      description = "Node labels, for placement constraints.";
+    };
+
+    tokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/shoal-token";
+      description = ''
+        Absolute path of a file holding the cluster's join token, read by
+        shoald at start. It must live outside the Nix store (which is
+        world-readable): use a secret manager (agenix, sops-nix) or copy the
+        file there yourself. Required on every node that joins. On the
+        bootstrapping manager it sets the token the other nodes present.
+        Changing the file's content does not restart shoald.
+      '';
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether to open the cluster ports: ${toString clusterPort}/tcp
+        (node-to-node traffic, mutual TLS) and ${toString vxlanPort}/udp
+        (overlay networks). Ports published by services are not opened.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule { freeformType = settingsFormat.type; };
+      default = { };
+      example = literalExpression ''
+        {
+          node.availability = "drain";
+          cluster.settings.heartbeat_period = "1s";
+          registries."registry.lan:5000".insecure = true;
+        }
+      '';
+      description = ''
+        The cluster file, `/etc/shoal/cluster.toml`, as a Nix value. `role`,
+        `bootstrap`, `join`, `advertiseAddress`, `labels`, `tokenFile` and
+        `images` are merged into it (`node.role`, `cluster.join`, ...); set
+        them through those options. Unknown keys make shoald refuse to
+        start. A change restarts shoald (running containers are kept).
+      '';
+    };
+
+    stacks = mkOption {
+      type = types.attrsOf (types.submodule stackModule);
+      default = { };
+      example = literalExpression ''
+        {
+          shop.settings.services.web = {
+            image = "docker.io/library/nginx:1.27";
+            replicas = 3;
+            ports = [ "8080:80" ];
+          };
+          monitoring.source = ./stacks/monitoring.toml;
+        }
+      '';
+      description = ''
+        Stacks deployed from files, one `/etc/shoal/stacks/<name>.toml` each.
+        Declare them on the managers (the same on all of them); workers do
+        not read stack files. A change is applied with `systemctl reload
+        shoald` during the switch, without restarting the daemon; a stack
+        that shoal rejects fails the switch and the running stacks stay as
+        they were.
+      '';
+    };
+
+    images = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression ''
+        [
+          (pkgs.dockerTools.buildImage {
+            name = "hello";
+            tag = "latest";
+            copyToRoot = [ pkgs.hello ];
+            config.Cmd = [ "/bin/hello" ];
+          })
+        ]
+      '';
+      description = ''
+        Docker archive images (from `dockerTools.buildImage`,
+        `buildLayeredImage` or `pullImage`; not the `stream*` variants) that
+        shoald imports into containerd when it starts, so that hosts without
+        registry access can run them. They are listed in the cluster file as
+        `images.preload = [ "docker-archive:/nix/store/..." ]`. Stacks can
+        also refer to an archive directly with
+        `image = "docker-archive:''${image}"`.
+      '';
+    };
+
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      description = "Extra packages on shoald's `PATH`.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      services.shoal.settings = mkMerge [
+        {
+          node = {
+            inherit (cfg) role;
+          }
+          // optionalAttrs (cfg.labels != { }) { inherit (cfg) labels; };
+          cluster = {
+            inherit (cfg) bootstrap;
+          }
+          // optionalAttrs (cfg.join != [ ]) { inherit (cfg) join; }
+          // optionalAttrs (cfg.tokenFile != null) { token_file = cfg.tokenFile; };
+          # The unit's StateDirectory and the stacks option rely on these.
+          paths = {
+            state_dir = stateDir;
+            stacks_dir = stacksDir;
+          };
+          containerd.address = mkDefault "/run/containerd/containerd.sock";
+        }
+        (mkIf (cfg.advertiseAddress != null) { network.advertise = cfg.advertiseAddress; })
+        (mkIf (cfg.images != [ ]) {
+          images.preload = map (image: "docker-archive:${image}") cfg.images;
+        })
+      ];
+
+      assertions = [
+        {
+          assertion = cfg.role == "worker" -> cfg.join != [ ];
+          message = ''services.shoal: a worker needs at least one manager address in services.shoal.join (for example [ "192.168.1.10:4600" ])'';
+        }
+        {
+          assertion = cfg.role == "worker" -> cfg.tokenFile != null;
+          message = "services.shoal: a worker needs services.shoal.tokenFile, the path of a file holding the cluster's join token";
+        }
+        {
+          assertion = cfg.role == "worker" -> !cfg.bootstrap;
+          message = ''services.shoal: bootstrap cannot be set on a worker; set it on one manager (role = "manager")'';
+        }
+        {
+          assertion = cfg.role == "manager" && cfg.bootstrap -> cfg.join == [ ];
+          message = "services.shoal: a node either bootstraps a new cluster or joins one; remove services.shoal.join on the bootstrapping manager, or set services.shoal.bootstrap = false";
+        }
+        {
+          assertion = cfg.role == "manager" && cfg.join != [ ] -> cfg.tokenFile != null;
+          message = "services.shoal: a manager that joins a cluster needs services.shoal.tokenFile, the path of a file holding the cluster's join token";
+        }
+        {
+          assertion = cfg.tokenFile != null -> hasPrefix "/" cfg.tokenFile;
+          message = "services.shoal: tokenFile must be an absolute path, got '${toString cfg.tokenFile}'";
+        }
+        {
+          assertion = cfg.tokenFile != null -> !hasPrefix "${builtins.storeDir}/" cfg.tokenFile;
+          message = "services.shoal: tokenFile points into the Nix store, which is world-readable; keep the join token in a file outside the store (for example with agenix or sops-nix)";
+        }
+      ]
+      ++ lib.mapAttrsToList (name: stack: {
+        assertion = builtins.match stackNamePattern name != null;
+        message = "services.shoal.stacks.${name}: a stack name must start with a letter or digit and contain only letters, digits, '_', '.' and '-'";
+      }) cfg.stacks
+      ++ lib.mapAttrsToList (name: stack: {
+        assertion = !(stack.source != null && stack.settings != { });
+        message = "services.shoal.stacks.${name}: set either settings or source, not both";
+      }) cfg.stacks;
+
+      warnings = optional (
+        cfg.role == "worker" && enabledStacks != { }
+      ) "services.shoal.stacks (${concatStringsSep ", " (attrNames enabledStacks)}) is set on a worker, which does not read stack files; declare stacks on the managers";
+
+      virtualisation.containerd.enable = mkDefault true;
+
+      environment.systemPackages = [ cfg.package ];
+
+      environment.etc = {
+        "shoal/cluster.toml".source = clusterFile;
+      }
+      // mapAttrs' (
+        name: file: nameValuePair "shoal/stacks/${name}.toml" { source = file; }
+      ) stackFiles;
+
+      # Keep the stacks directory when no stack is declared, so that a reload
+      # after the last stack is removed sees an empty directory.
+      systemd.tmpfiles.rules = [ "d ${stacksDir} 0755 root root -" ];
+
+      services.dbus.packages = [ cfg.package ];
+
+      # Members may change the cluster through the D-Bus API (see the policy
+      # file org.shoal.Shoal1.conf); reading is open to every local user.
+      users.groups.shoal = { };
+
+      # Service IPs, published ports and overlay networks route through the host.
+      boot.kernel.sysctl = {
+        "net.ipv4.conf.all.forwarding" = mkDefault true;
+        "net.ipv4.conf.default.forwarding" = mkDefault true;
+      };
+
+      systemd.services.shoald = {
+        description = "shoal container orchestrator";
+        wantedBy = [ "multi-user.target" ];
+        # Wants, not Requires: restarting or upgrading containerd must not
+        # restart shoald.
+        wants = [
+          "containerd.service"
+          "network-online.target"
+        ];
+        after = [
+          "containerd.service"
+          "network-online.target"
+          "dbus.service"
+        ];
+        path = [
+          cfg.package
+          pkgs.iproute2
+          pkgs.nftables
+          pkgs.kmod
+        ]
+        ++ cfg.extraPackages;
+
+        # Stacks change: `systemctl reload` (shoal reload). The cluster file or
+        # the binary change: one restart at the end of the switch
+        # (stopIfChanged = false); containers keep running either way.
+        reloadTriggers = attrValues stackFiles;
+        restartTriggers = [
+          clusterFile
+          cfg.package
+        ];
+        stopIfChanged = false;
+
+        # Give up after 5 failed starts in a minute instead of restarting forever.
+        startLimitIntervalSec = 60;
+        startLimitBurst = 5;
+
+        serviceConfig = {
+          Type = "notify";
+          NotifyAccess = "main";
+          BusName = "org.shoal.Shoal1";
+          ExecStart = "${cfg.package}/bin/shoald --config ${configPath}";
+          # Synchronous: validates every stack file and applies the changes,
+          # or fails and leaves the running state untouched.
+          ExecReload = "${cfg.package}/bin/shoal reload";
+          WatchdogSec = "30s";
+          Restart = "on-failure";
+          RestartSec = "2s";
+          # Joining, image preloading: more than the default 90 s on a slow
+          # host. systemd applies it to reloads too.
+          TimeoutStartSec = "5min";
+          # Time for a graceful leave of the Raft group.
+          TimeoutStopSec = "60s";
+          # Raft log and snapshots, node identity, certificates.
+          StateDirectory = "shoal";
+          StateDirectoryMode = "0700";
+          # Network namespace bind mounts of running tasks: kept across restarts.
+          RuntimeDirectory = "shoal";
+          RuntimeDirectoryPreserve = "yes";
+          # Containers outlive the daemon: their shims live in containerd's
+          # cgroup; only shoald itself is stopped.
+          KillMode = "process";
+          Delegate = false;
+          LimitNOFILE = 1048576;
+          # Keep the control plane alive under memory pressure (containerd: -999).
+          OOMScoreAdjust = -500;
+        };
+      };
+    }
+
+    (mkIf cfg.openFirewall {
+      networking.firewall.allowedTCPPorts = [ clusterPort ];
+      networking.firewall.allowedUDPPorts = [ vxlanPort ];
+    })
+  ]);
+}

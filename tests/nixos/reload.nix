@@ -1,0 +1,32 @@
+# A stack change through a configuration switch is a reload of shoald, never a
+# stop; a stack that shoal rejects fails the switch and leaves the running
+# stack alone. The switches go between specialisations of one machine.
+{ pkgs }:
+let
+  common = import ./common.nix { inherit pkgs; };
+in
+{
+  name = "shoal-reload";
+
+  nodes.machine =
+    { lib, ... }:
+    {
+      imports = [ common.node ];
+      services.shoal.stacks.demo.settings = common.webStack { message = "version one"; };
+
+      specialisation.v2.configuration = {
+        services.shoal.stacks.demo.settings.services.web.env.MESSAGE = lib.mkForce "version two";
+      };
+
+      # Build-time validation would refuse this stack: skip it to see what a
+      # running cluster does with a bad file.
+      specialisation.broken.configuration = {
+        services.shoal.stacks.demo = {
+          validate = false;
+          settings.services.web.replicas = lib.mkForce "three";
+        };
+      };
+    };
+
+  testScript = common.helpers + builtins.readFile ./reload.py;
+}
