@@ -1,0 +1,604 @@
+//! The daemon's side of the D-Bus API: reads come from the local copy of the replicated state,
+//! changes go through raft.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use model::{
+    ApplyError, ClusterState, Command, NodeRole, Service, ServiceMode, ServiceSpec, StackSource,
+    TaskState, UpdateState, UpdateStatus,
+};
+use shoal_dbus::{
+    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceDetail, ServiceRow,
+    SpecPatch, StackRow, TaskFilter, TaskRow,
+};
+use tracing::{error, info};
+
+use crate::daemon::{Daemon, RandomIds, now_ms};
+use crate::{identity, logs, notify};
+
+/// The D-Bus backend: a handle on the daemon.
+#[derive(Clone)]
+pub struct DaemonBackend(pub Arc<Daemon>);
+
+fn failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Failed(e.to_string())
+}
+
+fn apply_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::ServiceExists(n) => {
+            ApiError::AlreadyExists(format!("service {n} already exists"))
+        }
+        ApplyError::ServiceNotFound(n) => ApiError::NotFound(format!("service {n} not found")),
+        ApplyError::StackNotFound(n) => ApiError::NotFound(format!("stack {n} not found")),
+        e @ ApplyError::PortInUse { .. } => ApiError::InvalidSpec(e.to_string()),
+        e => ApiError::Failed(e.to_string()),
+    }
+}
+
+/// Desired task count: replicas, or eligible nodes for global services.
+fn desired_count(state: &ClusterState, svc: &Service) -> u64 {
+    match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => state.nodes.values().filter(|n| n.is_eligible()).count() as u64,
+    }
+}
+
+fn running_count(state: &ClusterState, svc: &Service) -> u64 {
+    state
+        .tasks_of(&svc.id)
+        .filter(|t| {
+            t.status.state == TaskState::Running
+                && t.desired == TaskState::Running
+                && t.spec_version == svc.version
+        })
+        .count() as u64
+}
+
+fn find_service<'a>(state: &'a ClusterState, key: &str) -> Result<&'a Service, ApiError> {
+    state.find_service(key).ok_or_else(|| {
+        ApiError::NotFound(format!("service {key} not found (see `shoal service ls`)"))
+    })
+}
+
+impl DaemonBackend {
+    fn d(&self) -> &Daemon {
+        &self.0
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<model::Applied, ApiError> {
+        match self.d().propose(cmd).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(e)) => Err(apply_error(e)),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "cannot commit the change: {e}"
+            ))),
+        }
+    }
+
+    async fn signal_service(&self, name: &str) {
+        let events = self.d().events.lock().ok().and_then(|e| e.clone());
+        if let Some(events) = events {
+            let _ = events.service_changed(name).await;
+        }
+    }
+
+    fn node_name(state: &ClusterState, id: Option<&String>) -> String {
+        id.and_then(|n| state.nodes.get(n))
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The actual reload, shared by D-Bus `Reload`, SIGHUP and start-up.
+    pub async fn do_reload(&self) -> Result<ChangeReport, ApiError> {
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        notify::reloading();
+        let result = self.reload_locked().await;
+        match &result {
+            Ok(r) => {
+                info!(added = ?r.added, changed = ?r.changed, removed = ?r.removed, unchanged = r.unchanged.len(), "stacks reloaded");
+                notify::reloaded(&d.summary());
+                d.set_status(d.summary());
+                let events = d.events.lock().ok().and_then(|e| e.clone());
+                if let Some(events) = events {
+                    let _ = events.reloaded(r).await;
+                }
+            }
+            Err(e) => {
+                error!(error = %e.message(), "reload failed; running stacks left as they were");
+                notify::reloaded(&format!("{}; last reload failed", d.summary()));
+            }
+        }
+        result
+    }
+
+    async fn reload_locked(&self) -> Result<ChangeReport, ApiError> {
+        let d = self.d();
+        let dir = &d.cfg.paths.stacks_dir;
+        let loaded =
+            spec::load_stacks_dir(dir).map_err(|e| ApiError::ReloadFailed(e.to_string()))?;
+        let state = d.state();
+        // Resolve the images of stacks whose file changed; an unchanged file costs nothing.
+        let changed_images: Vec<String> = loaded
+            .iter()
+            .filter(|f| {
+                !state.stacks.get(&f.name).is_some_and(|s| {
+                    s.source
+                        == StackSource::File {
+                            path: f.path.display().to_string(),
+                            hash: f.hash.clone(),
+                        }
+                })
+            })
+            .flat_map(|f| f.spec.services.iter().map(|s| s.task.image.clone()))
+            .collect();
+        let digests = d
+            .resolve_images(changed_images.iter().map(String::as_str))
+            .await
+            .map_err(|errs| ApiError::ReloadFailed(errs.join("\n")))?;
+        let files: Vec<control::stacks::FileStack> = loaded
+            .into_iter()
+            .map(|f| control::stacks::FileStack {
+                name: f.name,
+                path: f.path.display().to_string(),
+                hash: f.hash,
+                spec: f.spec,
+            })
+            .collect();
+        let state = d.state();
+        let plan = control::stacks::plan_reload(&state, &files, &digests, now_ms(), &mut RandomIds)
+            .map_err(|errs| {
+                ApiError::ReloadFailed(
+                    errs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            })?;
+        if let Some(cmd) = plan.command {
+            match d.propose(cmd).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ApiError::ReloadFailed(e.to_string())),
+                Err(e) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "cannot commit the reload: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(ChangeReport {
+            added: plan.added,
+            changed: plan.changed,
+            removed: plan.removed,
+            unchanged: plan.unchanged,
+        })
+    }
+}
+
+impl Backend for DaemonBackend {
+    async fn info(&self) -> Result<ClusterInfo, ApiError> {
+        let d = self.d();
+        let st = d.state();
+        let leader = d.store.leader();
+        let leader_id = st
+            .nodes
+            .values()
+            .find(|n| Some(n.raft_id) == leader)
+            .map(|n| n.id.clone())
+            .unwrap_or_default();
+        Ok(ClusterInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_id: d.identity.node_id.clone(),
+            node_name: d.node_name.clone(),
+            cluster_id: st.cluster_id.clone(),
+            role: d.cfg.node.role.as_str().into(),
+            is_leader: d.store.is_leader(),
+            leader_id,
+            managers: st
+                .nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager)
+                .count() as u64,
+            nodes: st.nodes.len() as u64,
+            services: st.services.len() as u64,
+            tasks: st.tasks.len() as u64,
+            running: st
+                .tasks
+                .values()
+                .filter(|t| t.status.state == TaskState::Running)
+                .count() as u64,
+            stacks: st.stacks.len() as u64,
+            now: now_ms(),
+            status: d.status(),
+        })
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, ApiError> {
+        let d = self.d();
+        let st = d.state();
+        let leader = d.store.leader();
+        let mut rows: Vec<NodeRow> = st
+            .nodes
+            .values()
+            .map(|n| {
+                let ms = match n.role {
+                    NodeRole::Manager if Some(n.raft_id) == leader => "leader",
+                    NodeRole::Manager => "reachable",
+                    NodeRole::Worker => "",
+                };
+                NodeRow::from_node(n, ms, n.id == d.identity.node_id)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
+    }
+
+    async fn inspect_node(&self, node: &str) -> Result<NodeRow, ApiError> {
+        let rows = self.list_nodes().await?;
+        let found = rows
+            .iter()
+            .find(|r| (node == "self" && r.is_self) || r.id == node || r.name == node)
+            .or_else(|| {
+                let mut it = rows
+                    .iter()
+                    .filter(|r| !node.is_empty() && r.id.starts_with(node));
+                match (it.next(), it.next()) {
+                    (Some(r), None) => Some(r),
+                    _ => None,
+                }
+            });
+        found.cloned().ok_or_else(|| {
+            ApiError::NotFound(format!("node {node} not found (see `shoal node ls`)"))
+        })
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        let st = self.d().state();
+        let mut rows: Vec<ServiceRow> = st
+            .services
+            .values()
+            .map(|s| ServiceRow::from_service(s, running_count(&st, s), desired_count(&st, s)))
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
+    }
+
+    async fn inspect_service(&self, service: &str) -> Result<ServiceDetail, ApiError> {
+        let st = self.d().state();
+        let svc = find_service(&st, service)?;
+        Ok(ServiceDetail {
+            service: svc.clone(),
+            running: running_count(&st, svc),
+            desired: desired_count(&st, svc),
+        })
+    }
+
+    async fn create_service(&self, spec: ServiceSpec) -> Result<String, ApiError> {
+        let d = self.d();
+        spec::units::validate_name("service", &spec.name).map_err(ApiError::InvalidSpec)?;
+        spec::units::validate_image(&spec.task.image).map_err(ApiError::InvalidSpec)?;
+        if d.state().service_by_name(&spec.name).is_some() {
+            return Err(ApiError::AlreadyExists(format!(
+                "service {} already exists",
+                spec.name
+            )));
+        }
+        let digest = d
+            .resolve_image(&spec.task.image)
+            .await
+            .map_err(ApiError::InvalidSpec)?;
+        let now = now_ms();
+        let svc = Service {
+            id: identity::new_id(),
+            spec,
+            version: 1,
+            previous_spec: None,
+            image_digest: Some(digest),
+            update_status: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let id = svc.id.clone();
+        let name = svc.spec.name.clone();
+        self.propose(Command::CreateService(svc)).await?;
+        info!(service = %name, %id, "service created");
+        self.signal_service(&name).await;
+        Ok(id)
+    }
+
+    async fn update_service(&self, service: &str, patch: SpecPatch) -> Result<u64, ApiError> {
+        let d = self.d();
+        let st = d.state();
+        let svc = find_service(&st, service)?.clone();
+        let mut spec = svc.spec.clone();
+        patch.apply(&mut spec)?;
+        if std::mem::discriminant(&spec.mode) != std::mem::discriminant(&svc.spec.mode) {
+            return Err(ApiError::InvalidSpec(
+                "a service's mode (replicated or global) cannot change; remove and create it again"
+                    .into(),
+            ));
+        }
+        spec::units::validate_image(&spec.task.image).map_err(ApiError::InvalidSpec)?;
+        if patch.forces_update() {
+            spec.task.force_update += 1;
+        }
+        if spec == svc.spec {
+            return Ok(svc.version);
+        }
+        let digest = if spec.task.image != svc.spec.task.image || patch.forces_update() {
+            Some(
+                d.resolve_image(&spec.task.image)
+                    .await
+                    .map_err(ApiError::InvalidSpec)?,
+            )
+        } else {
+            None
+        };
+        self.propose(Command::UpdateService {
+            id: svc.id.clone(),
+            spec,
+            image_digest: digest,
+            now: now_ms(),
+        })
+        .await?;
+        self.signal_service(&svc.spec.name).await;
+        Ok(d.state()
+            .services
+            .get(&svc.id)
+            .map_or(svc.version, |s| s.version))
+    }
+
+    async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
+        let st = self.d().state();
+        let svc = find_service(&st, service)?.clone();
+        if svc.spec.mode == ServiceMode::Global {
+            return Err(ApiError::InvalidSpec(format!(
+                "scale can only be used with replicated services; {} is global",
+                svc.spec.name
+            )));
+        }
+        let mut spec = svc.spec.clone();
+        spec.mode = ServiceMode::Replicated { replicas };
+        self.propose(Command::UpdateService {
+            id: svc.id.clone(),
+            spec,
+            image_digest: None,
+            now: now_ms(),
+        })
+        .await?;
+        self.signal_service(&svc.spec.name).await;
+        Ok(())
+    }
+
+    async fn rollback_service(&self, service: &str) -> Result<u64, ApiError> {
+        let st = self.d().state();
+        let svc = find_service(&st, service)?.clone();
+        let Some(prev) = svc.previous_spec.clone() else {
+            return Err(ApiError::Failed(format!(
+                "service {} has no previous spec to roll back to",
+                svc.spec.name
+            )));
+        };
+        let now = now_ms();
+        self.propose(Command::Batch(vec![
+            Command::UpdateService {
+                id: svc.id.clone(),
+                spec: prev,
+                image_digest: None,
+                now,
+            },
+            Command::SetUpdateStatus {
+                service_id: svc.id.clone(),
+                status: Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    started_at: now,
+                    completed_at: None,
+                    message: "manually requested rollback".into(),
+                }),
+            },
+        ]))
+        .await?;
+        self.signal_service(&svc.spec.name).await;
+        Ok(self
+            .d()
+            .state()
+            .services
+            .get(&svc.id)
+            .map_or(svc.version, |s| s.version))
+    }
+
+    async fn remove_service(&self, service: &str) -> Result<(), ApiError> {
+        let st = self.d().state();
+        let svc = find_service(&st, service)?.clone();
+        self.propose(Command::RemoveService { id: svc.id.clone() })
+            .await?;
+        info!(service = %svc.spec.name, "service removed");
+        self.signal_service(&svc.spec.name).await;
+        Ok(())
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, ApiError> {
+        let st = self.d().state();
+        let service_id = match &filter.service {
+            Some(s) => Some(find_service(&st, s)?.id.clone()),
+            None => None,
+        };
+        if let Some(stack) = &filter.stack {
+            if !st.stacks.contains_key(stack)
+                && !st
+                    .services
+                    .values()
+                    .any(|s| s.spec.stack.as_deref() == Some(stack))
+            {
+                return Err(ApiError::NotFound(format!(
+                    "stack {stack} not found (see `shoal stack ls`)"
+                )));
+            }
+        }
+        let node_id = match &filter.node {
+            Some(n) => Some(self.inspect_node(n).await?.id),
+            None => None,
+        };
+        let rows = st
+            .tasks
+            .values()
+            .filter(|t| service_id.as_ref().is_none_or(|s| &t.service_id == s))
+            .filter(|t| {
+                filter.stack.as_ref().is_none_or(|stack| {
+                    st.services
+                        .get(&t.service_id)
+                        .and_then(|s| s.spec.stack.as_ref())
+                        == Some(stack)
+                        || t.service_name.starts_with(&format!("{stack}_"))
+                })
+            })
+            .filter(|t| {
+                node_id
+                    .as_ref()
+                    .is_none_or(|n| t.node_id.as_ref() == Some(n))
+            })
+            .filter(|t| filter.matches_desired(t.desired))
+            .map(|t| TaskRow::from_task(t, &Self::node_name(&st, t.node_id.as_ref())))
+            .collect();
+        Ok(rows)
+    }
+
+    async fn deploy_stack(&self, name: &str, text: &str) -> Result<ChangeReport, ApiError> {
+        let d = self.d();
+        let path = format!("{name}.toml");
+        let stack = spec::parse_stack_named(Path::new(&path), name, text)
+            .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        let _guard = d.change_lock.lock().await;
+        if let Some(existing) = d.state().stacks.get(name) {
+            if let StackSource::File { path, .. } = &existing.source {
+                return Err(ApiError::AlreadyExists(format!(
+                    "stack {name} is managed by the file {path}; edit the file and run `shoal reload`"
+                )));
+            }
+        }
+        let images: Vec<String> = stack
+            .services
+            .iter()
+            .map(|s| s.task.image.clone())
+            .collect();
+        let digests = d
+            .resolve_images(images.iter().map(String::as_str))
+            .await
+            .map_err(|errs| ApiError::InvalidSpec(errs.join("\n")))?;
+        let state = d.state();
+        let change = control::stacks::plan_stack(
+            &state,
+            &stack,
+            StackSource::Cli,
+            &digests,
+            now_ms(),
+            &mut RandomIds,
+        )
+        .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        let mut report = ChangeReport::default();
+        let Some(change) = change else {
+            report.unchanged = stack.services.iter().map(|s| s.name.clone()).collect();
+            return Ok(report);
+        };
+        report.added = change.create.iter().map(|s| s.spec.name.clone()).collect();
+        report.changed = change
+            .update
+            .iter()
+            .map(|(_, s, _)| s.name.clone())
+            .collect();
+        report.removed = change
+            .remove
+            .iter()
+            .filter_map(|id| state.services.get(id).map(|s| s.spec.name.clone()))
+            .collect();
+        report.unchanged = stack
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|n| !report.added.contains(n) && !report.changed.contains(n))
+            .collect();
+        self.propose(Command::ApplyStack(change)).await?;
+        info!(stack = %name, "stack deployed");
+        Ok(report)
+    }
+
+    async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
+        let st = self.d().state();
+        Ok(st
+            .stacks
+            .values()
+            .map(|s| {
+                let (source, path) = match &s.source {
+                    StackSource::Cli => ("cli".to_string(), String::new()),
+                    StackSource::File { path, .. } => ("file".to_string(), path.clone()),
+                };
+                StackRow {
+                    name: s.name.clone(),
+                    services: st
+                        .services
+                        .values()
+                        .filter(|v| v.spec.stack.as_deref() == Some(s.name.as_str()))
+                        .count() as u64,
+                    source,
+                    path,
+                    updated_at: s.updated_at,
+                }
+            })
+            .collect())
+    }
+
+    async fn remove_stack(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        let st = d.state();
+        let Some(change) = control::stacks::plan_stack_removal(&st, name, now_ms()) else {
+            return Err(ApiError::NotFound(format!(
+                "stack {name} not found (see `shoal stack ls`)"
+            )));
+        };
+        let removed = change
+            .remove
+            .iter()
+            .filter_map(|id| st.services.get(id).map(|s| s.spec.name.clone()))
+            .collect();
+        self.propose(Command::ApplyStack(change)).await?;
+        info!(stack = %name, "stack removed");
+        Ok(removed)
+    }
+
+    async fn reload(&self) -> Result<ChangeReport, ApiError> {
+        self.do_reload().await
+    }
+
+    async fn open_logs(
+        &self,
+        service: &str,
+        options: LogOptions,
+    ) -> Result<std::os::fd::OwnedFd, ApiError> {
+        let d = self.0.clone();
+        let st = d.state();
+        let svc = find_service(&st, service)?;
+        let (read, write) = nix::unistd::pipe().map_err(failed)?;
+        let tail = match options.tail {
+            None | Some(shoal_dbus::TAIL_ALL) => 0,
+            Some(0) => u64::MAX, // "--tail 0": nothing of the past
+            Some(n) => n,
+        };
+        let getter = {
+            let d = d.clone();
+            Arc::new(move || d.state()) as Arc<dyn Fn() -> Arc<ClusterState> + Send + Sync>
+        };
+        logs::spawn_writer(
+            write,
+            svc.id.clone(),
+            d.state_dir(),
+            tail,
+            options.follow,
+            options.timestamps,
+            getter,
+        );
+        Ok(read)
+    }
+}

@@ -1,0 +1,245 @@
+//! The agent's executor on real parts: images and containers through containerd, the task's
+//! network namespace through `net`, output through the log driver.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::{ContainerRef, ContainerStatus, ExecError, Executor, Existing, ExitStatus, Prepared};
+use model::{MountKind, Task};
+use shoal_containerd as ctd;
+
+use crate::daemon::Daemon;
+use crate::logs;
+
+/// Labels shoal puts on its containers; `TASK_LABEL` is how a restarted daemon finds them.
+pub const TASK_LABEL: &str = "org.shoal.task.id";
+pub const SERVICE_ID_LABEL: &str = "org.shoal.service.id";
+pub const SERVICE_LABEL: &str = "org.shoal.service.name";
+pub const NODE_LABEL: &str = "org.shoal.node.id";
+pub const SLOT_LABEL: &str = "org.shoal.task.slot";
+
+/// Log files rotate at this size; with one rotated file a task keeps at most twice this.
+pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
+
+pub struct ContainerExecutor {
+    d: Arc<Daemon>,
+}
+
+impl ContainerExecutor {
+    pub fn new(d: Arc<Daemon>) -> ContainerExecutor {
+        ContainerExecutor { d }
+    }
+}
+
+/// containerd unreachable or overloaded is worth retrying; anything else is final for the task.
+fn classify(e: ctd::Error) -> ExecError {
+    let msg = e.to_string();
+    match &e {
+        ctd::Error::Connect { .. } => ExecError::temporary(msg),
+        ctd::Error::Containerd { status, .. }
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            ExecError::temporary(msg)
+        }
+        _ => ExecError::fatal(msg),
+    }
+}
+
+fn signal_number(name: &str) -> Result<i32, ExecError> {
+    let name = if name.is_empty() { "SIGTERM" } else { name };
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    if let Ok(n) = name.parse::<i32>() {
+        return Ok(n);
+    }
+    full.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| ExecError::fatal(format!("unknown stop signal {name}")))
+}
+
+impl Executor for ContainerExecutor {
+    async fn prepare(&self, task: &Task) -> Result<Prepared, ExecError> {
+        let d = &self.d;
+        let opts = d.pull_options();
+        let image = match &task.image_digest {
+            Some(digest) => {
+                d.runtime
+                    .ensure_image_pinned(&task.spec.image, digest, &opts)
+                    .await
+            }
+            None => d.runtime.ensure_image(&task.spec.image, &opts).await,
+        }
+        .map_err(classify)?;
+        let att = d.net.attach(&task.id).await.map_err(|e| {
+            ExecError::fatal(format!("failed to attach task to the node network: {e}"))
+        })?;
+        let cid = task.container_id();
+        let spec = &task.spec;
+        let mut c = ctd::ContainerConfig::new(&cid, image);
+        c.set_process(spec.entrypoint.clone(), spec.command.clone());
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        c.set_env(&env);
+        if let Some(w) = &spec.workdir {
+            c.cwd = w.clone();
+        }
+        if let Some(u) = &spec.user {
+            c.user = u.clone();
+        }
+        c.hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| model::short_id(&task.id).to_string());
+        c.mounts = spec
+            .mounts
+            .iter()
+            .map(|m| ctd::Mount {
+                kind: match m.kind {
+                    MountKind::Bind => ctd::MountKind::Bind {
+                        source: m.source.clone().into(),
+                    },
+                    MountKind::Volume => ctd::MountKind::Volume {
+                        name: m.source.clone(),
+                    },
+                    MountKind::Tmpfs => ctd::MountKind::Tmpfs { size: m.size },
+                },
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect();
+        c.resources = ctd::Resources {
+            nano_cpus: spec.resources.nano_cpus,
+            memory_bytes: spec.resources.memory_bytes,
+            pids: spec.resources.pids,
+        };
+        c.read_only_rootfs = spec.read_only;
+        c.network = ctd::NetworkMode::Path(att.netns_path.clone());
+        let mut labels: BTreeMap<String, String> = spec.labels.clone();
+        labels.insert(TASK_LABEL.into(), task.id.clone());
+        labels.insert(SERVICE_ID_LABEL.into(), task.service_id.clone());
+        labels.insert(SERVICE_LABEL.into(), task.service_name.clone());
+        labels.insert(NODE_LABEL.into(), d.identity.node_id.clone());
+        labels.insert(SLOT_LABEL.into(), task.slot.to_string());
+        c.labels = labels;
+        let driver = std::env::current_exe().map_err(|e| {
+            ExecError::fatal(format!(
+                "cannot find the shoald executable for the log driver: {e}"
+            ))
+        })?;
+        c.log = Some(ctd::LogConfig {
+            path: logs::log_path(&d.cfg.paths.state_dir, task),
+            max_size: LOG_MAX_SIZE,
+            driver,
+            name: task.name(),
+            service: task.service_name.clone(),
+            task: task.id.clone(),
+            journal_socket: None,
+        });
+        match d.runtime.create(&c).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(classify(e)),
+        }
+        Ok(Prepared {
+            container_id: cid,
+            address: Some(format!("{}/{}", att.ip, att.prefix_len)),
+        })
+    }
+
+    async fn start(&self, task: &Task) -> Result<u32, ExecError> {
+        self.d
+            .runtime
+            .start(&task.container_id())
+            .await
+            .map_err(classify)
+    }
+
+    async fn wait(&self, c: &ContainerRef) -> Result<ExitStatus, ExecError> {
+        let exit = self.d.runtime.wait(&c.container_id).await.map_err(|e| {
+            if e.is_not_found() {
+                ExecError::fatal(agent::VANISHED)
+            } else {
+                classify(e)
+            }
+        })?;
+        Ok(ExitStatus {
+            code: exit.code,
+            oom_killed: exit.oom_killed,
+        })
+    }
+
+    async fn stop(&self, c: &ContainerRef, signal: &str, grace: Duration) -> Result<(), ExecError> {
+        let sig = signal_number(signal)?;
+        match self.d.runtime.stop(&c.container_id, sig, grace).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn remove(&self, c: &ContainerRef) -> Result<(), ExecError> {
+        self.d
+            .runtime
+            .delete(&c.container_id)
+            .await
+            .map_err(classify)?;
+        self.d.net.detach(&c.task_id).await.map_err(|e| {
+            ExecError::temporary(format!("failed to detach task from the node network: {e}"))
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Existing>, ExecError> {
+        let containers = self.d.runtime.list().await.map_err(classify)?;
+        Ok(containers
+            .into_iter()
+            .filter_map(|c| {
+                let task_id = c.labels.get(TASK_LABEL)?.clone();
+                let status = match c.status {
+                    ctd::ContainerStatus::Running => ContainerStatus::Running {
+                        pid: c.pid.unwrap_or(0),
+                    },
+                    ctd::ContainerStatus::Stopped => ContainerStatus::Exited(c.exit.map_or(
+                        ExitStatus {
+                            code: -1,
+                            oom_killed: false,
+                        },
+                        |e| ExitStatus {
+                            code: e.code,
+                            oom_killed: e.oom_killed,
+                        },
+                    )),
+                    ctd::ContainerStatus::Created | ctd::ContainerStatus::Unknown => {
+                        ContainerStatus::Created
+                    }
+                };
+                Some(Existing {
+                    task_id,
+                    container_id: c.id,
+                    status,
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_number("SIGTERM").unwrap(), 15);
+        assert_eq!(signal_number("term").unwrap(), 15);
+        assert_eq!(signal_number("").unwrap(), 15);
+        assert_eq!(signal_number("SIGKILL").unwrap(), 9);
+        assert_eq!(signal_number("9").unwrap(), 9);
+        assert!(signal_number("SIGNOPE").is_err());
+    }
+}
