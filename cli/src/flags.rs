@@ -1,0 +1,695 @@
+//! `service create` / `service update` flags and their translation into the API's property list.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Args;
+use model::{Mount, MountKind, PortSpec, Protocol, PublishMode};
+use shoal_dbus::props::MountRow;
+use shoal_dbus::{PortRow, Property, ServiceInspect};
+
+/// Flags shared by `service create` and `service update`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonFlags {
+    /// Number of tasks
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Container hostname
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Restart when condition is met ("none", "on-failure", "any")
+    #[arg(long)]
+    pub restart_condition: Option<String>,
+    /// Delay between restart attempts (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    /// Longest delay between restart attempts; the delay doubles up to it
+    #[arg(long)]
+    pub restart_max_delay: Option<String>,
+    /// Maximum number of restarts before giving up (0: unlimited)
+    #[arg(long)]
+    pub restart_max_attempts: Option<u64>,
+    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Maximum number of tasks updated simultaneously (0 to update all at once)
+    #[arg(long)]
+    pub update_parallelism: Option<u64>,
+    /// Delay between updates (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub update_delay: Option<String>,
+    /// Update order ("start-first", "stop-first")
+    #[arg(long)]
+    pub update_order: Option<String>,
+    /// Action on update failure ("pause", "continue", "rollback")
+    #[arg(long)]
+    pub update_failure_action: Option<String>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub update_monitor: Option<String>,
+    /// Failure rate to tolerate during an update (0 to 1)
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// Signal to stop the container
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Time to wait before force killing a container (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    /// Memory limit (e.g. 256M, 1G; 0 for none)
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    /// CPU limit (e.g. 0.5; 0 for none)
+    #[arg(long)]
+    pub limit_cpu: Option<f64>,
+    /// Maximum number of processes (0 for none)
+    #[arg(long)]
+    pub limit_pids: Option<u64>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+}
+
+/// `service create` only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateFlags {
+    /// Service name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Service mode ("replicated", "global")
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Publish a port as a node port (e.g. 8080:80, 8080:80/udp, or
+    /// published=8080,target=80,protocol=tcp,mode=host)
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to copy it from this shell)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Attach a filesystem mount (type=bind,source=/a,target=/b[,readonly] or /a:/b[:ro])
+    #[arg(long = "mount")]
+    pub mount: Vec<String>,
+    /// Service labels (KEY=VALUE)
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+    /// Container labels (KEY=VALUE)
+    #[arg(long = "container-label")]
+    pub container_label: Vec<String>,
+    /// Network attachments
+    #[arg(long = "network")]
+    pub network: Vec<String>,
+}
+
+/// `service update` only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UpdateFlags {
+    /// Service image tag
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Service command and arguments, as one shell-quoted string
+    #[arg(long)]
+    pub args: Option<String>,
+    /// Force update even if no changes require it
+    #[arg(long)]
+    pub force: bool,
+    /// Add or update environment variables
+    #[arg(long = "env-add")]
+    pub env_add: Vec<String>,
+    /// Remove environment variables
+    #[arg(long = "env-rm")]
+    pub env_rm: Vec<String>,
+    /// Add or update service labels
+    #[arg(long = "label-add")]
+    pub label_add: Vec<String>,
+    /// Remove service labels
+    #[arg(long = "label-rm")]
+    pub label_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long = "publish-add")]
+    pub publish_add: Vec<String>,
+    /// Remove a published port by its published port number (e.g. 8080 or 8080/udp)
+    #[arg(long = "publish-rm")]
+    pub publish_rm: Vec<String>,
+    /// Add or update a mount
+    #[arg(long = "mount-add")]
+    pub mount_add: Vec<String>,
+    /// Remove a mount by its target path
+    #[arg(long = "mount-rm")]
+    pub mount_rm: Vec<String>,
+}
+
+/// Parse a docker duration into microseconds for the API.
+pub fn duration_usec(flag: &str, s: &str) -> Result<u64, String> {
+    spec::units::parse_duration(s)
+        .map(|ms| ms.saturating_mul(1000))
+        .map_err(|e| format!("--{flag}: {e}"))
+}
+
+/// Parse a `--timeout` value.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    spec::units::parse_duration(s).map(Duration::from_millis)
+}
+
+/// `0` means no limit; otherwise a docker memory size.
+pub fn memory_bytes(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    spec::units::parse_memory(s).map_err(|e| format!("--limit-memory: {e}"))
+}
+
+fn key_value(flag: &str, s: &str, from_env: bool) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some(_) => Err(format!("--{flag} {s:?}: the name before '=' is empty")),
+        None if from_env => match std::env::var(s) {
+            Ok(v) => Ok((s.to_string(), v)),
+            Err(_) => Err(format!(
+                "--{flag} {s}: no value given and {s} is not set in this shell; write {s}=VALUE"
+            )),
+        },
+        None => Ok((s.to_string(), String::new())),
+    }
+}
+
+fn key_values(
+    flag: &str,
+    items: &[String],
+    from_env: bool,
+) -> Result<BTreeMap<String, String>, String> {
+    items.iter().map(|s| key_value(flag, s, from_env)).collect()
+}
+
+fn port_row(p: &PortSpec) -> PortRow {
+    PortRow::from(p)
+}
+
+/// `8080:80[/udp]`, a range, or docker's long form `published=8080,target=80,protocol=udp,mode=host`.
+pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
+    if !s.contains('=') {
+        return spec::units::parse_port_short(s)
+            .map(|v| v.iter().map(port_row).collect())
+            .map_err(|e| format!("--publish {s}: {e}"));
+    }
+    let mut published = None;
+    let mut target = None;
+    let mut protocol = Protocol::Tcp;
+    let mut mode = PublishMode::Ingress;
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--publish {s}: expected key=value in {part:?}"))?;
+        let num = |v: &str| {
+            v.parse::<u16>()
+                .map_err(|_| format!("--publish {s}: invalid port {v:?}"))
+        };
+        match k {
+            "published" => published = Some(num(v)?),
+            "target" => target = Some(num(v)?),
+            "protocol" => {
+                protocol =
+                    spec::units::parse_protocol(v).map_err(|e| format!("--publish {s}: {e}"))?
+            }
+            "mode" => {
+                mode = match v {
+                    "ingress" => PublishMode::Ingress,
+                    "host" => PublishMode::Host,
+                    _ => return Err(format!("--publish {s}: mode must be ingress or host")),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "--publish {s}: unknown key {other:?} (use published, target, protocol, mode)"
+                ));
+            }
+        }
+    }
+    let target = target.ok_or_else(|| format!("--publish {s}: target is required"))?;
+    let published = published.ok_or_else(|| format!("--publish {s}: published is required"))?;
+    Ok(vec![port_row(&PortSpec {
+        published,
+        target,
+        protocol,
+        mode,
+    })])
+}
+
+fn mount_row(m: &Mount) -> MountRow {
+    MountRow {
+        kind: match m.kind {
+            MountKind::Bind => "bind",
+            MountKind::Volume => "volume",
+            MountKind::Tmpfs => "tmpfs",
+        }
+        .into(),
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+        size: m.size.unwrap_or(0),
+    }
+}
+
+/// Docker's `--mount type=bind,source=/a,target=/b,readonly` or the short `/a:/b:ro`.
+pub fn parse_mount(s: &str) -> Result<MountRow, String> {
+    if !s.contains('=') {
+        return spec::units::parse_mount_short(s)
+            .map(|m| mount_row(&m))
+            .map_err(|e| format!("--mount {s}: {e}"));
+    }
+    let mut row = MountRow {
+        kind: "volume".into(),
+        source: String::new(),
+        target: String::new(),
+        read_only: false,
+        size: 0,
+    };
+    for part in s.split(',') {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k, v),
+            None => (part, "true"),
+        };
+        match k {
+            "type" => row.kind = v.to_string(),
+            "source" | "src" => row.source = v.to_string(),
+            "target" | "destination" | "dst" => row.target = v.to_string(),
+            "readonly" | "ro" => {
+                row.read_only = match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(format!("--mount {s}: readonly must be true or false")),
+                }
+            }
+            "tmpfs-size" => {
+                row.size = spec::units::parse_memory(v).map_err(|e| format!("--mount {s}: {e}"))?
+            }
+            other => {
+                return Err(format!(
+                    "--mount {s}: unknown option {other:?} (use type, source, target, readonly, tmpfs-size)"
+                ));
+            }
+        }
+    }
+    if row.target.is_empty() {
+        return Err(format!("--mount {s}: target is required"));
+    }
+    Ok(row)
+}
+
+fn split_words(flag: &str, s: &str) -> Result<Vec<String>, String> {
+    spec::units::split_command(s).map_err(|e| format!("--{flag}: {e}"))
+}
+
+/// Properties for the flags both commands share.
+fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec<String>> {
+    let mut errs = Vec::new();
+    let mut push = |r: Result<Property, String>| match r {
+        Ok(p) => out.push(p),
+        Err(e) => errs.push(e),
+    };
+    if let Some(n) = f.replicas {
+        push(Ok(Property::Replicas(n)));
+    }
+    if let Some(s) = &f.workdir {
+        push(Ok(Property::Workdir(s.clone())));
+    }
+    if let Some(s) = &f.user {
+        push(Ok(Property::User(s.clone())));
+    }
+    if let Some(s) = &f.hostname {
+        push(Ok(Property::Hostname(s.clone())));
+    }
+    if let Some(s) = &f.entrypoint {
+        push(split_words("entrypoint", s).map(Property::Entrypoint));
+    }
+    if let Some(s) = &f.restart_condition {
+        push(Ok(Property::RestartCondition(s.clone())));
+    }
+    if let Some(s) = &f.restart_delay {
+        push(duration_usec("restart-delay", s).map(Property::RestartDelayUSec));
+    }
+    if let Some(s) = &f.restart_max_delay {
+        push(duration_usec("restart-max-delay", s).map(Property::RestartMaxDelayUSec));
+    }
+    if let Some(n) = f.restart_max_attempts {
+        push(Ok(Property::RestartMaxAttempts(n)));
+    }
+    if let Some(s) = &f.restart_window {
+        push(duration_usec("restart-window", s).map(Property::RestartWindowUSec));
+    }
+    if let Some(n) = f.update_parallelism {
+        push(Ok(Property::UpdateParallelism(n)));
+    }
+    if let Some(s) = &f.update_delay {
+        push(duration_usec("update-delay", s).map(Property::UpdateDelayUSec));
+    }
+    if let Some(s) = &f.update_order {
+        push(Ok(Property::UpdateOrder(s.clone())));
+    }
+    if let Some(s) = &f.update_failure_action {
+        push(Ok(Property::UpdateFailureAction(s.clone())));
+    }
+    if let Some(s) = &f.update_monitor {
+        push(duration_usec("update-monitor", s).map(Property::UpdateMonitorUSec));
+    }
+    if let Some(r) = f.update_max_failure_ratio {
+        push(Ok(Property::UpdateMaxFailureRatio(r)));
+    }
+    if let Some(s) = &f.stop_signal {
+        push(
+            spec::units::normalize_signal(s)
+                .map(Property::StopSignal)
+                .map_err(|e| format!("--stop-signal: {e}")),
+        );
+    }
+    if let Some(s) = &f.stop_grace_period {
+        push(duration_usec("stop-grace-period", s).map(Property::StopGracePeriodUSec));
+    }
+    if let Some(s) = &f.limit_memory {
+        push(memory_bytes(s).map(Property::MemoryMax));
+    }
+    if let Some(c) = f.limit_cpu {
+        push(Ok(Property::CPUs(c)));
+    }
+    if let Some(n) = f.limit_pids {
+        push(Ok(Property::PidsMax(n)));
+    }
+    if let Some(b) = f.read_only {
+        push(Ok(Property::ReadOnly(b)));
+    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// The property list of `service create`.
+pub fn create_properties(
+    image: &str,
+    command: &[String],
+    common: &CommonFlags,
+    create: &CreateFlags,
+) -> Result<Vec<Property>, Vec<String>> {
+    let mut out = vec![Property::Image(image.to_string())];
+    let mut errs = Vec::new();
+    if let Some(m) = &create.mode {
+        out.push(Property::Mode(m.clone()));
+    }
+    if !command.is_empty() {
+        out.push(Property::Command(command.to_vec()));
+    }
+    if let Err(e) = common_properties(common, &mut out) {
+        errs.extend(e);
+    }
+    if !create.publish.is_empty() {
+        let mut ports = Vec::new();
+        for p in &create.publish {
+            match parse_publish(p) {
+                Ok(v) => ports.extend(v),
+                Err(e) => errs.push(e),
+            }
+        }
+        out.push(Property::Ports(ports));
+    }
+    if !create.env.is_empty() {
+        match key_values("env", &create.env, true) {
+            Ok(m) => out.push(Property::Env(m)),
+            Err(e) => errs.push(e),
+        }
+    }
+    if !create.mount.is_empty() {
+        let mut mounts = Vec::new();
+        for m in &create.mount {
+            match parse_mount(m) {
+                Ok(r) => mounts.push(r),
+                Err(e) => errs.push(e),
+            }
+        }
+        out.push(Property::Mounts(mounts));
+    }
+    if !create.label.is_empty() {
+        match key_values("label", &create.label, false) {
+            Ok(m) => out.push(Property::Labels(m)),
+            Err(e) => errs.push(e),
+        }
+    }
+    if !create.container_label.is_empty() {
+        match key_values("container-label", &create.container_label, false) {
+            Ok(m) => out.push(Property::ContainerLabels(m)),
+            Err(e) => errs.push(e),
+        }
+    }
+    if !create.network.is_empty() {
+        out.push(Property::Networks(create.network.clone()));
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+/// Whether `update` needs the current spec (for the `--*-add` / `--*-rm` flags).
+pub fn update_needs_current(u: &UpdateFlags) -> bool {
+    !(u.env_add.is_empty()
+        && u.env_rm.is_empty()
+        && u.label_add.is_empty()
+        && u.label_rm.is_empty()
+        && u.publish_add.is_empty()
+        && u.publish_rm.is_empty()
+        && u.mount_add.is_empty()
+        && u.mount_rm.is_empty())
+}
+
+/// The property list of `service update`: only what the flags change. `current` is needed when
+/// [`update_needs_current`] says so.
+pub fn update_properties(
+    common: &CommonFlags,
+    u: &UpdateFlags,
+    current: Option<&ServiceInspect>,
+) -> Result<Vec<Property>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    if let Some(i) = &u.image {
+        out.push(Property::Image(i.clone()));
+    }
+    if let Some(a) = &u.args {
+        match split_words("args", a) {
+            Ok(v) => out.push(Property::Command(v)),
+            Err(e) => errs.push(e),
+        }
+    }
+    if let Err(e) = common_properties(common, &mut out) {
+        errs.extend(e);
+    }
+    if update_needs_current(u) {
+        let Some(cur) = current else {
+            return Err(vec!["the current spec is needed for --*-add/--*-rm".into()]);
+        };
+        let spec = &cur.spec;
+        if !u.env_add.is_empty() || !u.env_rm.is_empty() {
+            let mut env = spec.task.env.clone();
+            for k in &u.env_rm {
+                env.remove(k.split_once('=').map(|(k, _)| k).unwrap_or(k));
+            }
+            match key_values("env-add", &u.env_add, true) {
+                Ok(m) => env.extend(m),
+                Err(e) => errs.push(e),
+            }
+            out.push(Property::Env(env));
+        }
+        if !u.label_add.is_empty() || !u.label_rm.is_empty() {
+            let mut labels = spec.labels.clone();
+            for k in &u.label_rm {
+                labels.remove(k);
+            }
+            match key_values("label-add", &u.label_add, false) {
+                Ok(m) => labels.extend(m),
+                Err(e) => errs.push(e),
+            }
+            out.push(Property::Labels(labels));
+        }
+        if !u.publish_add.is_empty() || !u.publish_rm.is_empty() {
+            let mut ports: Vec<PortRow> = spec.ports.iter().map(PortRow::from).collect();
+            for r in &u.publish_rm {
+                let (num, proto) = match r.split_once('/') {
+                    Some((n, p)) => (n, Some(p)),
+                    None => (r.as_str(), None),
+                };
+                match num.parse::<u16>() {
+                    Ok(n) => ports
+                        .retain(|p| !(p.published == n && proto.is_none_or(|x| x == p.protocol))),
+                    Err(_) => errs.push(format!("--publish-rm {r}: expected a port number")),
+                }
+            }
+            for a in &u.publish_add {
+                match parse_publish(a) {
+                    Ok(v) => {
+                        for p in v {
+                            ports.retain(|q| {
+                                !(q.published == p.published && q.protocol == p.protocol)
+                            });
+                            ports.push(p);
+                        }
+                    }
+                    Err(e) => errs.push(e),
+                }
+            }
+            out.push(Property::Ports(ports));
+        }
+        if !u.mount_add.is_empty() || !u.mount_rm.is_empty() {
+            let mut mounts: Vec<MountRow> = spec.task.mounts.iter().map(mount_row).collect();
+            mounts.retain(|m| !u.mount_rm.contains(&m.target));
+            for a in &u.mount_add {
+                match parse_mount(a) {
+                    Ok(m) => {
+                        mounts.retain(|o| o.target != m.target);
+                        mounts.push(m);
+                    }
+                    Err(e) => errs.push(e),
+                }
+            }
+            out.push(Property::Mounts(mounts));
+        }
+    }
+    if u.force {
+        out.push(Property::ForceUpdate(true));
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_flags_become_properties() {
+        let common = CommonFlags {
+            replicas: Some(3),
+            restart_delay: Some("250ms".into()),
+            stop_grace_period: Some("1m30s".into()),
+            limit_memory: Some("256M".into()),
+            limit_cpu: Some(0.5),
+            stop_signal: Some("quit".into()),
+            update_order: Some("start-first".into()),
+            entrypoint: Some("/bin/sh -c".into()),
+            ..Default::default()
+        };
+        let create = CreateFlags {
+            publish: vec![
+                "8080:80".into(),
+                "published=53,target=53,protocol=udp,mode=host".into(),
+            ],
+            env: vec!["A=1".into(), "B=x=y".into()],
+            mount: vec!["type=bind,source=/etc,target=/host-etc,readonly".into()],
+            label: vec!["tier=front".into()],
+            ..Default::default()
+        };
+        let props = create_properties(
+            "nginx:1.27",
+            &["nginx".into(), "-g".into()],
+            &common,
+            &create,
+        )
+        .unwrap();
+        let find = |name: &str| props.iter().find(|p| p.name() == name).cloned();
+        assert_eq!(find("Image"), Some(Property::Image("nginx:1.27".into())));
+        assert_eq!(find("Replicas"), Some(Property::Replicas(3)));
+        assert_eq!(
+            find("Command"),
+            Some(Property::Command(vec!["nginx".into(), "-g".into()]))
+        );
+        assert_eq!(
+            find("Entrypoint"),
+            Some(Property::Entrypoint(vec!["/bin/sh".into(), "-c".into()]))
+        );
+        assert_eq!(
+            find("RestartDelayUSec"),
+            Some(Property::RestartDelayUSec(250_000))
+        );
+        assert_eq!(
+            find("StopGracePeriodUSec"),
+            Some(Property::StopGracePeriodUSec(90_000_000))
+        );
+        assert_eq!(find("MemoryMax"), Some(Property::MemoryMax(256 << 20)));
+        assert_eq!(
+            find("StopSignal"),
+            Some(Property::StopSignal("SIGQUIT".into()))
+        );
+        let Some(Property::Ports(ports)) = find("Ports") else {
+            panic!("no ports")
+        };
+        assert_eq!(ports[0].display(), "*:8080->80/tcp");
+        assert_eq!(ports[1].mode, "host");
+        assert_eq!(ports[1].protocol, "udp");
+        let Some(Property::Env(env)) = find("Env") else {
+            panic!("no env")
+        };
+        assert_eq!(env["B"], "x=y");
+        let Some(Property::Mounts(m)) = find("Mounts") else {
+            panic!("no mounts")
+        };
+        assert_eq!(m[0].kind, "bind");
+        assert!(m[0].read_only);
+        // And the daemon side accepts the list.
+        let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
+        assert_eq!(spec.task.resources.nano_cpus, Some(500_000_000));
+    }
+
+    #[test]
+    fn bad_flags_are_all_reported() {
+        let common = CommonFlags {
+            restart_delay: Some("soon".into()),
+            limit_memory: Some("lots".into()),
+            ..Default::default()
+        };
+        let create = CreateFlags {
+            publish: vec!["eighty".into()],
+            ..Default::default()
+        };
+        let errs = create_properties("busybox", &[], &common, &create).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("--restart-delay"), "{errs:?}");
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(duration_usec("x", "1.5s").unwrap(), 1_500_000);
+        assert_eq!(parse_timeout("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_timeout("forever").is_err());
+        assert_eq!(memory_bytes("1G").unwrap(), 1 << 30);
+        assert_eq!(memory_bytes("0").unwrap(), 0);
+    }
+
+    #[test]
+    fn update_env_add_and_rm_merge_with_current() {
+        let mut spec = shoal_dbus::props::default_spec("web");
+        spec.task.image = "busybox".into();
+        spec.task.env.insert("KEEP".into(), "1".into());
+        spec.task.env.insert("DROP".into(), "1".into());
+        let cur = ServiceInspect {
+            info: Default::default(),
+            spec,
+            properties: vec![],
+        };
+        let u = UpdateFlags {
+            env_add: vec!["NEW=2".into()],
+            env_rm: vec!["DROP".into()],
+            force: true,
+            image: Some("busybox:2".into()),
+            ..Default::default()
+        };
+        let props = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap();
+        assert_eq!(props[0], Property::Image("busybox:2".into()));
+        let env = props
+            .iter()
+            .find_map(|p| match p {
+                Property::Env(e) => Some(e.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(env.keys().collect::<Vec<_>>(), vec!["KEEP", "NEW"]);
+        assert!(props.contains(&Property::ForceUpdate(true)));
+    }
+}

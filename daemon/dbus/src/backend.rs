@@ -1,0 +1,169 @@
+//! What the daemon implements so that [`serve`](crate::serve) can answer D-Bus calls.
+
+use std::future::Future;
+use std::os::fd::OwnedFd;
+
+use model::{Id, Service, ServiceSpec};
+
+use crate::error::ApiError;
+use crate::props::{InvalidSpec, Property, apply_properties};
+use crate::types::{
+    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceRow, StackRow, TaskFilter, TaskRow,
+};
+
+/// A service with the task counts only the daemon knows, as `InspectService` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDetail {
+    pub service: Service,
+    /// Tasks of the current spec version whose observed state is RUNNING.
+    pub running: u64,
+    /// Replicas (replicated) or eligible nodes (global).
+    pub desired: u64,
+}
+
+/// The change an `UpdateService` call asks for: properties to apply onto the current spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecPatch(pub Vec<Property>);
+
+impl SpecPatch {
+    /// Apply the patch onto `spec` (the service's current spec). On error `spec` is unchanged.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
+        apply_properties(spec, &self.0)
+    }
+
+    /// The patch asks for a rolling restart (`ForceUpdate = true`).
+    pub fn forces_update(&self) -> bool {
+        self.0
+            .iter()
+            .any(|p| matches!(p, Property::ForceUpdate(true)))
+    }
+}
+
+/// The daemon side of the `org.shoal.Shoal1.Manager` interface: one method per D-Bus method.
+///
+/// Common rules:
+/// - Arguments named `service`, `node` or `stack` are what the user typed: a full name
+///   (`shop_web`), an id, or a unique id prefix. Resolve them like
+///   [`model::ClusterState::find_service`]; a miss or an ambiguous prefix is
+///   [`ApiError::NotFound`] with a message naming what was looked for.
+/// - Methods that change the cluster return once the change is committed to the replicated
+///   state (raft), not when tasks run: clients follow convergence with `ListTasks` and the
+///   `TaskStateChanged` signal. On a follower or worker, forward the change to the leader; when
+///   that is impossible return [`ApiError::NotLeader`] (no leader known) or
+///   [`ApiError::Unavailable`] (no quorum, still starting).
+/// - Validation problems are [`ApiError::InvalidSpec`], listing every problem at once.
+/// - Authorisation is not the backend's job: the D-Bus policy lets only root and the `shoal`
+///   group call the changing methods.
+/// - Returned futures must be `Send`; the server runs calls concurrently.
+pub trait Backend: Send + Sync + 'static {
+    /// `GetInfo` and the interface's properties (`Version`, `NodeId`, ...). Called for every
+    /// property read, so it should be cheap (read local state only).
+    fn info(&self) -> impl Future<Output = Result<ClusterInfo, ApiError>> + Send;
+
+    /// `ListNodes`: every node of the cluster, sorted by name. Build rows with
+    /// [`NodeRow::from_node`].
+    fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeRow>, ApiError>> + Send;
+
+    /// `InspectNode`: `node` is an id, unique id prefix, host name, or `self` for the node that
+    /// answers.
+    fn inspect_node(&self, node: &str) -> impl Future<Output = Result<NodeRow, ApiError>> + Send;
+
+    /// `ListServices`: every service, sorted by name. Build rows with
+    /// [`ServiceRow::from_service`].
+    fn list_services(&self) -> impl Future<Output = Result<Vec<ServiceRow>, ApiError>> + Send;
+
+    /// `InspectService`.
+    fn inspect_service(
+        &self,
+        service: &str,
+    ) -> impl Future<Output = Result<ServiceDetail, ApiError>> + Send;
+
+    /// `CreateService`: store a new service with `spec` (already validated by
+    /// [`crate::props::new_spec`]; `spec.name` is the requested name and `spec.stack` is
+    /// `None`) and return its new id. Returns once the service is committed, before any task
+    /// runs. The server only checks that the name is not empty: validate it (e.g. with
+    /// `spec::units::validate_name("service", name)`) and refuse a bad one with
+    /// [`ApiError::InvalidSpec`]. A taken name is [`ApiError::AlreadyExists`]; a published port
+    /// used by another service is [`ApiError::InvalidSpec`].
+    fn create_service(
+        &self,
+        spec: ServiceSpec,
+    ) -> impl Future<Output = Result<Id, ApiError>> + Send;
+
+    /// `UpdateService`: apply `patch` onto the service's current spec
+    /// ([`SpecPatch::apply`], mapping its error to [`ApiError::InvalidSpec`]), commit it and
+    /// return the service's version after the change (unchanged when the new spec is equal to
+    /// the old one and the patch does not force an update). Changing a stack service from
+    /// outside its stack file is allowed and lasts until the next deploy of that stack. A mode
+    /// change (replicated <-> global) is refused with `InvalidSpec`, as Swarm does.
+    fn update_service(
+        &self,
+        service: &str,
+        patch: SpecPatch,
+    ) -> impl Future<Output = Result<u64, ApiError>> + Send;
+
+    /// `ScaleService`: set the replicas of a replicated service. A global service is
+    /// `InvalidSpec` ("scale can only be used with replicated services").
+    fn scale_service(
+        &self,
+        service: &str,
+        replicas: u64,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// `RollbackService`: swap in the previous spec (one level, as Swarm) and return the new
+    /// version. No previous spec is `Failed` with a message saying so.
+    fn rollback_service(&self, service: &str)
+    -> impl Future<Output = Result<u64, ApiError>> + Send;
+
+    /// `RemoveService`: remove the service; its tasks get desired state REMOVE and shut down
+    /// afterwards. Returns once the removal is committed.
+    fn remove_service(&self, service: &str) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// `ListTasks`: tasks matching every given filter (history included), in any order; the
+    /// CLI sorts. Build rows with [`TaskRow::from_task`]. A `service`, `stack` or `node` filter
+    /// that matches nothing is [`ApiError::NotFound`]. `desired_state` is matched with
+    /// [`TaskFilter::matches_desired`].
+    fn list_tasks(
+        &self,
+        filter: TaskFilter,
+    ) -> impl Future<Output = Result<Vec<TaskRow>, ApiError>> + Send;
+
+    /// `DeployStack`: parse and validate `text` as the stack file of stack `name` (with
+    /// `spec::parse_stack`; problems are `InvalidSpec`, one `file:line:col: message` per line)
+    /// and apply it atomically as a CLI-owned stack. Returns the full service names created,
+    /// updated, removed (services no longer in the file) and left unchanged. A stack of that
+    /// name owned by a file in the stacks directory is `AlreadyExists`.
+    fn deploy_stack(
+        &self,
+        name: &str,
+        text: &str,
+    ) -> impl Future<Output = Result<ChangeReport, ApiError>> + Send;
+
+    /// `ListStacks`: every stack, sorted by name.
+    fn list_stacks(&self) -> impl Future<Output = Result<Vec<StackRow>, ApiError>> + Send;
+
+    /// `RemoveStack`: remove the stack and all its services atomically; returns the removed
+    /// service names. A file-owned stack is removed too, but comes back on the next reload if
+    /// its file still exists.
+    fn remove_stack(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Vec<String>, ApiError>> + Send;
+
+    /// `Reload` (also what `ExecReload=shoal reload` and SIGHUP do): re-read every stack file,
+    /// validate all of them, and only if every file is valid apply the changes. Returns stack
+    /// names added, changed, removed (file gone) and unchanged. Any bad file is
+    /// [`ApiError::ReloadFailed`] with every problem, one per line, and nothing is changed.
+    fn reload(&self) -> impl Future<Output = Result<ChangeReport, ApiError>> + Send;
+
+    /// `OpenLogs`: return the read end of a pipe or socket the daemon writes the service's log
+    /// lines into (`<task name>.<short task id>@<node>    | <line>\n`, as `docker service logs`
+    /// prints them, with an RFC 3339 timestamp first when `timestamps` is set). Without
+    /// `follow` the daemon writes the existing lines and closes its end; with `follow` it keeps
+    /// writing until the service is removed or the reader closes its end.
+    fn open_logs(
+        &self,
+        service: &str,
+        options: LogOptions,
+    ) -> impl Future<Output = Result<OwnedFd, ApiError>> + Send;
+}

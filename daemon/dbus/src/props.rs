@@ -1,0 +1,1085 @@
+//! Service specs as systemd-style property lists (`a(sv)`, as in `StartTransientUnit`).
+//!
+//! `CreateService` applies a list onto a default spec, `UpdateService` onto the current one, and
+//! `InspectService` returns the whole spec as a list. [`Property`] is the typed form; on the bus
+//! each becomes `(name, variant)`:
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `Image` | `s` | image reference |
+//! | `Mode` | `s` | `replicated` or `global` |
+//! | `Replicas` | `t` | replica count (replicated services only) |
+//! | `Command` / `Entrypoint` | `as` | replace the image's cmd / entrypoint; empty: use the image's |
+//! | `Env` / `Labels` / `ContainerLabels` | `a{ss}` | replaced whole |
+//! | `Ports` | `a(qqss)` | published, target, `tcp`/`udp`, `ingress`/`host` |
+//! | `Mounts` | `a(sssbt)` | kind (`bind`/`volume`/`tmpfs`), source, target, read-only, tmpfs size in bytes (0: default) |
+//! | `Networks` | `as` | networks the tasks attach to |
+//! | `Workdir` / `User` / `Hostname` | `s` | empty: the image's default |
+//! | `StopSignal` | `s` | e.g. `SIGTERM` |
+//! | `StopGracePeriodUSec` | `t` | microseconds, like systemd's `*USec` |
+//! | `RestartCondition` | `s` | `any`, `on-failure`, `none` |
+//! | `RestartDelayUSec` / `RestartMaxDelayUSec` / `RestartWindowUSec` | `t` | |
+//! | `RestartMaxAttempts` | `t` | 0: unlimited |
+//! | `UpdateParallelism` / `RollbackParallelism` | `t` | 0: all at once |
+//! | `UpdateDelayUSec` / `UpdateMonitorUSec` (and `Rollback…`) | `t` | |
+//! | `UpdateOrder` / `RollbackOrder` | `s` | `stop-first`, `start-first` |
+//! | `UpdateFailureAction` / `RollbackFailureAction` | `s` | `pause`, `continue`, `rollback` |
+//! | `UpdateMaxFailureRatio` / `RollbackMaxFailureRatio` | `d` | 0.0 to 1.0 |
+//! | `MemoryMax` | `t` | bytes; 0: no limit |
+//! | `CPUs` | `d` | CPUs, e.g. 0.5; 0: no limit |
+//! | `PidsMax` | `t` | 0: no limit |
+//! | `ReadOnly` | `b` | read-only root file system |
+//! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
+//!
+//! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
+
+use std::collections::BTreeMap;
+
+use model::{
+    FailureAction, Mount, MountKind, PortSpec, Protocol, PublishMode, RestartCondition,
+    ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
+};
+use serde::{Deserialize, Serialize};
+use zbus::{OwnedVariant, Variant};
+
+use crate::types::PortRow;
+
+/// The wire form of a property list: `a(sv)`.
+pub type PropertyList = Vec<(String, OwnedVariant)>;
+
+/// A property list could not be applied to a spec. Holds every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct InvalidSpec(pub Vec<String>);
+
+impl InvalidSpec {
+    pub fn one(msg: impl Into<String>) -> InvalidSpec {
+        InvalidSpec(vec![msg.into()])
+    }
+}
+
+/// A mount in a property list: signature `(sssbt)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, zbus::Type)]
+pub struct MountRow {
+    /// `bind`, `volume` or `tmpfs`.
+    pub kind: String,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+    /// tmpfs size in bytes; 0 for the default.
+    pub size: u64,
+}
+
+/// One typed property. See the module documentation for names, types and units.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Property {
+    Image(String),
+    Mode(String),
+    Replicas(u64),
+    Command(Vec<String>),
+    Entrypoint(Vec<String>),
+    Env(BTreeMap<String, String>),
+    Labels(BTreeMap<String, String>),
+    ContainerLabels(BTreeMap<String, String>),
+    Ports(Vec<PortRow>),
+    Mounts(Vec<MountRow>),
+    Networks(Vec<String>),
+    Workdir(String),
+    User(String),
+    Hostname(String),
+    StopSignal(String),
+    StopGracePeriodUSec(u64),
+    RestartCondition(String),
+    RestartDelayUSec(u64),
+    RestartMaxDelayUSec(u64),
+    RestartMaxAttempts(u64),
+    RestartWindowUSec(u64),
+    UpdateParallelism(u64),
+    UpdateDelayUSec(u64),
+    UpdateMonitorUSec(u64),
+    UpdateOrder(String),
+    UpdateFailureAction(String),
+    UpdateMaxFailureRatio(f64),
+    RollbackParallelism(u64),
+    RollbackDelayUSec(u64),
+    RollbackMonitorUSec(u64),
+    RollbackOrder(String),
+    RollbackFailureAction(String),
+    RollbackMaxFailureRatio(f64),
+    MemoryMax(u64),
+    CPUs(f64),
+    PidsMax(u64),
+    ReadOnly(bool),
+    ForceUpdate(bool),
+}
+
+fn ov<'a, T: Into<Variant<'a>>>(v: T) -> OwnedVariant {
+    // Converting an owned value into an owned variant only fails for file descriptors, which no
+    // property carries.
+    OwnedVariant::try_from(v.into()).expect("property values contain no file descriptors")
+}
+
+fn usec(ms: u64) -> u64 {
+    ms.saturating_mul(1000)
+}
+
+fn ms(usec: u64) -> u64 {
+    usec / 1000
+}
+
+impl Property {
+    /// Every property name, in the order `spec_to_properties` emits them.
+    pub const NAMES: [&'static str; 38] = [
+        "Image",
+        "Mode",
+        "Replicas",
+        "Command",
+        "Entrypoint",
+        "Env",
+        "Labels",
+        "ContainerLabels",
+        "Ports",
+        "Mounts",
+        "Networks",
+        "Workdir",
+        "User",
+        "Hostname",
+        "StopSignal",
+        "StopGracePeriodUSec",
+        "RestartCondition",
+        "RestartDelayUSec",
+        "RestartMaxDelayUSec",
+        "RestartMaxAttempts",
+        "RestartWindowUSec",
+        "UpdateParallelism",
+        "UpdateDelayUSec",
+        "UpdateMonitorUSec",
+        "UpdateOrder",
+        "UpdateFailureAction",
+        "UpdateMaxFailureRatio",
+        "RollbackParallelism",
+        "RollbackDelayUSec",
+        "RollbackMonitorUSec",
+        "RollbackOrder",
+        "RollbackFailureAction",
+        "RollbackMaxFailureRatio",
+        "MemoryMax",
+        "CPUs",
+        "PidsMax",
+        "ReadOnly",
+        "ForceUpdate",
+    ];
+
+    /// The D-Bus name.
+    pub fn name(&self) -> &'static str {
+        use Property::*;
+        match self {
+            Image(_) => "Image",
+            Mode(_) => "Mode",
+            Replicas(_) => "Replicas",
+            Command(_) => "Command",
+            Entrypoint(_) => "Entrypoint",
+            Env(_) => "Env",
+            Labels(_) => "Labels",
+            ContainerLabels(_) => "ContainerLabels",
+            Ports(_) => "Ports",
+            Mounts(_) => "Mounts",
+            Networks(_) => "Networks",
+            Workdir(_) => "Workdir",
+            User(_) => "User",
+            Hostname(_) => "Hostname",
+            StopSignal(_) => "StopSignal",
+            StopGracePeriodUSec(_) => "StopGracePeriodUSec",
+            RestartCondition(_) => "RestartCondition",
+            RestartDelayUSec(_) => "RestartDelayUSec",
+            RestartMaxDelayUSec(_) => "RestartMaxDelayUSec",
+            RestartMaxAttempts(_) => "RestartMaxAttempts",
+            RestartWindowUSec(_) => "RestartWindowUSec",
+            UpdateParallelism(_) => "UpdateParallelism",
+            UpdateDelayUSec(_) => "UpdateDelayUSec",
+            UpdateMonitorUSec(_) => "UpdateMonitorUSec",
+            UpdateOrder(_) => "UpdateOrder",
+            UpdateFailureAction(_) => "UpdateFailureAction",
+            UpdateMaxFailureRatio(_) => "UpdateMaxFailureRatio",
+            RollbackParallelism(_) => "RollbackParallelism",
+            RollbackDelayUSec(_) => "RollbackDelayUSec",
+            RollbackMonitorUSec(_) => "RollbackMonitorUSec",
+            RollbackOrder(_) => "RollbackOrder",
+            RollbackFailureAction(_) => "RollbackFailureAction",
+            RollbackMaxFailureRatio(_) => "RollbackMaxFailureRatio",
+            MemoryMax(_) => "MemoryMax",
+            CPUs(_) => "CPUs",
+            PidsMax(_) => "PidsMax",
+            ReadOnly(_) => "ReadOnly",
+            ForceUpdate(_) => "ForceUpdate",
+        }
+    }
+
+    /// The wire form of the value.
+    pub fn to_variant(&self) -> OwnedVariant {
+        use Property::*;
+        match self {
+            Image(s)
+            | Mode(s)
+            | Workdir(s)
+            | User(s)
+            | Hostname(s)
+            | StopSignal(s)
+            | RestartCondition(s)
+            | UpdateOrder(s)
+            | UpdateFailureAction(s)
+            | RollbackOrder(s)
+            | RollbackFailureAction(s) => ov(s.as_str()),
+            Replicas(n)
+            | StopGracePeriodUSec(n)
+            | RestartDelayUSec(n)
+            | RestartMaxDelayUSec(n)
+            | RestartMaxAttempts(n)
+            | RestartWindowUSec(n)
+            | UpdateParallelism(n)
+            | UpdateDelayUSec(n)
+            | UpdateMonitorUSec(n)
+            | RollbackParallelism(n)
+            | RollbackDelayUSec(n)
+            | RollbackMonitorUSec(n)
+            | MemoryMax(n)
+            | PidsMax(n) => ov(*n),
+            Command(v) | Entrypoint(v) | Networks(v) => ov(v.clone()),
+            Env(m) | Labels(m) | ContainerLabels(m) => ov(m.clone()),
+            Ports(p) => ov(p
+                .iter()
+                .map(|p| (p.published, p.target, p.protocol.clone(), p.mode.clone()))
+                .collect::<Vec<_>>()),
+            Mounts(m) => ov(m
+                .iter()
+                .map(|m| {
+                    (
+                        m.kind.clone(),
+                        m.source.clone(),
+                        m.target.clone(),
+                        m.read_only,
+                        m.size,
+                    )
+                })
+                .collect::<Vec<_>>()),
+            UpdateMaxFailureRatio(d) | RollbackMaxFailureRatio(d) | CPUs(d) => ov(*d),
+            ReadOnly(b) | ForceUpdate(b) => ov(*b),
+        }
+    }
+
+    /// The wire pair `(name, variant)`.
+    pub fn to_wire(&self) -> (String, OwnedVariant) {
+        (self.name().to_string(), self.to_variant())
+    }
+
+    /// Decode one wire pair. Unknown names and wrong value types are refused.
+    pub fn from_wire(name: &str, value: &OwnedVariant) -> Result<Property, String> {
+        let v: Variant<'static> = Variant::from(
+            value
+                .try_clone()
+                .map_err(|e| format!("property {name}: {e}"))?,
+        );
+        let bad = |ty: &str| {
+            format!(
+                "property {name} has type {}, expected {ty}",
+                v.value_signature()
+            )
+        };
+        macro_rules! get {
+            ($t:ty, $sig:expr) => {
+                v.clone().downcast::<$t>().map_err(|_| bad($sig))?
+            };
+        }
+        use Property::*;
+        let p = match name {
+            "Image" => Image(get!(String, "s")),
+            "Mode" => Mode(get!(String, "s")),
+            "Replicas" => Replicas(get!(u64, "t")),
+            "Command" => Command(get!(Vec<String>, "as")),
+            "Entrypoint" => Entrypoint(get!(Vec<String>, "as")),
+            "Env" => Env(get!(BTreeMap<String, String>, "a{ss}")),
+            "Labels" => Labels(get!(BTreeMap<String, String>, "a{ss}")),
+            "ContainerLabels" => ContainerLabels(get!(BTreeMap<String, String>, "a{ss}")),
+            "Ports" => Ports(
+                get!(Vec<(u16, u16, String, String)>, "a(qqss)")
+                    .into_iter()
+                    .map(|(published, target, protocol, mode)| PortRow {
+                        published,
+                        target,
+                        protocol,
+                        mode,
+                    })
+                    .collect(),
+            ),
+            "Mounts" => Mounts(
+                get!(Vec<(String, String, String, bool, u64)>, "a(sssbt)")
+                    .into_iter()
+                    .map(|(kind, source, target, read_only, size)| MountRow {
+                        kind,
+                        source,
+                        target,
+                        read_only,
+                        size,
+                    })
+                    .collect(),
+            ),
+            "Networks" => Networks(get!(Vec<String>, "as")),
+            "Workdir" => Workdir(get!(String, "s")),
+            "User" => User(get!(String, "s")),
+            "Hostname" => Hostname(get!(String, "s")),
+            "StopSignal" => StopSignal(get!(String, "s")),
+            "StopGracePeriodUSec" => StopGracePeriodUSec(get!(u64, "t")),
+            "RestartCondition" => RestartCondition(get!(String, "s")),
+            "RestartDelayUSec" => RestartDelayUSec(get!(u64, "t")),
+            "RestartMaxDelayUSec" => RestartMaxDelayUSec(get!(u64, "t")),
+            "RestartMaxAttempts" => RestartMaxAttempts(get!(u64, "t")),
+            "RestartWindowUSec" => RestartWindowUSec(get!(u64, "t")),
+            "UpdateParallelism" => UpdateParallelism(get!(u64, "t")),
+            "UpdateDelayUSec" => UpdateDelayUSec(get!(u64, "t")),
+            "UpdateMonitorUSec" => UpdateMonitorUSec(get!(u64, "t")),
+            "UpdateOrder" => UpdateOrder(get!(String, "s")),
+            "UpdateFailureAction" => UpdateFailureAction(get!(String, "s")),
+            "UpdateMaxFailureRatio" => UpdateMaxFailureRatio(get!(f64, "d")),
+            "RollbackParallelism" => RollbackParallelism(get!(u64, "t")),
+            "RollbackDelayUSec" => RollbackDelayUSec(get!(u64, "t")),
+            "RollbackMonitorUSec" => RollbackMonitorUSec(get!(u64, "t")),
+            "RollbackOrder" => RollbackOrder(get!(String, "s")),
+            "RollbackFailureAction" => RollbackFailureAction(get!(String, "s")),
+            "RollbackMaxFailureRatio" => RollbackMaxFailureRatio(get!(f64, "d")),
+            "MemoryMax" => MemoryMax(get!(u64, "t")),
+            "CPUs" => CPUs(get!(f64, "d")),
+            "PidsMax" => PidsMax(get!(u64, "t")),
+            "ReadOnly" => ReadOnly(get!(bool, "b")),
+            "ForceUpdate" => ForceUpdate(get!(bool, "b")),
+            other => {
+                return Err(format!(
+                    "unknown property {other:?}: expected one of {}",
+                    Property::NAMES.join(", ")
+                ));
+            }
+        };
+        Ok(p)
+    }
+}
+
+/// Encode typed properties for the bus.
+pub fn to_wire(props: &[Property]) -> PropertyList {
+    props.iter().map(Property::to_wire).collect()
+}
+
+/// Decode a wire property list, collecting every problem.
+pub fn from_wire(list: &[(String, OwnedVariant)]) -> Result<Vec<Property>, InvalidSpec> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut errors = Vec::new();
+    for (name, value) in list {
+        match Property::from_wire(name, value) {
+            Ok(p) => out.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(InvalidSpec(errors))
+    }
+}
+
+fn none_if_empty(s: &str) -> Option<String> {
+    if s.is_empty() { None } else { Some(s.into()) }
+}
+
+fn vec_or_none(v: &[String]) -> Option<Vec<String>> {
+    if v.is_empty() { None } else { Some(v.to_vec()) }
+}
+
+fn parse_restart(s: &str) -> Result<RestartCondition, String> {
+    match s {
+        "any" => Ok(RestartCondition::Any),
+        "on-failure" => Ok(RestartCondition::OnFailure),
+        "none" => Ok(RestartCondition::None),
+        _ => Err(format!(
+            "invalid restart condition {s:?}: expected any, on-failure or none"
+        )),
+    }
+}
+
+fn restart_str(c: RestartCondition) -> &'static str {
+    match c {
+        RestartCondition::Any => "any",
+        RestartCondition::OnFailure => "on-failure",
+        RestartCondition::None => "none",
+    }
+}
+
+fn parse_order(s: &str) -> Result<UpdateOrder, String> {
+    match s {
+        "stop-first" => Ok(UpdateOrder::StopFirst),
+        "start-first" => Ok(UpdateOrder::StartFirst),
+        _ => Err(format!(
+            "invalid update order {s:?}: expected stop-first or start-first"
+        )),
+    }
+}
+
+fn order_str(o: UpdateOrder) -> &'static str {
+    match o {
+        UpdateOrder::StopFirst => "stop-first",
+        UpdateOrder::StartFirst => "start-first",
+    }
+}
+
+fn parse_failure_action(s: &str) -> Result<FailureAction, String> {
+    match s {
+        "pause" => Ok(FailureAction::Pause),
+        "continue" => Ok(FailureAction::Continue),
+        "rollback" => Ok(FailureAction::Rollback),
+        _ => Err(format!(
+            "invalid failure action {s:?}: expected pause, continue or rollback"
+        )),
+    }
+}
+
+fn failure_action_str(a: FailureAction) -> &'static str {
+    match a {
+        FailureAction::Pause => "pause",
+        FailureAction::Continue => "continue",
+        FailureAction::Rollback => "rollback",
+    }
+}
+
+fn ratio_to_permille(r: f64) -> Result<u32, String> {
+    if !(0.0..=1.0).contains(&r) {
+        return Err(format!(
+            "invalid max failure ratio {r}: expected a number between 0 and 1"
+        ));
+    }
+    Ok((r * 1000.0).round() as u32)
+}
+
+fn port_from_row(p: &PortRow) -> Result<PortSpec, String> {
+    let protocol = match p.protocol.as_str() {
+        "tcp" | "" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => {
+            return Err(format!(
+                "port {}: invalid protocol {other:?}: expected tcp or udp",
+                p.target
+            ));
+        }
+    };
+    let mode = match p.mode.as_str() {
+        "ingress" | "" => PublishMode::Ingress,
+        "host" => PublishMode::Host,
+        other => {
+            return Err(format!(
+                "port {}: invalid publish mode {other:?}: expected ingress or host",
+                p.target
+            ));
+        }
+    };
+    if p.target == 0 {
+        return Err("invalid port: the target (container) port must not be 0".into());
+    }
+    if p.published == 0 {
+        return Err(format!(
+            "port {}: a published port is required (dynamic published ports are not supported yet)",
+            p.target
+        ));
+    }
+    Ok(PortSpec {
+        published: p.published,
+        target: p.target,
+        protocol,
+        mode,
+    })
+}
+
+fn mount_from_row(m: &MountRow) -> Result<Mount, String> {
+    let kind = match m.kind.as_str() {
+        "bind" => MountKind::Bind,
+        "volume" => MountKind::Volume,
+        "tmpfs" => MountKind::Tmpfs,
+        other => {
+            return Err(format!(
+                "mount {}: invalid type {other:?}: expected bind, volume or tmpfs",
+                m.target
+            ));
+        }
+    };
+    if !m.target.starts_with('/') {
+        return Err(format!(
+            "mount target {:?} must be an absolute path",
+            m.target
+        ));
+    }
+    match kind {
+        MountKind::Bind if !m.source.starts_with('/') => {
+            return Err(format!(
+                "bind mount source {:?} must be an absolute host path",
+                m.source
+            ));
+        }
+        MountKind::Volume if m.source.is_empty() => {
+            return Err(format!("volume mount {} needs a volume name", m.target));
+        }
+        MountKind::Tmpfs if !m.source.is_empty() => {
+            return Err(format!("tmpfs mount {} takes no source", m.target));
+        }
+        _ => {}
+    }
+    if kind != MountKind::Tmpfs && m.size != 0 {
+        return Err(format!(
+            "mount {}: a size is only valid for tmpfs",
+            m.target
+        ));
+    }
+    Ok(Mount {
+        kind,
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+        size: if m.size == 0 { None } else { Some(m.size) },
+    })
+}
+
+fn mount_to_row(m: &Mount) -> MountRow {
+    MountRow {
+        kind: match m.kind {
+            MountKind::Bind => "bind",
+            MountKind::Volume => "volume",
+            MountKind::Tmpfs => "tmpfs",
+        }
+        .into(),
+        source: m.source.clone(),
+        target: m.target.clone(),
+        read_only: m.read_only,
+        size: m.size.unwrap_or(0),
+    }
+}
+
+/// Apply `props` onto `spec` in order. Every problem is collected; on error `spec` is left
+/// unchanged. `Replicas` on a global service, and `Mode = global` together with `Replicas`,
+/// are refused.
+pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<(), InvalidSpec> {
+    let mut next = spec.clone();
+    let mut errors = Vec::new();
+    let mut want_mode: Option<String> = None;
+    let mut want_replicas: Option<u64> = None;
+    {
+        let t = &mut next.task;
+        let mut check = |r: Result<(), String>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+        for p in props {
+            use Property::*;
+            match p {
+                Image(s) => {
+                    if s.trim().is_empty() {
+                        check(Err("image must not be empty".into()));
+                    } else {
+                        t.image = s.clone();
+                    }
+                }
+                Mode(m) => want_mode = Some(m.clone()),
+                Replicas(n) => want_replicas = Some(*n),
+                Command(v) => t.command = vec_or_none(v),
+                Entrypoint(v) => t.entrypoint = vec_or_none(v),
+                Env(m) => {
+                    for k in m.keys() {
+                        if k.is_empty() || k.contains('=') {
+                            check(Err(format!(
+                                "invalid environment variable name {k:?}: it must be non-empty and contain no '='"
+                            )));
+                        }
+                    }
+                    t.env = m.clone();
+                }
+                Labels(m) => next.labels = m.clone(),
+                ContainerLabels(m) => t.labels = m.clone(),
+                Ports(rows) => {
+                    let mut ports = Vec::new();
+                    for r in rows {
+                        match port_from_row(r) {
+                            Ok(p) => {
+                                if ports.iter().any(|q: &PortSpec| {
+                                    q.published == p.published && q.protocol == p.protocol
+                                }) {
+                                    check(Err(format!(
+                                        "port {}/{} is published twice",
+                                        p.published,
+                                        p.protocol.as_str()
+                                    )));
+                                }
+                                ports.push(p)
+                            }
+                            Err(e) => check(Err(e)),
+                        }
+                    }
+                    next.ports = ports;
+                }
+                Mounts(rows) => {
+                    let mut mounts = Vec::new();
+                    for r in rows {
+                        match mount_from_row(r) {
+                            Ok(m) => {
+                                if mounts.iter().any(|o: &Mount| o.target == m.target) {
+                                    check(Err(format!("mount target {} is used twice", m.target)));
+                                }
+                                mounts.push(m)
+                            }
+                            Err(e) => check(Err(e)),
+                        }
+                    }
+                    t.mounts = mounts;
+                }
+                Networks(v) => next.networks = v.clone(),
+                Workdir(s) => {
+                    if !s.is_empty() && !s.starts_with('/') {
+                        check(Err(format!(
+                            "working directory {s:?} must be an absolute path"
+                        )));
+                    }
+                    t.workdir = none_if_empty(s)
+                }
+                User(s) => t.user = none_if_empty(s),
+                Hostname(s) => t.hostname = none_if_empty(s),
+                StopSignal(s) => {
+                    if s.is_empty() {
+                        check(Err("stop signal must not be empty".into()));
+                    } else {
+                        t.stop_signal = s.clone();
+                    }
+                }
+                StopGracePeriodUSec(n) => t.stop_grace_period = ms(*n),
+                RestartCondition(s) => match parse_restart(s) {
+                    Ok(c) => next.restart.condition = c,
+                    Err(e) => check(Err(e)),
+                },
+                RestartDelayUSec(n) => next.restart.delay = ms(*n),
+                RestartMaxDelayUSec(n) => next.restart.max_delay = ms(*n),
+                RestartMaxAttempts(n) => {
+                    next.restart.max_attempts = if *n == 0 { None } else { Some(*n) }
+                }
+                RestartWindowUSec(n) => next.restart.window = ms(*n),
+                UpdateParallelism(n) => next.update.parallelism = *n,
+                UpdateDelayUSec(n) => next.update.delay = ms(*n),
+                UpdateMonitorUSec(n) => next.update.monitor = ms(*n),
+                UpdateOrder(s) => match parse_order(s) {
+                    Ok(o) => next.update.order = o,
+                    Err(e) => check(Err(e)),
+                },
+                UpdateFailureAction(s) => match parse_failure_action(s) {
+                    Ok(a) => next.update.failure_action = a,
+                    Err(e) => check(Err(e)),
+                },
+                UpdateMaxFailureRatio(r) => match ratio_to_permille(*r) {
+                    Ok(p) => next.update.max_failure_ratio_permille = p,
+                    Err(e) => check(Err(e)),
+                },
+                RollbackParallelism(n) => next.rollback.parallelism = *n,
+                RollbackDelayUSec(n) => next.rollback.delay = ms(*n),
+                RollbackMonitorUSec(n) => next.rollback.monitor = ms(*n),
+                RollbackOrder(s) => match parse_order(s) {
+                    Ok(o) => next.rollback.order = o,
+                    Err(e) => check(Err(e)),
+                },
+                RollbackFailureAction(s) => match parse_failure_action(s) {
+                    Ok(a) => next.rollback.failure_action = a,
+                    Err(e) => check(Err(e)),
+                },
+                RollbackMaxFailureRatio(r) => match ratio_to_permille(*r) {
+                    Ok(p) => next.rollback.max_failure_ratio_permille = p,
+                    Err(e) => check(Err(e)),
+                },
+                MemoryMax(n) => {
+                    if *n != 0 && *n < 4 * 1024 * 1024 {
+                        check(Err(format!(
+                            "memory limit {n} bytes is too small: the minimum is 4 MiB"
+                        )));
+                    }
+                    t.resources.memory_bytes = if *n == 0 { None } else { Some(*n) }
+                }
+                CPUs(c) => {
+                    if !c.is_finite() || *c < 0.0 {
+                        check(Err(format!(
+                            "invalid CPU limit {c}: expected a positive number such as 0.5"
+                        )));
+                    } else if *c != 0.0 && *c < 0.001 {
+                        check(Err(format!(
+                            "CPU limit {c} is too small: the minimum is 0.001"
+                        )));
+                    } else {
+                        let nano = (c * 1e9).round() as u64;
+                        t.resources.nano_cpus = if nano == 0 { None } else { Some(nano) };
+                    }
+                }
+                PidsMax(n) => {
+                    t.resources.pids = if *n == 0 {
+                        None
+                    } else {
+                        Some(i64::try_from(*n).unwrap_or(i64::MAX))
+                    }
+                }
+                ReadOnly(b) => t.read_only = *b,
+                ForceUpdate(b) => {
+                    if *b {
+                        t.force_update = t.force_update.wrapping_add(1);
+                    }
+                }
+            }
+        }
+    }
+    match (want_mode.as_deref(), want_replicas) {
+        (Some("global"), Some(_)) => {
+            errors.push("replicas cannot be set for a global service".into())
+        }
+        (Some("global"), None) => next.mode = ServiceMode::Global,
+        (Some("replicated"), r) => {
+            let current = match spec.mode {
+                ServiceMode::Replicated { replicas } => replicas,
+                ServiceMode::Global => 1,
+            };
+            next.mode = ServiceMode::Replicated {
+                replicas: r.unwrap_or(current),
+            };
+        }
+        (Some(other), _) => errors.push(format!(
+            "invalid mode {other:?}: expected replicated or global"
+        )),
+        (None, Some(r)) => match next.mode {
+            ServiceMode::Replicated { .. } => next.mode = ServiceMode::Replicated { replicas: r },
+            ServiceMode::Global => errors.push(format!(
+                "service {} is global: replicas can only be set for replicated services",
+                spec.name
+            )),
+        },
+        (None, None) => {}
+    }
+    if next.restart.max_delay < next.restart.delay {
+        errors.push(format!(
+            "restart max delay ({} ms) is shorter than the restart delay ({} ms)",
+            next.restart.max_delay, next.restart.delay
+        ));
+    }
+    if errors.is_empty() {
+        *spec = next;
+        Ok(())
+    } else {
+        Err(InvalidSpec(errors))
+    }
+}
+
+fn update_props(u: &UpdateConfig, rollback: bool) -> Vec<Property> {
+    use Property::*;
+    if rollback {
+        vec![
+            RollbackParallelism(u.parallelism),
+            RollbackDelayUSec(usec(u.delay)),
+            RollbackMonitorUSec(usec(u.monitor)),
+            RollbackOrder(order_str(u.order).into()),
+            RollbackFailureAction(failure_action_str(u.failure_action).into()),
+            RollbackMaxFailureRatio(u.max_failure_ratio_permille as f64 / 1000.0),
+        ]
+    } else {
+        vec![
+            UpdateParallelism(u.parallelism),
+            UpdateDelayUSec(usec(u.delay)),
+            UpdateMonitorUSec(usec(u.monitor)),
+            UpdateOrder(order_str(u.order).into()),
+            UpdateFailureAction(failure_action_str(u.failure_action).into()),
+            UpdateMaxFailureRatio(u.max_failure_ratio_permille as f64 / 1000.0),
+        ]
+    }
+}
+
+/// The whole spec as properties (everything but `name`, `stack` and the force-update counter,
+/// which travel outside the list). Applying the result onto a default spec with the same name
+/// and stack gives `spec` back, up to sub-millisecond precision.
+pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
+    use Property::*;
+    let t = &spec.task;
+    let mut out = vec![Image(t.image.clone()), Mode(spec.mode.name().into())];
+    if let ServiceMode::Replicated { replicas } = spec.mode {
+        out.push(Replicas(replicas));
+    }
+    out.extend([
+        Command(t.command.clone().unwrap_or_default()),
+        Entrypoint(t.entrypoint.clone().unwrap_or_default()),
+        Env(t.env.clone()),
+        Labels(spec.labels.clone()),
+        ContainerLabels(t.labels.clone()),
+        Ports(spec.ports.iter().map(PortRow::from).collect()),
+        Mounts(t.mounts.iter().map(mount_to_row).collect()),
+        Networks(spec.networks.clone()),
+        Workdir(t.workdir.clone().unwrap_or_default()),
+        User(t.user.clone().unwrap_or_default()),
+        Hostname(t.hostname.clone().unwrap_or_default()),
+        StopSignal(t.stop_signal.clone()),
+        StopGracePeriodUSec(usec(t.stop_grace_period)),
+        RestartCondition(restart_str(spec.restart.condition).into()),
+        RestartDelayUSec(usec(spec.restart.delay)),
+        RestartMaxDelayUSec(usec(spec.restart.max_delay)),
+        RestartMaxAttempts(spec.restart.max_attempts.unwrap_or(0)),
+        RestartWindowUSec(usec(spec.restart.window)),
+    ]);
+    out.extend(update_props(&spec.update, false));
+    out.extend(update_props(&spec.rollback, true));
+    out.extend([
+        MemoryMax(t.resources.memory_bytes.unwrap_or(0)),
+        CPUs(t.resources.nano_cpus.map(|n| n as f64 / 1e9).unwrap_or(0.0)),
+        PidsMax(t.resources.pids.map(|p| p.max(0) as u64).unwrap_or(0)),
+        ReadOnly(t.read_only),
+    ]);
+    // An empty stop signal is not a valid property value; leave it out so that applying the
+    // list keeps the default of the receiving spec.
+    out.retain(|p| !matches!(p, StopSignal(s) if s.is_empty()));
+    out
+}
+
+/// The spec a new service gets before its properties are applied: the model defaults plus
+/// `SIGTERM` and a 10 s stop grace period, as Swarm does.
+pub fn default_spec(name: &str) -> ServiceSpec {
+    let mut spec = ServiceSpec {
+        name: name.into(),
+        ..Default::default()
+    };
+    spec.task.stop_signal = "SIGTERM".into();
+    spec.task.stop_grace_period = 10_000;
+    spec
+}
+
+/// A spec for `CreateService`: [`default_spec`] with `props` applied; the image is required.
+pub fn new_spec(name: &str, props: &[Property]) -> Result<ServiceSpec, InvalidSpec> {
+    let mut spec = default_spec(name);
+    apply_properties(&mut spec, props)?;
+    if spec.task.image.is_empty() {
+        return Err(InvalidSpec::one(format!(
+            "service {name} has no image: set the Image property"
+        )));
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_spec() -> ServiceSpec {
+        let mut spec = default_spec("web");
+        spec.labels.insert("tier".into(), "front".into());
+        spec.mode = ServiceMode::Replicated { replicas: 3 };
+        spec.ports = vec![
+            PortSpec {
+                published: 8080,
+                target: 80,
+                protocol: Protocol::Tcp,
+                mode: PublishMode::Ingress,
+            },
+            PortSpec {
+                published: 53,
+                target: 53,
+                protocol: Protocol::Udp,
+                mode: PublishMode::Host,
+            },
+        ];
+        spec.networks = vec!["backend".into()];
+        spec.restart = model::RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay: 250,
+            max_delay: 60_000,
+            max_attempts: Some(4),
+            window: 20_000,
+        };
+        spec.update = UpdateConfig {
+            parallelism: 2,
+            delay: 5_000,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Rollback,
+            monitor: 7_000,
+            max_failure_ratio_permille: 250,
+        };
+        spec.rollback = UpdateConfig {
+            parallelism: 0,
+            failure_action: FailureAction::Continue,
+            ..Default::default()
+        };
+        let t = &mut spec.task;
+        t.image = "docker.io/library/nginx:1.27".into();
+        t.command = Some(vec!["nginx".into(), "-g".into(), "daemon off;".into()]);
+        t.entrypoint = Some(vec!["/docker-entrypoint.sh".into()]);
+        t.env.insert("LOG_LEVEL".into(), "info".into());
+        t.workdir = Some("/srv".into());
+        t.user = Some("101:101".into());
+        t.hostname = Some("web-host".into());
+        t.mounts = vec![
+            Mount {
+                kind: MountKind::Bind,
+                source: "/etc/ssl".into(),
+                target: "/ssl".into(),
+                read_only: true,
+                size: None,
+            },
+            Mount {
+                kind: MountKind::Tmpfs,
+                source: String::new(),
+                target: "/tmp".into(),
+                read_only: false,
+                size: Some(64 << 20),
+            },
+        ];
+        t.resources.memory_bytes = Some(256 << 20);
+        t.resources.nano_cpus = Some(500_000_000);
+        t.resources.pids = Some(100);
+        t.stop_signal = "SIGQUIT".into();
+        t.stop_grace_period = 30_000;
+        t.labels.insert("c".into(), "1".into());
+        t.read_only = true;
+        spec
+    }
+
+    #[test]
+    fn spec_round_trips_through_properties() {
+        let spec = full_spec();
+        let props = spec_to_properties(&spec);
+        let back = new_spec("web", &props).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn spec_round_trips_through_the_wire_form() {
+        let spec = full_spec();
+        let wire = to_wire(&spec_to_properties(&spec));
+        // Serialise as a D-Bus message body would and decode again.
+        let ctxt = zbus::wire::serialized::Context::new(zbus::wire::LE, 0);
+        let bytes = zbus::wire::to_bytes(ctxt, &wire).unwrap();
+        let decoded: PropertyList = bytes.deserialize().unwrap().0;
+        let props = from_wire(&decoded).unwrap();
+        assert_eq!(new_spec("web", &props).unwrap(), spec);
+    }
+
+    #[test]
+    fn global_round_trips_and_has_no_replicas() {
+        let mut spec = full_spec();
+        spec.mode = ServiceMode::Global;
+        let props = spec_to_properties(&spec);
+        assert!(!props.iter().any(|p| matches!(p, Property::Replicas(_))));
+        assert_eq!(new_spec("web", &props).unwrap(), spec);
+    }
+
+    #[test]
+    fn every_name_decodes() {
+        let mut spec = full_spec();
+        let mut props = spec_to_properties(&spec);
+        props.push(Property::ForceUpdate(true));
+        let names: Vec<&str> = props.iter().map(|p| p.name()).collect();
+        for n in Property::NAMES {
+            assert!(names.contains(&n), "{n} not produced");
+        }
+        for p in &props {
+            let (n, v) = p.to_wire();
+            assert_eq!(&Property::from_wire(&n, &v).unwrap(), p);
+        }
+        apply_properties(&mut spec, &[Property::ForceUpdate(true)]).unwrap();
+        assert_eq!(spec.task.force_update, 1);
+    }
+
+    #[test]
+    fn partial_update_keeps_other_fields() {
+        let mut spec = full_spec();
+        apply_properties(
+            &mut spec,
+            &[Property::Image("nginx:1.28".into()), Property::Replicas(5)],
+        )
+        .unwrap();
+        assert_eq!(spec.task.image, "nginx:1.28");
+        assert_eq!(spec.mode, ServiceMode::Replicated { replicas: 5 });
+        assert_eq!(spec.task.env["LOG_LEVEL"], "info");
+        assert_eq!(spec.update.parallelism, 2);
+    }
+
+    #[test]
+    fn errors_are_collected_and_leave_spec_unchanged() {
+        let mut spec = full_spec();
+        let before = spec.clone();
+        let err = apply_properties(
+            &mut spec,
+            &[
+                Property::Image("busybox".into()),
+                Property::RestartCondition("sometimes".into()),
+                Property::UpdateOrder("random".into()),
+                Property::Ports(vec![PortRow {
+                    published: 0,
+                    target: 80,
+                    protocol: "tcp".into(),
+                    mode: "ingress".into(),
+                }]),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.to_string().contains("sometimes"));
+        assert!(err.to_string().contains("random"));
+        assert!(err.to_string().contains("published port is required"));
+        assert_eq!(spec, before);
+    }
+
+    #[test]
+    fn replicas_refused_for_global() {
+        let mut spec = default_spec("agent");
+        apply_properties(&mut spec, &[Property::Mode("global".into())]).unwrap();
+        assert_eq!(spec.mode, ServiceMode::Global);
+        let err = apply_properties(&mut spec, &[Property::Replicas(2)]).unwrap_err();
+        assert!(err.to_string().contains("global"), "{err}");
+        let err = new_spec(
+            "x",
+            &[
+                Property::Image("busybox".into()),
+                Property::Mode("global".into()),
+                Property::Replicas(2),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("replicas cannot be set"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_unknown_name_are_refused() {
+        let wire = vec![
+            ("Replicas".to_string(), OwnedVariant::from(3u32)),
+            ("Colour".to_string(), OwnedVariant::from(true)),
+        ];
+        let err = from_wire(&wire).unwrap_err();
+        assert_eq!(err.0.len(), 2);
+        assert!(
+            err.0[0].contains("Replicas has type u, expected t"),
+            "{err}"
+        );
+        assert!(err.0[1].contains("unknown property \"Colour\""), "{err}");
+    }
+
+    #[test]
+    fn image_is_required_on_create() {
+        let err = new_spec("web", &[Property::Replicas(1)]).unwrap_err();
+        assert!(err.to_string().contains("no image"), "{err}");
+    }
+
+    #[test]
+    fn units_convert() {
+        let spec = new_spec(
+            "web",
+            &[
+                Property::Image("busybox".into()),
+                Property::CPUs(1.5),
+                Property::StopGracePeriodUSec(2_500_000),
+                Property::MemoryMax(0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.task.resources.nano_cpus, Some(1_500_000_000));
+        assert_eq!(spec.task.stop_grace_period, 2_500);
+        assert_eq!(spec.task.resources.memory_bytes, None);
+        assert_eq!(spec.task.stop_signal, "SIGTERM");
+    }
+}

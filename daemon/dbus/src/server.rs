@@ -1,0 +1,406 @@
+//! The server side: the `org.shoal.Shoal1.Manager` interface at `/org/shoal/Shoal1`, answered by
+//! a [`Backend`], and [`Events`] to emit its signals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use model::TaskState;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, Variant, interface};
+
+use crate::backend::{Backend, SpecPatch};
+use crate::error::ApiError;
+use crate::props::{self, PropertyList};
+use crate::types::{
+    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
+    TaskFilter, TaskRow,
+};
+use crate::{BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH};
+
+/// Failures to put the API on the bus or to emit a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "failed to connect to the system bus and own {BUS_NAME}: {0} (is the D-Bus policy file org.shoal.Shoal1.conf installed and is shoald running as root?)"
+    )]
+    Serve(#[source] zbus::Error),
+    #[error("failed to emit D-Bus signal {signal}: {source}")]
+    Emit {
+        signal: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// The interface object. Generic over the backend so that no boxing of futures is needed.
+pub struct Manager<B: Backend> {
+    backend: Arc<B>,
+}
+
+impl<B: Backend> Manager<B> {
+    pub fn new(backend: Arc<B>) -> Self {
+        Manager { backend }
+    }
+
+    async fn info(&self) -> zbus::fdo::Result<ClusterInfo> {
+        self.backend
+            .info()
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.message()))
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::InvalidSpec(msg.into())
+}
+
+#[interface(name = "org.shoal.Shoal1.Manager")]
+impl<B: Backend> Manager<B> {
+    /// Everything the properties hold, in one call.
+    async fn get_info(&self) -> Result<(ClusterInfo,), ApiError> {
+        Ok((self.backend.info().await?,))
+    }
+
+    /// Every node of the cluster.
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, ApiError> {
+        self.backend.list_nodes().await
+    }
+
+    /// One node by id, id prefix, host name, or "self".
+    async fn inspect_node(&self, node: &str) -> Result<(NodeRow,), ApiError> {
+        Ok((self.backend.inspect_node(node).await?,))
+    }
+
+    /// Every service with its running and desired task counts.
+    async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        self.backend.list_services().await
+    }
+
+    /// One service by name or id prefix: its status and its spec as a property list.
+    #[zbus(out_args("info", "properties"))]
+    async fn inspect_service(
+        &self,
+        service: &str,
+    ) -> Result<(ServiceInfo, PropertyList), ApiError> {
+        let d = self.backend.inspect_service(service).await?;
+        let s = &d.service;
+        let info = ServiceInfo {
+            id: s.id.clone(),
+            name: s.spec.name.clone(),
+            stack: s.spec.stack.clone().unwrap_or_default(),
+            mode: s.spec.mode.name().into(),
+            version: s.version,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            update_started_at: s.update_status.as_ref().map(|u| u.started_at).unwrap_or(0),
+            update_state: s
+                .update_status
+                .as_ref()
+                .map(|u| u.state.as_str().to_string())
+                .unwrap_or_default(),
+            update_message: s
+                .update_status
+                .as_ref()
+                .map(|u| u.message.clone())
+                .unwrap_or_default(),
+            image_digest: s.image_digest.clone().unwrap_or_default(),
+            has_previous_spec: s.previous_spec.is_some(),
+            running: d.running,
+            desired: d.desired,
+        };
+        Ok((info, props::to_wire(&props::spec_to_properties(&s.spec))))
+    }
+
+    /// Create a service from a property list; returns its id once it is stored.
+    async fn create_service(
+        &self,
+        name: &str,
+        properties: PropertyList,
+    ) -> Result<String, ApiError> {
+        if name.is_empty() {
+            return Err(invalid("service name must not be empty"));
+        }
+        let props = props::from_wire(&properties)?;
+        let spec = props::new_spec(name, &props)?;
+        self.backend.create_service(spec).await
+    }
+
+    /// Apply a property list onto a service's spec; returns the new service version.
+    async fn update_service(
+        &self,
+        service: &str,
+        properties: PropertyList,
+    ) -> Result<u64, ApiError> {
+        let props = props::from_wire(&properties)?;
+        self.backend.update_service(service, SpecPatch(props)).await
+    }
+
+    /// Set the replica count of a replicated service.
+    async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
+        self.backend.scale_service(service, replicas).await
+    }
+
+    /// Go back to the previous spec; returns the new service version.
+    async fn rollback_service(&self, service: &str) -> Result<u64, ApiError> {
+        self.backend.rollback_service(service).await
+    }
+
+    /// Remove a service; its tasks shut down afterwards.
+    async fn remove_service(&self, service: &str) -> Result<(), ApiError> {
+        self.backend.remove_service(service).await
+    }
+
+    /// Tasks matching the filters: service, stack, node, desired-state.
+    async fn list_tasks(
+        &self,
+        filters: BTreeMap<String, String>,
+    ) -> Result<Vec<TaskRow>, ApiError> {
+        let filter = TaskFilter::from_map(&filters).map_err(invalid)?;
+        self.backend.list_tasks(filter).await
+    }
+
+    /// Deploy (create or update) a stack from the text of a TOML stack file.
+    async fn deploy_stack(&self, name: &str, stack: &str) -> Result<(ChangeReport,), ApiError> {
+        if name.is_empty() {
+            return Err(invalid("stack name must not be empty"));
+        }
+        Ok((self.backend.deploy_stack(name, stack).await?,))
+    }
+
+    /// Every stack with its service count.
+    async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
+        self.backend.list_stacks().await
+    }
+
+    /// Remove a stack and its services; returns the removed service names.
+    async fn remove_stack(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        self.backend.remove_stack(name).await
+    }
+
+    /// Re-read the stack files and apply them, or change nothing if any is bad.
+    async fn reload(
+        &self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> Result<(ChangeReport,), ApiError> {
+        let report = self.backend.reload().await?;
+        if let Err(e) =
+            Self::reloaded(&emitter, &report.added, &report.changed, &report.removed).await
+        {
+            tracing::warn!(error = %e, "failed to emit Reloaded signal");
+        }
+        Ok((report,))
+    }
+
+    /// A file descriptor the daemon writes the service's log lines into. `tail` is the number
+    /// of lines per task from the end (2^64-1 for all).
+    async fn open_logs(
+        &self,
+        service: &str,
+        tail: u64,
+        follow: bool,
+        timestamps: bool,
+    ) -> Result<zbus::OwnedFd, ApiError> {
+        let options = LogOptions {
+            tail: if tail == TAIL_ALL { None } else { Some(tail) },
+            follow,
+            timestamps,
+        };
+        let fd = self.backend.open_logs(service, options).await?;
+        Ok(zbus::OwnedFd::from(fd))
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn version(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.version)
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    async fn node_id(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.node_id)
+    }
+
+    #[zbus(property)]
+    async fn node_name(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.node_name)
+    }
+
+    #[zbus(property)]
+    async fn cluster_id(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.cluster_id)
+    }
+
+    #[zbus(property)]
+    async fn role(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.role)
+    }
+
+    #[zbus(property)]
+    async fn is_leader(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.info().await?.is_leader)
+    }
+
+    #[zbus(property)]
+    async fn leader_id(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.leader_id)
+    }
+
+    #[zbus(property)]
+    async fn nodes(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.nodes)
+    }
+
+    #[zbus(property)]
+    async fn services(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.services)
+    }
+
+    #[zbus(property)]
+    async fn tasks(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.tasks)
+    }
+
+    #[zbus(property)]
+    async fn running(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.running)
+    }
+
+    #[zbus(property)]
+    async fn stacks(&self) -> zbus::fdo::Result<u64> {
+        Ok(self.info().await?.stacks)
+    }
+
+    #[zbus(property)]
+    async fn status(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info().await?.status)
+    }
+
+    /// A task's observed or desired state changed.
+    #[zbus(signal)]
+    async fn task_state_changed(
+        emitter: &SignalEmitter<'_>,
+        task_id: &str,
+        service: &str,
+        state: &str,
+    ) -> zbus::Result<()>;
+
+    /// A service was created, updated or removed.
+    #[zbus(signal)]
+    async fn service_changed(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
+
+    /// A reload applied: stacks added, changed, removed.
+    #[zbus(signal)]
+    async fn reloaded(
+        emitter: &SignalEmitter<'_>,
+        added: &[String],
+        changed: &[String],
+        removed: &[String],
+    ) -> zbus::Result<()>;
+}
+
+/// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides the default socket), serve
+/// the API at [`OBJECT_PATH`] and own [`BUS_NAME`]. The connection serves calls until it is
+/// dropped. Owning the name needs the D-Bus policy file (root only).
+pub async fn serve<B: Backend>(backend: Arc<B>) -> Result<Connection, ServerError> {
+    serve_with(zbus::connection::Builder::system(), backend).await
+}
+
+/// [`serve`] on the bus at `address` (`unix:path=/run/...`), for tests with a private bus.
+pub async fn serve_at_address<B: Backend>(
+    address: &str,
+    backend: Arc<B>,
+) -> Result<Connection, ServerError> {
+    serve_with(zbus::connection::Builder::address(address), backend).await
+}
+
+async fn serve_with<B: Backend>(
+    builder: zbus::connection::Builder<'_>,
+    backend: Arc<B>,
+) -> Result<Connection, ServerError> {
+    builder
+        .serve_at(OBJECT_PATH, Manager::new(backend))
+        .name(BUS_NAME)
+        .build()
+        .await
+        .map_err(ServerError::Serve)
+}
+
+/// A handle to emit the interface's signals from anywhere in the daemon. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Events {
+    conn: Connection,
+}
+
+impl Events {
+    /// Signals go out on `conn`, the connection [`serve`] returned.
+    pub fn new(conn: &Connection) -> Events {
+        Events { conn: conn.clone() }
+    }
+
+    async fn emit<T>(&self, signal: &'static str, body: &T) -> Result<(), ServerError>
+    where
+        T: serde::Serialize + zbus::wire::DynamicType,
+    {
+        self.conn
+            .emit_signal(None::<&str>, OBJECT_PATH, MANAGER_INTERFACE, signal, body)
+            .await
+            .map_err(|source| ServerError::Emit { signal, source })
+    }
+
+    /// `TaskStateChanged(task_id, service, state)`: the task's observed state changed (or its
+    /// desired state, when that is what moved: then `state` is the observed one).
+    pub async fn task_state_changed(
+        &self,
+        task_id: &str,
+        service: &str,
+        state: TaskState,
+    ) -> Result<(), ServerError> {
+        self.emit("TaskStateChanged", &(task_id, service, state.as_str()))
+            .await
+    }
+
+    /// `ServiceChanged(name)`: a service was created, updated, scaled, rolled back or removed.
+    pub async fn service_changed(&self, name: &str) -> Result<(), ServerError> {
+        self.emit("ServiceChanged", &(name,)).await
+    }
+
+    /// `Reloaded(added, changed, removed)` for a reload that did not come through the `Reload`
+    /// method (SIGHUP); the method emits it by itself.
+    pub async fn reloaded(&self, report: &ChangeReport) -> Result<(), ServerError> {
+        self.emit(
+            "Reloaded",
+            &(&report.added, &report.changed, &report.removed),
+        )
+        .await
+    }
+
+    /// Emit `PropertiesChanged` for the interface's changing properties with the values in
+    /// `info`. Call it when the node's role, leadership or counts change.
+    pub async fn info_changed(&self, info: &ClusterInfo) -> Result<(), ServerError> {
+        let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
+        changed.insert("NodeName", Variant::from(info.node_name.as_str()));
+        changed.insert("ClusterId", Variant::from(info.cluster_id.as_str()));
+        changed.insert("Role", Variant::from(info.role.as_str()));
+        changed.insert("IsLeader", Variant::from(info.is_leader));
+        changed.insert("LeaderId", Variant::from(info.leader_id.as_str()));
+        changed.insert("Nodes", Variant::from(info.nodes));
+        changed.insert("Services", Variant::from(info.services));
+        changed.insert("Tasks", Variant::from(info.tasks));
+        changed.insert("Running", Variant::from(info.running));
+        changed.insert("Stacks", Variant::from(info.stacks));
+        changed.insert("Status", Variant::from(info.status.as_str()));
+        let invalidated: Vec<&str> = Vec::new();
+        self.conn
+            .emit_signal(
+                None::<&str>,
+                OBJECT_PATH,
+                "org.freedesktop.DBus.Properties",
+                "PropertiesChanged",
+                &(MANAGER_INTERFACE, changed, invalidated),
+            )
+            .await
+            .map_err(|source| ServerError::Emit {
+                signal: "PropertiesChanged",
+                source,
+            })
+    }
+}

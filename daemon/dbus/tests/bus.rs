@@ -1,0 +1,476 @@
+//! The API on a real, private, system-like dbus-daemon that loads the shipped policy file.
+
+use std::io::Read;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use shoal_dbus::fake::FakeBackend;
+use shoal_dbus::{
+    ChangeReport, Client, ClientError, Events, LogOptions, PortRow, Property, TaskFilter,
+};
+use shoal_tests::dbus::{DbusDaemon, command_as, operator_user, reader_user};
+
+async fn setup() -> (DbusDaemon, Arc<FakeBackend>, zbus::Connection, Client) {
+    let bus = DbusDaemon::start_with_shipped_policy().expect("start dbus-daemon");
+    let backend = FakeBackend::new();
+    let conn = shoal_dbus::serve_at_address(bus.address(), backend.clone())
+        .await
+        .expect("root may own org.shoal.Shoal1 under the shipped policy");
+    backend.set_events(Events::new(&conn));
+    backend.start();
+    let client = Client::connect_address(bus.address()).await.unwrap();
+    (bus, backend, conn, client)
+}
+
+async fn wait_running(client: &Client, service: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = client.list_services().await.unwrap();
+        if rows
+            .iter()
+            .any(|r| r.name == service && r.running == n && r.desired == n)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service} never reached {n} running: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn busctl(address: &str, args: &[&str]) -> Output {
+    Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .expect("run busctl (package systemd)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_lifecycle_through_the_proxy() {
+    let (_bus, backend, _conn, client) = setup().await;
+
+    let info = client.info().await.unwrap();
+    assert_eq!(info.node_name, "fake-node");
+    assert!(info.is_leader);
+
+    let id = client
+        .create_service(
+            "web",
+            &[
+                Property::Image("busybox:1".into()),
+                Property::Replicas(2),
+                Property::Ports(vec![PortRow {
+                    published: 8080,
+                    target: 80,
+                    protocol: "tcp".into(),
+                    mode: "ingress".into(),
+                }]),
+                Property::Env([("A".to_string(), "1".to_string())].into()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(!id.is_empty());
+    wait_running(&client, "web", 2).await;
+
+    let rows = client.list_services().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].id, id);
+    assert_eq!(rows[0].mode, "replicated");
+    assert_eq!(rows[0].ports[0].display(), "*:8080->80/tcp");
+
+    // Inspect by id prefix, and the spec survives the trip.
+    let inspect = client.inspect_service(&id[..6]).await.unwrap();
+    assert_eq!(inspect.info.name, "web");
+    assert_eq!(inspect.spec, backend.spec_of("web").unwrap());
+    assert_eq!(inspect.spec.task.env["A"], "1");
+
+    // Update is a partial patch.
+    let v = client
+        .update_service("web", &[Property::Image("busybox:2".into())])
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    let spec = backend.spec_of("web").unwrap();
+    assert_eq!(spec.task.image, "busybox:2");
+    assert_eq!(spec.ports.len(), 1, "untouched fields are kept");
+
+    client.scale_service("web", 3).await.unwrap();
+    wait_running(&client, "web", 3).await;
+
+    let tasks = client
+        .list_tasks(&TaskFilter {
+            service: Some("web".into()),
+            desired_state: Some(model::TaskState::Running),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.state == "running" && t.node == "fake-node")
+    );
+    assert!(tasks.iter().all(|t| t.image == "busybox:2"));
+
+    // Rollback undoes the last change (the scale), as Swarm's one-level rollback does.
+    let v = client.rollback_service("web").await.unwrap();
+    assert_eq!(v, 2, "replicas alone do not bump the version");
+    let spec = backend.spec_of("web").unwrap();
+    assert_eq!(spec.mode, model::ServiceMode::Replicated { replicas: 2 });
+    assert_eq!(spec.task.image, "busybox:2");
+
+    client.remove_service("web").await.unwrap();
+    assert!(client.list_services().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_errors_reach_the_client() {
+    let (_bus, _backend, _conn, client) = setup().await;
+    let err = client.inspect_service("nope").await.unwrap_err();
+    assert_eq!(err, ClientError::NotFound("service nope not found".into()));
+
+    let err = client
+        .create_service("x", &[Property::Replicas(1)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidSpec(m) if m.contains("no image")),
+        "{err:?}"
+    );
+
+    client
+        .create_service("x", &[Property::Image("busybox".into())])
+        .await
+        .unwrap();
+    let err = client
+        .create_service("x", &[Property::Image("busybox".into())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::AlreadyExists(_)), "{err:?}");
+
+    let err = client
+        .list_tasks(&TaskFilter {
+            stack: Some("ghost".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NotFound(_)), "{err:?}");
+
+    // The raw error name on the bus is the documented one.
+    let out = busctl(
+        _bus.address(),
+        &[
+            "call",
+            "org.shoal.Shoal1",
+            "/org/shoal/Shoal1",
+            "org.shoal.Shoal1.Manager",
+            "RemoveService",
+            "s",
+            "ghost",
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("service ghost not found"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_reload_and_logs() {
+    let (_bus, backend, _conn, client) = setup().await;
+    let report = client
+        .deploy_stack(
+            "shop",
+            "[services.web]\nimage = \"busybox:1\"\nreplicas = 2\n\n[services.api]\nimage = \"busybox:1\"\n",
+        )
+        .await
+        .unwrap();
+    let mut added = report.added.clone();
+    added.sort();
+    assert_eq!(added, vec!["shop_api", "shop_web"]);
+    let stacks = client.list_stacks().await.unwrap();
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(stacks[0].services, 2);
+    wait_running(&client, "shop_web", 2).await;
+
+    let err = client
+        .deploy_stack("bad", "[services.web]\nimage = 3\n")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidSpec(m) if m.contains("bad.toml:2:")),
+        "{err:?}"
+    );
+
+    backend.set_reload_result(Err(
+        "/etc/shoal/stacks/a.toml:1:1: unknown key \"x\"\n/etc/shoal/stacks/b.toml:2:3: bad".into(),
+    ));
+    let err = client.reload().await.unwrap_err();
+    match err {
+        ClientError::ReloadFailed(m) => {
+            assert_eq!(m.lines().count(), 2, "{m}");
+        }
+        other => panic!("expected ReloadFailed, got {other:?}"),
+    }
+    let ok = ChangeReport {
+        added: vec!["a".into()],
+        ..Default::default()
+    };
+    backend.set_reload_result(Ok(ok.clone()));
+    let mut reloaded = client.proxy().receive_reloaded().await.unwrap();
+    assert_eq!(client.reload().await.unwrap(), ok);
+    let sig = tokio::time::timeout(Duration::from_secs(30), reloaded.next())
+        .await
+        .expect("Reloaded signal")
+        .unwrap();
+    assert_eq!(sig.args().unwrap().added, vec!["a".to_string()]);
+
+    // Logs arrive through the passed fd.
+    let fd = client
+        .open_logs(
+            "shop_web",
+            LogOptions {
+                tail: Some(2),
+                follow: false,
+                timestamps: false,
+            },
+        )
+        .await
+        .unwrap();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("@fake-node    | line"), "{text}");
+
+    assert_eq!(
+        client.remove_stack("shop").await.unwrap().len(),
+        2,
+        "both services removed"
+    );
+    assert!(client.list_services().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_state_signals_and_properties() {
+    let (bus, _backend, _conn, client) = setup().await;
+    let mut events = client.task_events().await.unwrap();
+    client
+        .create_service("sig", &[Property::Image("busybox".into())])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .expect("TaskStateChanged signal")
+            .unwrap();
+        assert_eq!(ev.service, "sig");
+        if ev.state == Some(model::TaskState::Running) {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    assert_eq!(client.proxy().services().await.unwrap(), 1);
+    let out = busctl(
+        bus.address(),
+        &[
+            "get-property",
+            "org.shoal.Shoal1",
+            "/org/shoal/Shoal1",
+            "org.shoal.Shoal1.Manager",
+            "NodeName",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "s \"fake-node\""
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busctl_introspect_lists_the_interface() {
+    let (bus, _backend, _conn, _client) = setup().await;
+    let out = busctl(
+        bus.address(),
+        &["introspect", "org.shoal.Shoal1", "/org/shoal/Shoal1"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("org.shoal.Shoal1.Manager"), "{text}");
+    for member in [
+        ".CreateService",
+        ".ListServices",
+        ".ListTasks",
+        ".OpenLogs",
+        ".Reload",
+        ".TaskStateChanged",
+        ".IsLeader",
+    ] {
+        assert!(text.contains(member), "{member} missing:\n{text}");
+    }
+    assert!(text.contains("a(sv)"), "typed property lists:\n{text}");
+}
+
+fn run_busctl_as(
+    bus: &DbusDaemon,
+    user: shoal_tests::dbus::TestUser,
+    groups: &[u32],
+    args: &[&str],
+) -> Output {
+    command_as(user, groups, "busctl")
+        .arg(format!("--address={}", bus.address()))
+        .args(args)
+        .output()
+        .expect("run busctl through setpriv")
+}
+
+const DEST: [&str; 3] = [
+    "org.shoal.Shoal1",
+    "/org/shoal/Shoal1",
+    "org.shoal.Shoal1.Manager",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_lets_anyone_read_and_only_root_or_group_shoal_change() {
+    let (bus, _backend, _conn, client) = setup().await;
+    client
+        .create_service("pol", &[Property::Image("busybox".into())])
+        .await
+        .unwrap();
+
+    let reader = reader_user().unwrap();
+    let list = [&["call"][..], &DEST[..], &["ListServices"]].concat();
+    let out = run_busctl_as(&bus, reader, &[], &list);
+    assert!(out.status.success(), "reader may list: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("pol"));
+
+    // Every read-only entry point is open to any user.
+    let reads: [Vec<&str>; 6] = [
+        [&["call"][..], &DEST[..], &["GetInfo"]].concat(),
+        [&["call"][..], &DEST[..], &["InspectService", "s", "pol"]].concat(),
+        [&["call"][..], &DEST[..], &["ListTasks", "a{ss}", "0"]].concat(),
+        [
+            &["call"][..],
+            &DEST[..],
+            &["OpenLogs", "stbb", "pol", "1", "false", "false"],
+        ]
+        .concat(),
+        vec!["get-property", DEST[0], DEST[1], DEST[2], "Services"],
+        vec!["introspect", DEST[0], DEST[1]],
+    ];
+    for args in &reads {
+        let out = run_busctl_as(&bus, reader, &[], args);
+        assert!(out.status.success(), "reader may {args:?}: {out:?}");
+    }
+
+    let scale = [
+        &["call"][..],
+        &DEST[..],
+        &["ScaleService", "st", "pol", "3"],
+    ]
+    .concat();
+    let out = run_busctl_as(&bus, reader, &[], &scale);
+    assert!(!out.status.success(), "reader must not scale");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Access denied") || stderr.contains("AccessDenied"),
+        "{stderr}"
+    );
+    assert_eq!(
+        client.inspect_service("pol").await.unwrap().spec.mode,
+        model::ServiceMode::Replicated { replicas: 1 }
+    );
+
+    let (op, shoal_gid) = operator_user().unwrap();
+    let out = run_busctl_as(&bus, op, &[shoal_gid], &scale);
+    assert!(out.status.success(), "group shoal may scale: {out:?}");
+    assert_eq!(
+        client.inspect_service("pol").await.unwrap().spec.mode,
+        model::ServiceMode::Replicated { replicas: 3 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_root_user_cannot_own_the_name() {
+    let bus = DbusDaemon::start_with_shipped_policy().unwrap();
+    let reader = reader_user().unwrap();
+    // busctl has no "own a name" verb; call RequestName on the bus driver as the user.
+    let out = run_busctl_as(
+        &bus,
+        reader,
+        &[],
+        &[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "RequestName",
+            "su",
+            "org.shoal.Shoal1",
+            "4",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Access denied"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_emit_signals_and_properties_changed() {
+    let (bus, _backend, conn, _client) = setup().await;
+    let listener = zbus::connection::Builder::address(bus.address())
+        .build()
+        .await
+        .unwrap();
+    let props = zbus::fdo::PropertiesProxy::builder(&listener)
+        .destination("org.shoal.Shoal1")
+        .path("/org/shoal/Shoal1")
+        .build()
+        .await
+        .unwrap();
+    let mut changed = props.receive_properties_changed().await.unwrap();
+    let manager = shoal_dbus::client::ManagerProxy::new(&listener)
+        .await
+        .unwrap();
+    let mut services = manager.receive_service_changed().await.unwrap();
+
+    let events = Events::new(&conn);
+    let info = shoal_dbus::ClusterInfo {
+        services: 42,
+        role: "manager".into(),
+        ..Default::default()
+    };
+    events.info_changed(&info).await.unwrap();
+    events.service_changed("web").await.unwrap();
+
+    let sig = tokio::time::timeout(Duration::from_secs(30), changed.next())
+        .await
+        .expect("PropertiesChanged")
+        .unwrap();
+    let args = sig.args().unwrap();
+    assert_eq!(args.interface_name().as_str(), "org.shoal.Shoal1.Manager");
+    assert_eq!(
+        u64::try_from(args.changed_properties()["Services"].clone()).unwrap(),
+        42
+    );
+    let sig = tokio::time::timeout(Duration::from_secs(30), services.next())
+        .await
+        .expect("ServiceChanged")
+        .unwrap();
+    assert_eq!(sig.args().unwrap().name(), "web");
+}
