@@ -257,6 +257,9 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
     let mut net_cfg = net::NetConfig::new(cfg.paths.run_dir.clone(), state_dir.join("net"));
     net_cfg.bridge = cfg.network.bridge.clone();
     net_cfg.subnet = cfg.network.subnet.clone();
+    // The nftables table is named after the bridge, so that two nodes on one host (tests) or a
+    // renamed bridge never share rules.
+    net_cfg.nft_table = cfg.network.bridge.clone();
     let net = net::Network::new(net_cfg).map_err(|e| anyhow!("{e}"))?;
     net.setup()
         .await
