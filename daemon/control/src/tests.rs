@@ -686,3 +686,17 @@ mod stacks {
         assert_eq!(svc.version, 2, "a new digest rolls the tasks");
     }
 }
+
+#[test]
+fn a_new_or_restarting_service_is_not_an_update() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 2 }, "bb");
+    sim.run_until("2", |s| s.converged(&svc, 2));
+    let t = sim.running(&svc)[0].id.clone();
+    sim.crash(&t);
+    sim.run_until("restarted", |s| s.converged(&svc, 2));
+    assert_eq!(
+        sim.state.services[&svc].update_status, None,
+        "no update status without a spec change"
+    );
+}

@@ -154,6 +154,16 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         });
     }
 
+    // An update is under way when the status says so (and no newer spec arrived since it began),
+    // or when old tasks wait to be replaced. New tasks of a service that is simply starting, or
+    // of a slot being restarted, are not an update.
+    let active = matches!(
+        status.as_ref().map(|s| s.state),
+        Some(UpdateState::Updating | UpdateState::RollbackStarted)
+    );
+    if !active && dirty.is_empty() {
+        return;
+    }
     let updating = dirty.len() as u64 + in_flight > 0;
     let set_status = |pass: &mut Pass<'_>, state: UpdateState, message: &str, started: u64| {
         let completed_at = matches!(
