@@ -4,4 +4,5 @@
 pub mod containerd;
 pub mod dbus;
 pub mod images;
+pub mod node;
 pub mod registry;

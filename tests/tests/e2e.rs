@@ -1,0 +1,517 @@
+//! End-to-end tests on real parts: the real `shoald` and `shoal` binaries, real containerd and
+//! runc, a private dbus-daemon with the shipped policy, real network namespaces, nftables and a
+//! real registry. Each test runs its own node.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use shoal_tests::images::{self, ImageBuilder};
+use shoal_tests::node::{Node, NodeOptions, free_port, http_get};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A command for busybox that serves `hello <hostname>` on port 80 and exits on SIGTERM.
+const HTTPD: &str =
+    "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+/// Runs until SIGTERM, then exits 0 promptly.
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+fn image(node: &Node, name: &str) -> String {
+    let path = node.dir.path().join(format!("{name}.tar"));
+    images::write_oci_archive(&path, true, &format!("example.org/{name}:1"));
+    format!("oci-archive:{}", path.display())
+}
+
+#[test]
+fn stack_deploy_runs_containers_publishes_port_and_keeps_logs() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    let port = free_port();
+    let stack = node.dir.path().join("shop.toml");
+    std::fs::write(
+        &stack,
+        format!(
+            r#"[services.web]
+image = "{img}"
+replicas = 2
+command = ["sh", "-c", "echo started $(hostname); echo oops >&2; {HTTPD}"]
+ports = ["{port}:80"]
+"#
+        ),
+    )
+    .unwrap();
+    let out = node.shoal_ok(&["stack", "deploy", "-c", stack.to_str().unwrap(), "shop"]);
+    assert!(
+        out.contains("shop_web"),
+        "deploy reports the service: {out}"
+    );
+    node.wait_for("2 running tasks", LONG, |n| {
+        n.running("shop_web").len() == 2
+    });
+
+    // The containers are in containerd, labelled with their tasks.
+    let tasks = node.running("shop_web");
+    let containers = node.containers();
+    for t in &tasks {
+        assert!(
+            containers.iter().any(|c| c.contains(&t.id)),
+            "container of {} in {containers:?}",
+            t.id
+        );
+    }
+    assert_eq!(node.container_tasks().len(), 2);
+
+    // The published port answers from both replicas (load-balanced).
+    let mut seen = BTreeSet::new();
+    node.wait_for("both replicas to answer", LONG, |_| {
+        if let Some(body) = http_get(port) {
+            seen.insert(body.trim().to_string());
+        }
+        seen.len() == 2
+    });
+    assert!(seen.iter().all(|b| b.starts_with("hello ")), "{seen:?}");
+
+    // Logs of both streams, per task.
+    node.wait_for("logs", LONG, |n| {
+        let logs = n.shoal_ok(&["service", "logs", "shop_web"]);
+        logs.matches("started ").count() == 2 && logs.matches("oops").count() == 2
+    });
+    let tail = node.shoal_ok(&["service", "logs", "--tail", "1", "shop_web"]);
+    assert_eq!(tail.lines().count(), 1, "--tail 1 prints one line: {tail}");
+    assert!(
+        tail.contains("shop_web."),
+        "lines carry the task name: {tail}"
+    );
+
+    // stack ls/ps/services and rm.
+    assert!(node.shoal_ok(&["stack", "ls"]).contains("shop"));
+    assert!(
+        node.shoal_ok(&["stack", "services", "shop"])
+            .contains("shop_web")
+    );
+    node.shoal_ok(&["stack", "rm", "shop"]);
+    node.wait_for("stack removed and containers gone", LONG, |n| {
+        n.services().is_empty() && n.container_tasks().is_empty()
+    });
+    assert!(http_get(port).is_none(), "the port is no longer served");
+}
+
+#[test]
+fn killed_task_is_replaced_in_its_slot_with_growing_backoff() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "crashy",
+        "--restart-delay",
+        "1s",
+        "--restart-max-delay",
+        "10s",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let mut gaps = Vec::new();
+    for round in 0..2 {
+        let victim = node.running("crashy").pop().expect("a running task");
+        let (cid, pid) = node
+            .container_tasks()
+            .into_iter()
+            .find(|(c, _)| c.contains(&victim.id))
+            .expect("container of the running task");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the task's process");
+        node.wait_for("a replacement to run", LONG, |n| {
+            n.running("crashy").iter().any(|t| t.id != victim.id)
+        });
+        let tasks = node.tasks("crashy");
+        let dead = tasks
+            .iter()
+            .find(|t| t.id == victim.id)
+            .expect("the killed task stays in history");
+        assert_eq!(dead.state, "failed", "round {round}: {dead:?}");
+        assert_eq!(dead.exit_code, 137, "killed by SIGKILL");
+        assert!(dead.error.contains("137"), "{dead:?}");
+        let new = tasks.iter().find(|t| t.running()).unwrap();
+        assert_eq!(new.slot, victim.slot, "the replacement takes the same slot");
+        assert!(
+            !node.container_tasks().iter().any(|(c, _)| *c == cid),
+            "the dead container is removed"
+        );
+        gaps.push(new.state_since - dead.state_since);
+    }
+    // Backoff: at least the delay, and doubling for a task that failed again quickly.
+    assert!(
+        gaps[0] >= 1000,
+        "first restart waited {}ms, expected >= 1000",
+        gaps[0]
+    );
+    assert!(
+        gaps[1] >= 2000,
+        "second restart waited {}ms, expected >= 2000",
+        gaps[1]
+    );
+}
+
+#[test]
+fn scale_up_and_down_stops_the_highest_slots() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "s",
+        "--replicas",
+        "2",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    node.shoal_ok(&["service", "scale", "s=5"]);
+    assert_eq!(node.running("s").len(), 5);
+    assert_eq!(node.container_tasks().len(), 5);
+    node.shoal_ok(&["service", "scale", "s=1"]);
+    node.wait_for("one container left", LONG, |n| {
+        n.container_tasks().len() == 1
+    });
+    let left = node.running("s");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].slot, 1, "scale down keeps the lowest slot");
+    let ls = node.services();
+    assert_eq!((ls[0].running, ls[0].desired), (1, 1));
+}
+
+#[test]
+fn image_update_rolls_tasks_one_at_a_time() {
+    let node = Node::start();
+    let v1 = image(&node, "v1");
+    let v2_path = node.dir.path().join("v2.tar");
+    ImageBuilder::busybox()
+        .file("etc/version", "2\n")
+        .write_oci_archive(&v2_path, true, "example.org/v2:1");
+    let v2 = format!("oci-archive:{}", v2_path.display());
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "roll",
+        "--replicas",
+        "3",
+        "--update-parallelism",
+        "1",
+        "--update-order",
+        "start-first",
+        &v1,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let before: BTreeSet<String> = node.running("roll").into_iter().map(|t| t.id).collect();
+    node.shoal_ok(&["service", "update", "--detach", "--image", &v2, "roll"]);
+    // start-first with parallelism 1: never fewer than 3 running while rolling.
+    let mut min_running = usize::MAX;
+    node.wait_for("all tasks on the new image", LONG, |n| {
+        let running = n.running("roll");
+        min_running = min_running.min(running.len());
+        running.len() == 3
+            && running
+                .iter()
+                .all(|t| !before.contains(&t.id) && t.spec_version == 2)
+    });
+    assert!(
+        min_running >= 3,
+        "start-first keeps capacity, saw {min_running}"
+    );
+    let tasks = node.tasks("roll");
+    for id in &before {
+        let old = tasks
+            .iter()
+            .find(|t| &t.id == id)
+            .expect("old task in history");
+        assert_eq!(old.state, "shutdown", "old task {id} shut down: {old:?}");
+    }
+    // The new tasks came one after another.
+    let mut starts: Vec<u64> = tasks
+        .iter()
+        .filter(|t| t.spec_version == 2)
+        .map(|t| t.created_at)
+        .collect();
+    starts.sort();
+    assert_eq!(starts.len(), 3);
+    assert!(
+        starts[0] < starts[1] && starts[1] < starts[2],
+        "one slot at a time: {starts:?}"
+    );
+    let inspect = node.shoal_ok(&["service", "inspect", "roll"]);
+    assert!(
+        inspect.contains("completed"),
+        "update status completed: {inspect}"
+    );
+}
+
+#[test]
+fn restarting_shoald_keeps_and_adopts_the_same_containers() {
+    let mut node = Node::start();
+    let img = image(&node, "bb");
+    let port = free_port();
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "keep",
+        "--replicas",
+        "2",
+        "-p",
+        &format!("{port}:80"),
+        &img,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    node.wait_for("port", LONG, |_| http_get(port).is_some());
+    let before = node.container_tasks();
+    let tasks_before: BTreeSet<String> = node.running("keep").into_iter().map(|t| t.id).collect();
+    assert_eq!(before.len(), 2);
+
+    node.stop_daemon();
+    // Tasks outlive the daemon, and the published port keeps answering.
+    assert_eq!(
+        node.container_tasks(),
+        before,
+        "stopping shoald stops no task"
+    );
+    assert!(http_get(port).is_some(), "port served while shoald is down");
+
+    node.start_daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        node.container_tasks(),
+        before,
+        "same containers, same pids after restart"
+    );
+    let tasks_after: BTreeSet<String> = node.running("keep").into_iter().map(|t| t.id).collect();
+    assert_eq!(tasks_after, tasks_before, "no task was replaced");
+    assert!(http_get(port).is_some());
+
+    // A crash (SIGKILL) is no different; and a stray container that belongs to no task is removed.
+    let stray = node.dir.path().join("stray.tar");
+    images::write_oci_archive(&stray, false, "example.org/stray:1");
+    node.ctr(&["images", "import", stray.to_str().unwrap()]);
+    node.ctr(&[
+        "run",
+        "-d",
+        "--label",
+        "org.shoal.task.id=nosuchtask",
+        "example.org/stray:1",
+        "stray",
+        "sleep",
+        "600",
+    ]);
+    assert!(
+        node.containers().iter().any(|c| c == "stray"),
+        "the stray container exists"
+    );
+    node.kill_daemon();
+    node.start_daemon();
+    node.wait_for("the stray container to be removed", LONG, |n| {
+        !n.containers().iter().any(|c| c == "stray")
+    });
+    assert_eq!(node.container_tasks(), before);
+}
+
+#[test]
+fn reload_applies_added_changed_removed_files_and_a_broken_file_changes_nothing() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    let svc = |replicas: u32| {
+        format!(
+            "[services.app]\nimage = \"{img}\"\nreplicas = {replicas}\ncommand = [\"sh\", \"-c\", \"{}\"]\n",
+            SLEEPER.replace('\'', "'")
+        )
+    };
+    node.write_stack("a", &svc(1));
+    node.write_stack("b", &svc(1));
+    let out = node.shoal_ok(&["reload"]);
+    assert!(out.contains('a') && out.contains('b'), "{out}");
+    node.wait_for("a and b running", LONG, |n| {
+        n.running("a_app").len() == 1 && n.running("b_app").len() == 1
+    });
+
+    // Unchanged files change nothing.
+    let a_tasks: Vec<String> = node.running("a_app").into_iter().map(|t| t.id).collect();
+    node.shoal_ok(&["reload"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        node.running("a_app")
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>(),
+        a_tasks
+    );
+
+    // Changed (a: 3 replicas), removed (b), added (c).
+    node.write_stack("a", &svc(3));
+    node.remove_stack_file("b");
+    node.write_stack("c", &svc(1));
+    node.shoal_ok(&["reload"]);
+    node.wait_for("a=3, b gone, c=1", LONG, |n| {
+        let names: Vec<String> = n.services().into_iter().map(|s| s.name).collect();
+        n.running("a_app").len() == 3
+            && !names.contains(&"b_app".to_string())
+            && n.running("c_app").len() == 1
+    });
+    node.wait_for("b's container removed", LONG, |n| {
+        n.container_tasks().len() == 4
+    });
+
+    // A broken file fails the reload with every problem, and nothing changes.
+    let running_before: BTreeSet<String> = ["a_app", "c_app"]
+        .iter()
+        .flat_map(|s| node.running(s))
+        .map(|t| t.id)
+        .collect();
+    node.write_stack("a", &svc(1)); // a valid change that must NOT be applied
+    node.write_stack("d", "[services.x]\nimage = 42\nreplica = 2\n");
+    let out = node.shoal(&["reload"]);
+    assert!(
+        !out.status.success(),
+        "a broken stack file fails the reload"
+    );
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        err.contains("d.toml:2:"),
+        "the error names file and line: {err}"
+    );
+    assert!(
+        err.contains("d.toml:3:"),
+        "every problem is reported: {err}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let running_after: BTreeSet<String> = ["a_app", "c_app"]
+        .iter()
+        .flat_map(|s| node.running(s))
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        running_after, running_before,
+        "a failed reload leaves the running stacks as they were"
+    );
+    assert_eq!(node.running("a_app").len(), 3);
+
+    // SIGHUP reloads too, once the file is fixed.
+    node.remove_stack_file("d");
+    let pid = node.daemon_pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    node.wait_for("SIGHUP applied a=1", LONG, |n| {
+        n.running("a_app").len() == 1
+    });
+}
+
+#[test]
+fn global_service_runs_one_task_on_the_node() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service", "create", "--name", "agent", "--mode", "global", &img, "sh", "-c", SLEEPER,
+    ]);
+    let running = node.running("agent");
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].slot, 0, "global tasks have no slot");
+    let ls = node.services();
+    assert_eq!(ls[0].mode, "global");
+    let out = node.shoal(&["service", "scale", "agent=3"]);
+    assert!(!out.status.success(), "a global service cannot be scaled");
+}
+
+#[test]
+fn images_from_a_registry_and_from_both_archive_kinds() {
+    let registry = shoal_tests::registry::Registry::start();
+    let oci = tempfile::NamedTempFile::new().unwrap();
+    images::write_oci_archive(oci.path(), false, "example.org/reg:1");
+    registry.push_oci_archive(oci.path(), "bb:1");
+    let node = Node::start_with(NodeOptions {
+        extra_config: format!("[registries.\"{}\"]\ninsecure = true\n", registry.address()),
+    });
+    let docker_gz = node.dir.path().join("img.docker.tar.gz");
+    images::write_docker_archive(&docker_gz, true, "example.org/dock:1");
+    let oci_plain = node.dir.path().join("img.oci.tar");
+    images::write_oci_archive(&oci_plain, false, "example.org/plain:1");
+    let refs = [
+        format!("{}/bb:1", registry.address()),
+        format!("docker-archive:{}", docker_gz.display()),
+        format!("oci-archive:{}", oci_plain.display()),
+    ];
+    for (i, r) in refs.iter().enumerate() {
+        node.shoal_ok(&[
+            "service",
+            "create",
+            "--name",
+            &format!("img{i}"),
+            r,
+            "sh",
+            "-c",
+            SLEEPER,
+        ]);
+        assert_eq!(node.running(&format!("img{i}")).len(), 1, "{r} runs");
+    }
+    // A missing image is a clear error and creates nothing.
+    let out = node.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "nope",
+        &format!("{}/nope:1", registry.address()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found"), "{err}");
+    assert!(!node.services().iter().any(|s| s.name == "nope"));
+}
+
+#[test]
+fn the_policy_lets_anyone_read_but_only_root_or_group_shoal_change() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service", "create", "--name", "p", &img, "sh", "-c", SLEEPER,
+    ]);
+    let reader = shoal_tests::dbus::reader_user().expect("reader user");
+    let run_as = |args: &[&str]| {
+        shoal_tests::dbus::command_as(reader, &[], shoal_tests::node::bin("shoal"))
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", node.bus.address())
+            .output()
+            .unwrap()
+    };
+    let ls = run_as(&["service", "ls"]);
+    assert!(
+        ls.status.success(),
+        "reading is open: {}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ls.stdout).contains('p'));
+    let scale = run_as(&["service", "scale", "--detach", "p=3"]);
+    assert!(
+        !scale.status.success(),
+        "a non-root, non-group caller cannot change"
+    );
+    assert!(
+        String::from_utf8_lossy(&scale.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&scale.stderr)
+    );
+    assert_eq!(node.services()[0].desired, 1, "nothing changed");
+}
