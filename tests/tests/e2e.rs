@@ -83,6 +83,43 @@ ports = ["{port}:80"]
         "lines carry the task name: {tail}"
     );
 
+    // -f follows: lines written after the call arrive on the open stream.
+    let mut follow = std::process::Command::new(shoal_tests::node::bin("shoal"))
+        .args(["service", "logs", "-f", "--tail", "0", "shop_web"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", node.bus.address())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, pid) = node.container_tasks()[0].clone();
+    // Make the task log: busybox httpd logs nothing, so kill it and let the replacement log.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let line = rx.recv_timeout(LONG).expect("a followed log line");
+    assert!(
+        line.contains("shop_web.") && (line.contains("started") || line.contains("oops")),
+        "{line}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    node.wait_for("2 running again", LONG, |n| {
+        n.running("shop_web").len() == 2
+    });
+
     // stack ls/ps/services and rm.
     assert!(node.shoal_ok(&["stack", "ls"]).contains("shop"));
     assert!(
