@@ -1,0 +1,494 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: Docker Swarm mode (Debian's docker.io) against shoal on this machine.
+#
+# Not a test: it prints a table of wall-clock times and daemon memory and exits 0 whenever both
+# halves ran (a timed-out step shows as "timeout"). See bench/README.md.
+#
+# usage: bench/swarm-vs-shoal.sh [--only swarm|shoal] [--keep-workdir] [--timeout SECONDS]
+#
+# The whole run happens in a network namespace of its own, and each orchestrator gets its own
+# containerd (own root, state, socket); shoal also gets its own dbus-daemon and state directory.
+# So neither dockerd's nor shoald's bridges, firewall rules and ports touch the host. Everything
+# started here is stopped again on exit, also on failure or Ctrl-C.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+ARGS=("$@")
+ONLY=""
+KEEP=0
+STEP_TIMEOUT=300
+SIZES=(1 10 50)
+SCALE_TO=100
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --only) ONLY=${2:?--only needs swarm or shoal}; shift 2 ;;
+    --keep-workdir) KEEP=1; shift ;;
+    --timeout) STEP_TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "swarm-vs-shoal: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$ONLY" in ""|swarm|shoal) ;; *) echo "swarm-vs-shoal: --only takes swarm or shoal" >&2; exit 2 ;; esac
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "swarm-vs-shoal: run as root (it starts containerd, dockerd and shoald)" >&2
+  exit 1
+fi
+
+# Re-run this script inside a fresh network namespace and a private mount namespace, and delete
+# the network namespace afterwards. (Not `ip netns exec`: its fresh /sys lacks the cgroup
+# hierarchy that dockerd and runc need.)
+if [[ -z ${SHOAL_BENCH_NETNS:-} ]]; then
+  ns=shoal-bench-$$
+  ip netns add "$ns" || { echo "swarm-vs-shoal: cannot create network namespace $ns" >&2; exit 1; }
+  ip -n "$ns" link set lo up
+  SHOAL_BENCH_NETNS=$ns nsenter --net="/run/netns/$ns" -- \
+    unshare --mount --propagation slave -- bash "$0" "${ARGS[@]}" &
+  child=$!
+  # A background child of a script ignores SIGINT; pass Ctrl-C and TERM on as TERM.
+  trap 'kill -TERM "$child" 2>/dev/null' INT TERM
+  rc=0
+  wait "$child" || rc=$?
+  while kill -0 "$child" 2>/dev/null; do wait "$child" || rc=$?; done
+  ip netns delete "$ns" 2>/dev/null || true
+  exit "$rc"
+fi
+
+# The task both orchestrators run: exits promptly on SIGTERM so removal measures the
+# orchestrator, not a 10 s stop grace period.
+TASK_CMD=(sh -c "trap 'exit 0' TERM; while true; do sleep 1 & wait \$!; done")
+DOCKER_IMAGE=shoal-bench/busybox:latest
+
+DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
+SHOALD=${SHOALD:-$REPO/target/release/shoald}
+SHOAL=${SHOAL:-$REPO/target/release/shoal}
+
+WORK=$(mktemp -d /tmp/shoal-bench.XXXXXX)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "n/a"; }
+
+declare -A RESULT   # RESULT[swarm:deploy1]=0.41 ...
+declare -a STARTED_PIDS=()
+
+# wait_for SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds; 1 on timeout.
+wait_for() {
+  local limit=$1; shift
+  local deadline
+  deadline=$(awk -v t="$(now)" -v l="$limit" 'BEGIN { printf "%.3f", t + l }')
+  until "$@"; do
+    if awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }'; then return 1; fi
+    sleep 0.1
+  done
+}
+
+# ---------------------------------------------------------------- containerd, one per half
+
+containerd_answers() { # SOCKET (ctr waits 10 s for a socket that does not exist yet)
+  [[ -S $1 ]] && ctr --connect-timeout 5s -a "$1" version >/dev/null 2>&1
+}
+
+# start_containerd DIR: a private containerd with everything under DIR; socket DIR/containerd.sock
+start_containerd() {
+  local dir=$1
+  mkdir -p "$dir/root" "$dir/state"
+  cat >"$dir/config.toml" <<EOF
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+[grpc]
+  address = "$dir/containerd.sock"
+[ttrpc]
+  address = "$dir/containerd.sock.ttrpc"
+[debug]
+  address = "$dir/debug.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+EOF
+  containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
+  echo $! >"$dir/containerd.pid"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 60 containerd_answers "$dir/containerd.sock"; then
+    echo "swarm-vs-shoal: containerd in $dir did not answer within 60s; see $dir/containerd.log" >&2
+    return 1
+  fi
+}
+
+# stop_containerd DIR NAMESPACE: kills the tasks left in NAMESPACE, stops containerd, then the
+# shims it left behind (found by this instance's unique socket path), and unmounts DIR.
+stop_containerd() {
+  local dir=$1 ns=$2 sock=$1/containerd.sock pid
+  [[ -f $dir/containerd.pid ]] || return 0
+  pid=$(cat "$dir/containerd.pid")
+  if kill -0 "$pid" 2>/dev/null; then
+    local t c
+    for t in $(ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+      ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    done
+    for t in $(ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
+      ctr -a "$sock" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+    for c in $(ctr -a "$sock" -n "$ns" containers ls -q 2>/dev/null); do
+      ctr -a "$sock" -n "$ns" containers delete "$c" >/dev/null 2>&1 || true
+    done
+    kill "$pid" 2>/dev/null || true
+    wait_for 20 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  local p
+  for p in /proc/[0-9]*; do
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $sock "; then
+      kill -9 "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+  rm -f "$dir/containerd.pid"
+}
+
+# unmount_under DIR: lazily unmounts every mount point below DIR, deepest first.
+unmount_under() {
+  local m
+  awk -v d="$1/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+# ---------------------------------------------------------------- Swarm half
+
+D() { "$DOCKER" -H "unix://$WORK/docker/docker.sock" "$@"; }
+
+swarm_running() { # NAME N
+  local n
+  n=$(D service ps "$1" --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null |
+    grep -c '^Running' || true)
+  [[ $n -eq $2 ]]
+}
+swarm_no_containers() {
+  [[ -z $(ctr -a "$WORK/swarm-containerd/containerd.sock" -n moby containers ls -q 2>/dev/null) ]]
+}
+
+start_swarm() {
+  local dir=$WORK/docker
+  mkdir -p "$dir/data" "$dir/exec"
+  start_containerd "$WORK/swarm-containerd"
+  # Docker's defaults (docker0, iptables rules): they land in this run's network namespace.
+  # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: the swarm agent uses the loaded image instead of trying
+  # a pull from Docker Hub before every task start (shoal uses its local archive too).
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --containerd="$WORK/swarm-containerd/containerd.sock" \
+    --data-root="$dir/data" --exec-root="$dir/exec" --pidfile="$dir/dockerd.pid" \
+    -H "unix://$dir/docker.sock" >"$dir/dockerd.log" 2>&1 &
+  echo $! >"$dir/dockerd.main"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 60 D version >/dev/null 2>&1; then
+    echo "swarm-vs-shoal: dockerd did not answer within 60s; see $dir/dockerd.log" >&2
+    return 1
+  fi
+  D swarm init --advertise-addr 127.0.0.1 >/dev/null
+  python3 "$REPO/scripts/mkimage.py" --format docker --name "$DOCKER_IMAGE" -o "$WORK/busybox-docker.tar"
+  D load -i "$WORK/busybox-docker.tar" >/dev/null
+}
+
+stop_swarm() {
+  local dir=$WORK/docker pid
+  [[ -f $dir/dockerd.main ]] || return 0
+  pid=$(cat "$dir/dockerd.main")
+  if kill -0 "$pid" 2>/dev/null; then
+    local s
+    for s in $(D service ls -q 2>/dev/null); do D service rm "$s" >/dev/null 2>&1 || true; done
+    D swarm leave --force >/dev/null 2>&1 || true
+    kill "$pid" 2>/dev/null || true
+    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/dockerd.main"
+  stop_containerd "$WORK/swarm-containerd" moby
+}
+
+run_swarm() {
+  log "swarm: starting containerd, dockerd and swarm init"
+  start_swarm
+  sleep 5
+  RESULT[swarm:rss_idle]=$(rss_mb "$(cat "$WORK/docker/dockerd.main")")
+  local n name t0
+  for n in "${SIZES[@]}"; do
+    name=bench$n
+    log "swarm: create $n replica(s)"
+    t0=$(now)
+    D service create --detach --no-resolve-image --quiet --name "$name" --replicas "$n" \
+      "$DOCKER_IMAGE" "${TASK_CMD[@]}" >/dev/null
+    if wait_for "$STEP_TIMEOUT" swarm_running "$name" "$n"; then
+      RESULT[swarm:deploy$n]=$(since "$t0")
+    else
+      RESULT[swarm:deploy$n]=timeout
+    fi
+    if [[ $n -ne ${SIZES[-1]} ]]; then
+      D service rm "$name" >/dev/null
+      wait_for "$STEP_TIMEOUT" swarm_no_containers || true
+    fi
+  done
+  name=bench${SIZES[-1]}
+  log "swarm: scale ${SIZES[-1]} -> $SCALE_TO"
+  t0=$(now)
+  D service scale --detach "$name=$SCALE_TO" >/dev/null 2>&1
+  if wait_for "$STEP_TIMEOUT" swarm_running "$name" "$SCALE_TO"; then
+    RESULT[swarm:scale]=$(since "$t0")
+  else
+    RESULT[swarm:scale]=timeout
+  fi
+  sleep 2
+  RESULT[swarm:rss_busy]=$(rss_mb "$(cat "$WORK/docker/dockerd.main")")
+  log "swarm: remove $SCALE_TO replicas"
+  t0=$(now)
+  D service rm "$name" >/dev/null
+  if wait_for "$STEP_TIMEOUT" swarm_no_containers; then
+    RESULT[swarm:remove]=$(since "$t0")
+  else
+    RESULT[swarm:remove]=timeout
+  fi
+  stop_swarm
+}
+
+# ---------------------------------------------------------------- shoal half
+
+S() { DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/shoal/bus.sock" "$SHOAL" "$@"; }
+
+# Counts the tasks `shoal service ps NAME --format json` reports as running (current and desired
+# state). Accepts a JSON array or one object per line, with docker-style or snake_case fields.
+SHOAL_COUNT_RUNNING='
+import json, sys
+text = sys.stdin.read().strip()
+if not text:
+    print(0); sys.exit()
+try:
+    doc = json.loads(text)
+    items = doc if isinstance(doc, list) else doc.get("tasks", [doc]) if isinstance(doc, dict) else []
+except ValueError:
+    items = [json.loads(l) for l in text.splitlines() if l.strip()]
+def field(o, *keys):
+    for k in keys:
+        v = o
+        for part in k.split("."):
+            v = v.get(part) if isinstance(v, dict) else None
+        if isinstance(v, str):
+            return v.lower()
+    return None
+n = 0
+for o in items:
+    cur = field(o, "status.state", "CurrentState", "current_state", "state", "State")
+    des = field(o, "desired", "DesiredState", "desired_state")
+    if cur and cur.startswith("running") and (des is None or des.startswith("running")):
+        n += 1
+print(n)
+'
+shoal_running() { # NAME N
+  local n
+  n=$(S service ps "$1" --format json 2>/dev/null | python3 -c "$SHOAL_COUNT_RUNNING" 2>/dev/null || echo -1)
+  [[ $n -eq $2 ]]
+}
+shoal_no_containers() {
+  [[ -z $(ctr -a "$WORK/shoal-containerd/containerd.sock" -n shoal-bench containers ls -q 2>/dev/null) ]]
+}
+
+start_shoal() {
+  local dir=$WORK/shoal
+  mkdir -p "$dir/state" "$dir/stacks"
+  start_containerd "$WORK/shoal-containerd"
+  # A private system bus: shoald owns org.shoal.Shoal1 there, the CLI finds it through
+  # DBUS_SYSTEM_BUS_ADDRESS, and the host's bus is left alone.
+  cat >"$dir/bus.conf" <<EOF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=$dir/bus.sock</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+EOF
+  dbus-daemon --config-file="$dir/bus.conf" --nofork --nopidfile >"$dir/dbus.log" 2>&1 &
+  echo $! >"$dir/dbus.pid"
+  STARTED_PIDS+=("$!")
+  wait_for 20 test -S "$dir/bus.sock"
+  cat >"$dir/cluster.toml" <<EOF
+[node]
+name = "bench"
+
+[network]
+listen = "127.0.0.1:4600"
+advertise = "127.0.0.1:4600"
+
+[cluster]
+bootstrap = true
+
+[containerd]
+address = "$WORK/shoal-containerd/containerd.sock"
+namespace = "shoal-bench"
+
+[paths]
+state_dir = "$dir/state"
+stacks_dir = "$dir/stacks"
+EOF
+  python3 "$REPO/scripts/mkimage.py" --format oci --name docker.io/library/busybox:latest \
+    -o "$WORK/busybox-oci.tar"
+  DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" "$SHOALD" --config "$dir/cluster.toml" \
+    >"$dir/shoald.log" 2>&1 &
+  echo $! >"$dir/shoald.pid"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 120 S info >/dev/null 2>&1; then
+    echo "swarm-vs-shoal: shoald did not answer 'shoal info' within 120s; see $dir/shoald.log" >&2
+    return 1
+  fi
+}
+
+stop_shoal() {
+  local dir=$WORK/shoal pid
+  if [[ -f $dir/shoald.pid ]]; then
+    pid=$(cat "$dir/shoald.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      local s
+      for s in bench1 bench10 bench50; do S service rm "$s" >/dev/null 2>&1 || true; done
+      kill "$pid" 2>/dev/null || true
+      wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/shoald.pid"
+  fi
+  # Tasks outlive shoald by design: stop_containerd kills whatever is left.
+  stop_containerd "$WORK/shoal-containerd" shoal-bench
+  if [[ -f $dir/dbus.pid ]]; then
+    kill "$(cat "$dir/dbus.pid")" 2>/dev/null || true
+    rm -f "$dir/dbus.pid"
+  fi
+}
+
+run_shoal() {
+  log "shoal: starting containerd, dbus-daemon and $SHOALD"
+  start_shoal
+  sleep 5
+  RESULT[shoal:rss_idle]=$(rss_mb "$(cat "$WORK/shoal/shoald.pid")")
+  local image="oci-archive:$WORK/busybox-oci.tar" n name t0
+  for n in "${SIZES[@]}"; do
+    name=bench$n
+    log "shoal: create $n replica(s)"
+    t0=$(now)
+    S service create --detach --name "$name" --replicas "$n" "$image" "${TASK_CMD[@]}" >/dev/null
+    if wait_for "$STEP_TIMEOUT" shoal_running "$name" "$n"; then
+      RESULT[shoal:deploy$n]=$(since "$t0")
+    else
+      RESULT[shoal:deploy$n]=timeout
+    fi
+    if [[ $n -ne ${SIZES[-1]} ]]; then
+      S service rm "$name" >/dev/null
+      wait_for "$STEP_TIMEOUT" shoal_no_containers || true
+    fi
+  done
+  name=bench${SIZES[-1]}
+  log "shoal: scale ${SIZES[-1]} -> $SCALE_TO"
+  t0=$(now)
+  S service scale "$name=$SCALE_TO" --detach >/dev/null
+  if wait_for "$STEP_TIMEOUT" shoal_running "$name" "$SCALE_TO"; then
+    RESULT[shoal:scale]=$(since "$t0")
+  else
+    RESULT[shoal:scale]=timeout
+  fi
+  sleep 2
+  RESULT[shoal:rss_busy]=$(rss_mb "$(cat "$WORK/shoal/shoald.pid")")
+  log "shoal: remove $SCALE_TO replicas"
+  t0=$(now)
+  S service rm "$name" >/dev/null
+  if wait_for "$STEP_TIMEOUT" shoal_no_containers; then
+    RESULT[shoal:remove]=$(since "$t0")
+  else
+    RESULT[shoal:remove]=timeout
+  fi
+  stop_shoal
+}
+
+# ---------------------------------------------------------------- cleanup and report
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  stop_shoal 2>/dev/null
+  stop_swarm 2>/dev/null
+  local p
+  for p in "${STARTED_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  unmount_under "$WORK"
+  if [[ $KEEP -eq 1 ]]; then
+    log "logs and state kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ratio() { # A B -> A/B
+  if [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'
+  else
+    echo "-"
+  fi
+}
+
+row() { printf '%-34s %10s %10s %12s\n' "$@"; }
+
+report() {
+  local key label s h
+  echo
+  echo "shoal vs Docker Swarm, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "swarm: $(dockerd --version 2>/dev/null | head -1)"
+  echo "shoal: $([[ -x $SHOALD ]] && "$SHOALD" --version 2>/dev/null | head -1 || echo "not run")"
+  echo
+  row "time (s)" swarm shoal swarm/shoal
+  for key in deploy1 deploy10 deploy50 scale remove; do
+    case $key in
+      deploy1) label="deploy 1 replica" ;;
+      deploy10) label="deploy 10 replicas" ;;
+      deploy50) label="deploy 50 replicas" ;;
+      scale) label="scale 50 -> 100" ;;
+      remove) label="remove 100 replicas" ;;
+    esac
+    s=${RESULT[swarm:$key]:-n/a}; h=${RESULT[shoal:$key]:-n/a}
+    row "$label" "$s" "$h" "$(ratio "$s" "$h")"
+  done
+  echo
+  row "daemon RSS (MB)" dockerd shoald shoal/swarm
+  for key in rss_idle rss_busy; do
+    case $key in
+      rss_idle) label="idle, no tasks" ;;
+      rss_busy) label="with 100 tasks" ;;
+    esac
+    s=${RESULT[swarm:$key]:-n/a}; h=${RESULT[shoal:$key]:-n/a}
+    row "$label" "$s" "$h" "$(ratio "$h" "$s")"
+  done
+}
+
+for tool in containerd ctr runc python3 ip dbus-daemon; do
+  command -v "$tool" >/dev/null || { echo "swarm-vs-shoal: $tool is missing; run scripts/install-deps.sh" >&2; exit 1; }
+done
+
+if [[ $ONLY != shoal ]]; then
+  if [[ -z $DOCKER ]] || ! command -v dockerd >/dev/null; then
+    echo "swarm-vs-shoal: docker.io is missing (apt-get install docker.io)" >&2; exit 1
+  fi
+fi
+if [[ $ONLY != swarm ]] && { [[ ! -x $SHOALD ]] || [[ ! -x $SHOAL ]]; }; then
+  echo "swarm-vs-shoal: $SHOALD or $SHOAL not found; build them with:" >&2
+  echo "  cargo build --release -p shoald -p shoal" >&2
+  if [[ $ONLY == shoal ]]; then exit 1; fi
+  echo "swarm-vs-shoal: running the Swarm half only" >&2
+  ONLY=swarm
+fi
+
+[[ $ONLY == shoal ]] || run_swarm
+[[ $ONLY == swarm ]] || run_shoal
+report

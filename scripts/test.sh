@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs shoal's whole test suite on Debian 12 as root: installs the dependencies, builds every
+# target (dev profile), runs `cargo test --workspace`, then the NixOS module evaluation
+# (tests/nix-eval/run.sh) and the real-systemd tests (tests/systemd/run.sh) when they exist.
+#
+# usage: scripts/test.sh [-- EXTRA CARGO TEST ARGS]
+#
+# The tests start the services they need themselves (their own containerd, dbus-daemon,
+# registry), so nothing has to be running. Ends with one line
+#   shoal tests: N passed, M failed
+# summed from cargo's "test result:" lines and the suites' "NAME: N passed, M failed" lines (a
+# suite script printing neither counts as one test), and exits non-zero when anything failed.
+# Never prompts; CI runs it through .ci/run.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 1
+EXTRA=()
+if [[ ${1:-} == -- ]]; then
+  shift
+  EXTRA=("$@")
+elif [[ $# -gt 0 ]]; then
+  case "$1" in
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "test: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+fi
+
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+if [[ ${CI:-} == true ]]; then
+  # One build on a fresh clone: incremental state only costs time and disk there. (Not set for
+  # developers: changing it makes cargo rebuild the workspace crates in a shared target/.)
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+fi
+if [[ ! -t 1 ]]; then
+  export CARGO_TERM_PROGRESS_WHEN=never
+fi
+if [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
+
+PASSED=0
+FAILED=0
+declare -a PROBLEMS=()
+
+phase() { printf '\n==> %s\n' "$*"; }
+
+# count LOGFILE STATUS LABEL: adds the log's "test result:" counts; a non-zero STATUS with no
+# failed test in the log (build error, crash, script failure) counts as one failure.
+count() {
+  local log=$1 status=$2 label=$3 p f seen
+  # cargo: "test result: ok. 3 passed; 0 failed; ..." (summed); other suites may end with a
+  # summary line "NAME: 3 passed, 0 failed[, ...]" (the last one counts).
+  read -r p f seen < <(awk '
+    /test result:/ {
+      for (i = 1; i <= NF; i++) {
+        if ($(i) ~ /^passed;?$/) p += $(i - 1)
+        if ($(i) ~ /^failed;?$/) f += $(i - 1)
+      }
+      seen = 1
+    }
+    /^[A-Za-z0-9_. -]+: [0-9]+ passed, [0-9]+ failed/ {
+      split($0, parts, ": ")
+      split(parts[2], words, /[ ,]+/)
+      sp = words[1]; sf = words[3]; summary = 1
+    }
+    END {
+      if (!seen && summary) { p = sp; f = sf; seen = 1 }
+      printf "%d %d %d\n", p, f, seen
+    }' "$log")
+  if [[ $seen -eq 0 ]]; then
+    # A suite script without cargo-style output: the script is the test.
+    if [[ $status -eq 0 ]]; then p=1; f=0; else p=0; f=1; fi
+  elif [[ $status -ne 0 && $f -eq 0 ]]; then
+    f=1
+  fi
+  PASSED=$((PASSED + p))
+  FAILED=$((FAILED + f))
+  if [[ $status -ne 0 ]]; then PROBLEMS+=("$label (exit $status, log $log)"); fi
+}
+
+phase "dependencies"
+if ! bash scripts/install-deps.sh </dev/null; then
+  echo "test: scripts/install-deps.sh failed; nothing was tested" >&2
+  echo "shoal tests: 0 passed, 1 failed"
+  exit 1
+fi
+
+LOGDIR=$(mktemp -d /tmp/shoal-test.XXXXXX)
+
+phase "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets </dev/null 2>&1 | tee "$LOGDIR/build.log"
+build_status=${PIPESTATUS[0]}
+
+if [[ $build_status -ne 0 ]]; then
+  FAILED=$((FAILED + 1))
+  PROBLEMS+=("cargo build (exit $build_status, log $LOGDIR/build.log); cargo test skipped")
+else
+  phase "cargo test --workspace --no-fail-fast"
+  cargo test --workspace --no-fail-fast "${EXTRA[@]}" </dev/null 2>&1 | tee "$LOGDIR/cargo-test.log"
+  count "$LOGDIR/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
+fi
+
+for suite in tests/nix-eval/run.sh tests/systemd/run.sh; do
+  if [[ -f $suite ]]; then
+    phase "$suite"
+    name=$(basename "$(dirname "$suite")")
+    bash "$suite" </dev/null 2>&1 | tee "$LOGDIR/$name.log"
+    count "$LOGDIR/$name.log" "${PIPESTATUS[0]}" "$suite"
+  fi
+done
+
+echo
+if [[ ${#PROBLEMS[@]} -gt 0 ]]; then
+  echo "failed:"
+  printf '  %s\n' "${PROBLEMS[@]}"
+else
+  rm -rf "$LOGDIR"
+fi
+echo "shoal tests: $PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 && ${#PROBLEMS[@]} -eq 0 ]]
