@@ -326,8 +326,15 @@ async fn connect_containerd(
 pub async fn run_control_loop(d: Arc<Daemon>) {
     let mut rx = d.store.subscribe();
     let mut ids = RandomIds;
+    let mut last_summary = String::new();
     loop {
         d.heartbeat.store(now_ms(), Ordering::Relaxed);
+        // Keep the unit's STATUS= line current.
+        let summary = d.summary();
+        if summary != last_summary {
+            d.set_status(summary.clone());
+            last_summary = summary;
+        }
         let mut wake = Duration::from_secs(1);
         if d.store.is_leader() {
             let state = rx.borrow_and_update().clone();

@@ -54,7 +54,11 @@ fn init_tracing() {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter)
-                .with(layer.with_syslog_identifier("shoald".into()))
+                .with(
+                    layer
+                        .with_syslog_identifier("shoald".into())
+                        .with_field_prefix(None),
+                )
                 .init();
             return;
         }
