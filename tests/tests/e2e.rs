@@ -552,3 +552,59 @@ fn the_policy_lets_anyone_read_but_only_root_or_group_shoal_change() {
     );
     assert_eq!(node.services()[0].desired, 1, "nothing changed");
 }
+
+#[test]
+fn an_oom_kill_and_an_exit_code_become_task_states() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "hog",
+        "--limit-memory",
+        "16M",
+        "--restart-condition",
+        "none",
+        &img,
+        "sh",
+        "-c",
+        "a=xxxxxxxx; while true; do a=\"$a$a\"; done",
+    ]);
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "three",
+        "--restart-condition",
+        "none",
+        &img,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    node.wait_for("the hog to be OOM-killed", LONG, |n| {
+        n.tasks("hog").iter().any(|t| t.state == "failed")
+    });
+    let hog = node
+        .tasks("hog")
+        .into_iter()
+        .find(|t| t.state == "failed")
+        .unwrap();
+    assert!(hog.error.contains("OOM"), "{hog:?}");
+    node.wait_for("exit 3", LONG, |n| {
+        n.tasks("three").iter().any(|t| t.state == "failed")
+    });
+    let three = node
+        .tasks("three")
+        .into_iter()
+        .find(|t| t.state == "failed")
+        .unwrap();
+    assert_eq!(three.exit_code, 3);
+    assert!(three.error.contains("non-zero exit (3)"), "{three:?}");
+    // restart condition none: no replacement.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(node.tasks("three").len(), 1);
+}

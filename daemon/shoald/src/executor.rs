@@ -68,6 +68,7 @@ fn signal_number(name: &str) -> Result<i32, ExecError> {
 impl Executor for ContainerExecutor {
     async fn prepare(&self, task: &Task) -> Result<Prepared, ExecError> {
         let d = &self.d;
+        let t0 = std::time::Instant::now();
         let opts = d.pull_options();
         let image = match &task.image_digest {
             Some(digest) => {
@@ -78,9 +79,11 @@ impl Executor for ContainerExecutor {
             None => d.runtime.ensure_image(&task.spec.image, &opts).await,
         }
         .map_err(classify)?;
+        let t_image = t0.elapsed();
         let att = d.net.attach(&task.id).await.map_err(|e| {
             ExecError::fatal(format!("failed to attach task to the node network: {e}"))
         })?;
+        let t_net = t0.elapsed();
         let cid = task.container_id();
         let spec = &task.spec;
         let mut c = ctd::ContainerConfig::new(&cid, image);
@@ -147,6 +150,13 @@ impl Executor for ContainerExecutor {
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(classify(e)),
         }
+        tracing::debug!(
+            task = %task.id,
+            image_ms = t_image.as_millis() as u64,
+            network_ms = (t_net - t_image).as_millis() as u64,
+            create_ms = (t0.elapsed() - t_net).as_millis() as u64,
+            "task prepared"
+        );
         Ok(Prepared {
             container_id: cid,
             address: Some(format!("{}/{}", att.ip, att.prefix_len)),
