@@ -521,6 +521,7 @@ mod tests {
             created_at: 0,
             not_before: None,
             restart_attempt: 0,
+            started_at: None,
         }
     }
 

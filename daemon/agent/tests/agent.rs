@@ -46,6 +46,7 @@ fn task(id: &str, slot: u64) -> Task {
         created_at: EPOCH,
         not_before: None,
         restart_attempt: 0,
+        started_at: None,
     }
 }
 

@@ -502,7 +502,10 @@ impl Runtime {
             match Status::try_from(process.status).unwrap_or(Status::Unknown) {
                 Status::Running | Status::Paused | Status::Pausing => return Ok(process.pid),
                 Status::Created => return self.start_task(id).await,
-                Status::Stopped | Status::Unknown => {
+                // It already ran (a retried start whose first attempt did get through): never
+                // run the process a second time; `wait` reports how it ended.
+                Status::Stopped => return Ok(process.pid),
+                Status::Unknown => {
                     ignore_not_found(self.delete_task(id).await.map(|_| ()))?;
                 }
             }

@@ -22,14 +22,23 @@ use crate::Pass;
 pub(crate) fn wanted_slots(pass: &Pass<'_>, svc: &Service) -> BTreeSet<SlotKey> {
     match svc.spec.mode {
         ServiceMode::Replicated { replicas } => (1..=replicas).map(SlotKey::Slot).collect(),
+        // A paused node keeps its global tasks (no new ones start there: see
+        // `reconcile_service`); a drained or down node loses them.
         ServiceMode::Global => pass
             .state
             .nodes
             .values()
-            .filter(|n| n.is_eligible())
+            .filter(|n| n.status == NodeStatus::Ready && n.availability != Availability::Drain)
             .map(|n| SlotKey::Node(n.id.clone()))
             .collect(),
     }
+}
+
+/// How long a finished task ran: from its first RUNNING report to its last report (0 when it
+/// never ran).
+pub(crate) fn ran_for(t: &Task) -> u64 {
+    t.started_at
+        .map_or(0, |s| t.status.timestamp.saturating_sub(s))
 }
 
 /// Tasks of a service grouped by slot, oldest first.
@@ -75,6 +84,7 @@ pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Ta
         created_at: pass.now,
         not_before: None,
         restart_attempt: 0,
+        started_at: None,
     }
 }
 
@@ -136,6 +146,12 @@ pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
             .any(|t| t.is_runnable() && !shutdown.contains(&t.id))
         {
             continue;
+        }
+        // No new task on a paused node.
+        if let SlotKey::Node(n) = slot {
+            if !pass.state.nodes.get(n).is_some_and(|n| n.is_eligible()) {
+                continue;
+            }
         }
         match replacement_for(&svc, tasks, pass.now) {
             Replacement::None => {}
@@ -199,16 +215,12 @@ fn replacement_for(svc: &Service, history: &[Task], now: u64) -> Replacement {
         }
         _ => {}
     }
-    // A task that lived at least `window` counts as a healthy run and resets the backoff.
-    let started = last.not_before.unwrap_or(0).max(last.created_at);
-    let lived = last.status.timestamp.saturating_sub(started);
-    let attempt = if lived >= policy.window {
-        1
-    } else {
-        last.restart_attempt + 1
-    };
+    // A task that ran at least `window` counts as a healthy run and resets the backoff; a
+    // window of 0 counts every restart (as Swarm's).
+    let healthy = policy.window > 0 && ran_for(last) >= policy.window;
+    let attempt = if healthy { 1 } else { last.restart_attempt + 1 };
     if let Some(max) = policy.max_attempts {
-        if u64::from(attempt) > max && lived < policy.window {
+        if u64::from(attempt) > max && !healthy {
             return Replacement::None;
         }
     }

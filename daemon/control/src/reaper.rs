@@ -8,14 +8,16 @@ use model::{Command, SlotKey, TaskState};
 use crate::Pass;
 
 pub(crate) fn reap(pass: &mut Pass<'_>) {
-    let limit = pass.state.settings.task_history_limit as usize;
+    // At least the newest finished task of a slot stays: it tells the orchestrator how the slot
+    // ended (a completed job with restart `none` must not run again).
+    let limit = (pass.state.settings.task_history_limit as usize).max(1);
     let mut delete = Vec::new();
     let mut history: BTreeMap<(&str, SlotKey), Vec<(u64, &str)>> = BTreeMap::new();
     for t in pass.state.tasks.values() {
         let finished = t.status.state.is_terminal() || t.node_id.is_none();
         if t.desired == TaskState::Remove && finished {
             delete.push(t.id.clone());
-        } else if t.desired >= TaskState::Shutdown && t.status.state.is_terminal() {
+        } else if t.desired >= TaskState::Shutdown && finished {
             history
                 .entry((t.service_id.as_str(), t.slot_key()))
                 .or_default()

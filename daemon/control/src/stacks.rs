@@ -89,6 +89,7 @@ pub fn plan_stack(
                 spec: svc_spec.clone(),
                 version: 1,
                 previous_spec: None,
+                previous_image_digest: None,
                 image_digest: digest,
                 update_status: None,
                 created_at: now,

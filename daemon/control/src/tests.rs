@@ -58,6 +58,7 @@ impl Sim {
                 spec,
                 version: 1,
                 previous_spec: None,
+                previous_image_digest: None,
                 image_digest: None,
                 update_status: None,
                 created_at: self.now,
@@ -698,5 +699,148 @@ fn a_new_or_restarting_service_is_not_an_update() {
     assert_eq!(
         sim.state.services[&svc].update_status, None,
         "no update status without a spec change"
+    );
+}
+
+#[test]
+fn window_zero_counts_every_restart_and_max_attempts_stops() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&svc, |s| {
+        s.restart.window = 0;
+        s.restart.max_attempts = Some(2);
+        s.restart.delay = 100;
+    });
+    sim.run_until("1", |s| s.converged(&svc, 1));
+    for _ in 0..2 {
+        for _ in 0..200 {
+            sim.step(); // long healthy runs do not reset the count with window 0
+        }
+        let t = sim.running(&svc)[0].id.clone();
+        sim.crash(&t);
+        sim.run_until("restarted", |s| s.converged(&svc, 1));
+    }
+    let t = sim.running(&svc)[0].id.clone();
+    sim.crash(&t);
+    for _ in 0..100 {
+        sim.step();
+    }
+    assert!(
+        sim.running(&svc).is_empty(),
+        "max_attempts 2 reached: no third restart"
+    );
+}
+
+#[test]
+fn a_paused_node_keeps_its_global_task_but_gets_no_new_one() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    let agent = sim.create("agent", ServiceMode::Global, "bb");
+    sim.run_until("2", |s| s.running(&agent).len() == 2);
+    let mut n2 = sim.state.nodes["n2"].clone();
+    n2.availability = Availability::Pause;
+    sim.state.apply(&Command::UpsertNode(n2)).unwrap();
+    for _ in 0..20 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.running(&agent).len(),
+        2,
+        "pause keeps existing global tasks"
+    );
+    let late = sim.create("late", ServiceMode::Global, "bb");
+    for _ in 0..20 {
+        sim.step();
+    }
+    let nodes: Vec<_> = sim
+        .running(&late)
+        .iter()
+        .map(|t| t.node_id.clone().unwrap())
+        .collect();
+    assert_eq!(nodes, vec!["n1"], "no new task on a paused node");
+}
+
+#[test]
+fn history_limit_zero_still_remembers_a_finished_job() {
+    let mut sim = Sim::new(&["n1"]);
+    sim.state.settings.task_history_limit = 0;
+    let job = sim.create("job", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&job, |s| s.restart.condition = RestartCondition::None);
+    sim.run_until("1", |s| s.converged(&job, 1));
+    let t = sim.running(&job)[0].id.clone();
+    sim.report(&t, "n1", TaskState::Complete);
+    for _ in 0..50 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.state.tasks_of(&job).count(),
+        1,
+        "the finished task is kept"
+    );
+    assert!(
+        sim.running(&job).is_empty(),
+        "a finished job with restart none never runs again"
+    );
+}
+
+#[test]
+fn failure_within_monitor_after_the_last_slot_rolls_back_with_the_old_digest() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "v1");
+    sim.state
+        .apply(&Command::UpdateService {
+            id: svc.clone(),
+            spec: sim.state.services[&svc].spec.clone(),
+            image_digest: Some("sha256:one".into()),
+            now: sim.now,
+        })
+        .unwrap();
+    sim.run_until("1", |s| s.converged(&svc, 1));
+    let mut spec = sim.state.services[&svc].spec.clone();
+    spec.task.image = "v2".into();
+    spec.update.failure_action = FailureAction::Rollback;
+    spec.update.monitor = 5_000;
+    sim.state
+        .apply(&Command::UpdateService {
+            id: svc.clone(),
+            spec,
+            image_digest: Some("sha256:two".into()),
+            now: sim.now,
+        })
+        .unwrap();
+    sim.run_until("v2 running", |s| {
+        s.running(&svc).iter().any(|t| t.spec.image == "v2")
+    });
+    // The update is not complete while the new task is under watch.
+    for _ in 0..10 {
+        sim.step();
+    }
+    assert_eq!(
+        sim.state.services[&svc]
+            .update_status
+            .as_ref()
+            .unwrap()
+            .state,
+        UpdateState::Updating
+    );
+    // It crashes 1s after starting: within monitor, after the last slot.
+    let t = sim.running(&svc)[0].id.clone();
+    sim.crash(&t);
+    sim.run_until("rolled back", |s| {
+        s.state.services[&svc]
+            .update_status
+            .as_ref()
+            .is_some_and(|u| u.state == UpdateState::RollbackCompleted)
+    });
+    let s = &sim.state.services[&svc];
+    assert_eq!(s.spec.task.image, "v1");
+    assert_eq!(
+        s.image_digest.as_deref(),
+        Some("sha256:one"),
+        "rollback restores the old image digest"
+    );
+    assert!(sim.converged(&svc, 1));
+    assert_eq!(
+        sim.running(&svc)[0].image_digest.as_deref(),
+        Some("sha256:one")
     );
 }

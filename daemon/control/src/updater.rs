@@ -164,7 +164,20 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     if !active && dirty.is_empty() {
         return;
     }
-    let updating = dirty.len() as u64 + in_flight > 0;
+    // After the last slot, new tasks stay under watch until `monitor` has passed since they
+    // started: a crash then still counts as a failed update.
+    let watch_until = slots
+        .values()
+        .flatten()
+        .filter(|t| t.spec_version == svc.version && t.created_at >= started_at && t.is_runnable())
+        .filter_map(|t| t.started_at)
+        .map(|s| s + config.monitor)
+        .max()
+        .filter(|until| *until > now);
+    if let Some(until) = watch_until {
+        pass.plan.wake(until);
+    }
+    let updating = dirty.len() as u64 + in_flight > 0 || (active && watch_until.is_some());
     let set_status = |pass: &mut Pass<'_>, state: UpdateState, message: &str, started: u64| {
         let completed_at = matches!(
             state,
@@ -183,7 +196,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     };
 
     // Failure handling.
-    if failed > 0 && updating {
+    if failed > 0 && (updating || active) {
         let ratio_exceeded =
             failed * 1000 > u64::from(config.max_failure_ratio_permille) * updated.max(1);
         if ratio_exceeded {
@@ -212,7 +225,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                         pass.push(Command::UpdateService {
                             id: service_id.clone(),
                             spec: prev,
-                            image_digest: None,
+                            image_digest: svc.previous_image_digest.clone(),
                             now,
                         });
                         set_status(
@@ -258,7 +271,13 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         .as_ref()
         .is_some_and(|s| s.started_at < svc.updated_at && !rolling_back)
     {
-        set_status(pass, UpdateState::Updating, "update in progress", now);
+        // `max`: a wall clock that stepped back must not restart the update on every pass.
+        set_status(
+            pass,
+            UpdateState::Updating,
+            "update in progress",
+            now.max(svc.updated_at),
+        );
     }
 
     // Start the next batch once there is room and the delay has passed.
@@ -311,9 +330,9 @@ fn start_batch(
 /// A new task that ended (failed, rejected or even completed) within `monitor` of its start.
 fn failed_within_monitor(t: &model::Task, config: &UpdateConfig) -> bool {
     match t.status.state {
+        // A task that never ran failed its update; one that ran counts within `monitor`.
         TaskState::Failed | TaskState::Rejected | TaskState::Complete => {
-            let started = t.not_before.unwrap_or(0).max(t.created_at);
-            t.status.timestamp.saturating_sub(started) <= config.monitor
+            t.started_at.is_none() || crate::orchestrator::ran_for(t) <= config.monitor
         }
         _ => false,
     }

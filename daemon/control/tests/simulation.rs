@@ -98,6 +98,7 @@ impl World {
                     spec,
                     version: 1,
                     previous_spec: None,
+                    previous_image_digest: None,
                     image_digest: None,
                     update_status: None,
                     created_at: self.now,

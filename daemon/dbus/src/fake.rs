@@ -106,6 +106,7 @@ impl State {
                 spec,
                 version: 1,
                 previous_spec: None,
+                previous_image_digest: None,
                 image_digest: None,
                 update_status: None,
                 created_at: now,
@@ -279,6 +280,7 @@ impl State {
                     created_at: now,
                     not_before: None,
                     restart_attempt: attempts,
+                    started_at: None,
                 };
                 changed.push((id.clone(), svc.spec.name.clone(), TaskState::New));
                 self.tasks.insert(id, task);

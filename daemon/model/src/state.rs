@@ -127,6 +127,9 @@ pub struct Service {
     /// The spec before the last update, for `service rollback`.
     #[serde(default)]
     pub previous_spec: Option<ServiceSpec>,
+    /// The image digest that went with `previous_spec`, so a rollback runs the old image.
+    #[serde(default)]
+    pub previous_image_digest: Option<String>,
     /// The digest the image resolved to, so that every task runs the same image.
     #[serde(default)]
     pub image_digest: Option<String>,
@@ -154,7 +157,7 @@ pub struct Stack {
 }
 
 /// The whole replicated state. Keys are ids (services and tasks) or names (stacks).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterState {
     pub cluster_id: Id,
@@ -163,6 +166,19 @@ pub struct ClusterState {
     pub services: BTreeMap<Id, Service>,
     pub tasks: BTreeMap<Id, Task>,
     pub stacks: BTreeMap<String, Stack>,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            cluster_id: Id::new(),
+            settings: ClusterSettings::default(),
+            nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            stacks: BTreeMap::new(),
+        }
+    }
 }
 
 /// A change to the cluster state: one raft log entry.
@@ -292,19 +308,24 @@ impl ClusterState {
 
     /// Apply one command. On error the state is unchanged.
     pub fn apply(&mut self, cmd: &Command) -> Result<Applied, ApplyError> {
-        // Validate against a scratch copy only for compound commands; simple ones validate first.
+        // Compound commands apply to a scratch copy and are checked as a whole: a published port
+        // may move between services within one batch (a reload that moves it from one stack to
+        // another), so ports are checked against the final state only.
         match cmd {
             Command::Batch(_) | Command::ApplyStack(_) => {
                 let mut next = self.clone();
-                let applied = next.apply_inner(cmd)?;
+                let applied = next.apply_inner(cmd, false)?;
+                next.check_all_ports()?;
                 *self = next;
                 Ok(applied)
             }
-            _ => self.apply_inner(cmd),
+            _ => self.apply_inner(cmd, true),
         }
     }
 
-    fn apply_inner(&mut self, cmd: &Command) -> Result<Applied, ApplyError> {
+    /// `ports`: check published ports per command (false inside a compound command, which is
+    /// checked as a whole afterwards).
+    fn apply_inner(&mut self, cmd: &Command, ports: bool) -> Result<Applied, ApplyError> {
         let one = Applied { changed: 1 };
         match cmd {
             Command::Bootstrap {
@@ -333,7 +354,9 @@ impl ClusterState {
                 if self.service_by_name(&svc.spec.name).is_some() {
                     return Err(ApplyError::ServiceExists(svc.spec.name.clone()));
                 }
-                self.check_ports(&svc.spec, None)?;
+                if ports {
+                    self.check_ports(&svc.spec, None)?;
+                }
                 self.services.insert(svc.id.clone(), svc.clone());
                 Ok(one)
             }
@@ -343,7 +366,9 @@ impl ClusterState {
                 image_digest,
                 now,
             } => {
-                self.check_ports(spec, Some(id))?;
+                if ports {
+                    self.check_ports(spec, Some(id))?;
+                }
                 let svc = self
                     .services
                     .get_mut(id)
@@ -357,6 +382,7 @@ impl ClusterState {
                     || svc.spec.ports != spec.ports
                     || (image_digest.is_some() && svc.image_digest != *image_digest);
                 svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec.clone()));
+                svc.previous_image_digest = svc.image_digest.clone();
                 if image_digest.is_some() {
                     svc.image_digest = image_digest.clone();
                 }
@@ -452,6 +478,9 @@ impl ClusterState {
                     if t.status == *status {
                         return Ok(Applied::default());
                     }
+                    if status.state == TaskState::Running && t.started_at.is_none() {
+                        t.started_at = Some(status.timestamp);
+                    }
                     t.status = status.clone();
                     Ok(one)
                 } else {
@@ -471,7 +500,7 @@ impl ClusterState {
             Command::Batch(cmds) => {
                 let mut changed = 0;
                 for c in cmds {
-                    changed += self.apply_inner(c)?.changed;
+                    changed += self.apply_inner(c, false)?.changed;
                 }
                 Ok(Applied { changed })
             }
@@ -482,22 +511,25 @@ impl ClusterState {
         let mut changed = 0;
         for id in &change.remove {
             changed += self
-                .apply_inner(&Command::RemoveService { id: id.clone() })?
+                .apply_inner(&Command::RemoveService { id: id.clone() }, false)?
                 .changed;
         }
         for (id, spec, digest) in &change.update {
             changed += self
-                .apply_inner(&Command::UpdateService {
-                    id: id.clone(),
-                    spec: spec.clone(),
-                    image_digest: digest.clone(),
-                    now: change.now,
-                })?
+                .apply_inner(
+                    &Command::UpdateService {
+                        id: id.clone(),
+                        spec: spec.clone(),
+                        image_digest: digest.clone(),
+                        now: change.now,
+                    },
+                    false,
+                )?
                 .changed;
         }
         for svc in &change.create {
             changed += self
-                .apply_inner(&Command::CreateService(svc.clone()))?
+                .apply_inner(&Command::CreateService(svc.clone()), false)?
                 .changed;
         }
         match &change.stack {
@@ -518,6 +550,26 @@ impl ClusterState {
     }
 
     /// A published port may be used by one service only.
+    /// No two services publish the same port (checked after a compound command).
+    fn check_all_ports(&self) -> Result<(), ApplyError> {
+        let mut seen: BTreeMap<(u16, &str), &str> = BTreeMap::new();
+        for svc in self.services.values() {
+            for p in &svc.spec.ports {
+                if let Some(other) = seen.insert((p.published, p.protocol.as_str()), &svc.spec.name)
+                {
+                    if other != svc.spec.name {
+                        return Err(ApplyError::PortInUse {
+                            port: p.published,
+                            protocol: p.protocol.as_str().into(),
+                            service: other.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_ports(&self, spec: &ServiceSpec, except: Option<&Id>) -> Result<(), ApplyError> {
         for p in &spec.ports {
             for other in self.services.values() {
@@ -566,6 +618,7 @@ mod tests {
             spec,
             version: 1,
             previous_spec: None,
+            previous_image_digest: None,
             image_digest: None,
             update_status: None,
             created_at: 0,
@@ -607,6 +660,7 @@ mod tests {
             created_at: 0,
             not_before: None,
             restart_attempt: 0,
+            started_at: None,
         };
         st.apply(&Command::PutTasks(vec![task])).unwrap();
         let report = |state| Command::UpdateTaskStatus {
@@ -689,5 +743,55 @@ mod tests {
         // Additive change: an old snapshot without newer fields still loads.
         let old: ClusterState = serde_json::from_str(r#"{"cluster_id":"x"}"#).unwrap();
         assert_eq!(old.cluster_id, "x");
+    }
+}
+
+#[cfg(test)]
+mod port_moves {
+    use super::*;
+    use crate::*;
+
+    fn svc(id: &str, port: u16) -> Service {
+        let mut spec = ServiceSpec {
+            name: id.into(),
+            ..Default::default()
+        };
+        spec.ports.push(PortSpec {
+            published: port,
+            target: 80,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+        });
+        Service {
+            id: id.into(),
+            spec,
+            version: 1,
+            previous_spec: None,
+            previous_image_digest: None,
+            image_digest: None,
+            update_status: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_port_may_move_between_services_within_one_batch() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::CreateService(svc("a", 80))).unwrap();
+        // Create b with port 80 first, then remove a: only the final state matters.
+        st.apply(&Command::Batch(vec![
+            Command::CreateService(svc("b", 80)),
+            Command::RemoveService { id: "a".into() },
+        ]))
+        .unwrap();
+        assert!(st.services.contains_key("b") && !st.services.contains_key("a"));
+        // But a batch that ends with two owners fails whole.
+        let before = st.clone();
+        let err = st
+            .apply(&Command::Batch(vec![Command::CreateService(svc("c", 80))]))
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::PortInUse { port: 80, .. }));
+        assert_eq!(st, before);
     }
 }

@@ -153,6 +153,10 @@ pub struct Task {
     /// Consecutive failures of this slot before this task was created (drives the backoff).
     #[serde(default)]
     pub restart_attempt: u32,
+    /// When the task's node first reported it RUNNING; derived by the state machine from the
+    /// node's report (the node stays the only writer of observed state).
+    #[serde(default)]
+    pub started_at: Option<Millis>,
 }
 
 impl Task {

@@ -77,6 +77,18 @@ impl DaemonBackend {
         }
     }
 
+    /// Resolve an image for the API: a containerd that cannot be reached is `Unavailable`,
+    /// anything else (missing image, bad archive) is `InvalidSpec`.
+    async fn resolve(&self, image: &str) -> Result<String, ApiError> {
+        self.d().resolve_image(image).await.map_err(|e| {
+            if e.contains("cannot connect to containerd") {
+                ApiError::Unavailable(e)
+            } else {
+                ApiError::InvalidSpec(e)
+            }
+        })
+    }
+
     async fn signal_service(&self, name: &str) {
         let events = self.d().events.lock().ok().and_then(|e| e.clone());
         if let Some(events) = events {
@@ -285,16 +297,15 @@ impl Backend for DaemonBackend {
                 spec.name
             )));
         }
-        let digest = d
-            .resolve_image(&spec.task.image)
-            .await
-            .map_err(ApiError::InvalidSpec)?;
+        let digest = self.resolve(&spec.task.image).await?;
+        let _guard = d.change_lock.lock().await;
         let now = now_ms();
         let svc = Service {
             id: identity::new_id(),
             spec,
             version: 1,
             previous_spec: None,
+            previous_image_digest: None,
             image_digest: Some(digest),
             update_status: None,
             created_at: now,
@@ -310,6 +321,24 @@ impl Backend for DaemonBackend {
 
     async fn update_service(&self, service: &str, patch: SpecPatch) -> Result<u64, ApiError> {
         let d = self.d();
+        // Resolve a new image (maybe a slow pull) before taking the change lock; the patch is
+        // then applied to the spec as it is under the lock, so a change that committed while
+        // the image was pulled is kept, not overwritten.
+        let (image, needs_digest) = {
+            let st = d.state();
+            let svc = find_service(&st, service)?;
+            let mut spec = svc.spec.clone();
+            patch.apply(&mut spec)?;
+            let changed = spec.task.image != svc.spec.task.image || patch.forces_update();
+            (spec.task.image, changed)
+        };
+        spec::units::validate_image(&image).map_err(ApiError::InvalidSpec)?;
+        let mut digest = if needs_digest {
+            Some(self.resolve(&image).await?)
+        } else {
+            None
+        };
+        let _guard = d.change_lock.lock().await;
         let st = d.state();
         let svc = find_service(&st, service)?.clone();
         let mut spec = svc.spec.clone();
@@ -320,22 +349,16 @@ impl Backend for DaemonBackend {
                     .into(),
             ));
         }
-        spec::units::validate_image(&spec.task.image).map_err(ApiError::InvalidSpec)?;
         if patch.forces_update() {
             spec.task.force_update += 1;
         }
         if spec == svc.spec {
             return Ok(svc.version);
         }
-        let digest = if spec.task.image != svc.spec.task.image || patch.forces_update() {
-            Some(
-                d.resolve_image(&spec.task.image)
-                    .await
-                    .map_err(ApiError::InvalidSpec)?,
-            )
-        } else {
-            None
-        };
+        if spec.task.image != image {
+            // The image changed again meanwhile: resolve what will actually run.
+            digest = Some(self.resolve(&spec.task.image).await?);
+        }
         self.propose(Command::UpdateService {
             id: svc.id.clone(),
             spec,
@@ -351,6 +374,7 @@ impl Backend for DaemonBackend {
     }
 
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
+        let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
         if svc.spec.mode == ServiceMode::Global {
@@ -373,6 +397,7 @@ impl Backend for DaemonBackend {
     }
 
     async fn rollback_service(&self, service: &str) -> Result<u64, ApiError> {
+        let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
         let Some(prev) = svc.previous_spec.clone() else {
@@ -386,7 +411,7 @@ impl Backend for DaemonBackend {
             Command::UpdateService {
                 id: svc.id.clone(),
                 spec: prev,
-                image_digest: None,
+                image_digest: svc.previous_image_digest.clone(),
                 now,
             },
             Command::SetUpdateStatus {
@@ -410,6 +435,7 @@ impl Backend for DaemonBackend {
     }
 
     async fn remove_service(&self, service: &str) -> Result<(), ApiError> {
+        let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
         self.propose(Command::RemoveService { id: svc.id.clone() })
@@ -553,6 +579,15 @@ impl Backend for DaemonBackend {
         let d = self.d();
         let _guard = d.change_lock.lock().await;
         let st = d.state();
+        if let Some(model::Stack {
+            source: StackSource::File { path, .. },
+            ..
+        }) = st.stacks.get(name)
+        {
+            return Err(ApiError::Failed(format!(
+                "stack {name} is managed by the file {path}; remove the file and run `shoal reload`"
+            )));
+        }
         let Some(change) = control::stacks::plan_stack_removal(&st, name, now_ms()) else {
             return Err(ApiError::NotFound(format!(
                 "stack {name} not found (see `shoal stack ls`)"
@@ -582,9 +617,8 @@ impl Backend for DaemonBackend {
         let svc = find_service(&st, service)?;
         let (read, write) = nix::unistd::pipe().map_err(failed)?;
         let tail = match options.tail {
-            None | Some(shoal_dbus::TAIL_ALL) => 0,
-            Some(0) => u64::MAX, // "--tail 0": nothing of the past
-            Some(n) => n,
+            None | Some(shoal_dbus::TAIL_ALL) => None,
+            Some(n) => Some(n),
         };
         let getter = {
             let d = d.clone();

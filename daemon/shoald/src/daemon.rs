@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use model::{
-    Availability, ClusterState, Command, Id, Millis, Node, NodeRole, NodeStatus, TaskStatus,
-};
+use model::{ClusterState, Command, Id, Millis, Node, NodeRole, NodeStatus, TaskStatus};
 use spec::ClusterConfig;
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -212,6 +210,12 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         .await
         .map_err(|e| anyhow!("raft did not elect a leader: {e}"))?;
 
+    if !store.state().cluster_id.is_empty() && store.state().settings != cfg.cluster.settings {
+        warn!(
+            "[cluster.settings] in the cluster file differ from the cluster's; they are taken at \
+             bootstrap only, so the file's values are ignored"
+        );
+    }
     if store.state().cluster_id.is_empty() {
         let cmd = Command::Bootstrap {
             cluster_id: identity::new_id(),
@@ -504,6 +508,3 @@ pub async fn run_watchdog(d: Arc<Daemon>, period: Duration) {
         }
     }
 }
-
-/// Node availability from the file is only an initial value.
-pub fn _availability_doc(_: Availability) {}

@@ -211,6 +211,14 @@ impl Executor for ContainerExecutor {
             .into_iter()
             .filter_map(|c| {
                 let task_id = c.labels.get(TASK_LABEL)?.clone();
+                // Another node's containers (two nodes sharing one containerd namespace) are
+                // not ours to adopt or remove.
+                if c.labels
+                    .get(NODE_LABEL)
+                    .is_some_and(|n| *n != self.d.identity.node_id)
+                {
+                    return None;
+                }
                 let status = match c.status {
                     ctd::ContainerStatus::Running => ContainerStatus::Running {
                         pid: c.pid.unwrap_or(0),
@@ -225,6 +233,12 @@ impl Executor for ContainerExecutor {
                             oom_killed: e.oom_killed,
                         },
                     )),
+                    // Paused (or undeterminable) with a process: alive, not something to replace.
+                    ctd::ContainerStatus::Unknown if c.pid.is_some_and(|p| p > 0) => {
+                        ContainerStatus::Running {
+                            pid: c.pid.unwrap_or(0),
+                        }
+                    }
                     ctd::ContainerStatus::Created | ctd::ContainerStatus::Unknown => {
                         ContainerStatus::Created
                     }

@@ -82,12 +82,12 @@ fn sources(state: &ClusterState, service_id: &str, state_dir: &Path) -> Vec<(Str
         .collect()
 }
 
-/// Everything logged so far, merged by time, the last `tail` lines (0: all).
+/// Everything logged so far, merged by time: the last `tail` lines, or all of them (`None`).
 pub fn existing(
     state: &ClusterState,
     service_id: &str,
     state_dir: &Path,
-    tail: u64,
+    tail: Option<u64>,
     timestamps: bool,
 ) -> Vec<String> {
     let mut all: Vec<(String, String)> = Vec::new();
@@ -104,10 +104,11 @@ pub fn existing(
         }
     }
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let skip = if tail == 0 {
-        0
-    } else {
-        all.len().saturating_sub(tail as usize)
+    let skip = match tail {
+        None => 0,
+        Some(n) => all
+            .len()
+            .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX)),
     };
     all.into_iter().skip(skip).map(|(_, l)| l).collect()
 }
@@ -119,7 +120,7 @@ pub fn spawn_writer(
     out: OwnedFd,
     service_id: String,
     state_dir: PathBuf,
-    tail: u64,
+    tail: Option<u64>,
     follow: bool,
     timestamps: bool,
     state: Arc<dyn Fn() -> Arc<ClusterState> + Send + Sync>,

@@ -129,14 +129,22 @@ async fn run(args: Args) -> Result<()> {
         *e = Some(shoal_dbus::Events::new(&conn));
     }
 
-    d.set_status("applying stacks");
-    if let Err(e) = backend.do_reload().await {
-        warn!(error = %e.message(), "stacks directory not applied at start-up; fix the files and reload");
-    }
-    let summary = d.summary();
-    notify::ready(&summary);
-    d.set_status(summary);
+    // READY once the store is open and the bus name is owned; the stacks directory is applied
+    // right after, in the background, so that a slow first image pull never runs into the
+    // unit's start timeout.
+    notify::ready("applying stacks");
     info!("shoald ready");
+    {
+        let backend = backend.clone();
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.set_status("applying stacks");
+            if let Err(e) = backend.do_reload().await {
+                warn!(error = %e.message(), "stacks directory not applied at start-up; fix the files and reload");
+            }
+            d.set_status(d.summary());
+        });
+    }
 
     if let Some(period) = notify::watchdog_period() {
         tokio::spawn(daemon::run_watchdog(d.clone(), period));
@@ -149,7 +157,9 @@ async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading stacks");
-                let _ = backend.do_reload().await;
+                let backend = backend.clone();
+                // In the background: a reload that pulls images must not hold up SIGTERM.
+                tokio::spawn(async move { backend.do_reload().await });
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -48,6 +48,7 @@ fn service(id: &str, name: &str, port: u16) -> Command {
         spec,
         version: 1,
         previous_spec: None,
+        previous_image_digest: None,
         image_digest: None,
         update_status: None,
         created_at: 0,
