@@ -287,11 +287,11 @@ fn image_update_rolls_tasks_one_at_a_time() {
         starts[0] < starts[1] && starts[1] < starts[2],
         "one slot at a time: {starts:?}"
     );
-    let inspect = node.shoal_ok(&["service", "inspect", "roll"]);
-    assert!(
-        inspect.contains("completed"),
-        "update status completed: {inspect}"
-    );
+    // The update completes once the last new task has run for the monitor period (5s).
+    node.wait_for("update status completed", LONG, |n| {
+        n.shoal_ok(&["service", "inspect", "roll"])
+            .contains("\"completed\"")
+    });
 }
 
 #[test]
