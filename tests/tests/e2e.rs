@@ -608,3 +608,61 @@ fn an_oom_kill_and_an_exit_code_become_task_states() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(node.tasks("three").len(), 1);
 }
+
+#[test]
+fn a_failing_update_rolls_back_to_the_old_image_and_manual_rollback_works() {
+    let node = Node::start();
+    let v1 = image(&node, "v1");
+    let bad_path = node.dir.path().join("bad.tar");
+    // The bad image's entrypoint exits 1 whatever the command.
+    ImageBuilder::busybox()
+        .entrypoint(&["sh", "-c", "exit 1"])
+        .write_oci_archive(&bad_path, true, "example.org/bad:1");
+    let bad = format!("oci-archive:{}", bad_path.display());
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "rb",
+        "--replicas",
+        "2",
+        "--update-failure-action",
+        "rollback",
+        &v1,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let out = node.shoal(&["service", "update", "--image", &bad, "rb"]);
+    assert!(
+        !out.status.success(),
+        "a rolled-back update is a failure for the CLI"
+    );
+    node.wait_for("rollback completed", LONG, |n| {
+        n.shoal_ok(&["service", "inspect", "rb"])
+            .contains("rollback_completed")
+    });
+    let ls = node.services();
+    assert_eq!(ls[0].image, v1, "the spec is back on the old image");
+    node.wait_for("2 running on v1", LONG, |n| n.running("rb").len() == 2);
+    // The running tasks really run the old image: their containers use its digest.
+    let containers = node.ctr(&["containers", "ls"]);
+    for t in node.running("rb") {
+        let line = containers
+            .lines()
+            .find(|l| l.contains(&t.id))
+            .expect("container listed");
+        assert!(
+            line.contains("v1.tar"),
+            "task {} runs the old image: {line}",
+            t.id
+        );
+    }
+
+    // A manual rollback swaps in the previous spec.
+    node.shoal_ok(&["service", "scale", "rb=3"]);
+    node.shoal_ok(&["service", "rollback", "rb"]);
+    node.wait_for("back to 2 replicas", LONG, |n| {
+        n.running("rb").len() == 2 && n.services()[0].desired == 2
+    });
+}
