@@ -393,8 +393,13 @@ fn assigned_to(state: &ClusterState, node_id: &str) -> Vec<model::Task> {
 }
 
 /// Forward the agent's status reports to the store, batching whatever is queued.
-pub async fn run_reports(d: Arc<Daemon>, mut rx: mpsc::Receiver<(String, TaskStatus)>) {
+pub async fn run_reports(
+    d: Arc<Daemon>,
+    mut rx: mpsc::Receiver<(String, TaskStatus)>,
+    busy: Arc<AtomicU64>,
+) {
     while let Some(first) = rx.recv().await {
+        busy.store(1, Ordering::Release);
         let mut batch = vec![first];
         while batch.len() < 1000 {
             match rx.try_recv() {
@@ -426,6 +431,7 @@ pub async fn run_reports(d: Arc<Daemon>, mut rx: mpsc::Receiver<(String, TaskSta
                 }
             }
         }
+        busy.store(0, Ordering::Release);
         let events = d.events.lock().ok().and_then(|e| e.clone());
         if let Some(events) = events {
             let state = d.state();
@@ -476,11 +482,21 @@ pub async fn run_ports(d: Arc<Daemon>) {
 }
 
 /// Start the agent with the containerd executor.
-pub fn spawn_agent(d: &Arc<Daemon>) {
+///
+/// Returns a handle on the report queue, so that a stopping daemon can let queued reports
+/// reach the store first (see [`drain_reports`]).
+pub async fn spawn_agent(d: &Arc<Daemon>) -> ReportQueue {
     // The agent removes containers of tasks missing from its first assignment, so it must start
     // from the real one, never from an empty placeholder.
-    let (assign_tx, assign_rx) = watch::channel(assigned_to(&d.state(), &d.identity.node_id));
+    let assigned = assigned_to(&d.state(), &d.identity.node_id);
+    collect_stale_networks(d, &assigned).await;
+    let (assign_tx, assign_rx) = watch::channel(assigned);
     let (report_tx, report_rx) = mpsc::channel(4096);
+    let queue = ReportQueue {
+        tx: report_tx.clone(),
+        busy: Arc::new(AtomicU64::new(0)),
+    };
+    let busy = queue.busy.clone();
     let executor = Arc::new(ContainerExecutor::new(d.clone()));
     let agent = agent::Agent::new(
         d.identity.node_id.clone(),
@@ -488,8 +504,47 @@ pub fn spawn_agent(d: &Arc<Daemon>) {
         Arc::new(agent::SystemClock),
     );
     tokio::spawn(run_assignments(d.clone(), assign_tx));
-    tokio::spawn(run_reports(d.clone(), report_rx));
+    tokio::spawn(run_reports(d.clone(), report_rx, busy));
     tokio::spawn(async move { agent.run(assign_rx, report_tx).await });
+    queue
+}
+
+/// The agent's report queue, as seen by shutdown.
+pub struct ReportQueue {
+    tx: mpsc::Sender<(String, TaskStatus)>,
+    /// Reports taken off the queue and not yet committed.
+    busy: Arc<AtomicU64>,
+}
+
+/// Wait (at most `limit`) until every queued task report is committed, so that a final state
+/// (a task that completed just before SIGTERM) is not lost with the process.
+pub async fn drain_reports(q: &ReportQueue, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if q.tx.capacity() == q.tx.max_capacity() && q.busy.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!("stopping with task reports not yet recorded; the next start reconciles them");
+}
+
+/// Before the agent starts: remove network namespaces left by tasks this node no longer has (a
+/// task prepared but never started, then removed while the daemon was down).
+async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
+    let Ok(attached) = d.net.attachments() else {
+        return;
+    };
+    for task_id in attached {
+        let live = assigned
+            .iter()
+            .any(|t| t.id == task_id && !t.status.state.is_terminal());
+        if !live {
+            if let Err(e) = d.net.detach(&task_id).await {
+                warn!(task = %task_id, error = %e, "failed to remove a stale network attachment");
+            }
+        }
+    }
 }
 
 /// Ping the systemd watchdog while the control loop keeps turning.

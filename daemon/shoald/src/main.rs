@@ -117,7 +117,7 @@ async fn run(args: Args) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = load_config(&args)?;
     let d = daemon::start(cfg).await?;
-    daemon::spawn_agent(&d);
+    let reports = daemon::spawn_agent(&d).await;
     tokio::spawn(daemon::run_control_loop(d.clone()));
     tokio::spawn(daemon::run_ports(d.clone()));
 
@@ -167,6 +167,7 @@ async fn run(args: Args) -> Result<()> {
     }
     info!("stopping; tasks keep running");
     notify::stopping();
+    daemon::drain_reports(&reports, std::time::Duration::from_secs(5)).await;
     drop(conn);
     Ok(())
 }
