@@ -16,7 +16,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// A task id cannot name a network namespace file or a CNI container id.
+    /// A task id cannot name a network namespace file.
     #[error("invalid task id {id:?} for a network attachment: {reason}")]
     InvalidTaskId { id: String, reason: &'static str },
 
@@ -28,39 +28,23 @@ pub enum Error {
         reason: String,
     },
 
-    /// A CNI plugin binary is not where the configuration says.
-    #[error("CNI plugin {plugin} not found in {dir}: install containernetworking-plugins")]
-    PluginMissing { plugin: &'static str, dir: PathBuf },
-
-    /// A CNI plugin could not be started or talked to.
-    #[error("failed to run CNI plugin {path} ({command}): {source}")]
-    PluginExec {
-        path: PathBuf,
-        command: &'static str,
-        #[source]
-        source: io::Error,
-    },
-
-    /// A CNI plugin ran and reported a failure.
+    /// The kernel refused a change of links, addresses or routes (rtnetlink).
     #[error(
-        "CNI plugin {plugin} {command} for task {task} failed: {message}: \
-         fix what the plugin reports and retry"
+        "failed to {action}: {message}: check that shoald runs as root (CAP_NET_ADMIN) and \
+         nothing else manages that link"
     )]
-    Plugin {
-        plugin: &'static str,
-        command: &'static str,
-        task: String,
-        message: String,
-    },
+    Netlink { action: String, message: String },
 
-    /// A CNI plugin succeeded but its result is unusable.
-    #[error("CNI plugin {plugin} {command} for task {task} returned an unusable result: {reason}")]
-    PluginResult {
-        plugin: &'static str,
-        command: &'static str,
-        task: String,
-        reason: String,
-    },
+    /// Every address of the tasks' subnet is taken.
+    #[error(
+        "no free address in subnet {subnet}: detach tasks that no longer run or configure a \
+         larger subnet"
+    )]
+    SubnetFull { subnet: crate::Ipv4Subnet },
+
+    /// An attachment exists but its links, address or routes are not as they were made.
+    #[error("attachment of task {task} is broken: {reason}: detach and attach the task again")]
+    Broken { task: String, reason: String },
 
     /// The task has no usable attachment.
     #[error("task {task} is not attached to the node network: {reason}: attach it first")]
@@ -79,10 +63,6 @@ pub enum Error {
         table: String,
         message: String,
     },
-
-    /// The `ip` command (iproute2) failed.
-    #[error("ip {args} failed: {message}: install iproute2 and check the link")]
-    Ip { args: String, message: String },
 
     /// A network namespace could not be created, mounted or removed.
     #[error("failed to {action} network namespace {path}: {source}")]

@@ -10,7 +10,9 @@
 //!   processes, `localhost` included) jump to `published` for packets addressed to the node itself.
 //! - `postrouting` masquerades DNAT-ed traffic into the bridge when its source cannot receive the
 //!   reply directly: loopback sources (the task cannot route to 127.0.0.1) and tasks reaching a
-//!   published port (hairpin). Remote clients keep their source address.
+//!   published port (hairpin). Remote clients keep their source address. It also masquerades the
+//!   tasks' own traffic leaving the subnet (multicast excepted) behind the node's address, as the
+//!   CNI `bridge` plugin's `ipMasq` did.
 //! - `input` drops packets addressed to 127.0.0.0/8 that arrive from a non-loopback interface,
 //!   unless they belong to a DNAT-ed connection: `route_localnet=1` (needed for `localhost`)
 //!   would otherwise let the network reach loopback-only services.
@@ -134,6 +136,10 @@ fn base_chains(table: &Table<'_>) -> [(&'static str, Vec<String>); 4] {
                     "oifname \"{}\" ct status dnat ip saddr {{ 127.0.0.0/8, {} }} masquerade",
                     table.bridge, table.subnet
                 ),
+                format!(
+                    "ip saddr {0} ip daddr != {{ {0}, 224.0.0.0/4 }} masquerade",
+                    table.subnet
+                ),
             ],
         ),
         (
@@ -251,6 +257,9 @@ mod tests {
         assert!(s.contains(
             "oifname \"shoal0\" ct status dnat ip saddr { 127.0.0.0/8, 10.231.0.0/16 } masquerade"
         ));
+        assert!(s.contains(
+            "ip saddr 10.231.0.0/16 ip daddr != { 10.231.0.0/16, 224.0.0.0/4 } masquerade"
+        ));
         assert_eq!(s.matches("policy accept").count(), 4);
     }
 
@@ -266,6 +275,7 @@ mod tests {
             );
         }
         assert!(s.contains("add rule ip shoal output fib daddr type local jump published"));
+        assert!(s.contains("add rule ip shoal postrouting ip saddr 10.231.0.0/16 ip daddr != {"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Real-kernel tests of the node network: namespaces, the CNI bridge, published ports through
-//! nftables. They need root, `nft`, `ip`, `nsenter`, `busybox` and the CNI plugins in
-//! `/usr/lib/cni`.
+//! Real-kernel tests of the node network: namespaces, the bridge and veths made over rtnetlink,
+//! published ports through nftables. They need root, `nft`, `ip`, `nsenter` and `busybox`; the
+//! upgrade test also needs the CNI plugins in `/usr/lib/cni` and `iptables`.
 
 mod common;
 
@@ -53,7 +53,7 @@ async fn attached_tasks_reach_each_other_and_survive_a_restart() {
             ping_from(&a.netns_path, Ipv4Addr::LOCALHOST),
             "lo is down in task-a"
         );
-        net.check("task-a").await.expect("CNI CHECK of task-a");
+        net.check("task-a").await.expect("check of task-a");
 
         // Attaching again is a no-op returning the same attachment.
         assert_eq!(net.attach("task-a").await.unwrap(), a);
@@ -77,10 +77,7 @@ async fn attached_tasks_reach_each_other_and_survive_a_restart() {
             .join("net/ipam")
             .join(&env.config().bridge)
             .join(a.ip.to_string());
-        assert!(
-            ipam_file.exists(),
-            "host-local has no allocation file {ipam_file:?}"
-        );
+        assert!(ipam_file.exists(), "no allocation file {ipam_file:?}");
         restarted.detach("task-a").await.expect("detach task-a");
         restarted
             .detach("task-a")
@@ -278,8 +275,9 @@ async fn failed_attach_leaves_nothing_behind() {
                 .await
                 .expect_err("a second task cannot fit in a /30");
             let msg = err.to_string();
+            assert!(matches!(err, Error::SubnetFull { .. }), "{msg}");
             assert!(
-                msg.starts_with("CNI plugin bridge ADD for task only-2 failed:"),
+                msg.starts_with("no free address in subnet 10.232.5.0/30:"),
                 "{msg}"
             );
             assert!(!net.netns_path("only-2").exists(), "namespace left behind");
@@ -296,7 +294,7 @@ async fn failed_attach_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_plugins_and_bad_input_are_reported() {
+async fn bad_input_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = NetConfig {
         run_dir: dir.path().join("run"),
@@ -307,19 +305,12 @@ async fn missing_plugins_and_bad_input_are_reported() {
         nft_table: format!("shtest6_{}", std::process::id()),
     };
     let net = Network::new(cfg).unwrap();
-    let err = net.setup().await.unwrap_err().to_string();
-    assert_eq!(
-        err,
-        format!(
-            "CNI plugin bridge not found in {}: install containernetworking-plugins",
-            dir.path().join("no-cni").display()
-        )
-    );
-    let err = net.attach("t1").await.unwrap_err();
-    assert!(matches!(err, Error::PluginMissing { .. }), "{err}");
-    assert!(!net.netns_path("t1").exists(), "namespace left behind");
     assert!(matches!(
         net.attach("../etc").await,
+        Err(Error::InvalidTaskId { .. })
+    ));
+    assert!(matches!(
+        net.detach("").await,
         Err(Error::InvalidTaskId { .. })
     ));
     let dup = [tcp(18000, &[]), tcp(18000, &[])];
@@ -327,8 +318,63 @@ async fn missing_plugins_and_bad_input_are_reported() {
         net.sync_ports(&dup).await,
         Err(Error::InvalidPortBinding { .. })
     ));
+    assert!(matches!(
+        net.check("t1").await,
+        Err(Error::NotAttached { .. })
+    ));
     net.destroy().await.expect("destroy");
     assert!(!common::nft_table_exists(&net.config().nft_table));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_broken_wiring_and_attach_recreates_a_deleted_bridge() {
+    with_network(9, |env: Env| async move {
+        let net = &env.net;
+        let a = net.attach("chk-a").await.unwrap();
+        net.check("chk-a")
+            .await
+            .expect("a fresh attachment checks out");
+        assert!(
+            common::run_in(&a.netns_path, &["ip", "route", "del", "default"]),
+            "delete the default route"
+        );
+        let err = net.check("chk-a").await.unwrap_err();
+        assert!(matches!(err, Error::Broken { .. }), "{err}");
+        assert!(err.to_string().contains("default route"), "{err}");
+        assert!(
+            common::run_in(&a.netns_path, &["ip", "link", "set", "eth0", "down"]),
+            "take eth0 down"
+        );
+        let err = net.check("chk-a").await.unwrap_err().to_string();
+        assert!(err.contains("eth0 is down"), "{err}");
+        net.detach("chk-a").await.unwrap();
+
+        // Someone deletes the bridge: the next attach makes it again, with its gateway address.
+        let bridge = &env.config().bridge;
+        assert!(
+            std::process::Command::new("ip")
+                .args(["link", "del", bridge])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let b = net
+            .attach("chk-b")
+            .await
+            .expect("attach after the bridge vanished");
+        let c = net.attach("chk-c").await.unwrap();
+        net.check("chk-b").await.unwrap();
+        // The bridge's MAC is pinned (set explicitly), so it does not follow its ports.
+        let assign =
+            std::fs::read_to_string(format!("/sys/class/net/{bridge}/addr_assign_type")).unwrap();
+        assert_eq!(assign.trim(), "3", "bridge MAC not pinned (NET_ADDR_SET)");
+        assert!(ping_from(&b.netns_path, c.ip), "chk-b cannot reach chk-c");
+        assert!(
+            ping_from(&b.netns_path, net.gateway()),
+            "gateway unreachable"
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,6 +404,118 @@ async fn concurrent_attaches_get_distinct_addresses() {
             handle.await.unwrap().expect("concurrent detach");
         }
         assert!(env.net.attachments().unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_made_by_the_cni_implementation_keep_working() {
+    with_network(10, |env: Env| async move {
+        let net = &env.net;
+        let cfg = env.config();
+        let fresh = net.attach("new-1").await.unwrap();
+        // An upgraded node: a task attached by the CNI plugins, next to one attached natively.
+        let old = common::legacy_cni_attach(&cfg, "old-1");
+        assert_ne!(old.ip, fresh.ip, "host-local ignored our allocation");
+        let chain = common::legacy_masquerade_chain("old-1")
+            .expect("the bridge plugin installed a masquerade rule");
+        assert!(common::iptables_nat_chain_exists(&chain));
+        assert!(old.cni_result.get("ips").is_some());
+
+        // A new daemon finds, checks and reaches the old attachment.
+        let restarted = Network::new(cfg.clone()).unwrap();
+        restarted.setup().await.unwrap();
+        let att = restarted
+            .attachment("old-1")
+            .expect("legacy record is read");
+        assert_eq!(att.ip, old.ip);
+        assert_eq!(att.netns_path, old.netns_path);
+        assert_eq!(restarted.attach("old-1").await.unwrap(), att);
+        restarted
+            .check("old-1")
+            .await
+            .expect("check of the legacy attachment");
+        assert_eq!(restarted.attachments().unwrap(), ["new-1", "old-1"]);
+        assert!(
+            ping_from(&fresh.netns_path, old.ip),
+            "new task cannot reach the old one"
+        );
+        assert!(
+            ping_from(&old.netns_path, fresh.ip),
+            "old task cannot reach the new one"
+        );
+
+        // Addresses taken by host-local are never handed out again while in use.
+        let second = restarted.attach("new-2").await.unwrap();
+        assert!(![old.ip, fresh.ip].contains(&second.ip));
+
+        // Detaching the old task removes its veth, address, masquerade chain and namespace.
+        let ipam_file = cfg
+            .state_dir
+            .join("net/ipam")
+            .join(&cfg.bridge)
+            .join(old.ip.to_string());
+        assert!(ipam_file.exists());
+        assert!(common::link_exists(&old.host_veth));
+        restarted
+            .detach("old-1")
+            .await
+            .expect("detach the legacy task");
+        assert!(
+            !common::link_exists(&old.host_veth),
+            "legacy veth left behind"
+        );
+        assert!(!ipam_file.exists(), "legacy address not released");
+        assert_eq!(common::legacy_masquerade_chain("old-1"), None);
+        assert!(
+            !common::iptables_nat_chain_exists(&chain),
+            "legacy chain left behind"
+        );
+        assert!(!old.netns_path.exists());
+        assert_eq!(restarted.attachments().unwrap(), ["new-1", "new-2"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_task_traffic_is_masqueraded() {
+    with_network(11, |env: Env| async move {
+        let net = &env.net;
+        net.setup().await.unwrap();
+        let task = net.attach("masq-1").await.unwrap();
+        let node_ip = Ipv4Addr::new(10, 232, 211, 1);
+        let outside_ip = Ipv4Addr::new(10, 232, 211, 2);
+        let outside =
+            common::OutsideNet::new(env.root().join("outside"), "shtest11o", node_ip, outside_ip);
+        // A UDP server out there that answers with the source address it saw.
+        let server = in_netns(&outside.path, move || UdpSocket::bind((outside_ip, 7001)))
+            .expect("bind a UDP socket outside");
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                let (n, from) = server.recv_from(&mut buf).unwrap();
+                server
+                    .send_to(from.ip().to_string().as_bytes(), from)
+                    .unwrap();
+                if &buf[..n] == b"stop" {
+                    break;
+                }
+            }
+        });
+        let seen = in_netns(&task.netns_path, move || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            let seen = udp_request(&socket, SocketAddr::from((outside_ip, 7001)), b"who am i");
+            udp_request(&socket, SocketAddr::from((outside_ip, 7001)), b"stop");
+            seen
+        });
+        echo.join().unwrap();
+        drop(outside);
+        let seen = String::from_utf8(seen.expect("no reply from outside the subnet")).unwrap();
+        assert_eq!(
+            seen,
+            node_ip.to_string(),
+            "task traffic left without masquerade"
+        );
     })
     .await;
 }

@@ -259,3 +259,216 @@ pub fn host_address(fallback: Ipv4Addr) -> Ipv4Addr {
         .find(|ip| !tests.contains(*ip))
         .unwrap_or(fallback)
 }
+
+/// What the CNI implementation of attach (shoal before rtnetlink) left on a node for one task.
+pub struct LegacyAttachment {
+    pub netns_path: PathBuf,
+    pub ip: Ipv4Addr,
+    /// The node-side veth the `bridge` plugin made.
+    pub host_veth: String,
+    pub cni_result: serde_json::Value,
+}
+
+/// Runs one CNI plugin from `/usr/lib/cni` and returns its stdout.
+fn cni(
+    plugin: &str,
+    command: &str,
+    task_id: &str,
+    netns: &Path,
+    ifname: &str,
+    config: &serde_json::Value,
+) -> String {
+    let mut child = Command::new(Path::new("/usr/lib/cni").join(plugin))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", task_id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("run CNI plugin {plugin} (install containernetworking-plugins): {e}")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "CNI {plugin} {command} failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Attaches `task_id` the way shoal did before it spoke rtnetlink itself: a namespace mounted at
+/// `<run_dir>/netns/<task_id>`, the CNI `loopback` and `bridge` plugins (with `host-local`
+/// addresses in `<state_dir>/net/ipam`), and the attachment record with the CNI result.
+pub fn legacy_cni_attach(cfg: &NetConfig, task_id: &str) -> LegacyAttachment {
+    let netns_path = cfg.run_dir.join("netns").join(task_id);
+    std::fs::File::create(&netns_path).expect("create the namespace file");
+    let target = netns_path.clone();
+    std::thread::spawn(move || {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind-mount the namespace");
+    })
+    .join()
+    .unwrap();
+    let subnet: Ipv4Subnet = cfg.subnet.parse().unwrap();
+    let loopback =
+        serde_json::json!({"cniVersion": "1.0.0", "name": "loopback", "type": "loopback"});
+    cni("loopback", "ADD", task_id, &netns_path, "lo", &loopback);
+    let bridge = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": cfg.bridge,
+        "type": "bridge",
+        "bridge": cfg.bridge,
+        "isGateway": true,
+        "ipMasq": true,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": subnet.to_string(), "gateway": subnet.gateway().to_string()}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": cfg.state_dir.join("net/ipam"),
+        },
+    });
+    let result: serde_json::Value =
+        serde_json::from_str(&cni("bridge", "ADD", task_id, &netns_path, "eth0", &bridge)).unwrap();
+    let address = result["ips"][0]["address"].as_str().unwrap();
+    let ip: Ipv4Addr = address.split('/').next().unwrap().parse().unwrap();
+    let host_veth = result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i.get("sandbox").is_none() && i["name"] != cfg.bridge.as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = serde_json::json!({
+        "task_id": task_id,
+        "netns_path": netns_path,
+        "ip": ip,
+        "prefix_len": subnet.prefix_len(),
+        "gateway": subnet.gateway(),
+        "cni_result": result,
+    });
+    let records = cfg.state_dir.join("net/attachments");
+    std::fs::create_dir_all(&records).unwrap();
+    std::fs::write(
+        records.join(format!("{task_id}.json")),
+        serde_json::to_vec_pretty(&record).unwrap(),
+    )
+    .unwrap();
+    LegacyAttachment {
+        netns_path,
+        ip,
+        host_veth,
+        cni_result: result,
+    }
+}
+
+/// Whether the node has a link called `name`.
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Whether the iptables nat table has a chain called `chain`.
+pub fn iptables_nat_chain_exists(chain: &str) -> bool {
+    Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", chain])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run iptables")
+        .success()
+}
+
+/// The chain a legacy `bridge` plugin masquerade rule for `task_id` jumps to, if the rule exists.
+pub fn legacy_masquerade_chain(task_id: &str) -> Option<String> {
+    let out = Command::new("iptables")
+        .args(["-w", "5", "-t", "nat", "-S", "POSTROUTING"])
+        .output()
+        .expect("run iptables");
+    let marker = format!("id: \\\"{task_id}\\\"");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|line| line.contains(&marker))
+        .and_then(|line| line.split_whitespace().skip_while(|w| *w != "-j").nth(1))
+        .map(str::to_owned)
+}
+
+/// A network outside the node: a namespace mounted at `path` linked to the node by a veth pair,
+/// with `node_ip/24` on the node's end (`name`) and `outside_ip/24` inside. It has no route to
+/// the task subnet, so only masqueraded task traffic gets replies. Removed when dropped.
+pub struct OutsideNet {
+    name: String,
+    pub path: PathBuf,
+}
+
+impl OutsideNet {
+    pub fn new(path: PathBuf, name: &str, node_ip: Ipv4Addr, outside_ip: Ipv4Addr) -> OutsideNet {
+        let ns = path.display().to_string();
+        let outside = OutsideNet {
+            name: name.to_owned(),
+            path,
+        };
+        let ns_arg = format!("--net={ns}");
+        let node_cidr = format!("{node_ip}/24");
+        let outside_cidr = format!("{outside_ip}/24");
+        let steps: [&[&str]; 7] = [
+            &["unshare", &ns_arg, "true"],
+            &[
+                "ip", "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            &["ip", "addr", "add", &node_cidr, "dev", name],
+            &["ip", "link", "set", name, "up"],
+            &[
+                "nsenter",
+                &ns_arg,
+                "ip",
+                "addr",
+                "add",
+                &outside_cidr,
+                "dev",
+                "eth0",
+            ],
+            &["nsenter", &ns_arg, "ip", "link", "set", "eth0", "up"],
+            &["nsenter", &ns_arg, "ip", "link", "set", "lo", "up"],
+        ];
+        std::fs::File::create(&outside.path).expect("create the namespace file");
+        for args in steps {
+            let ok = Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .expect("run a command")
+                .success();
+            assert!(ok, "{} failed", args.join(" "));
+        }
+        outside
+    }
+}
+
+impl Drop for OutsideNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
