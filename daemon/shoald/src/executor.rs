@@ -12,6 +12,8 @@ use shoal_containerd as ctd;
 use crate::daemon::Daemon;
 use crate::logs;
 
+type ImageCell = Arc<tokio::sync::OnceCell<ctd::ImageInfo>>;
+
 /// Labels shoal puts on its containers; `TASK_LABEL` is how a restarted daemon finds them.
 pub const TASK_LABEL: &str = "org.shoal.task.id";
 pub const SERVICE_ID_LABEL: &str = "org.shoal.service.id";
@@ -24,11 +26,51 @@ pub const LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 
 pub struct ContainerExecutor {
     d: Arc<Daemon>,
+    /// Images already verified in containerd, by (reference, digest): the tasks of one service
+    /// all run the same pinned image, so only the first of them asks containerd. An entry is
+    /// dropped when creating a container from it fails (the image may have been removed).
+    images: std::sync::Mutex<std::collections::HashMap<(String, String), ImageCell>>,
 }
 
 impl ContainerExecutor {
     pub fn new(d: Arc<Daemon>) -> ContainerExecutor {
-        ContainerExecutor { d }
+        ContainerExecutor {
+            d,
+            images: Default::default(),
+        }
+    }
+
+    async fn image(&self, task: &Task) -> Result<ctd::ImageInfo, ExecError> {
+        let opts = self.d.pull_options();
+        let Some(digest) = &task.image_digest else {
+            return self
+                .d
+                .runtime
+                .ensure_image(&task.spec.image, &opts)
+                .await
+                .map_err(classify);
+        };
+        let key = (task.spec.image.clone(), digest.clone());
+        // One cell per image: the first task asks containerd, the others wait for its answer.
+        let cell = match self.images.lock() {
+            Ok(mut m) => m.entry(key).or_default().clone(),
+            Err(_) => ImageCell::default(),
+        };
+        cell.get_or_try_init(|| async {
+            self.d
+                .runtime
+                .ensure_image_pinned(&task.spec.image, digest, &opts)
+                .await
+                .map_err(classify)
+        })
+        .await
+        .cloned()
+    }
+
+    fn forget_image(&self, task: &Task) {
+        if let (Some(digest), Ok(mut m)) = (&task.image_digest, self.images.lock()) {
+            m.remove(&(task.spec.image.clone(), digest.clone()));
+        }
     }
 }
 
@@ -69,16 +111,7 @@ impl Executor for ContainerExecutor {
     async fn prepare(&self, task: &Task) -> Result<Prepared, ExecError> {
         let d = &self.d;
         let t0 = std::time::Instant::now();
-        let opts = d.pull_options();
-        let image = match &task.image_digest {
-            Some(digest) => {
-                d.runtime
-                    .ensure_image_pinned(&task.spec.image, digest, &opts)
-                    .await
-            }
-            None => d.runtime.ensure_image(&task.spec.image, &opts).await,
-        }
-        .map_err(classify)?;
+        let image = self.image(task).await?;
         let t_image = t0.elapsed();
         let att = d.net.attach(&task.id).await.map_err(|e| {
             ExecError::fatal(format!("failed to attach task to the node network: {e}"))
@@ -148,7 +181,10 @@ impl Executor for ContainerExecutor {
         match d.runtime.create(&c).await {
             Ok(()) => {}
             Err(e) if e.is_already_exists() => {}
-            Err(e) => return Err(classify(e)),
+            Err(e) => {
+                self.forget_image(task);
+                return Err(classify(e));
+            }
         }
         tracing::debug!(
             task = %task.id,
