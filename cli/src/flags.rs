@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::Args;
-use model::{Mount, MountKind, PortSpec, Protocol, PublishMode};
-use shoal_dbus::props::MountRow;
+use model::{PortSpec, Protocol, PublishMode};
+use shoal_dbus::props::{MountRow, mount_to_row};
 use shoal_dbus::{PortRow, Property, ServiceInspect};
 
 /// Flags shared by `service create` and `service update`.
@@ -243,26 +243,11 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
     })])
 }
 
-fn mount_row(m: &Mount) -> MountRow {
-    MountRow {
-        kind: match m.kind {
-            MountKind::Bind => "bind",
-            MountKind::Volume => "volume",
-            MountKind::Tmpfs => "tmpfs",
-        }
-        .into(),
-        source: m.source.clone(),
-        target: m.target.clone(),
-        read_only: m.read_only,
-        size: m.size.unwrap_or(0),
-    }
-}
-
 /// Docker's `--mount type=bind,source=/a,target=/b,readonly` or the short `/a:/b:ro`.
 pub fn parse_mount(s: &str) -> Result<MountRow, String> {
     if !s.contains('=') {
         return spec::units::parse_mount_short(s)
-            .map(|m| mount_row(&m))
+            .map(|m| mount_to_row(&m))
             .map_err(|e| format!("--mount {s}: {e}"));
     }
     let mut row = MountRow {
@@ -539,7 +524,7 @@ pub fn update_properties(
             out.push(Property::Ports(ports));
         }
         if !u.mount_add.is_empty() || !u.mount_rm.is_empty() {
-            let mut mounts: Vec<MountRow> = spec.task.mounts.iter().map(mount_row).collect();
+            let mut mounts: Vec<MountRow> = spec.task.mounts.iter().map(mount_to_row).collect();
             mounts.retain(|m| !u.mount_rm.contains(&m.target));
             for a in &u.mount_add {
                 match parse_mount(a) {

@@ -542,7 +542,8 @@ fn mount_from_row(m: &MountRow) -> Result<Mount, String> {
     })
 }
 
-fn mount_to_row(m: &Mount) -> MountRow {
+/// The wire form of a mount.
+pub fn mount_to_row(m: &Mount) -> MountRow {
     MountRow {
         kind: match m.kind {
             MountKind::Bind => "bind",
