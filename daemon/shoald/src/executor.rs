@@ -91,18 +91,19 @@ fn classify(e: ctd::Error) -> ExecError {
     }
 }
 
+/// The number of a stop signal given by name (`SIGTERM`, `term`) or number; empty is SIGTERM.
 fn signal_number(name: &str) -> Result<i32, ExecError> {
-    let name = if name.is_empty() { "SIGTERM" } else { name };
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    if let Ok(n) = name.parse::<i32>() {
-        return Ok(n);
+    if name.is_empty() {
+        return Ok(nix::sys::signal::Signal::SIGTERM as i32);
     }
-    full.parse::<nix::sys::signal::Signal>()
+    if let Ok(n) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| ExecError::fatal(format!("unknown stop signal {name}")));
+    }
+    let canonical = spec::units::normalize_signal(name).map_err(ExecError::fatal)?;
+    canonical
+        .parse::<nix::sys::signal::Signal>()
         .map(|s| s as i32)
         .map_err(|_| ExecError::fatal(format!("unknown stop signal {name}")))
 }
@@ -301,5 +302,6 @@ mod tests {
         assert_eq!(signal_number("SIGKILL").unwrap(), 9);
         assert_eq!(signal_number("9").unwrap(), 9);
         assert!(signal_number("SIGNOPE").is_err());
+        assert!(signal_number("-3").is_err());
     }
 }
