@@ -252,38 +252,12 @@ run_swarm() {
 
 S() { DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/shoal/bus.sock" "$SHOAL" "$@"; }
 
-# Counts the tasks `shoal service ps NAME --format json` reports as running (current and desired
-# state). Accepts a JSON array or one object per line, with docker-style or snake_case fields.
-SHOAL_COUNT_RUNNING='
-import json, sys
-text = sys.stdin.read().strip()
-if not text:
-    print(0); sys.exit()
-try:
-    doc = json.loads(text)
-    items = doc if isinstance(doc, list) else doc.get("tasks", [doc]) if isinstance(doc, dict) else []
-except ValueError:
-    items = [json.loads(l) for l in text.splitlines() if l.strip()]
-def field(o, *keys):
-    for k in keys:
-        v = o
-        for part in k.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        if isinstance(v, str):
-            return v.lower()
-    return None
-n = 0
-for o in items:
-    cur = field(o, "status.state", "CurrentState", "current_state", "state", "State")
-    des = field(o, "desired", "DesiredState", "desired_state")
-    if cur and cur.startswith("running") and (des is None or des.startswith("running")):
-        n += 1
-print(n)
-'
 shoal_running() { # NAME N
   local n
-  n=$(S service ps "$1" --format json 2>/dev/null | python3 -c "$SHOAL_COUNT_RUNNING" 2>/dev/null || echo -1)
-  [[ $n -eq $2 ]]
+  # REPLICAS is "running/desired"; parsed with awk, as the Swarm side uses grep, so that
+  # neither side pays for an interpreter start on every poll.
+  n=$(S service ls 2>/dev/null | awk -v name="$1" '$2 == name { split($4, r, "/"); print r[1] }')
+  [[ ${n:--1} -eq $2 ]]
 }
 shoal_no_containers() {
   [[ -z $(ctr -a "$WORK/shoal-containerd/containerd.sock" -n shoal-bench containers ls -q 2>/dev/null) ]]
@@ -332,6 +306,10 @@ namespace = "shoal-bench"
 [paths]
 state_dir = "$dir/state"
 stacks_dir = "$dir/stacks"
+
+# Imported at start, as Swarm gets the image with `docker load` before the clock runs.
+[images]
+preload = ["oci-archive:$WORK/busybox-oci.tar"]
 EOF
   python3 "$REPO/scripts/mkimage.py" --format oci --name docker.io/library/busybox:latest \
     -o "$WORK/busybox-oci.tar"
