@@ -10,6 +10,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .expect("open containerd log");
+    Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn containerd (is the containerd package installed?)")
+}
+
 /// A running containerd owned by the test.
 pub struct Containerd {
     dir: tempfile::TempDir,
@@ -61,16 +77,27 @@ disabled_plugins = [
         );
         let config_path = d.join("config.toml");
         std::fs::write(&config_path, config).expect("write containerd config");
-        let log = std::fs::File::create(d.join("containerd.log")).expect("create containerd log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd (is the containerd package installed?)");
+        let child = spawn(d);
         let mut ctd = Containerd { dir, child, socket };
+        ctd.wait_ready();
+        ctd
+    }
+
+    /// Stops containerd (SIGTERM, as a package upgrade would) and starts it again on the same
+    /// root and state. Running tasks live on in their shims.
+    pub fn restart(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn(self.dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let ctd = self;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if UnixStream::connect(&ctd.socket).is_ok() {
@@ -88,7 +115,6 @@ disabled_plugins = [
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        ctd
     }
 
     /// The containerd gRPC socket.

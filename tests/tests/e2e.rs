@@ -666,3 +666,43 @@ fn a_failing_update_rolls_back_to_the_old_image_and_manual_rollback_works() {
         n.running("rb").len() == 2 && n.services()[0].desired == 2
     });
 }
+
+#[test]
+fn a_containerd_restart_leaves_tasks_running_and_exits_are_still_seen() {
+    let mut node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "steady",
+        "--replicas",
+        "2",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let before = node.container_tasks();
+    let tasks: BTreeSet<String> = node.running("steady").into_iter().map(|t| t.id).collect();
+    node.containerd.restart();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.container_tasks(),
+        before,
+        "the same processes run after containerd restarted"
+    );
+    let after: BTreeSet<String> = node.running("steady").into_iter().map(|t| t.id).collect();
+    assert_eq!(after, tasks, "no task was failed or replaced");
+    // The daemon still follows the tasks: a killed one is noticed and replaced.
+    let (_, pid) = before[0].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    node.wait_for("the killed task to be replaced", LONG, |n| {
+        let now: BTreeSet<String> = n.running("steady").into_iter().map(|t| t.id).collect();
+        now.len() == 2 && now != tasks
+    });
+}

@@ -209,11 +209,13 @@ impl Executor for ContainerExecutor {
     }
 
     async fn wait(&self, c: &ContainerRef) -> Result<ExitStatus, ExecError> {
+        // A failed Wait call says nothing about the process (containerd may be restarting and
+        // the shim keeps the task running): only "no such task" is final.
         let exit = self.d.runtime.wait(&c.container_id).await.map_err(|e| {
             if e.is_not_found() {
                 ExecError::fatal(agent::VANISHED)
             } else {
-                classify(e)
+                ExecError::temporary(e.to_string())
             }
         })?;
         Ok(ExitStatus {
@@ -227,7 +229,8 @@ impl Executor for ContainerExecutor {
         match self.d.runtime.stop(&c.container_id, sig, grace).await {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(classify(e)),
+            // Retried: the process must really be stopped before the task counts as shut down.
+            Err(e) => Err(ExecError::temporary(e.to_string())),
         }
     }
 
