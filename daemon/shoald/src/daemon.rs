@@ -547,6 +547,22 @@ async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
     }
 }
 
+/// Every minute, delete the log files of tasks the cluster no longer remembers.
+pub async fn run_log_gc(d: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let state = d.state();
+        let dir = d.state_dir();
+        let removed =
+            tokio::task::spawn_blocking(move || crate::logs::collect_garbage(&state, &dir))
+                .await
+                .unwrap_or(0);
+        if removed > 0 {
+            debug!(removed, "removed log files of forgotten tasks");
+        }
+    }
+}
+
 /// Ping the systemd watchdog while the control loop keeps turning.
 pub async fn run_watchdog(d: Arc<Daemon>, period: Duration) {
     let every = period / 2;

@@ -205,9 +205,65 @@ fn reader_gone(f: &std::fs::File) -> bool {
     }
 }
 
+/// Delete the log files of tasks that are no longer in the cluster state (the reaper dropped
+/// them from the history), so the log directory stays bounded. Returns how many were removed.
+pub fn collect_garbage(state: &ClusterState, state_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("logs")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `<task name>.<task id>.log` or `.log.1`.
+        let stem = name
+            .strip_suffix(".log.1")
+            .or_else(|| name.strip_suffix(".log"));
+        let Some(task_id) = stem.and_then(|s| s.rsplit('.').next()) else {
+            continue;
+        };
+        if !state.tasks.contains_key(task_id) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn garbage_collection_keeps_logs_of_known_tasks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        for f in [
+            "web.1.keep1.log",
+            "web.1.keep1.log.1",
+            "web.2.gone1.log",
+            "web.2.gone1.log.1",
+            "notes.txt",
+        ] {
+            std::fs::write(logs.join(f), "x").unwrap();
+        }
+        let mut state = ClusterState::default();
+        let task: model::Task = serde_json::from_value(serde_json::json!({
+            "id": "keep1", "service_id": "s", "service_name": "web", "slot": 1, "node_id": "n",
+            "spec_version": 1, "spec": {}, "desired": "running", "status": {}, "created_at": 0
+        }))
+        .unwrap();
+        state.tasks.insert("keep1".into(), task);
+        assert_eq!(collect_garbage(&state, dir.path()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&logs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["notes.txt", "web.1.keep1.log", "web.1.keep1.log.1"]
+        );
+    }
 
     #[test]
     fn parses_driver_lines() {

@@ -120,6 +120,7 @@ async fn run(args: Args) -> Result<()> {
     let reports = daemon::spawn_agent(&d).await;
     tokio::spawn(daemon::run_control_loop(d.clone()));
     tokio::spawn(daemon::run_ports(d.clone()));
+    tokio::spawn(daemon::run_log_gc(d.clone()));
 
     let backend = Arc::new(backend::DaemonBackend(d.clone()));
     let conn = shoal_dbus::serve(backend.clone()).await.context(
