@@ -371,7 +371,7 @@ fn reload_applies_added_changed_removed_files_and_a_broken_file_changes_nothing(
     let svc = |replicas: u32| {
         format!(
             "[services.app]\nimage = \"{img}\"\nreplicas = {replicas}\ncommand = [\"sh\", \"-c\", \"{}\"]\n",
-            SLEEPER.replace('\'', "'")
+            SLEEPER
         )
     };
     node.write_stack("a", &svc(1));

@@ -148,10 +148,10 @@ pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
             continue;
         }
         // No new task on a paused node.
-        if let SlotKey::Node(n) = slot {
-            if !pass.state.nodes.get(n).is_some_and(|n| n.is_eligible()) {
-                continue;
-            }
+        if let SlotKey::Node(n) = slot
+            && !pass.state.nodes.get(n).is_some_and(|n| n.is_eligible())
+        {
+            continue;
         }
         match replacement_for(&svc, tasks, pass.now) {
             Replacement::None => {}
@@ -219,10 +219,11 @@ fn replacement_for(svc: &Service, history: &[Task], now: u64) -> Replacement {
     // window of 0 counts every restart (as Swarm's).
     let healthy = policy.window > 0 && ran_for(last) >= policy.window;
     let attempt = if healthy { 1 } else { last.restart_attempt + 1 };
-    if let Some(max) = policy.max_attempts {
-        if u64::from(attempt) > max && !healthy {
-            return Replacement::None;
-        }
+    if let Some(max) = policy.max_attempts
+        && u64::from(attempt) > max
+        && !healthy
+    {
+        return Replacement::None;
     }
     Replacement::After {
         at: now + policy.backoff(attempt),

@@ -35,13 +35,13 @@ pub(crate) fn schedule(pass: &mut Pass<'_>) {
     let mut total: BTreeMap<&str, usize> = eligible.iter().map(|n| (n.as_str(), 0)).collect();
     let mut per_service: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for t in pass.state.tasks.values().filter(|t| t.is_runnable()) {
-        if let Some(node) = t.node_id.as_deref() {
-            if let Some(c) = total.get_mut(node) {
-                *c += 1;
-                *per_service
-                    .entry((t.service_id.as_str(), node))
-                    .or_default() += 1;
-            }
+        if let Some(node) = t.node_id.as_deref()
+            && let Some(c) = total.get_mut(node)
+        {
+            *c += 1;
+            *per_service
+                .entry((t.service_id.as_str(), node))
+                .or_default() += 1;
         }
     }
     let mut assignments = Vec::new();

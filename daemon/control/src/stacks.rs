@@ -182,11 +182,12 @@ pub fn plan_reload(
     }
     for (name, stack) in &state.stacks {
         let from_file = matches!(stack.source, StackSource::File { .. });
-        if from_file && !files.iter().any(|f| &f.name == name) {
-            if let Some(change) = plan_stack_removal(state, name, now) {
-                plan.removed.push(name.clone());
-                changes.push(Command::ApplyStack(change));
-            }
+        if from_file
+            && !files.iter().any(|f| &f.name == name)
+            && let Some(change) = plan_stack_removal(state, name, now)
+        {
+            plan.removed.push(name.clone());
+            changes.push(Command::ApplyStack(change));
         }
     }
     if !errors.is_empty() {

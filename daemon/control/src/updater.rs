@@ -289,11 +289,13 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     if room == 0 || dirty.is_empty() {
         return;
     }
-    if let Some(last) = last_running {
-        if in_flight == 0 && config.delay > 0 && now < last + config.delay {
-            pass.plan.wake(last + config.delay);
-            return;
-        }
+    if let Some(last) = last_running
+        && in_flight == 0
+        && config.delay > 0
+        && now < last + config.delay
+    {
+        pass.plan.wake(last + config.delay);
+        return;
     }
     let batch: Vec<_> = dirty
         .into_iter()

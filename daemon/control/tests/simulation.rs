@@ -241,13 +241,13 @@ impl World {
             .expect("a planned batch always applies");
         // Managers never write observed state past ASSIGNED.
         for (id, t) in &self.state.tasks {
-            if let Some(old) = before.tasks.get(id) {
-                if old.status != t.status {
-                    assert!(
-                        t.status.state <= TaskState::Assigned,
-                        "manager wrote observed state of {id}"
-                    );
-                }
+            if let Some(old) = before.tasks.get(id)
+                && old.status != t.status
+            {
+                assert!(
+                    t.status.state <= TaskState::Assigned,
+                    "manager wrote observed state of {id}"
+                );
             }
         }
         self.agents();

@@ -159,6 +159,7 @@ pub struct Stack {
 /// The whole replicated state. Keys are ids (services and tasks) or names (stacks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[derive(Default)]
 pub struct ClusterState {
     pub cluster_id: Id,
     pub settings: ClusterSettings,
@@ -166,19 +167,6 @@ pub struct ClusterState {
     pub services: BTreeMap<Id, Service>,
     pub tasks: BTreeMap<Id, Task>,
     pub stacks: BTreeMap<String, Stack>,
-}
-
-impl Default for ClusterState {
-    fn default() -> Self {
-        ClusterState {
-            cluster_id: Id::new(),
-            settings: ClusterSettings::default(),
-            nodes: BTreeMap::new(),
-            services: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            stacks: BTreeMap::new(),
-        }
-    }
 }
 
 /// A change to the cluster state: one raft log entry.
@@ -433,17 +421,18 @@ impl ClusterState {
             Command::Assign { assignments, now } => {
                 let mut changed = 0;
                 for (task_id, node_id) in assignments {
-                    if let Some(t) = self.tasks.get_mut(task_id) {
-                        if t.node_id.is_none() && t.status.state < TaskState::Assigned {
-                            t.node_id = Some(node_id.clone());
-                            t.status = TaskStatus {
-                                state: TaskState::Assigned,
-                                timestamp: *now,
-                                message: "scheduled".into(),
-                                ..Default::default()
-                            };
-                            changed += 1;
-                        }
+                    if let Some(t) = self.tasks.get_mut(task_id)
+                        && t.node_id.is_none()
+                        && t.status.state < TaskState::Assigned
+                    {
+                        t.node_id = Some(node_id.clone());
+                        t.status = TaskStatus {
+                            state: TaskState::Assigned,
+                            timestamp: *now,
+                            message: "scheduled".into(),
+                            ..Default::default()
+                        };
+                        changed += 1;
                     }
                 }
                 Ok(Applied { changed })
@@ -556,14 +545,13 @@ impl ClusterState {
         for svc in self.services.values() {
             for p in &svc.spec.ports {
                 if let Some(other) = seen.insert((p.published, p.protocol.as_str()), &svc.spec.name)
+                    && other != svc.spec.name
                 {
-                    if other != svc.spec.name {
-                        return Err(ApplyError::PortInUse {
-                            port: p.published,
-                            protocol: p.protocol.as_str().into(),
-                            service: other.to_string(),
-                        });
-                    }
+                    return Err(ApplyError::PortInUse {
+                        port: p.published,
+                        protocol: p.protocol.as_str().into(),
+                        service: other.to_string(),
+                    });
                 }
             }
         }

@@ -451,17 +451,16 @@ impl Backend for DaemonBackend {
             Some(s) => Some(find_service(&st, s)?.id.clone()),
             None => None,
         };
-        if let Some(stack) = &filter.stack {
-            if !st.stacks.contains_key(stack)
-                && !st
-                    .services
-                    .values()
-                    .any(|s| s.spec.stack.as_deref() == Some(stack))
-            {
-                return Err(ApiError::NotFound(format!(
-                    "stack {stack} not found (see `shoal stack ls`)"
-                )));
-            }
+        if let Some(stack) = &filter.stack
+            && !st.stacks.contains_key(stack)
+            && !st
+                .services
+                .values()
+                .any(|s| s.spec.stack.as_deref() == Some(stack))
+        {
+            return Err(ApiError::NotFound(format!(
+                "stack {stack} not found (see `shoal stack ls`)"
+            )));
         }
         let node_id = match &filter.node {
             Some(n) => Some(self.inspect_node(n).await?.id),
@@ -497,12 +496,12 @@ impl Backend for DaemonBackend {
         let stack = spec::parse_stack_named(Path::new(&path), name, text)
             .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
         let _guard = d.change_lock.lock().await;
-        if let Some(existing) = d.state().stacks.get(name) {
-            if let StackSource::File { path, .. } = &existing.source {
-                return Err(ApiError::AlreadyExists(format!(
-                    "stack {name} is managed by the file {path}; edit the file and run `shoal reload`"
-                )));
-            }
+        if let Some(existing) = d.state().stacks.get(name)
+            && let StackSource::File { path, .. } = &existing.source
+        {
+            return Err(ApiError::AlreadyExists(format!(
+                "stack {name} is managed by the file {path}; edit the file and run `shoal reload`"
+            )));
         }
         let images: Vec<String> = stack
             .services

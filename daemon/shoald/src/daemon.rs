@@ -539,10 +539,8 @@ async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
         let live = assigned
             .iter()
             .any(|t| t.id == task_id && !t.status.state.is_terminal());
-        if !live {
-            if let Err(e) = d.net.detach(&task_id).await {
-                warn!(task = %task_id, error = %e, "failed to remove a stale network attachment");
-            }
+        if !live && let Err(e) = d.net.detach(&task_id).await {
+            warn!(task = %task_id, error = %e, "failed to remove a stale network attachment");
         }
     }
 }

@@ -172,13 +172,12 @@ pub fn spawn_writer(
                             break;
                         }
                         *offset += n as u64;
-                        if let Some(line) = parse_line(buf.trim_end_matches('\n')) {
-                            if out
+                        if let Some(line) = parse_line(buf.trim_end_matches('\n'))
+                            && out
                                 .write_all(format_line(&prefix, &line, timestamps).as_bytes())
                                 .is_err()
-                            {
-                                return;
-                            }
+                        {
+                            return;
                         }
                         buf.clear();
                     }

@@ -50,18 +50,18 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     // Under systemd, log to the journal with structured fields; elsewhere to stderr.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(
-                    layer
-                        .with_syslog_identifier("shoald".into())
-                        .with_field_prefix(None),
-                )
-                .init();
-            return;
-        }
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(layer) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                layer
+                    .with_syslog_identifier("shoald".into())
+                    .with_field_prefix(None),
+            )
+            .init();
+        return;
     }
     tracing_subscriber::registry()
         .with(filter)
