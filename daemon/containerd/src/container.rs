@@ -354,14 +354,121 @@ impl Runtime {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::io("cannot create log directory", parent, e))?;
         }
-        let lease = self.create_lease("create").await?;
-        let result = self.create_leased(c, &parent, &dir, &lease).await;
-        self.delete_lease(&lease).await;
+        let result = if etc::needs_lookup(&c.user) {
+            // The user is looked up in the image's /etc/passwd, so the snapshot must exist before
+            // the container record: a lease keeps it from the garbage collector meanwhile.
+            let lease = self.create_lease("create").await?;
+            let result = self.create_leased(c, &parent, &dir, &lease).await;
+            self.delete_lease(&lease).await;
+            result
+        } else {
+            self.create_record_first(c, &parent, &dir).await
+        };
         if result.is_err() {
             let _ = self.remove_snapshot(&c.id).await;
             let _ = std::fs::remove_dir_all(&dir);
         }
         result
+    }
+
+    /// Without a user lookup the container record can come first: it references its snapshot
+    /// key, which protects the snapshot from garbage collection as soon as it exists, so no lease
+    /// (two more metadata writes) is needed.
+    async fn create_record_first(
+        &self,
+        c: &ContainerConfig,
+        parent: &str,
+        dir: &Path,
+    ) -> Result<()> {
+        let user = etc::resolve_user(&c.id, &c.user, None, None)?;
+        let container = self.container_record(c, &user, dir)?;
+        self.containers()
+            .create(self.request(CreateContainerRequest {
+                container: Some(container),
+            }))
+            .await
+            .map_err(|s| Error::grpc("Containers.Create", format!("container {}", c.id), s))?;
+        let prepare = || async {
+            self.snapshots()
+                .prepare(self.request(PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: c.id.clone(),
+                    parent: parent.to_string(),
+                    labels: HashMap::new(),
+                }))
+                .await
+        };
+        let prepared = match prepare().await {
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                // Left over from a create that did not finish: start over.
+                match self.remove_snapshot(&c.id).await {
+                    Ok(()) => prepare().await,
+                    Err(e) => {
+                        self.delete_record(&c.id).await;
+                        return Err(e);
+                    }
+                }
+            }
+            other => other,
+        };
+        if let Err(s) = prepared {
+            self.delete_record(&c.id).await;
+            return Err(Error::grpc(
+                "Snapshots.Prepare",
+                format!("container {}", c.id),
+                s,
+            ));
+        }
+        tracing::debug!(container = %c.id, "container created");
+        Ok(())
+    }
+
+    async fn delete_record(&self, id: &str) {
+        let _ = self
+            .containers()
+            .delete(self.request(DeleteContainerRequest { id: id.to_string() }))
+            .await;
+    }
+
+    /// The container record: OCI spec, labels (with the stdio URI), runtime, snapshot key.
+    fn container_record(
+        &self,
+        c: &ContainerConfig,
+        user: &etc::ResolvedUser,
+        dir: &Path,
+    ) -> Result<Container> {
+        let spec = spec::build_spec(c, &self.namespace, user, dir, &self.dirs.volumes_dir)?;
+        let spec_bytes = serde_json::to_vec(&spec).map_err(|e| Error::InvalidConfig {
+            id: c.id.clone(),
+            reason: format!("cannot encode the OCI spec: {e}"),
+        })?;
+        let mut labels: HashMap<String, String> = c
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(log) = &c.log {
+            labels.insert(STDIO_LABEL.into(), log.uri());
+        }
+        Ok(Container {
+            id: c.id.clone(),
+            labels,
+            image: c.image.name.clone(),
+            runtime: Some(ContainerRuntime {
+                name: RUNTIME.into(),
+                options: None,
+            }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
+                value: spec_bytes,
+            }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: c.id.clone(),
+            created_at: None,
+            updated_at: None,
+            extensions: HashMap::new(),
+            sandbox: String::new(),
+        })
     }
 
     async fn create_leased(
@@ -419,38 +526,7 @@ impl Runtime {
         } else {
             etc::resolve_user(&c.id, &c.user, None, None)?
         };
-        let spec = spec::build_spec(c, &self.namespace, &user, dir, &self.dirs.volumes_dir)?;
-        let spec_bytes = serde_json::to_vec(&spec).map_err(|e| Error::InvalidConfig {
-            id: c.id.clone(),
-            reason: format!("cannot encode the OCI spec: {e}"),
-        })?;
-        let mut labels: HashMap<String, String> = c
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let Some(log) = &c.log {
-            labels.insert(STDIO_LABEL.into(), log.uri());
-        }
-        let container = Container {
-            id: c.id.clone(),
-            labels,
-            image: c.image.name.clone(),
-            runtime: Some(ContainerRuntime {
-                name: RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".into(),
-                value: spec_bytes,
-            }),
-            snapshotter: SNAPSHOTTER.into(),
-            snapshot_key: c.id.clone(),
-            created_at: None,
-            updated_at: None,
-            extensions: HashMap::new(),
-            sandbox: String::new(),
-        };
+        let container = self.container_record(c, &user, dir)?;
         self.containers()
             .create(self.leased(
                 CreateContainerRequest {
