@@ -6,7 +6,7 @@
 //!    state; wait to lead; record the cluster and this node in the state;
 //! 3. connect to containerd (waiting for it), prepare the node network, preload images;
 //! 4. start the agent (it adopts the containers it finds), the control loop, the port sync;
-//! 5. own `org.shoal.Shoal1` on the system bus, apply the stacks directory, send READY=1.
+//! 5. own `org.shoal.Shoal1` on the system bus, send READY=1, then apply the stacks directory.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
