@@ -265,6 +265,24 @@ fn json(args: &FormatArgs) -> bool {
     args.format == "json"
 }
 
+/// Print a listing the way every `ls`/`ps` does: ids with `-q`, JSON with `--format json`,
+/// otherwise the table `table` renders.
+fn print_listing<T: Serialize>(
+    list: &ListArgs,
+    rows: &[T],
+    id: impl Fn(&T) -> &str,
+    table: impl FnOnce(&[T]) -> String,
+) -> Result<()> {
+    if list.quiet {
+        rows.iter().for_each(|r| println!("{}", id(r)));
+    } else if json(&list.format) {
+        print_json(rows)?;
+    } else {
+        print!("{}", table(rows));
+    }
+    Ok(())
+}
+
 async fn connect() -> Result<Client> {
     Ok(Client::connect_system().await?)
 }
@@ -318,13 +336,7 @@ async fn node(cmd: NodeCmd) -> Result<()> {
     match cmd {
         NodeCmd::Ls(l) => {
             let rows = c.list_nodes().await?;
-            if l.quiet {
-                rows.iter().for_each(|n| println!("{}", n.id));
-            } else if json(&l.format) {
-                print_json(&rows)?;
-            } else {
-                print!("{}", render::node_ls(&rows));
-            }
+            print_listing(&l, &rows, |n| &n.id, |rows| render::node_ls(rows))?;
         }
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();
@@ -426,13 +438,7 @@ async fn service(cmd: ServiceCmd) -> Result<()> {
         }
         ServiceCmd::Ls(l) => {
             let rows = c.list_services().await?;
-            if l.quiet {
-                rows.iter().for_each(|r| println!("{}", r.id));
-            } else if json(&l.format) {
-                print_json(&rows)?;
-            } else {
-                print!("{}", render::service_ls(&rows));
-            }
+            print_listing(&l, &rows, |r| &r.id, |rows| render::service_ls(rows))?;
         }
         ServiceCmd::Ps {
             filter,
@@ -693,13 +699,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
         }
         StackCmd::Ls(l) => {
             let rows = c.list_stacks().await?;
-            if l.quiet {
-                rows.iter().for_each(|r| println!("{}", r.name));
-            } else if json(&l.format) {
-                print_json(&rows)?;
-            } else {
-                print!("{}", render::stack_ls(&rows));
-            }
+            print_listing(&l, &rows, |r| &r.name, |rows| render::stack_ls(rows))?;
         }
         StackCmd::Ps {
             filter,
@@ -724,13 +724,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
                 .into_iter()
                 .filter(|r| r.stack == name)
                 .collect();
-            if list.quiet {
-                rows.iter().for_each(|r| println!("{}", r.id));
-            } else if json(&list.format) {
-                print_json(&rows)?;
-            } else {
-                print!("{}", render::service_ls(&rows));
-            }
+            print_listing(&list, &rows, |r| &r.id, |rows| render::service_ls(rows))?;
         }
         StackCmd::Rm { wait, names } => {
             let mut all = Vec::new();
