@@ -58,9 +58,9 @@ if [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
 if [[ $BUILD -eq 1 ]]; then
   step "building shoald and shoal ($PROFILE)"
   if [[ $PROFILE == release ]]; then
-    cargo build --release -p shoald -p shoal </dev/null
+    cargo build --release -p shoald -p shoal -p shoal-containerd --bin shoald --bin shoal --bin shoal-log-driver </dev/null
   else
-    cargo build -p shoald -p shoal </dev/null
+    cargo build -p shoald -p shoal -p shoal-containerd --bin shoald --bin shoal --bin shoal-log-driver </dev/null
   fi
 fi
 target_dir=${CARGO_TARGET_DIR:-$REPO/target}
@@ -71,7 +71,9 @@ done
 
 step "installing to $BIN and system directories"
 changed=0
-for b in shoald shoal; do
+# shoal-log-driver is optional (shoald falls back to its own log-driver mode), but smaller.
+for b in shoald shoal shoal-log-driver; do
+  [[ -x $target_dir/$PROFILE/$b ]] || continue
   if ! cmp -s "$target_dir/$PROFILE/$b" "$BIN/$b"; then
     # install(1) replaces the file instead of writing into it, so a running shoald is unharmed.
     install -m 0755 "$target_dir/$PROFILE/$b" "$BIN/$b"

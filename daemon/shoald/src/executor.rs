@@ -74,6 +74,15 @@ impl ContainerExecutor {
     }
 }
 
+/// The program containerd's shim starts for a task's output: the small `shoal-log-driver`
+/// installed next to `shoald` when there is one (about a fifth of the memory per task), else
+/// `shoald` itself in its `log-driver` mode.
+fn log_driver() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let small = exe.with_file_name("shoal-log-driver");
+    Ok(if small.is_file() { small } else { exe })
+}
+
 /// containerd unreachable or overloaded is worth retrying; anything else is final for the task.
 fn classify(e: ctd::Error) -> ExecError {
     let msg = e.to_string();
@@ -165,7 +174,7 @@ impl Executor for ContainerExecutor {
         labels.insert(NODE_LABEL.into(), d.identity.node_id.clone());
         labels.insert(SLOT_LABEL.into(), task.slot.to_string());
         c.labels = labels;
-        let driver = std::env::current_exe().map_err(|e| {
+        let driver = log_driver().map_err(|e| {
             ExecError::fatal(format!(
                 "cannot find the shoald executable for the log driver: {e}"
             ))
