@@ -265,6 +265,23 @@ fn json(args: &FormatArgs) -> bool {
     args.format == "json"
 }
 
+/// After `service rm` / `stack rm`: wait until the removed services' tasks are gone (unless
+/// `--detach`), then fail with every name that could not be removed.
+async fn finish_removal(
+    c: &Client,
+    removed: &[String],
+    failed: &[String],
+    wait: &WaitArgs,
+) -> Result<()> {
+    if !wait.detach && !removed.is_empty() {
+        wait::removed(c, removed, wait.opts()).await?;
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
 /// Print a listing the way every `ls`/`ps` does: ids with `-q`, JSON with `--format json`,
 /// otherwise the table `table` renders.
 fn print_listing<T: Serialize>(
@@ -534,12 +551,7 @@ async fn service(cmd: ServiceCmd) -> Result<()> {
                     Err(e) => failed.push(format!("{s}: {e}")),
                 }
             }
-            if !wait.detach && !removed.is_empty() {
-                wait::removed(&c, &removed, wait.opts()).await?;
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            finish_removal(&c, &removed, &failed, &wait).await?;
         }
         ServiceCmd::Logs {
             follow,
@@ -743,12 +755,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
                     Err(e) => failed.push(format!("{n}: {e}")),
                 }
             }
-            if !wait.detach && !all.is_empty() {
-                wait::removed(&c, &all, wait.opts()).await?;
-            }
-            if !failed.is_empty() {
-                bail!("{}", failed.join("\n"));
-            }
+            finish_removal(&c, &all, &failed, &wait).await?;
         }
     }
     Ok(())

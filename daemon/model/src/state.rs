@@ -587,7 +587,7 @@ mod tests {
     use super::*;
     use crate::*;
 
-    fn svc(id: &str, name: &str, port: Option<u16>) -> Service {
+    pub(super) fn svc(id: &str, name: &str, port: Option<u16>) -> Service {
         let mut spec = ServiceSpec {
             name: name.into(),
             ..Default::default()
@@ -737,30 +737,9 @@ mod tests {
 #[cfg(test)]
 mod port_moves {
     use super::*;
-    use crate::*;
 
     fn svc(id: &str, port: u16) -> Service {
-        let mut spec = ServiceSpec {
-            name: id.into(),
-            ..Default::default()
-        };
-        spec.ports.push(PortSpec {
-            published: port,
-            target: 80,
-            protocol: Protocol::Tcp,
-            mode: PublishMode::Ingress,
-        });
-        Service {
-            id: id.into(),
-            spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            image_digest: None,
-            update_status: None,
-            created_at: 0,
-            updated_at: 0,
-        }
+        super::tests::svc(id, id, Some(port))
     }
 
     #[test]
