@@ -33,6 +33,7 @@ impl Sim {
                     addr: String::new(),
                     last_heartbeat: 0,
                     version: String::new(),
+                    status_message: String::new(),
                 }))
                 .unwrap();
         }

@@ -44,6 +44,7 @@ impl World {
                     addr: String::new(),
                     last_heartbeat: 0,
                     version: String::new(),
+                    status_message: String::new(),
                 }))
                 .unwrap();
         }

@@ -4,10 +4,13 @@
 //! Nothing here does IO, reads a clock or draws randomness. Every type that is persisted (raft log
 //! entries and snapshots) changes only additively: new fields carry `#[serde(default)]`.
 
+mod apply;
+mod index;
 pub mod spec;
 pub mod state;
 pub mod task;
 
+pub use apply::UndoLog;
 pub use spec::*;
 pub use state::*;
 pub use task::*;

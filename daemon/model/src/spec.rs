@@ -5,7 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Millis;
+use crate::{Millis, Node};
+
+/// The most replicas a service may ask for. Checked by the spec validators before anything is
+/// proposed, and again by `ClusterState::apply`, so an out-of-bounds spec is never committed and
+/// planning never allocates in proportion to an unchecked number.
+pub const MAX_REPLICAS: u64 = 100_000;
 
 /// A service as the user declared it. `name` is the full name (`STACK_SERVICE` for stack services).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -22,6 +27,135 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     pub update: UpdateConfig,
     pub rollback: UpdateConfig,
+    /// Where tasks may run and how they spread.
+    pub placement: Placement,
+}
+
+impl ServiceSpec {
+    /// The bounds every committed spec keeps (see [`MAX_REPLICAS`]). The `spec` crate reports
+    /// them with positions before proposing; `ClusterState::apply` refuses a spec outside them.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if let ServiceMode::Replicated { replicas } = self.mode
+            && replicas > MAX_REPLICAS
+        {
+            return Err(format!(
+                "replicas = {replicas} is above the limit of {MAX_REPLICAS}"
+            ));
+        }
+        if let Some(n) = self.placement.max_replicas_per_node
+            && n > MAX_REPLICAS
+        {
+            return Err(format!(
+                "max_replicas_per_node = {n} is above the limit of {MAX_REPLICAS}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Placement of a service's tasks, as Swarm's: hard constraints, spread preferences, and a cap
+/// per node. Constraints are parsed and validated by `spec::placement` (one validator for
+/// files, flags and D-Bus); this crate only stores and evaluates them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Placement {
+    /// All must hold on a node for a task to go there.
+    pub constraints: Vec<Constraint>,
+    /// Spread tasks evenly over the values of each label in turn (hierarchical, as Swarm's).
+    pub preferences: Vec<PlacementPreference>,
+    /// At most this many runnable tasks of the service per node (global services ignore it).
+    pub max_replicas_per_node: Option<u64>,
+}
+
+impl Placement {
+    /// Every constraint holds on `node`.
+    pub fn matches(&self, node: &Node) -> bool {
+        self.constraints.iter().all(|c| c.matches(node))
+    }
+}
+
+/// One placement constraint: `node.labels.zone == a`, `node.role != manager`,
+/// `node.labels.zone in (a, b)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    pub key: ConstraintKey,
+    pub op: ConstraintOp,
+    /// One value for `==` and `!=`; one or more for `in`.
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintKey {
+    NodeId,
+    NodeHostname,
+    NodeRole,
+    /// `node.labels.KEY`.
+    NodeLabel(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintOp {
+    Eq,
+    Ne,
+    In,
+}
+
+impl Constraint {
+    /// Whether `node` satisfies the constraint. Values compare case-insensitively, as Swarm's;
+    /// a node without the label fails `==` and `in` and satisfies `!=`.
+    pub fn matches(&self, node: &Node) -> bool {
+        let actual: Option<&str> = match &self.key {
+            ConstraintKey::NodeId => Some(&node.id),
+            ConstraintKey::NodeHostname => Some(&node.name),
+            ConstraintKey::NodeRole => Some(node.role.as_str()),
+            ConstraintKey::NodeLabel(k) => node.labels.get(k).map(String::as_str),
+        };
+        let hit = actual.is_some_and(|a| self.values.iter().any(|v| v.eq_ignore_ascii_case(a)));
+        match self.op {
+            ConstraintOp::Eq | ConstraintOp::In => hit,
+            ConstraintOp::Ne => !hit,
+        }
+    }
+}
+
+impl std::fmt::Display for ConstraintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConstraintKey::NodeId => f.write_str("node.id"),
+            ConstraintKey::NodeHostname => f.write_str("node.hostname"),
+            ConstraintKey::NodeRole => f.write_str("node.role"),
+            ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}"),
+        }
+    }
+}
+
+/// The text form the parser in `spec::placement` reads back: `node.labels.zone in (a, b)`.
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.op {
+            ConstraintOp::Eq => write!(f, "{} == {}", self.key, self.values.join("")),
+            ConstraintOp::Ne => write!(f, "{} != {}", self.key, self.values.join("")),
+            ConstraintOp::In => write!(f, "{} in ({})", self.key, self.values.join(", ")),
+        }
+    }
+}
+
+/// A placement preference. Only Swarm's `spread` exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementPreference {
+    /// Spread over the values of `node.labels.<label>`; nodes without the label form one group.
+    Spread { label: String },
+}
+
+impl std::fmt::Display for PlacementPreference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlacementPreference::Spread { label } => write!(f, "spread=node.labels.{label}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterSettings, Id, Millis, ServiceSpec, StackSpec, Task, TaskState, TaskStatus};
+use crate::index::TaskIndex;
+use crate::{
+    ClusterSettings, Id, Millis, ServiceSpec, SlotKey, StackSpec, Task, TaskState, TaskStatus,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -76,6 +79,9 @@ pub struct Node {
     pub last_heartbeat: Millis,
     #[serde(default)]
     pub version: String,
+    /// Why the node has its status ("heartbeat failure"), written with the status.
+    #[serde(default)]
+    pub status_message: String,
 }
 
 impl Node {
@@ -157,9 +163,14 @@ pub struct Stack {
 }
 
 /// The whole replicated state. Keys are ids (services and tasks) or names (stacks).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-#[derive(Default)]
+///
+/// Change it through [`ClusterState::apply`]: it keeps the task indexes (by service and slot, by
+/// node, unassigned) consistent. The indexes are derived data: not serialized, rebuilt on
+/// deserialization, and ignored by equality. Code that edits `tasks` directly (tests) must call
+/// [`ClusterState::rebuild_index`]; queries fall back to a full scan when they see the index is
+/// stale (its size differs from the task map's).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, from = "StateData")]
 pub struct ClusterState {
     pub cluster_id: Id,
     pub settings: ClusterSettings,
@@ -167,9 +178,53 @@ pub struct ClusterState {
     pub services: BTreeMap<Id, Service>,
     pub tasks: BTreeMap<Id, Task>,
     pub stacks: BTreeMap<String, Stack>,
+    #[serde(skip)]
+    pub(crate) index: TaskIndex,
 }
 
+/// The persisted fields of [`ClusterState`], for deserialization (which then builds the index).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StateData {
+    cluster_id: Id,
+    settings: ClusterSettings,
+    nodes: BTreeMap<Id, Node>,
+    services: BTreeMap<Id, Service>,
+    tasks: BTreeMap<Id, Task>,
+    stacks: BTreeMap<String, Stack>,
+}
+
+impl From<StateData> for ClusterState {
+    fn from(d: StateData) -> ClusterState {
+        let mut st = ClusterState {
+            cluster_id: d.cluster_id,
+            settings: d.settings,
+            nodes: d.nodes,
+            services: d.services,
+            tasks: d.tasks,
+            stacks: d.stacks,
+            index: TaskIndex::default(),
+        };
+        st.rebuild_index();
+        st
+    }
+}
+
+impl PartialEq for ClusterState {
+    fn eq(&self, other: &ClusterState) -> bool {
+        self.cluster_id == other.cluster_id
+            && self.settings == other.settings
+            && self.nodes == other.nodes
+            && self.services == other.services
+            && self.tasks == other.tasks
+            && self.stacks == other.stacks
+    }
+}
+
+impl Eq for ClusterState {}
+
 /// A change to the cluster state: one raft log entry.
+#[allow(clippy::large_enum_variant)] // boxing would change every constructor in other crates
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
@@ -178,9 +233,30 @@ pub enum Command {
         cluster_id: Id,
         settings: ClusterSettings,
     },
+    /// Replace a whole node. Kept so that old raft logs still apply; new code uses `AddNode`,
+    /// `UpdateNodeSpec` and `UpdateNodeStatus` (one writer per field).
     UpsertNode(Node),
-    RemoveNode {
+    /// Remove a node. Its unfinished tasks get desired SHUTDOWN and observed ORPHANED (no node
+    /// will ever report them again), so their slots get replacements.
+    RemoveNode { id: Id },
+    /// Register a node (join). A no-op when the id is already known.
+    AddNode(Node),
+    /// What the API sets on a node: availability, labels (replaced whole), role. `None` keeps
+    /// the field. Fails when the node is unknown.
+    UpdateNodeSpec {
         id: Id,
+        availability: Option<Availability>,
+        labels: Option<BTreeMap<String, String>>,
+        role: Option<NodeRole>,
+    },
+    /// What the dispatcher (and the leader's liveness check) sets: status, address, engine
+    /// version, status message. `None` keeps the field. Fails when the node is unknown.
+    UpdateNodeStatus {
+        id: Id,
+        status: Option<NodeStatus>,
+        addr: Option<String>,
+        version: Option<String>,
+        message: Option<String>,
     },
     /// Create a service; fails if the name is taken.
     CreateService(Service),
@@ -196,14 +272,19 @@ pub enum Command {
         status: Option<UpdateStatus>,
     },
     /// Remove a service; its tasks get desired REMOVE and are deleted by the reaper.
-    RemoveService {
-        id: Id,
-    },
-    /// Create or replace tasks (orchestrator, scheduler, restart, updater). Keeps the observed
-    /// status of an existing task: managers never write it.
+    RemoveService { id: Id },
+    /// Create or replace tasks (orchestrator, restart, updater). Keeps the observed status of an
+    /// existing task: managers never write it. Precondition for a new task (else the whole
+    /// command, and the batch around it, is refused): its service exists at the task's
+    /// `spec_version`; a replicated slot is within `replicas`; a global task's node exists; and
+    /// its slot has no other runnable task of that version. A plan made from an older state
+    /// therefore cannot create tasks for a removed or changed service, nor fill a slot twice.
     PutTasks(Vec<Task>),
     /// The scheduler's decision: set the node of pending tasks and mark them ASSIGNED. Managers
     /// write observed states up to ASSIGNED; from ACCEPTED on only the node writes them.
+    /// Precondition (else refused whole): every task exists, is runnable, unassigned and not yet
+    /// ASSIGNED; its service exists; every node exists, is ready and active, and satisfies the
+    /// service's placement constraints.
     Assign {
         assignments: Vec<(Id, Id)>,
         now: Millis,
@@ -221,6 +302,10 @@ pub enum Command {
     },
     /// Delete finished tasks beyond the history limit, or of removed services.
     DeleteTasks(Vec<Id>),
+    /// The scheduler found no node for these pending tasks: record why in `status.err` (shown
+    /// in the ERROR column of `service ps`), as Swarm's "no suitable node (...)". Applies to
+    /// tasks still unassigned and not yet ASSIGNED; others are skipped.
+    SetSchedulingError { task_ids: Vec<Id>, err: String },
     /// Create, update or remove a stack together with its services, atomically.
     ApplyStack(StackChange),
     /// Several commands applied atomically.
@@ -260,6 +345,12 @@ pub enum ApplyError {
     TaskNotFound(String),
     #[error("node {0} not found")]
     NodeNotFound(String),
+    #[error("invalid spec for service {service}: {reason}")]
+    InvalidSpec { service: String, reason: String },
+    /// A precondition of the command no longer holds: it was planned from an older state. The
+    /// leader replans from the current state.
+    #[error("stale command: {0}")]
+    Precondition(String),
     #[error("port {port}/{protocol} is already published by service {service}")]
     PortInUse {
         port: u16,
@@ -288,297 +379,85 @@ impl ClusterState {
         }
     }
 
-    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.tasks
-            .values()
-            .filter(move |t| t.service_id == service_id)
+    fn index_fresh(&self) -> bool {
+        self.index.len() == self.tasks.len()
     }
 
-    /// Apply one command. On error the state is unchanged.
-    pub fn apply(&mut self, cmd: &Command) -> Result<Applied, ApplyError> {
-        // Compound commands apply to a scratch copy and are checked as a whole: a published port
-        // may move between services within one batch (a reload that moves it from one stack to
-        // another), so ports are checked against the final state only.
-        match cmd {
-            Command::Batch(_) | Command::ApplyStack(_) => {
-                let mut next = self.clone();
-                let applied = next.apply_inner(cmd, false)?;
-                next.check_all_ports()?;
-                *self = next;
-                Ok(applied)
-            }
-            _ => self.apply_inner(cmd, true),
+    /// The tasks of a service, by slot then id. Uses the index: cost proportional to the
+    /// service's tasks.
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
+        if !self.index_fresh() {
+            return Box::new(
+                self.tasks
+                    .values()
+                    .filter(move |t| t.service_id == service_id),
+            );
         }
+        Box::new(
+            self.index
+                .of_service(service_id)
+                .filter_map(|id| self.tasks.get(id))
+                .filter(move |t| t.service_id == service_id),
+        )
     }
 
-    /// `ports`: check published ports per command (false inside a compound command, which is
-    /// checked as a whole afterwards).
-    fn apply_inner(&mut self, cmd: &Command, ports: bool) -> Result<Applied, ApplyError> {
-        let one = Applied { changed: 1 };
-        match cmd {
-            Command::Bootstrap {
-                cluster_id,
-                settings,
-            } => {
-                if self.cluster_id.is_empty() {
-                    self.cluster_id = cluster_id.clone();
-                    self.settings = settings.clone();
-                    Ok(one)
-                } else {
-                    Ok(Applied::default())
-                }
-            }
-            Command::UpsertNode(node) => {
-                self.nodes.insert(node.id.clone(), node.clone());
-                Ok(one)
-            }
-            Command::RemoveNode { id } => {
-                self.nodes
-                    .remove(id)
-                    .ok_or_else(|| ApplyError::NodeNotFound(id.clone()))?;
-                Ok(one)
-            }
-            Command::CreateService(svc) => {
-                if self.service_by_name(&svc.spec.name).is_some() {
-                    return Err(ApplyError::ServiceExists(svc.spec.name.clone()));
-                }
-                if ports {
-                    self.check_ports(&svc.spec, None)?;
-                }
-                self.services.insert(svc.id.clone(), svc.clone());
-                Ok(one)
-            }
-            Command::UpdateService {
-                id,
-                spec,
-                image_digest,
-                now,
-            } => {
-                if ports {
-                    self.check_ports(spec, Some(id))?;
-                }
-                let svc = self
-                    .services
-                    .get_mut(id)
-                    .ok_or_else(|| ApplyError::ServiceNotFound(id.clone()))?;
-                if svc.spec == *spec
-                    && (image_digest.is_none() || svc.image_digest == *image_digest)
-                {
-                    return Ok(Applied::default());
-                }
-                let task_changed = svc.spec.task != spec.task
-                    || svc.spec.ports != spec.ports
-                    || (image_digest.is_some() && svc.image_digest != *image_digest);
-                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec.clone()));
-                svc.previous_image_digest = svc.image_digest.clone();
-                if image_digest.is_some() {
-                    svc.image_digest = image_digest.clone();
-                }
-                if task_changed {
-                    svc.version += 1;
-                }
-                svc.updated_at = *now;
-                Ok(one)
-            }
-            Command::SetUpdateStatus { service_id, status } => {
-                let svc = self
-                    .services
-                    .get_mut(service_id)
-                    .ok_or_else(|| ApplyError::ServiceNotFound(service_id.clone()))?;
-                svc.update_status = status.clone();
-                Ok(one)
-            }
-            Command::RemoveService { id } => {
-                self.services
-                    .remove(id)
-                    .ok_or_else(|| ApplyError::ServiceNotFound(id.clone()))?;
-                for t in self.tasks.values_mut().filter(|t| t.service_id == *id) {
-                    if t.desired < TaskState::Remove {
-                        t.desired = TaskState::Remove;
-                    }
-                }
-                Ok(one)
-            }
-            Command::PutTasks(tasks) => {
-                for t in tasks {
-                    match self.tasks.get_mut(&t.id) {
-                        Some(existing) => {
-                            let status = existing.status.clone();
-                            let desired = existing.desired.max(t.desired);
-                            *existing = t.clone();
-                            existing.status = status;
-                            existing.desired = desired;
-                        }
-                        None => {
-                            self.tasks.insert(t.id.clone(), t.clone());
-                        }
-                    }
-                }
-                Ok(Applied {
-                    changed: tasks.len() as u64,
-                })
-            }
-            Command::Assign { assignments, now } => {
-                let mut changed = 0;
-                for (task_id, node_id) in assignments {
-                    if let Some(t) = self.tasks.get_mut(task_id)
-                        && t.node_id.is_none()
-                        && t.status.state < TaskState::Assigned
-                    {
-                        t.node_id = Some(node_id.clone());
-                        t.status = TaskStatus {
-                            state: TaskState::Assigned,
-                            timestamp: *now,
-                            message: "scheduled".into(),
-                            ..Default::default()
-                        };
-                        changed += 1;
-                    }
-                }
-                Ok(Applied { changed })
-            }
-            Command::SetDesired { task_ids, desired } => {
-                let mut changed = 0;
-                for id in task_ids {
-                    if let Some(t) = self.tasks.get_mut(id) {
-                        let release =
-                            t.desired == TaskState::Ready && *desired == TaskState::Running;
-                        if *desired > t.desired || release {
-                            t.desired = *desired;
-                            changed += 1;
-                        }
-                    }
-                }
-                Ok(Applied { changed })
-            }
-            Command::UpdateTaskStatus {
-                task_id,
-                node_id,
-                status,
-            } => {
-                let Some(t) = self.tasks.get_mut(task_id) else {
-                    // The task was deleted meanwhile: a late report is harmless.
-                    return Ok(Applied::default());
-                };
-                if t.node_id.as_deref() != Some(node_id.as_str()) {
-                    return Ok(Applied::default());
-                }
-                if t.status.state.can_advance_to(status.state) || t.status.state == status.state {
-                    if t.status == *status {
-                        return Ok(Applied::default());
-                    }
-                    if status.state == TaskState::Running && t.started_at.is_none() {
-                        t.started_at = Some(status.timestamp);
-                    }
-                    t.status = status.clone();
-                    Ok(one)
-                } else {
-                    Ok(Applied::default())
-                }
-            }
-            Command::DeleteTasks(ids) => {
-                let mut changed = 0;
-                for id in ids {
-                    if self.tasks.remove(id).is_some() {
-                        changed += 1;
-                    }
-                }
-                Ok(Applied { changed })
-            }
-            Command::ApplyStack(change) => self.apply_stack(change),
-            Command::Batch(cmds) => {
-                let mut changed = 0;
-                for c in cmds {
-                    changed += self.apply_inner(c, false)?.changed;
-                }
-                Ok(Applied { changed })
-            }
+    /// The tasks of one slot of a service.
+    pub fn tasks_in_slot<'a>(
+        &'a self,
+        service_id: &'a str,
+        slot: &'a SlotKey,
+    ) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
+        if !self.index_fresh() {
+            return Box::new(
+                self.tasks
+                    .values()
+                    .filter(move |t| t.service_id == service_id && t.slot_key() == *slot),
+            );
         }
+        Box::new(
+            self.index
+                .in_slot(service_id, slot)
+                .filter_map(|id| self.tasks.get(id)),
+        )
     }
 
-    fn apply_stack(&mut self, change: &StackChange) -> Result<Applied, ApplyError> {
-        let mut changed = 0;
-        for id in &change.remove {
-            changed += self
-                .apply_inner(&Command::RemoveService { id: id.clone() }, false)?
-                .changed;
+    /// The tasks assigned to a node (whatever their state).
+    pub fn tasks_on<'a>(&'a self, node_id: &'a str) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
+        if !self.index_fresh() {
+            return Box::new(
+                self.tasks
+                    .values()
+                    .filter(move |t| t.node_id.as_deref() == Some(node_id)),
+            );
         }
-        for (id, spec, digest) in &change.update {
-            changed += self
-                .apply_inner(
-                    &Command::UpdateService {
-                        id: id.clone(),
-                        spec: spec.clone(),
-                        image_digest: digest.clone(),
-                        now: change.now,
-                    },
-                    false,
-                )?
-                .changed;
-        }
-        for svc in &change.create {
-            changed += self
-                .apply_inner(&Command::CreateService(svc.clone()), false)?
-                .changed;
-        }
-        match &change.stack {
-            Some(stack) => {
-                if self.stacks.get(&change.name) != Some(stack) {
-                    self.stacks.insert(change.name.clone(), stack.clone());
-                    changed += 1;
-                }
-            }
-            None => {
-                if self.stacks.remove(&change.name).is_none() && changed == 0 {
-                    return Err(ApplyError::StackNotFound(change.name.clone()));
-                }
-                changed += 1;
-            }
-        }
-        Ok(Applied { changed })
+        Box::new(
+            self.index
+                .on_node(node_id)
+                .filter_map(|id| self.tasks.get(id)),
+        )
     }
 
-    /// A published port may be used by one service only.
-    /// No two services publish the same port (checked after a compound command).
-    fn check_all_ports(&self) -> Result<(), ApplyError> {
-        let mut seen: BTreeMap<(u16, &str), &str> = BTreeMap::new();
-        for svc in self.services.values() {
-            for p in &svc.spec.ports {
-                if let Some(other) = seen.insert((p.published, p.protocol.as_str()), &svc.spec.name)
-                    && other != svc.spec.name
-                {
-                    return Err(ApplyError::PortInUse {
-                        port: p.published,
-                        protocol: p.protocol.as_str().into(),
-                        service: other.to_string(),
-                    });
-                }
-            }
+    /// Tasks without a node that have not reached ASSIGNED: what the scheduler looks at.
+    pub fn unassigned_tasks(&self) -> Box<dyn Iterator<Item = &Task> + '_> {
+        let unassigned = |t: &&Task| t.node_id.is_none() && t.status.state < TaskState::Assigned;
+        if !self.index_fresh() {
+            return Box::new(self.tasks.values().filter(unassigned));
         }
-        Ok(())
+        Box::new(
+            self.index
+                .unassigned()
+                .filter_map(|id| self.tasks.get(id))
+                .filter(unassigned),
+        )
     }
 
-    fn check_ports(&self, spec: &ServiceSpec, except: Option<&Id>) -> Result<(), ApplyError> {
-        for p in &spec.ports {
-            for other in self.services.values() {
-                if Some(&other.id) == except || other.spec.name == spec.name {
-                    continue;
-                }
-                if other
-                    .spec
-                    .ports
-                    .iter()
-                    .any(|q| q.published == p.published && q.protocol == p.protocol)
-                {
-                    return Err(ApplyError::PortInUse {
-                        port: p.published,
-                        protocol: p.protocol.as_str().into(),
-                        service: other.spec.name.clone(),
-                    });
-                }
-            }
+    /// Rebuild the task indexes from `tasks` (after deserialization or a direct edit).
+    pub fn rebuild_index(&mut self) {
+        let mut index = TaskIndex::default();
+        for t in self.tasks.values() {
+            index.insert(t);
         }
-        Ok(())
+        self.index = index;
     }
 }
 
@@ -633,6 +512,8 @@ mod tests {
     #[test]
     fn status_never_moves_backwards() {
         let mut st = ClusterState::default();
+        st.apply(&Command::CreateService(svc("a", "web", None)))
+            .unwrap();
         let task = Task {
             id: "t1".into(),
             service_id: "a".into(),
@@ -731,6 +612,375 @@ mod tests {
         // Additive change: an old snapshot without newer fields still loads.
         let old: ClusterState = serde_json::from_str(r#"{"cluster_id":"x"}"#).unwrap();
         assert_eq!(old.cluster_id, "x");
+    }
+}
+
+#[cfg(test)]
+mod multi_node {
+    use super::tests::svc;
+    use super::*;
+    use crate::*;
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            raft_id: 1,
+            name: id.into(),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+            addr: String::new(),
+            last_heartbeat: 0,
+            version: String::new(),
+            status_message: String::new(),
+        }
+    }
+
+    fn task(id: &str, service: &str, slot: u64) -> Task {
+        Task {
+            id: id.into(),
+            service_id: service.into(),
+            service_name: service.into(),
+            slot,
+            node_id: None,
+            spec_version: 1,
+            spec: TaskSpec::default(),
+            image_digest: None,
+            ports: vec![],
+            desired: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Pending,
+                ..Default::default()
+            },
+            created_at: 0,
+            not_before: None,
+            restart_attempt: 0,
+            started_at: None,
+        }
+    }
+
+    /// Two nodes, service `a` (3 replicas) with task t1 in slot 1 assigned to n1.
+    fn cluster() -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(&Command::AddNode(node("n1"))).unwrap();
+        st.apply(&Command::AddNode(node("n2"))).unwrap();
+        let mut s = svc("a", "web", None);
+        s.spec.mode = ServiceMode::Replicated { replicas: 3 };
+        st.apply(&Command::CreateService(s)).unwrap();
+        st.apply(&Command::PutTasks(vec![task("t1", "a", 1)]))
+            .unwrap();
+        st.apply(&Command::Assign {
+            assignments: vec![("t1".into(), "n1".into())],
+            now: 1,
+        })
+        .unwrap();
+        st
+    }
+
+    #[test]
+    fn add_node_is_a_no_op_when_present() {
+        let mut st = cluster();
+        let mut again = node("n1");
+        again.name = "renamed".into();
+        assert_eq!(st.apply(&Command::AddNode(again)).unwrap().changed, 0);
+        assert_eq!(st.nodes["n1"].name, "n1");
+    }
+
+    #[test]
+    fn node_spec_and_status_have_separate_writers() {
+        let mut st = cluster();
+        let labels: BTreeMap<String, String> = [("zone".to_string(), "a".to_string())].into();
+        st.apply(&Command::UpdateNodeSpec {
+            id: "n1".into(),
+            availability: Some(Availability::Drain),
+            labels: Some(labels.clone()),
+            role: None,
+        })
+        .unwrap();
+        st.apply(&Command::UpdateNodeStatus {
+            id: "n1".into(),
+            status: Some(NodeStatus::Down),
+            addr: Some("10.0.0.1:4600".into()),
+            version: None,
+            message: Some("heartbeat failure".into()),
+        })
+        .unwrap();
+        let n = &st.nodes["n1"];
+        // The status writer did not undo the spec writer's change, nor the other way round.
+        assert_eq!(n.availability, Availability::Drain);
+        assert_eq!(n.labels, labels);
+        assert_eq!(n.role, NodeRole::Worker);
+        assert_eq!(n.status, NodeStatus::Down);
+        assert_eq!(n.addr, "10.0.0.1:4600");
+        assert_eq!(n.status_message, "heartbeat failure");
+        // Setting the same values again changes nothing.
+        let same = Command::UpdateNodeSpec {
+            id: "n1".into(),
+            availability: Some(Availability::Drain),
+            labels: None,
+            role: None,
+        };
+        assert_eq!(st.apply(&same).unwrap().changed, 0);
+        let missing = Command::UpdateNodeStatus {
+            id: "nx".into(),
+            status: Some(NodeStatus::Ready),
+            addr: None,
+            version: None,
+            message: None,
+        };
+        assert_eq!(
+            st.apply(&missing).unwrap_err(),
+            ApplyError::NodeNotFound("nx".into())
+        );
+    }
+
+    #[test]
+    fn removing_a_node_orphans_its_unfinished_tasks() {
+        let mut st = cluster();
+        st.apply(&Command::RemoveNode { id: "n1".into() }).unwrap();
+        let t = &st.tasks["t1"];
+        assert!(!t.is_runnable(), "the slot must be free for a replacement");
+        assert_eq!(t.desired, TaskState::Shutdown);
+        assert_eq!(t.status.state, TaskState::Orphaned);
+        assert_eq!(st.tasks_on("n1").count(), 1, "history stays until reaped");
+    }
+
+    #[test]
+    fn out_of_bounds_replicas_are_refused_at_apply() {
+        let mut st = cluster();
+        let mut bad = svc("b", "bad", None);
+        bad.spec.mode = ServiceMode::Replicated {
+            replicas: 30_000_000_000,
+        };
+        assert!(matches!(
+            st.apply(&Command::CreateService(bad.clone())),
+            Err(ApplyError::InvalidSpec { .. })
+        ));
+        let update = Command::UpdateService {
+            id: "a".into(),
+            spec: bad.spec.clone(),
+            image_digest: None,
+            now: 5,
+        };
+        assert!(matches!(
+            st.apply(&update),
+            Err(ApplyError::InvalidSpec { .. })
+        ));
+        bad.spec.mode = ServiceMode::Replicated {
+            replicas: MAX_REPLICAS,
+        };
+        st.apply(&Command::CreateService(bad)).unwrap();
+    }
+
+    #[test]
+    fn a_stale_new_task_rejects_its_whole_batch() {
+        // The orphan task race: a plan made before the service was removed.
+        let mut st = cluster();
+        let plan = Command::Batch(vec![
+            Command::SetDesired {
+                task_ids: vec!["t1".into()],
+                desired: TaskState::Shutdown,
+            },
+            Command::PutTasks(vec![task("t2", "a", 2)]),
+        ]);
+        st.apply(&Command::RemoveService { id: "a".into() })
+            .unwrap();
+        let before = st.clone();
+        assert!(matches!(st.apply(&plan), Err(ApplyError::Precondition(_))));
+        assert_eq!(st, before);
+        assert_eq!(
+            st.tasks["t1"].desired,
+            TaskState::Remove,
+            "not rolled back past"
+        );
+    }
+
+    #[test]
+    fn new_tasks_need_the_current_version_a_valid_slot_and_a_free_slot() {
+        let mut st = cluster();
+        let mut old = task("t2", "a", 2);
+        old.spec_version = 0;
+        assert!(matches!(
+            st.apply(&Command::PutTasks(vec![old])),
+            Err(ApplyError::Precondition(_))
+        ));
+        assert!(matches!(
+            st.apply(&Command::PutTasks(vec![task("t3", "a", 4)])),
+            Err(ApplyError::Precondition(_))
+        ));
+        // Slot 1 already has a runnable task of this version (another leader filled it).
+        assert!(matches!(
+            st.apply(&Command::PutTasks(vec![task("t4", "a", 1)])),
+            Err(ApplyError::Precondition(_))
+        ));
+        st.apply(&Command::PutTasks(vec![task("t5", "a", 2)]))
+            .unwrap();
+        assert_eq!(st.tasks.len(), 2);
+    }
+
+    #[test]
+    fn assignments_need_a_pending_task_and_an_eligible_node() {
+        let mut st = cluster();
+        st.apply(&Command::PutTasks(vec![task("t2", "a", 2)]))
+            .unwrap();
+        let assign = |t: &str, n: &str| Command::Assign {
+            assignments: vec![(t.into(), n.into())],
+            now: 2,
+        };
+        // t1 is already assigned: a second leader's plan for it is stale.
+        assert!(matches!(
+            st.apply(&assign("t1", "n2")),
+            Err(ApplyError::Precondition(_))
+        ));
+        assert!(matches!(
+            st.apply(&assign("t2", "nx")),
+            Err(ApplyError::Precondition(_))
+        ));
+        st.apply(&Command::UpdateNodeSpec {
+            id: "n2".into(),
+            availability: Some(Availability::Pause),
+            labels: None,
+            role: None,
+        })
+        .unwrap();
+        assert!(matches!(
+            st.apply(&assign("t2", "n2")),
+            Err(ApplyError::Precondition(_))
+        ));
+        st.apply(&assign("t2", "n1")).unwrap();
+        assert_eq!(st.tasks["t2"].node_id.as_deref(), Some("n1"));
+        assert_eq!(st.tasks_on("n1").count(), 2);
+        assert_eq!(st.unassigned_tasks().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_batch_leaves_state_and_indexes_as_they_were() {
+        let mut st = cluster();
+        let before = st.clone();
+        let batch = Command::Batch(vec![
+            Command::PutTasks(vec![task("t2", "a", 2)]),
+            Command::Assign {
+                assignments: vec![("t2".into(), "n2".into())],
+                now: 3,
+            },
+            Command::DeleteTasks(vec!["t1".into()]),
+            Command::RemoveNode { id: "nx".into() },
+        ]);
+        assert!(st.apply(&batch).is_err());
+        assert_eq!(st, before);
+        let mut rebuilt = st.clone();
+        rebuilt.rebuild_index();
+        let x: Vec<_> = st.tasks_of("a").map(|t| &t.id).collect();
+        let y: Vec<_> = rebuilt.tasks_of("a").map(|t| &t.id).collect();
+        assert_eq!(x, y);
+        assert_eq!(st.tasks_on("n1").count(), 1);
+        assert_eq!(st.tasks_on("n2").count(), 0);
+        assert_eq!(st.unassigned_tasks().count(), 0);
+    }
+
+    #[test]
+    fn undo_log_takes_back_a_sequence_of_commands() {
+        let mut st = cluster();
+        let before = st.clone();
+        let mut log = UndoLog::default();
+        st.apply_logged(&Command::PutTasks(vec![task("t2", "a", 2)]), &mut log)
+            .unwrap();
+        st.apply_logged(&Command::RemoveNode { id: "n1".into() }, &mut log)
+            .unwrap();
+        st.undo(log);
+        assert_eq!(st, before);
+        assert_eq!(st.tasks_on("n1").count(), 1);
+        assert_eq!(st.tasks_of("a").count(), 1);
+    }
+
+    #[test]
+    fn snapshots_rebuild_the_index_and_old_shapes_still_load() {
+        let st = cluster();
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(!json.contains("index"), "the index is not persisted");
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, st);
+        assert_eq!(back.tasks_on("n1").count(), 1);
+        assert_eq!(back.tasks_of("a").count(), 1);
+        // A node and a service spec written before status_message and placement existed.
+        let mut v = serde_json::to_value(&st).unwrap();
+        v["nodes"]["n1"]
+            .as_object_mut()
+            .unwrap()
+            .remove("status_message");
+        v["services"]["a"]["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("placement");
+        let old: ClusterState = serde_json::from_value(v).unwrap();
+        assert_eq!(old, st);
+    }
+
+    #[test]
+    fn new_commands_round_trip() {
+        let mut p = Placement::default();
+        p.constraints.push(Constraint {
+            key: ConstraintKey::NodeLabel("zone".into()),
+            op: ConstraintOp::In,
+            values: vec!["a".into(), "b".into()],
+        });
+        p.preferences.push(PlacementPreference::Spread {
+            label: "zone".into(),
+        });
+        p.max_replicas_per_node = Some(2);
+        let mut s = svc("x", "x", None);
+        s.spec.placement = p;
+        let cmds = vec![
+            Command::AddNode(node("n9")),
+            Command::UpdateNodeSpec {
+                id: "n9".into(),
+                availability: Some(Availability::Pause),
+                labels: Some(BTreeMap::new()),
+                role: Some(NodeRole::Manager),
+            },
+            Command::UpdateNodeStatus {
+                id: "n9".into(),
+                status: Some(NodeStatus::Down),
+                addr: None,
+                version: Some("1".into()),
+                message: Some("heartbeat failure".into()),
+            },
+            Command::SetSchedulingError {
+                task_ids: vec!["t".into()],
+                err: "no suitable node".into(),
+            },
+            Command::CreateService(s),
+        ];
+        for c in cmds {
+            let json = serde_json::to_string(&c).unwrap();
+            let back: Command = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+
+    #[test]
+    fn constraints_match_as_swarm() {
+        let mut n = node("n1");
+        n.labels.insert("zone".into(), "A".into());
+        let c = |key, op, values: &[&str]| Constraint {
+            key,
+            op,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let zone = || ConstraintKey::NodeLabel("zone".into());
+        assert!(c(zone(), ConstraintOp::Eq, &["a"]).matches(&n));
+        assert!(!c(zone(), ConstraintOp::Ne, &["a"]).matches(&n));
+        assert!(c(zone(), ConstraintOp::In, &["b", "a"]).matches(&n));
+        let rack = ConstraintKey::NodeLabel("rack".into());
+        assert!(!c(rack.clone(), ConstraintOp::Eq, &["1"]).matches(&n));
+        assert!(c(rack, ConstraintOp::Ne, &["1"]).matches(&n));
+        assert!(c(ConstraintKey::NodeRole, ConstraintOp::Eq, &["worker"]).matches(&n));
+        assert!(!c(ConstraintKey::NodeHostname, ConstraintOp::Ne, &["n1"]).matches(&n));
+        assert_eq!(
+            c(zone(), ConstraintOp::In, &["a", "b"]).to_string(),
+            "node.labels.zone in (a, b)"
+        );
     }
 }
 

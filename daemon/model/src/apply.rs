@@ -1,0 +1,653 @@
+//! `ClusterState::apply`: the raft state machine's transition.
+//!
+//! Every change goes through a few primitives that record the previous value of what they touch
+//! in an undo log, so a command that fails half-way (a batch whose third command is stale) is
+//! rolled back at a cost proportional to what it changed, never by cloning the whole state.
+//! Apply never panics on any command, committed or not: bad input is an `ApplyError` and leaves
+//! the state as it was.
+
+use crate::index::Keys;
+use crate::{
+    Applied, ApplyError, ClusterSettings, ClusterState, Command, Id, Node, ServiceMode, Stack,
+    StackChange, Task, TaskState, TaskStatus,
+};
+use crate::{Service, ServiceSpec};
+
+/// One recorded change, holding the value before it.
+#[derive(Debug, Clone)]
+enum Undo {
+    Header(Id, ClusterSettings),
+    Node(Id, Option<Node>),
+    Service(Id, Option<Box<Service>>),
+    Task(Id, Option<Box<Task>>),
+    Stack(String, Option<Stack>),
+}
+
+/// The changes made by [`ClusterState::apply_logged`], to be taken back with
+/// [`ClusterState::undo`]. The control plane uses it to plan against the live state without
+/// cloning it.
+#[derive(Debug, Default)]
+pub struct UndoLog(Vec<Undo>);
+
+impl UndoLog {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl ClusterState {
+    /// Apply one command. On error the state is unchanged.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Applied, ApplyError> {
+        let mut log = UndoLog::default();
+        self.apply_logged(cmd, &mut log)
+    }
+
+    /// Apply one command and append what it changed to `log`. On error the command's own
+    /// changes are already taken back (earlier entries of `log` stay).
+    pub fn apply_logged(
+        &mut self,
+        cmd: &Command,
+        log: &mut UndoLog,
+    ) -> Result<Applied, ApplyError> {
+        let mark = log.0.len();
+        // Compound commands check published ports on the final state only: a port may move
+        // between services within one batch (a reload that moves it from one stack to another).
+        let compound = matches!(cmd, Command::Batch(_) | Command::ApplyStack(_));
+        let result = self.apply_inner(cmd, !compound, log).and_then(|applied| {
+            if compound {
+                self.check_all_ports()?;
+            }
+            Ok(applied)
+        });
+        if result.is_err() {
+            self.rollback(log, mark);
+        }
+        result
+    }
+
+    /// Take back every change recorded in `log`, newest first.
+    pub fn undo(&mut self, mut log: UndoLog) {
+        self.rollback(&mut log, 0);
+    }
+
+    fn rollback(&mut self, log: &mut UndoLog, mark: usize) {
+        while log.0.len() > mark {
+            let Some(u) = log.0.pop() else { break };
+            match u {
+                Undo::Header(id, settings) => {
+                    self.cluster_id = id;
+                    self.settings = settings;
+                }
+                Undo::Node(id, old) => restore(&mut self.nodes, id, old),
+                Undo::Service(id, old) => restore(&mut self.services, id, old.map(|b| *b)),
+                Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
+                Undo::Task(id, old) => self.put_task_raw(id, old.map(|b| *b)),
+            }
+        }
+    }
+
+    // The primitives: each records the previous value, then changes one object.
+
+    fn set_node(&mut self, log: &mut UndoLog, id: &Id, node: Option<Node>) {
+        let old = match node {
+            Some(n) => self.nodes.insert(id.clone(), n),
+            None => self.nodes.remove(id),
+        };
+        log.0.push(Undo::Node(id.clone(), old));
+    }
+
+    fn set_service(&mut self, log: &mut UndoLog, id: &Id, svc: Option<Service>) {
+        let old = match svc {
+            Some(s) => self.services.insert(id.clone(), s),
+            None => self.services.remove(id),
+        };
+        log.0.push(Undo::Service(id.clone(), old.map(Box::new)));
+    }
+
+    fn set_stack(&mut self, log: &mut UndoLog, name: &str, stack: Option<Stack>) {
+        let old = match stack {
+            Some(s) => self.stacks.insert(name.to_string(), s),
+            None => self.stacks.remove(name),
+        };
+        log.0.push(Undo::Stack(name.to_string(), old));
+    }
+
+    fn set_task(&mut self, log: &mut UndoLog, id: &Id, task: Option<Task>) {
+        let old = self.tasks.get(id).cloned().map(Box::new);
+        self.put_task_raw(id.clone(), task);
+        log.0.push(Undo::Task(id.clone(), old));
+    }
+
+    /// Change a task in place with `f`, which returns whether it changed anything (it must not
+    /// change anything when it returns false). Keeps the index and the undo log.
+    fn update_task(
+        &mut self,
+        log: &mut UndoLog,
+        id: &str,
+        f: impl FnOnce(&mut Task) -> bool,
+    ) -> bool {
+        let Some(t) = self.tasks.get_mut(id) else {
+            return false;
+        };
+        let old = t.clone();
+        if !f(t) {
+            return false;
+        }
+        let (before, after) = (Keys::of(&old), Keys::of(t));
+        let id = t.id.clone();
+        self.index.update(&id, &before, &after);
+        log.0.push(Undo::Task(id, Some(Box::new(old))));
+        true
+    }
+
+    /// Insert, replace or remove a task, keeping the index; records nothing.
+    fn put_task_raw(&mut self, id: Id, task: Option<Task>) {
+        // Old keys out first: the new task may share them.
+        if let Some(old) = self.tasks.get(&id) {
+            self.index.remove(old);
+        }
+        match task {
+            Some(t) => {
+                self.index.insert(&t);
+                self.tasks.insert(id, t);
+            }
+            None => {
+                self.tasks.remove(&id);
+            }
+        }
+    }
+
+    /// `ports`: check published ports per command (false inside a compound command, which is
+    /// checked as a whole afterwards).
+    fn apply_inner(
+        &mut self,
+        cmd: &Command,
+        ports: bool,
+        log: &mut UndoLog,
+    ) -> Result<Applied, ApplyError> {
+        let one = Applied { changed: 1 };
+        let none = Applied::default();
+        match cmd {
+            Command::Bootstrap {
+                cluster_id,
+                settings,
+            } => {
+                if !self.cluster_id.is_empty() {
+                    return Ok(none);
+                }
+                log.0
+                    .push(Undo::Header(self.cluster_id.clone(), self.settings.clone()));
+                self.cluster_id = cluster_id.clone();
+                self.settings = settings.clone();
+                Ok(one)
+            }
+            Command::UpsertNode(node) => {
+                self.set_node(log, &node.id, Some(node.clone()));
+                Ok(one)
+            }
+            Command::AddNode(node) => {
+                if self.nodes.contains_key(&node.id) {
+                    return Ok(none);
+                }
+                self.set_node(log, &node.id, Some(node.clone()));
+                Ok(one)
+            }
+            Command::UpdateNodeSpec {
+                id,
+                availability,
+                labels,
+                role,
+            } => {
+                let mut node = self.node(id)?.clone();
+                if let Some(a) = availability {
+                    node.availability = *a;
+                }
+                if let Some(l) = labels {
+                    node.labels = l.clone();
+                }
+                if let Some(r) = role {
+                    node.role = *r;
+                }
+                self.replace_node(log, node)
+            }
+            Command::UpdateNodeStatus {
+                id,
+                status,
+                addr,
+                version,
+                message,
+            } => {
+                let mut node = self.node(id)?.clone();
+                if let Some(s) = status {
+                    node.status = *s;
+                }
+                if let Some(a) = addr {
+                    node.addr = a.clone();
+                }
+                if let Some(v) = version {
+                    node.version = v.clone();
+                }
+                if let Some(m) = message {
+                    node.status_message = m.clone();
+                }
+                self.replace_node(log, node)
+            }
+            Command::RemoveNode { id } => {
+                self.node(id)?;
+                self.set_node(log, id, None);
+                // No node will ever report these tasks again: they are orphaned, and their
+                // slots get replacements (the orchestrator sees no runnable task there).
+                let on_node: Vec<Id> = self.tasks_on(id).map(|t| t.id.clone()).collect();
+                for tid in on_node {
+                    self.update_task(log, &tid, |t| {
+                        if t.status.state.is_terminal() {
+                            return false;
+                        }
+                        t.desired = t.desired.max(TaskState::Shutdown);
+                        t.status = TaskStatus {
+                            state: TaskState::Orphaned,
+                            timestamp: t.status.timestamp,
+                            message: "node removed".into(),
+                            ..Default::default()
+                        };
+                        true
+                    });
+                }
+                Ok(one)
+            }
+            Command::CreateService(svc) => {
+                check_bounds(&svc.spec)?;
+                if self.service_by_name(&svc.spec.name).is_some()
+                    || self.services.contains_key(&svc.id)
+                {
+                    return Err(ApplyError::ServiceExists(svc.spec.name.clone()));
+                }
+                if ports {
+                    self.check_ports(&svc.spec, None)?;
+                }
+                self.set_service(log, &svc.id, Some(svc.clone()));
+                Ok(one)
+            }
+            Command::UpdateService {
+                id,
+                spec,
+                image_digest,
+                now,
+            } => {
+                check_bounds(spec)?;
+                let Some(svc) = self.services.get(id) else {
+                    return Err(ApplyError::ServiceNotFound(id.clone()));
+                };
+                if svc.spec == *spec
+                    && (image_digest.is_none() || svc.image_digest == *image_digest)
+                {
+                    return Ok(none);
+                }
+                if ports {
+                    self.check_ports(spec, Some(id))?;
+                }
+                let mut svc = svc.clone();
+                let task_changed = svc.spec.task != spec.task
+                    || svc.spec.ports != spec.ports
+                    || (image_digest.is_some() && svc.image_digest != *image_digest);
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec.clone()));
+                svc.previous_image_digest = svc.image_digest.clone();
+                if image_digest.is_some() {
+                    svc.image_digest = image_digest.clone();
+                }
+                if task_changed {
+                    svc.version += 1;
+                }
+                svc.updated_at = *now;
+                self.set_service(log, id, Some(svc));
+                Ok(one)
+            }
+            Command::SetUpdateStatus { service_id, status } => {
+                let Some(svc) = self.services.get(service_id) else {
+                    return Err(ApplyError::ServiceNotFound(service_id.clone()));
+                };
+                let mut svc = svc.clone();
+                svc.update_status = status.clone();
+                self.set_service(log, service_id, Some(svc));
+                Ok(one)
+            }
+            Command::RemoveService { id } => {
+                if !self.services.contains_key(id) {
+                    return Err(ApplyError::ServiceNotFound(id.clone()));
+                }
+                self.set_service(log, id, None);
+                let tasks: Vec<Id> = self.tasks_of(id).map(|t| t.id.clone()).collect();
+                for tid in tasks {
+                    self.update_task(log, &tid, |t| {
+                        let change = t.desired < TaskState::Remove;
+                        if change {
+                            t.desired = TaskState::Remove;
+                        }
+                        change
+                    });
+                }
+                Ok(one)
+            }
+            Command::PutTasks(tasks) => {
+                for t in tasks {
+                    match self.tasks.get(&t.id) {
+                        Some(existing) => {
+                            let mut next = t.clone();
+                            next.status = existing.status.clone();
+                            next.desired = existing.desired.max(t.desired);
+                            self.set_task(log, &t.id, Some(next));
+                        }
+                        None => {
+                            self.check_new_task(t)?;
+                            self.set_task(log, &t.id, Some(t.clone()));
+                        }
+                    }
+                }
+                Ok(Applied {
+                    changed: tasks.len() as u64,
+                })
+            }
+            Command::Assign { assignments, now } => {
+                for (task_id, node_id) in assignments {
+                    self.check_assignment(task_id, node_id)?;
+                    self.update_task(log, task_id, |t| {
+                        t.node_id = Some(node_id.clone());
+                        t.status = TaskStatus {
+                            state: TaskState::Assigned,
+                            timestamp: *now,
+                            message: "scheduled".into(),
+                            ..Default::default()
+                        };
+                        true
+                    });
+                }
+                Ok(Applied {
+                    changed: assignments.len() as u64,
+                })
+            }
+            Command::SetDesired { task_ids, desired } => {
+                let mut changed = 0;
+                for id in task_ids {
+                    let done = self.update_task(log, id, |t| {
+                        let release =
+                            t.desired == TaskState::Ready && *desired == TaskState::Running;
+                        let change = *desired > t.desired || release;
+                        if change {
+                            t.desired = *desired;
+                        }
+                        change
+                    });
+                    changed += u64::from(done);
+                }
+                Ok(Applied { changed })
+            }
+            Command::UpdateTaskStatus {
+                task_id,
+                node_id,
+                status,
+            } => {
+                // A late report for a deleted task, or one from another node, is ignored; so is
+                // a report that would move the observed state backwards.
+                let done = self.update_task(log, task_id, |t| {
+                    if t.node_id.as_deref() != Some(node_id.as_str()) {
+                        return false;
+                    }
+                    let forward = t.status.state.can_advance_to(status.state)
+                        || t.status.state == status.state;
+                    if !forward || t.status == *status {
+                        return false;
+                    }
+                    if status.state == TaskState::Running && t.started_at.is_none() {
+                        t.started_at = Some(status.timestamp);
+                    }
+                    t.status = status.clone();
+                    true
+                });
+                Ok(Applied {
+                    changed: u64::from(done),
+                })
+            }
+            Command::DeleteTasks(ids) => {
+                let mut changed = 0;
+                for id in ids {
+                    if self.tasks.contains_key(id) {
+                        self.set_task(log, id, None);
+                        changed += 1;
+                    }
+                }
+                Ok(Applied { changed })
+            }
+            Command::SetSchedulingError { task_ids, err } => {
+                let mut changed = 0;
+                for id in task_ids {
+                    let done = self.update_task(log, id, |t| {
+                        let pending = t.node_id.is_none() && t.status.state < TaskState::Assigned;
+                        if !pending || t.status.err.as_deref() == Some(err.as_str()) {
+                            return false;
+                        }
+                        t.status.err = Some(err.clone());
+                        t.status.message = "pending task scheduling failed".into();
+                        true
+                    });
+                    changed += u64::from(done);
+                }
+                Ok(Applied { changed })
+            }
+            Command::ApplyStack(change) => self.apply_stack(change, log),
+            Command::Batch(cmds) => {
+                let mut changed = 0;
+                for c in cmds {
+                    changed += self.apply_inner(c, false, log)?.changed;
+                }
+                Ok(Applied { changed })
+            }
+        }
+    }
+
+    fn node(&self, id: &Id) -> Result<&Node, ApplyError> {
+        self.nodes
+            .get(id)
+            .ok_or_else(|| ApplyError::NodeNotFound(id.clone()))
+    }
+
+    fn replace_node(&mut self, log: &mut UndoLog, node: Node) -> Result<Applied, ApplyError> {
+        if self.nodes.get(&node.id) == Some(&node) {
+            return Ok(Applied::default());
+        }
+        let id = node.id.clone();
+        self.set_node(log, &id, Some(node));
+        Ok(Applied { changed: 1 })
+    }
+
+    /// The precondition of a new task in `PutTasks` (see [`Command::PutTasks`]).
+    fn check_new_task(&self, t: &Task) -> Result<(), ApplyError> {
+        let stale = |why: String| {
+            Err(ApplyError::Precondition(format!(
+                "new task {}: {why}",
+                t.id
+            )))
+        };
+        let Some(svc) = self.services.get(&t.service_id) else {
+            return stale(format!("service {} no longer exists", t.service_id));
+        };
+        if svc.version != t.spec_version {
+            return stale(format!(
+                "made from version {} of service {}, which is now at version {}",
+                t.spec_version, svc.spec.name, svc.version
+            ));
+        }
+        match (svc.spec.mode, t.slot) {
+            (ServiceMode::Replicated { replicas }, slot) if slot == 0 || slot > replicas => {
+                return stale(format!(
+                    "slot {slot} is outside 1..={replicas} of service {}",
+                    svc.spec.name
+                ));
+            }
+            (ServiceMode::Global, 0)
+                if !t
+                    .node_id
+                    .as_ref()
+                    .is_some_and(|n| self.nodes.contains_key(n)) =>
+            {
+                return stale("its node no longer exists".into());
+            }
+            (ServiceMode::Global, slot) => {
+                return stale(format!("slot {slot} in global service {}", svc.spec.name));
+            }
+            _ => {}
+        }
+        let slot = t.slot_key();
+        if let Some(other) = self
+            .tasks_in_slot(&t.service_id, &slot)
+            .find(|o| o.is_runnable() && o.spec_version == t.spec_version)
+        {
+            return stale(format!(
+                "slot {} of service {} already has task {}",
+                t.name(),
+                svc.spec.name,
+                other.id
+            ));
+        }
+        Ok(())
+    }
+
+    /// The precondition of one assignment (see [`Command::Assign`]).
+    fn check_assignment(&self, task_id: &Id, node_id: &Id) -> Result<(), ApplyError> {
+        let stale = |why: &str| {
+            Err(ApplyError::Precondition(format!(
+                "assign task {task_id} to node {node_id}: {why}"
+            )))
+        };
+        let Some(t) = self.tasks.get(task_id) else {
+            return stale("the task no longer exists");
+        };
+        if t.node_id.is_some() || t.status.state >= TaskState::Assigned || !t.is_runnable() {
+            return stale("the task is no longer pending");
+        }
+        let Some(node) = self.nodes.get(node_id) else {
+            return stale("the node no longer exists");
+        };
+        if !node.is_eligible() {
+            return stale("the node is not ready and active");
+        }
+        let Some(svc) = self.services.get(&t.service_id) else {
+            return stale("the service no longer exists");
+        };
+        if !svc.spec.placement.matches(node) {
+            return stale("the node does not satisfy the service's constraints");
+        }
+        Ok(())
+    }
+
+    fn apply_stack(
+        &mut self,
+        change: &StackChange,
+        log: &mut UndoLog,
+    ) -> Result<Applied, ApplyError> {
+        let mut changed = 0;
+        for id in &change.remove {
+            changed += self
+                .apply_inner(&Command::RemoveService { id: id.clone() }, false, log)?
+                .changed;
+        }
+        for (id, spec, digest) in &change.update {
+            changed += self
+                .apply_inner(
+                    &Command::UpdateService {
+                        id: id.clone(),
+                        spec: spec.clone(),
+                        image_digest: digest.clone(),
+                        now: change.now,
+                    },
+                    false,
+                    log,
+                )?
+                .changed;
+        }
+        for svc in &change.create {
+            changed += self
+                .apply_inner(&Command::CreateService(svc.clone()), false, log)?
+                .changed;
+        }
+        match &change.stack {
+            Some(stack) => {
+                if self.stacks.get(&change.name) != Some(stack) {
+                    self.set_stack(log, &change.name, Some(stack.clone()));
+                    changed += 1;
+                }
+            }
+            None => {
+                if !self.stacks.contains_key(&change.name) && changed == 0 {
+                    return Err(ApplyError::StackNotFound(change.name.clone()));
+                }
+                if self.stacks.contains_key(&change.name) {
+                    self.set_stack(log, &change.name, None);
+                }
+                changed += 1;
+            }
+        }
+        Ok(Applied { changed })
+    }
+
+    /// No two services publish the same port (checked after a compound command).
+    fn check_all_ports(&self) -> Result<(), ApplyError> {
+        let mut seen: std::collections::BTreeMap<(u16, &str), &str> =
+            std::collections::BTreeMap::new();
+        for svc in self.services.values() {
+            for p in &svc.spec.ports {
+                if let Some(other) = seen.insert((p.published, p.protocol.as_str()), &svc.spec.name)
+                    && other != svc.spec.name
+                {
+                    return Err(ApplyError::PortInUse {
+                        port: p.published,
+                        protocol: p.protocol.as_str().into(),
+                        service: other.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_ports(&self, spec: &ServiceSpec, except: Option<&Id>) -> Result<(), ApplyError> {
+        for p in &spec.ports {
+            for other in self.services.values() {
+                if Some(&other.id) == except || other.spec.name == spec.name {
+                    continue;
+                }
+                if other
+                    .spec
+                    .ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+                {
+                    return Err(ApplyError::PortInUse {
+                        port: p.published,
+                        protocol: p.protocol.as_str().into(),
+                        service: other.spec.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_bounds(spec: &ServiceSpec) -> Result<(), ApplyError> {
+    spec.check_bounds()
+        .map_err(|reason| ApplyError::InvalidSpec {
+            service: spec.name.clone(),
+            reason,
+        })
+}
+
+fn restore<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>, key: K, old: Option<V>) {
+    match old {
+        Some(v) => {
+            map.insert(key, v);
+        }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
