@@ -9,13 +9,15 @@
 //! Reconciliation is level-triggered: the plan depends only on the state and `now`, never on
 //! which event woke the caller. Running `reconcile` on a converged state returns no commands.
 
+mod liveness;
 mod orchestrator;
 mod reaper;
 mod scheduler;
 pub mod stacks;
 mod updater;
 
-use model::{ClusterState, Command, Id, Millis};
+pub use liveness::{DOWN_AFTER_PERIODS, liveness};
+use model::{ClusterState, Command, Id, Millis, UndoLog};
 
 /// Where new task ids come from. The daemon draws random ids; the simulation uses a seeded RNG.
 pub trait IdSource {
@@ -61,29 +63,43 @@ impl Plan {
     }
 }
 
-/// Working state for one pass: the state as the commands planned so far will leave it.
+/// Working state for one pass: the state as the commands planned so far leave it. Commands are
+/// applied to the caller's state through an undo log and taken back when the pass ends, so a
+/// pass costs what it reads and plans, not a copy of the whole state.
 pub(crate) struct Pass<'a> {
-    pub state: ClusterState,
+    pub state: &'a mut ClusterState,
+    pub undo: UndoLog,
     pub now: Millis,
     pub ids: &'a mut dyn IdSource,
     pub plan: Plan,
 }
 
 impl Pass<'_> {
-    /// Record a command and apply it to the working copy so later phases see its effect.
+    /// Record a command and apply it to the working state so later phases see its effect.
     pub fn push(&mut self, cmd: Command) {
         // Commands built here are valid by construction; a rejected one is dropped from the plan
         // so that the batch as a whole still applies.
-        if self.state.apply(&cmd).is_ok() {
+        if self.state.apply_logged(&cmd, &mut self.undo).is_ok() {
             self.plan.commands.push(cmd);
         }
     }
 }
 
 /// Compute the commands that move `state` towards its specs at time `now`.
+///
+/// Works on a copy of `state`; a caller that owns a mutable state can use
+/// [`reconcile_in_place`] and skip the copy.
 pub fn reconcile(state: &ClusterState, now: Millis, ids: &mut dyn IdSource) -> Plan {
+    let mut copy = state.clone();
+    reconcile_in_place(&mut copy, now, ids)
+}
+
+/// [`reconcile`] without the copy: plans against `state` itself and leaves it exactly as it
+/// was (the plan's commands are applied while planning, then undone).
+pub fn reconcile_in_place(state: &mut ClusterState, now: Millis, ids: &mut dyn IdSource) -> Plan {
     let mut pass = Pass {
-        state: state.clone(),
+        state,
+        undo: UndoLog::default(),
         now,
         ids,
         plan: Plan::default(),
@@ -95,7 +111,11 @@ pub fn reconcile(state: &ClusterState, now: Millis, ids: &mut dyn IdSource) -> P
     }
     scheduler::schedule(&mut pass);
     reaper::reap(&mut pass);
-    pass.plan
+    let Pass {
+        state, undo, plan, ..
+    } = pass;
+    state.undo(undo);
+    plan
 }
 
 #[cfg(test)]

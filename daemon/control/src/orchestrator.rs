@@ -7,30 +7,64 @@
 //!   start waits `delay * 2^(attempt-1)` (capped at `max_delay`); a task that ran at least the
 //!   policy's `window` resets the backoff;
 //! - a slot that no longer exists (scale down, node drained or gone) has its tasks stopped:
-//!   desired REMOVE for replicated slots, SHUTDOWN for global ones.
+//!   desired REMOVE for replicated slots, SHUTDOWN for global ones;
+//! - a replicated task on a node that is down, drained, removed or no longer satisfies the
+//!   placement constraints gets desired SHUTDOWN and its slot a new task at once (no backoff:
+//!   it was stopped on purpose). When a down node returns, its agent sees desired SHUTDOWN and
+//!   stops the replaced tasks; only one runnable task per slot and version is ever counted.
+//!   Global tasks are not moved: a down, drained or non-matching node's global tasks are shut
+//!   down, and a paused node keeps them but gets no new ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use model::{
-    Availability, Command, Id, NodeStatus, RestartCondition, Service, ServiceMode, SlotKey, Task,
-    TaskState, TaskStatus,
+    Availability, ClusterState, Command, Id, MAX_REPLICAS, NodeStatus, RestartCondition, Service,
+    ServiceMode, SlotKey, Task, TaskState, TaskStatus,
 };
 
 use crate::Pass;
 
 /// The slots a service should have right now.
-pub(crate) fn wanted_slots(pass: &Pass<'_>, svc: &Service) -> BTreeSet<SlotKey> {
+pub(crate) enum Wanted {
+    /// Slots `1..=n`, with `n` capped at [`MAX_REPLICAS`] so that a spec committed before the
+    /// bound existed cannot make planning allocate without limit.
+    Replicas(u64),
+    /// One slot per node.
+    Nodes(BTreeSet<Id>),
+}
+
+impl Wanted {
+    pub(crate) fn contains(&self, slot: &SlotKey) -> bool {
+        match (self, slot) {
+            (Wanted::Replicas(n), SlotKey::Slot(s)) => *s >= 1 && s <= n,
+            (Wanted::Nodes(nodes), SlotKey::Node(id)) => nodes.contains(id),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn iter(&self) -> Box<dyn Iterator<Item = SlotKey> + '_> {
+        match self {
+            Wanted::Replicas(n) => Box::new((1..=*n).map(SlotKey::Slot)),
+            Wanted::Nodes(nodes) => Box::new(nodes.iter().cloned().map(SlotKey::Node)),
+        }
+    }
+}
+
+pub(crate) fn wanted_slots(state: &ClusterState, svc: &Service) -> Wanted {
     match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => (1..=replicas).map(SlotKey::Slot).collect(),
+        ServiceMode::Replicated { replicas } => Wanted::Replicas(replicas.min(MAX_REPLICAS)),
         // A paused node keeps its global tasks (no new ones start there: see
-        // `reconcile_service`); a drained or down node loses them.
-        ServiceMode::Global => pass
-            .state
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Ready && n.availability != Availability::Drain)
-            .map(|n| SlotKey::Node(n.id.clone()))
-            .collect(),
+        // `reconcile_service`); a drained or down node, or one that no longer satisfies the
+        // constraints, loses them. They are not moved anywhere else.
+        ServiceMode::Global => Wanted::Nodes(
+            state
+                .nodes
+                .values()
+                .filter(|n| n.status == NodeStatus::Ready && n.availability != Availability::Drain)
+                .filter(|n| svc.spec.placement.matches(n))
+                .map(|n| n.id.clone())
+                .collect(),
+        ),
     }
 }
 
@@ -42,10 +76,13 @@ pub(crate) fn ran_for(t: &Task) -> u64 {
 }
 
 /// Tasks of a service grouped by slot, oldest first.
-pub(crate) fn tasks_by_slot(pass: &Pass<'_>, service_id: &str) -> BTreeMap<SlotKey, Vec<Task>> {
-    let mut slots: BTreeMap<SlotKey, Vec<Task>> = BTreeMap::new();
-    for t in pass.state.tasks_of(service_id) {
-        slots.entry(t.slot_key()).or_default().push(t.clone());
+pub(crate) fn tasks_by_slot<'a>(
+    state: &'a ClusterState,
+    service_id: &'a str,
+) -> BTreeMap<SlotKey, Vec<&'a Task>> {
+    let mut slots: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for t in state.tasks_of(service_id) {
+        slots.entry(t.slot_key()).or_default().push(t);
     }
     for tasks in slots.values_mut() {
         tasks.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -88,18 +125,37 @@ pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Ta
     }
 }
 
-pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
-    let Some(svc) = pass.state.services.get(service_id).cloned() else {
-        return;
-    };
-    let wanted = wanted_slots(pass, &svc);
-    let slots = tasks_by_slot(pass, service_id);
-    let global = matches!(svc.spec.mode, ServiceMode::Global);
+/// A runnable replicated task whose node is gone, down, drained, or no longer satisfies the
+/// service's constraints: it is stopped and its slot gets a new task elsewhere. (When a down
+/// node comes back, the agent finds these tasks with desired SHUTDOWN and stops them.)
+fn lost(state: &ClusterState, svc: &Service, t: &Task) -> bool {
+    t.node_id
+        .as_ref()
+        .is_some_and(|n| match state.nodes.get(n) {
+            Some(node) => {
+                node.availability == Availability::Drain
+                    || node.status == NodeStatus::Down
+                    || !svc.spec.placement.matches(node)
+            }
+            None => true,
+        })
+}
 
-    let mut retire = Vec::new();
-    let mut remove = Vec::new();
-    let mut shutdown = Vec::new();
-    let mut create = Vec::new();
+/// What one pass does to one service's slots.
+#[derive(Default)]
+struct Decision {
+    retire: Vec<Id>,
+    remove: Vec<Id>,
+    shutdown: Vec<Id>,
+    create: Vec<(SlotKey, Option<u64>, u32)>,
+}
+
+fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
+    let wanted = wanted_slots(state, svc);
+    let slots = tasks_by_slot(state, &svc.id);
+    let global = matches!(svc.spec.mode, ServiceMode::Global);
+    let mut d = Decision::default();
+    let mut stopping: BTreeSet<&str> = BTreeSet::new();
 
     for (slot, tasks) in &slots {
         // Tasks that died on their own are retired from the slot.
@@ -107,79 +163,76 @@ pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
             .iter()
             .filter(|t| t.desired <= TaskState::Running && t.status.state.is_terminal())
         {
-            retire.push(t.id.clone());
-        }
-        // Replicated tasks on a drained, down or vanished node are stopped; their slot is then
-        // empty and gets a new task on an eligible node.
-        if !global && wanted.contains(slot) {
-            for t in tasks.iter().filter(|t| t.is_runnable()) {
-                let lost = t
-                    .node_id
-                    .as_ref()
-                    .is_some_and(|n| match pass.state.nodes.get(n) {
-                        Some(node) => {
-                            node.availability == Availability::Drain
-                                || node.status == NodeStatus::Down
-                        }
-                        None => true,
-                    });
-                if lost {
-                    shutdown.push(t.id.clone());
-                }
-            }
+            d.retire.push(t.id.clone());
         }
         if !wanted.contains(slot) {
             for t in tasks.iter().filter(|t| t.is_runnable()) {
                 if global {
-                    shutdown.push(t.id.clone())
+                    d.shutdown.push(t.id.clone())
                 } else {
-                    remove.push(t.id.clone())
+                    d.remove.push(t.id.clone())
                 }
+            }
+        } else if !global {
+            for t in tasks
+                .iter()
+                .filter(|t| t.is_runnable() && lost(state, svc, t))
+            {
+                d.shutdown.push(t.id.clone());
+                stopping.insert(&t.id);
             }
         }
     }
 
-    for slot in &wanted {
-        let tasks = slots.get(slot).map(Vec::as_slice).unwrap_or(&[]);
+    for slot in wanted.iter() {
+        let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
         if tasks
             .iter()
-            .any(|t| t.is_runnable() && !shutdown.contains(&t.id))
+            .any(|t| t.is_runnable() && !stopping.contains(t.id.as_str()))
         {
             continue;
         }
         // No new task on a paused node.
-        if let SlotKey::Node(n) = slot
-            && !pass.state.nodes.get(n).is_some_and(|n| n.is_eligible())
+        if let SlotKey::Node(n) = &slot
+            && !state.nodes.get(n).is_some_and(|n| n.is_eligible())
         {
             continue;
         }
-        match replacement_for(&svc, tasks, pass.now) {
+        match replacement_for(svc, tasks, now) {
             Replacement::None => {}
-            Replacement::Now => create.push((slot.clone(), None, 0)),
-            Replacement::After { at, attempt } => create.push((slot.clone(), Some(at), attempt)),
+            Replacement::Now => d.create.push((slot, None, 0)),
+            Replacement::After { at, attempt } => d.create.push((slot, Some(at), attempt)),
         }
     }
+    d
+}
 
-    if !retire.is_empty() {
+pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
+    let Some(svc) = pass.state.services.get(service_id).cloned() else {
+        return;
+    };
+    let d = decide(pass.state, &svc, pass.now);
+    if !d.retire.is_empty() {
         pass.push(Command::SetDesired {
-            task_ids: retire,
+            task_ids: d.retire,
             desired: TaskState::Shutdown,
         });
     }
-    if !shutdown.is_empty() {
+    if !d.shutdown.is_empty() {
         pass.push(Command::SetDesired {
-            task_ids: shutdown,
+            task_ids: d.shutdown,
             desired: TaskState::Shutdown,
         });
     }
-    if !remove.is_empty() {
+    if !d.remove.is_empty() {
         pass.push(Command::SetDesired {
-            task_ids: remove,
+            task_ids: d.remove,
             desired: TaskState::Remove,
         });
     }
-    if !create.is_empty() {
-        let tasks = create
+    if !d.create.is_empty() {
+        let tasks = d
+            .create
             .into_iter()
             .map(|(slot, not_before, attempt)| {
                 let mut t = new_task(pass, &svc, &slot);
@@ -199,7 +252,7 @@ enum Replacement {
 }
 
 /// Decide whether an empty slot gets a new task, from its latest task (if any).
-fn replacement_for(svc: &Service, history: &[Task], now: u64) -> Replacement {
+fn replacement_for(svc: &Service, history: &[&Task], now: u64) -> Replacement {
     let Some(last) = history.iter().max_by_key(|t| (t.created_at, t.id.clone())) else {
         return Replacement::Now;
     };

@@ -12,6 +12,8 @@ struct Sim {
     state: ClusterState,
     now: Millis,
     ids: SeqIds,
+    /// Nodes whose agent reports nothing (dead or cut off).
+    silent: std::collections::BTreeSet<Id>,
 }
 
 const STEP: Millis = 100;
@@ -41,6 +43,7 @@ impl Sim {
             state,
             now: 1_000_000,
             ids: SeqIds::new("t"),
+            silent: Default::default(),
         }
     }
 
@@ -99,6 +102,9 @@ impl Sim {
             let Some(node) = t.node_id.clone() else {
                 continue;
             };
+            if self.silent.contains(&node) {
+                continue;
+            }
             let cur = t.status.state;
             if cur.is_terminal() {
                 continue;
@@ -538,6 +544,8 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
         .unwrap();
     sim.run_until("gone", |s| s.state.tasks.is_empty());
 }
+
+mod multi_node;
 
 mod stacks {
     use super::*;

@@ -15,8 +15,8 @@
 //!   previous spec (a failing rollback pauses).
 
 use model::{
-    Command, FailureAction, Id, Service, TaskState, UpdateConfig, UpdateOrder, UpdateState,
-    UpdateStatus,
+    ClusterState, Command, FailureAction, Id, Service, SlotKey, TaskState, UpdateConfig,
+    UpdateOrder, UpdateState, UpdateStatus,
 };
 
 use crate::Pass;
@@ -45,8 +45,6 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         }
     }
 
-    let wanted = wanted_slots(pass, &svc);
-    let slots = tasks_by_slot(pass, service_id);
     let now = pass.now;
     let started_at = status
         .as_ref()
@@ -58,88 +56,16 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         })
         .map(|s| s.started_at)
         .unwrap_or(svc.updated_at);
-
-    let mut dirty = Vec::new();
-    let mut in_flight = 0u64;
-    let mut release = Vec::new();
-    let mut shut_old = Vec::new();
-    let mut last_running: Option<u64> = None;
-    let mut updated = 0u64;
-    let mut failed = 0u64;
-
-    for (slot, tasks) in &slots {
-        if !wanted.contains(slot) {
-            continue;
-        }
-        let runnable: Vec<_> = tasks.iter().filter(|t| t.is_runnable()).collect();
-        let new: Vec<_> = runnable
-            .iter()
-            .filter(|t| t.spec_version == svc.version)
-            .collect();
-        let old: Vec<_> = runnable
-            .iter()
-            .filter(|t| t.spec_version != svc.version)
-            .collect();
-        // Old tasks still stopping in this slot (stop-first hand-over).
-        let old_stopping = tasks.iter().any(|t| {
-            t.spec_version != svc.version
-                && t.desired >= TaskState::Shutdown
-                && !t.status.state.is_terminal()
-                && t.node_id.is_some()
-        });
-
-        for t in tasks
-            .iter()
-            .filter(|t| t.spec_version == svc.version && t.created_at >= started_at)
-        {
-            if t.restart_attempt == 0 {
-                updated += 1;
-            }
-            if t.status.state == TaskState::Running {
-                last_running =
-                    Some(last_running.map_or(t.status.timestamp, |l| l.max(t.status.timestamp)));
-            }
-            if failed_within_monitor(t, &config) {
-                failed += 1;
-            }
-        }
-
-        match (new.first(), old.is_empty()) {
-            (None, false) => {
-                // A newer spec interrupted an update of this slot: keep the task that serves
-                // (the newest running one, else the newest), retire the unfinished others.
-                let keep = old
-                    .iter()
-                    .filter(|t| t.status.state == TaskState::Running)
-                    .max_by_key(|t| t.created_at)
-                    .or_else(|| old.iter().max_by_key(|t| t.created_at))
-                    .map(|t| t.id.clone());
-                shut_old.extend(
-                    old.iter()
-                        .filter(|t| Some(&t.id) != keep.as_ref())
-                        .map(|t| t.id.clone()),
-                );
-                dirty.push((slot.clone(), keep.into_iter().collect::<Vec<_>>()));
-            }
-            (Some(n), _) => {
-                if n.desired == TaskState::Ready {
-                    // stop-first: wait for the old task to stop, then release the new one.
-                    if old_stopping || !old.is_empty() {
-                        in_flight += 1;
-                    } else {
-                        release.push(n.id.clone());
-                        in_flight += 1;
-                    }
-                } else if n.status.state < TaskState::Running {
-                    in_flight += 1;
-                } else if !old.is_empty() {
-                    // start-first: the new task runs, retire the old one.
-                    shut_old.extend(old.iter().map(|t| t.id.clone()));
-                }
-            }
-            (None, true) => {}
-        }
-    }
+    let Progress {
+        dirty,
+        in_flight,
+        release,
+        shut_old,
+        last_running,
+        updated,
+        failed,
+        watch_until,
+    } = progress(pass.state, &svc, &config, started_at, now);
 
     if !release.is_empty() {
         pass.push(Command::SetDesired {
@@ -164,16 +90,6 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     if !active && dirty.is_empty() {
         return;
     }
-    // After the last slot, new tasks stay under watch until `monitor` has passed since they
-    // started: a crash then still counts as a failed update.
-    let watch_until = slots
-        .values()
-        .flatten()
-        .filter(|t| t.spec_version == svc.version && t.created_at >= started_at && t.is_runnable())
-        .filter_map(|t| t.started_at)
-        .map(|s| s + config.monitor)
-        .max()
-        .filter(|until| *until > now);
     if let Some(until) = watch_until {
         pass.plan.wake(until);
     }
@@ -304,11 +220,140 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     start_batch(pass, &svc, &config, batch);
 }
 
+/// What the tasks say about a service's update, read in one go from the state.
+struct Progress {
+    /// Slots whose runnable task is of an older version, with the task to replace.
+    dirty: Vec<(SlotKey, Vec<Id>)>,
+    in_flight: u64,
+    /// stop-first new tasks whose old task has stopped: release them to RUNNING.
+    release: Vec<Id>,
+    /// Old tasks to shut down (start-first hand-over done, or an interrupted update).
+    shut_old: Vec<Id>,
+    last_running: Option<u64>,
+    updated: u64,
+    failed: u64,
+    /// After the last slot, new tasks stay under watch until `monitor` has passed since they
+    /// started: a crash then still counts as a failed update.
+    watch_until: Option<u64>,
+}
+
+fn progress(
+    state: &ClusterState,
+    svc: &Service,
+    config: &UpdateConfig,
+    started_at: u64,
+    now: u64,
+) -> Progress {
+    let wanted = wanted_slots(state, svc);
+    let slots = tasks_by_slot(state, &svc.id);
+
+    let mut dirty = Vec::new();
+    let mut in_flight = 0u64;
+    let mut release = Vec::new();
+    let mut shut_old = Vec::new();
+    let mut last_running: Option<u64> = None;
+    let mut updated = 0u64;
+    let mut failed = 0u64;
+
+    for (slot, tasks) in &slots {
+        if !wanted.contains(slot) {
+            continue;
+        }
+        let runnable: Vec<_> = tasks.iter().filter(|t| t.is_runnable()).collect();
+        let new: Vec<_> = runnable
+            .iter()
+            .filter(|t| t.spec_version == svc.version)
+            .collect();
+        let old: Vec<_> = runnable
+            .iter()
+            .filter(|t| t.spec_version != svc.version)
+            .collect();
+        // Old tasks still stopping in this slot (stop-first hand-over).
+        let old_stopping = tasks.iter().any(|t| {
+            t.spec_version != svc.version
+                && t.desired >= TaskState::Shutdown
+                && !t.status.state.is_terminal()
+                && t.node_id.is_some()
+        });
+
+        for t in tasks
+            .iter()
+            .filter(|t| t.spec_version == svc.version && t.created_at >= started_at)
+        {
+            if t.restart_attempt == 0 {
+                updated += 1;
+            }
+            if t.status.state == TaskState::Running {
+                last_running =
+                    Some(last_running.map_or(t.status.timestamp, |l| l.max(t.status.timestamp)));
+            }
+            if failed_within_monitor(t, config) {
+                failed += 1;
+            }
+        }
+
+        match (new.first(), old.is_empty()) {
+            (None, false) => {
+                // A newer spec interrupted an update of this slot: keep the task that serves
+                // (the newest running one, else the newest), retire the unfinished others.
+                let keep = old
+                    .iter()
+                    .filter(|t| t.status.state == TaskState::Running)
+                    .max_by_key(|t| t.created_at)
+                    .or_else(|| old.iter().max_by_key(|t| t.created_at))
+                    .map(|t| t.id.clone());
+                shut_old.extend(
+                    old.iter()
+                        .filter(|t| Some(&t.id) != keep.as_ref())
+                        .map(|t| t.id.clone()),
+                );
+                dirty.push((slot.clone(), keep.into_iter().collect::<Vec<_>>()));
+            }
+            (Some(n), _) => {
+                if n.desired == TaskState::Ready {
+                    // stop-first: wait for the old task to stop, then release the new one.
+                    if old_stopping || !old.is_empty() {
+                        in_flight += 1;
+                    } else {
+                        release.push(n.id.clone());
+                        in_flight += 1;
+                    }
+                } else if n.status.state < TaskState::Running {
+                    in_flight += 1;
+                } else if !old.is_empty() {
+                    // start-first: the new task runs, retire the old one.
+                    shut_old.extend(old.iter().map(|t| t.id.clone()));
+                }
+            }
+            (None, true) => {}
+        }
+    }
+
+    let watch_until = slots
+        .values()
+        .flatten()
+        .filter(|t| t.spec_version == svc.version && t.created_at >= started_at && t.is_runnable())
+        .filter_map(|t| t.started_at)
+        .map(|s| s + config.monitor)
+        .max()
+        .filter(|until| *until > now);
+    Progress {
+        dirty,
+        in_flight,
+        release,
+        shut_old,
+        last_running,
+        updated,
+        failed,
+        watch_until,
+    }
+}
+
 fn start_batch(
     pass: &mut Pass<'_>,
     svc: &Service,
     config: &UpdateConfig,
-    batch: Vec<(model::SlotKey, Vec<Id>)>,
+    batch: Vec<(SlotKey, Vec<Id>)>,
 ) {
     let mut tasks = Vec::new();
     let mut stop = Vec::new();

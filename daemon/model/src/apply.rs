@@ -491,7 +491,7 @@ impl ClusterState {
             {
                 return stale("its node no longer exists".into());
             }
-            (ServiceMode::Global, slot) => {
+            (ServiceMode::Global, slot) if slot != 0 => {
                 return stale(format!("slot {slot} in global service {}", svc.spec.name));
             }
             _ => {}
