@@ -15,6 +15,9 @@
 //! close), keys of the contract that are not supported yet, wrong types and invalid values. Each
 //! [`Diagnostic`] renders as `file:line:column: message`; [`Errors`] holds them all.
 //!
+//! [`placement`] is the one validator of placement constraints, spread preferences and replica
+//! bounds, for stack files, CLI flags and D-Bus alike.
+//!
 //! [`units`] exposes the small value parsers (durations, memory sizes, ports, mounts, command
 //! lines, names, image references, signals) for reuse by the CLI.
 //!
@@ -22,6 +25,7 @@
 
 mod cluster;
 mod diag;
+pub mod placement;
 mod stack;
 pub mod units;
 mod walk;

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `image` | registry reference, `oci-archive:/abs/path` or `docker-archive:/abs/path` | required |
 //! | `mode` | `"replicated"` or `"global"` | replicated |
-//! | `replicas` | integer ≥ 0 (not with global) | 1 |
+//! | `replicas` | integer from 0 to `model::MAX_REPLICAS` (not with global) | 1 |
 //! | `command`, `entrypoint` | array of strings, or a string split like a shell | the image's |
 //! | `env` | table of strings (numbers and booleans become text) or `["K=V", ...]` | |
 //! | `working_dir`, `user`, `hostname` | absolute path; `NAME`/`UID[:GID]`; DNS name | the image's |
@@ -22,12 +22,13 @@
 //! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1) }` | no limits |
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
+//! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
 //!
 //! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
 //! (as in Swarm); a `restart.delay` above the default `max_delay` raises `max_delay` to match;
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
 //! protocol in a file; random published ports, anonymous volumes and host-address bindings are
-//! refused. `healthcheck`, `networks`, `secrets`, `configs`, `depends_on`, `placement` and the
+//! refused. `healthcheck`, `networks`, `secrets`, `configs`, `depends_on` and the
 //! top-level `networks`, `secrets`, `configs` and `volumes` tables are refused as not supported
 //! yet, never ignored.
 
@@ -36,15 +37,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use model::{
-    FailureAction, Millis, Mount, MountKind, PortSpec, Protocol, PublishMode, RestartCondition,
-    RestartPolicy, ServiceMode, ServiceSpec, StackSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    FailureAction, Millis, Mount, MountKind, Placement, PortSpec, Protocol, PublishMode,
+    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, StackSpec, TaskSpec, UpdateConfig,
+    UpdateOrder,
 };
 use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Errors, Sink};
-use crate::units;
 use crate::walk::{self, Keys, Value};
+use crate::{placement, units};
 
 /// The signal sent to stop a task when `stop_signal` is not set.
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
@@ -102,6 +104,7 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "restart",
         "update",
         "rollback",
+        "placement",
     ],
     unsupported: &[
         ("healthcheck", ""),
@@ -112,7 +115,6 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         ("secrets", ""),
         ("configs", ""),
         ("depends_on", "services of a stack start together"),
-        ("placement", "tasks go to any eligible node"),
     ],
     hints: &[
         ("environment", "did you mean \"env\"?"),
@@ -174,6 +176,18 @@ const RESOURCES_KEYS: Keys<'static> = Keys {
         "limits",
         "write cpus, memory and pids directly in resources, e.g. resources = { cpus = 0.5, memory = \"256M\" }",
     )],
+};
+
+const PLACEMENT_KEYS: Keys<'static> = Keys {
+    known: &["constraints", "preferences", "max_replicas_per_node"],
+    unsupported: &[],
+    hints: &[("max_replicas", "did you mean \"max_replicas_per_node\"?")],
+};
+
+const PREFERENCE_KEYS: Keys<'static> = Keys {
+    known: &["spread"],
+    unsupported: &[],
+    hints: &[],
 };
 
 const RESTART_KEYS: Keys<'static> = Keys {
@@ -439,7 +453,10 @@ fn service_from_table(
     } else if let Some(v) = t.get("replicas")
         && let Some(n) = walk::uint(sink, v, &p("replicas"))
     {
-        svc.mode = ServiceMode::Replicated { replicas: n };
+        match placement::check_replicas(n) {
+            Ok(n) => svc.mode = ServiceMode::Replicated { replicas: n },
+            Err(e) => sink.error(v.span(), format!("{}: {e}", p("replicas"))),
+        }
     }
 
     if let Some(v) = t.get("command") {
@@ -542,7 +559,69 @@ fn service_from_table(
     {
         svc.rollback = update_config(sink, &p("rollback"), ut, true);
     }
+    if let Some(v) = t.get("placement")
+        && let Some(pt) = walk::table(sink, v, &p("placement"))
+    {
+        svc.placement = placement_table(sink, &p("placement"), pt);
+    }
     svc
+}
+
+/// `[services.X.placement]`: `constraints = [...]`, `preferences = [{ spread = "..." }]`,
+/// `max_replicas_per_node = N`, each checked by the shared validator in [`placement`].
+fn placement_table(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>) -> Placement {
+    walk::check_keys(sink, t, &format!("[{path}]"), &PLACEMENT_KEYS);
+    let mut out = Placement::default();
+    if let Some(v) = t.get("constraints")
+        && let Some(items) = walk::array(sink, v, &format!("{path}.constraints"))
+    {
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.constraints[{i}]");
+            if let Some(s) = walk::string(sink, item, &ipath) {
+                match placement::parse_constraint(s) {
+                    Ok(c) => out.constraints.push(c),
+                    Err(e) => sink.error(item.span(), format!("{ipath}: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(v) = t.get("preferences")
+        && let Some(items) = walk::array(sink, v, &format!("{path}.preferences"))
+    {
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{path}.preferences[{i}]");
+            let Some(pt) = walk::table(sink, item, &ipath) else {
+                continue;
+            };
+            walk::check_keys(sink, pt, &format!("[{ipath}]"), &PREFERENCE_KEYS);
+            match pt.get("spread") {
+                None => sink.error(
+                    item.span(),
+                    format!(
+                        "{ipath}: missing key \"spread\", e.g. {{ spread = \"node.labels.zone\" }}"
+                    ),
+                ),
+                Some(sv) => {
+                    if let Some(s) = walk::string(sink, sv, &format!("{ipath}.spread")) {
+                        match placement::parse_preference(s) {
+                            Ok(pref) => out.preferences.push(pref),
+                            Err(e) => sink.error(sv.span(), format!("{ipath}.spread: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(v) = t.get("max_replicas_per_node") {
+        let key = format!("{path}.max_replicas_per_node");
+        if let Some(n) = walk::uint(sink, v, &key) {
+            match placement::parse_max_replicas_per_node(n) {
+                Ok(m) => out.max_replicas_per_node = m,
+                Err(e) => sink.error(v.span(), format!("{key}: {e}")),
+            }
+        }
+    }
+    out
 }
 
 /// The two keys in source order.

@@ -384,7 +384,6 @@ networks = ["backend"]
 secrets = ["s"]
 configs = ["c"]
 depends_on = ["db"]
-placement = { constraints = ["node.role == manager"] }
 healthcheck = { test = ["CMD", "true"] }
 
 [networks.backend]
@@ -396,20 +395,19 @@ driver = "overlay"
         "secrets\" in [services.web]",
         "configs\" in [services.web]",
         "depends_on\" in [services.web]",
-        "placement\" in [services.web]",
         "healthcheck\" in [services.web]",
         "\"networks\" in the stack file",
     ] {
         assert_has(&errs, key);
     }
-    assert_eq!(errs.len(), 7, "{errs:#?}");
+    assert_eq!(errs.len(), 6, "{errs:#?}");
     assert!(
         errs.iter().all(|e| e.contains("not supported yet")),
         "{errs:#?}"
     );
     assert_has(
         &errs,
-        "11:2: \"networks\" in the stack file is not supported yet",
+        "10:2: \"networks\" in the stack file is not supported yet",
     );
 }
 
@@ -1336,4 +1334,64 @@ preload = ["oci-archive:/var/lib/shoal/images/busybox.tar", "docker-archive:/nix
         assert!(err.contains("c.toml:3:10: network.subnet"), "{err}");
         assert!(err.contains("c.toml:5:11: paths.run_dir"), "{err}");
     }
+}
+
+#[test]
+fn placement_is_parsed_and_validated() {
+    let st = stack_ok(
+        r#"
+[services.web]
+image = "a"
+replicas = 4
+
+[services.web.placement]
+constraints = ["node.labels.zone in (a, b)", "node.role != manager"]
+preferences = [{ spread = "node.labels.zone" }]
+max_replicas_per_node = 2
+"#,
+    );
+    let p = &svc(&st, "shop_web").placement;
+    assert_eq!(
+        p.constraints
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        vec!["node.labels.zone in (a, b)", "node.role != manager"]
+    );
+    assert_eq!(
+        p.preferences,
+        vec![model::PlacementPreference::Spread {
+            label: "zone".into()
+        }]
+    );
+    assert_eq!(p.max_replicas_per_node, Some(2));
+    let zero = stack_ok("[services.w]\nimage = \"a\"\nplacement = { max_replicas_per_node = 0 }\n");
+    assert_eq!(svc(&zero, "shop_w").placement.max_replicas_per_node, None);
+}
+
+#[test]
+fn bad_placement_and_replicas_name_file_line_and_column() {
+    let errs = stack_errs(
+        r#"[services.web]
+image = "a"
+replicas = 30000000000
+placement = { constraints = ["node.ip == 1.2.3.4", 3], preferences = [{ spread = "zone" }, { binpack = "x" }], max_replicas = 1 }
+"#,
+    );
+    assert_has(
+        &errs,
+        "3:12: services.web.replicas: 30000000000 replicas is more than the limit of 100000",
+    );
+    assert_has(
+        &errs,
+        "4:30: services.web.placement.constraints[0]: constraint \"node.ip == 1.2.3.4\": unknown key",
+    );
+    assert_has(&errs, "4:52: services.web.placement.constraints[1]");
+    assert_has(
+        &errs,
+        "services.web.placement.preferences[0].spread: placement preference \"zone\"",
+    );
+    assert_has(&errs, "\"binpack\"");
+    assert_has(&errs, "max_replicas_per_node");
+    assert_eq!(errs.len(), 7, "{errs:#?}");
 }
