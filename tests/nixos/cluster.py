@@ -72,10 +72,7 @@ with subtest("the stack's service spreads over every node"):
     manager2.succeed("shoal stack ls | grep -w demo")
     wait_for("one demo_web task on each of the five nodes", spread(manager1, {name: 1 for name in HOSTNAMES}))
     for m in by_name.values():
-        wait_for(
-            f"one container in {m.name}'s containerd",
-            lambda m=m: (lambda running: (len(running) == 1, running))(containerd_running(m)),
-        )
+        wait_for(f"one container in {m.name}'s containerd", containers_probe(m, 1))
 
 with subtest("scaling down through a follower"):
     follower = next(name for name in MANAGERS if name != the_leader)
@@ -95,7 +92,7 @@ with subtest("a drained worker runs no task; its tasks run elsewhere"):
         lambda: (lambda row: (field(row, "availability") == "drain", row))(node(manager2, "worker1")),
     )
     wait_for("5 demo_web tasks, none on worker1", total(manager1, 5, ["worker1"]))
-    wait_for("worker1's containers to stop", lambda: (lambda r: (r == [], r))(containerd_running(worker1)))
+    wait_for("worker1's containers to stop", containers_probe(worker1, 0))
     manager1.succeed("shoal node update --availability active worker1")
     wait_for(
         "worker1 to be active again",

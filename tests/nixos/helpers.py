@@ -8,17 +8,20 @@
 import json
 import re
 import time
-from typing import Any, Callable, Optional, Protocol
+import typing
+from typing import Any, Callable, Optional
 
 # Generous: the VMs share a CI machine and may be slow.
 TIMEOUT = 600
 
 
-class Node(Protocol):
+class Node(typing.Protocol):
     """What the helpers use of the driver's machine objects (QemuMachine). A
     protocol rather than the driver's class: the name of that class has
     changed between driver versions (Machine, QemuMachine), this does not, and
-    mypy still checks that the machines passed in have these methods."""
+    mypy still checks that the machines passed in have these methods.
+    (`typing.Protocol`, not `from typing import Protocol`: the driver's type
+    hints import Protocol from typing_extensions, and mypy refuses the clash.)"""
 
     name: str
 
@@ -150,6 +153,16 @@ def containerd_running(machine: Node, namespace: str = "shoal") -> list[tuple[st
     """(task id, pid) of the containers running in containerd's namespace."""
     out = machine.succeed(f"ctr --namespace {namespace} tasks ls")
     return sorted((row[0], row[1]) for row in table_rows(out) if "RUNNING" in row)
+
+
+def containers_probe(machine: Node, count: int) -> Callable[[], tuple[bool, Any]]:
+    """Probe: `machine`'s containerd runs exactly `count` shoal containers."""
+
+    def probe() -> tuple[bool, Any]:
+        running = containerd_running(machine)
+        return len(running) == count, running
+
+    return probe
 
 
 def http_get(machine: Node, url: str) -> str:

@@ -94,7 +94,7 @@ with subtest("removing the last stack reloads and removes the stack"):
         "the demo stack to be gone",
         lambda: (lambda out: ("demo" not in out.split(), out))(machine.succeed("shoal stack ls")),
     )
-    wait_for("its containers to stop", lambda: (lambda r: (r == [], r))(containerd_running(machine)))
+    wait_for("its containers to stop", containers_probe(machine, 0))
     machine.fail(f"curl --silent --fail --max-time 5 {URL}")
 
 with subtest("adding it back reloads and deploys it"):
@@ -105,10 +105,7 @@ with subtest("adding it back reloads and deploys it"):
     t.assertEqual(unit_state(), state)
 
 with subtest("a cluster file change restarts shoald once and keeps the containers"):
-    containers = wait_for(
-        "one running container",
-        lambda: (lambda r: (len(r) == 1, r))(containerd_running(machine)),
-    )
+    containers = wait_for("one running container", containers_probe(machine, 1))
     pid = main_pid()
     since = mark()
     machine.succeed(switch("relabelled"))

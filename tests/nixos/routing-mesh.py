@@ -41,10 +41,7 @@ with subtest("the published port answers on every node, also on those without a 
     t.assertEqual(len(idle), 3, counts)
     for name in idle:
         m = by_name[name]
-        wait_for(
-            f"{name} to run no container",
-            lambda m=m: (lambda running: (running == [], running))(containerd_running(m)),
-        )
+        wait_for(f"{name} to run no container", containers_probe(m, 0))
         # From every node, the idle one included.
         for client in by_name.values():
             wait_for_http(client, f"http://{addresses[name]}:8080/", MESSAGE)
