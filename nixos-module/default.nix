@@ -80,7 +80,8 @@ let
     addr:
     builtins.match "[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(:[0-9]+)?" addr != null
     || builtins.match "\\[[0-9A-Fa-f:.]+](:[0-9]+)?" addr != null
-    || builtins.match "[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*" addr != null;
+    # a bare IPv6 address has at least two colons ("fd00::1", "::")
+    || builtins.match "[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*" addr != null;
 
   # A stack's `source` must be something Nix copies into the store: a path
   # literal (./stacks/web.toml), a package, or a string that already names a

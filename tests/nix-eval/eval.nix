@@ -229,6 +229,20 @@ let
       };
     };
 
+    hexHostnameAdvertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "cafe:4600";
+      };
+    };
+
+    bareIpv6Advertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "fd00::1";
+      };
+    };
+
     bareIpAdvertise = evalConfig {
       services.shoal = {
         enable = true;
@@ -703,6 +717,8 @@ let
     }))
     (noAssertions "cluster: an IPv6 advertise address passes" configs.ipv6Advertise)
     (noAssertions "cluster: a bare IP advertise address passes" configs.bareIpAdvertise)
+    (noAssertions "cluster: a bare IPv6 advertise address passes" configs.bareIpv6Advertise)
+    (onlyAssertion "assertion: a host name made of hex digits is not an IPv6 address" configs.hexHostnameAdvertise "advertiseAddress must be an IP address")
     (check "cluster: openFirewall opens 4600/tcp and 4789/udp on every role" (
       all (
         c: c.networking.firewall.allowedTCPPorts == [ 4600 ] && c.networking.firewall.allowedUDPPorts == [ 4789 ]

@@ -153,7 +153,7 @@ fi
 
 echo "== the VM test scripts as the NixOS test driver checks them (mypy $MYPY_VERSION, pyflakes $PYFLAKES_VERSION)"
 pyver="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-tools="${SHOAL_PY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/shoal/nix-eval-python$pyver-mypy$MYPY_VERSION-pyflakes$PYFLAKES_VERSION}"
+tools="${SHOAL_PY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/shoal/nix-eval-python$pyver-mypy$MYPY_VERSION-pyflakes$PYFLAKES_VERSION}"
 have_tools() {
     PYTHONPATH="$tools" python3 - "$MYPY_VERSION" "$PYFLAKES_VERSION" <<'EOF' >/dev/null 2>&1
 import sys
