@@ -14,7 +14,6 @@
 let
   inherit (lib)
     attrNames
-    attrValues
     concatStringsSep
     filterAttrs
     hasPrefix
@@ -41,7 +40,58 @@ let
   clusterPort = 4600;
   vxlanPort = 4789;
 
-  clusterFile = settingsFormat.generate "shoal-cluster.toml" cfg.settings;
+  # The cluster file as rendered from `settings`, then checked with the
+  # daemon's own parser (`shoald --check-config`) when the system is built, as
+  # the stacks are: an unknown key or a bad address fails `nixos-rebuild build`
+  # instead of a restart of shoald into a configuration it refuses. The file
+  # is checked under its real name, so problems read `cluster.toml:LINE:COL`.
+  # The check does not read the token file (it is not in the build sandbox).
+  renderedClusterFile = settingsFormat.generate "shoal-cluster.toml" cfg.settings;
+  clusterFile =
+    if cfg.checkConfig then
+      pkgs.runCommand "shoal-cluster.toml"
+        {
+          nativeBuildInputs = [ cfg.package ];
+          preferLocalBuild = true;
+        }
+        ''
+          cp ${renderedClusterFile} cluster.toml
+          shoald --check-config cluster.toml
+          cp cluster.toml "$out"
+        ''
+    else
+      renderedClusterFile;
+
+  # The node-to-node port, from `settings.network.listen` ("IP:PORT", "[IPv6]:PORT"
+  # or a bare IP, which keeps the default port).
+  listenPort =
+    let
+      listen = cfg.settings.network.listen or "";
+      parts = lib.splitString ":" listen;
+      last = lib.last parts;
+      hasPort =
+        (lib.hasPrefix "[" listen || lib.length parts == 2) && builtins.match "[0-9]+" last != null;
+    in
+    if hasPort then lib.toInt last else clusterPort;
+
+  # Whether a string is an IP address with an optional port, as the daemon
+  # accepts for `network.advertise` (host names are refused there).
+  isIpWithOptionalPort =
+    addr:
+    builtins.match "[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+(:[0-9]+)?" addr != null
+    || builtins.match "\\[[0-9A-Fa-f:.]+](:[0-9]+)?" addr != null
+    # a bare IPv6 address has at least two colons ("fd00::1", "::")
+    || builtins.match "[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*" addr != null;
+
+  # A stack's `source` must be something Nix copies into the store: a path
+  # literal (./stacks/web.toml), a package, or a string that already names a
+  # store path. A plain string such as "/srv/web.toml" type-checks as a path,
+  # but the build sandbox cannot read it and its edits would never reload.
+  isNixPath =
+    source:
+    builtins.isPath source
+    || lib.isDerivation source
+    || hasPrefix "${builtins.storeDir}/" (toString source);
 
   enabledStacks = filterAttrs (_: stack: stack.enable) cfg.stacks;
 
@@ -75,6 +125,16 @@ let
       raw;
 
   stackFiles = lib.mapAttrs stackFile enabledStacks;
+
+  # The one reload trigger: the list of the stack files. NixOS writes
+  # X-Reload-Triggers only when the list is not empty, and
+  # switch-to-configuration ignores a key that disappears, so a list of the
+  # files themselves would not reload shoald when the last stack is removed
+  # (the stack would keep running). This file always exists and changes
+  # whenever a stack is added, changed or removed, down to "{}".
+  stacksManifest = pkgs.writeText "shoal-stacks.json" (
+    builtins.toJSON (lib.mapAttrs (_: toString) stackFiles)
+  );
 
   stackNamePattern = "[A-Za-z0-9][A-Za-z0-9_.-]*";
 
@@ -118,7 +178,12 @@ let
           default = null;
           example = literalExpression "./stacks/shop.toml";
           description = ''
-            A hand-written stack file to use instead of `settings`.
+            A hand-written stack file (TOML, or a Compose file that
+            `shoal stack validate` accepts) to use instead of `settings`. It
+            must be a Nix path such as `./stacks/shop.toml` (or a package or
+            store path), which Nix copies into the store: a string such as
+            `"/srv/shop.toml"` is refused, because the build cannot read it
+            and editing it would never reload shoald.
           '';
         };
 
@@ -201,9 +266,11 @@ in
       default = null;
       example = "192.168.1.10:4600";
       description = ''
-        The `host:port` other nodes use to reach this node. Defaults (in the
-        daemon) to the first non-loopback address: set it on hosts with
-        several interfaces.
+        The address other nodes use to reach this node: an IP address with
+        an optional port (`192.168.1.10:4600`, `[fd00::1]:4600`,
+        `192.168.1.10`; a bare IP gets the listen port). Host names are not
+        accepted. Defaults (in the daemon) to the first non-loopback
+        address: set it on hosts with several interfaces.
       '';
     };
 
@@ -218,15 +285,22 @@ in
     };
 
     tokenFile = mkOption {
-      type = types.nullOr types.str;
+      # lib since 2025-11 has externalPath (absolute, outside the store, not a
+      # path literal); the assertions below say the same for older lib.
+      type = types.nullOr (types.externalPath or types.str);
       default = null;
       example = "/run/keys/shoal-token";
       description = ''
-        Absolute path of a file holding the cluster's join token, read by
+        Absolute path of a file holding the cluster's join secret, read by
         shoald at start. It must live outside the Nix store (which is
         world-readable): use a secret manager (agenix, sops-nix) or copy the
-        file there yourself. Required on every node that joins. On the
-        bootstrapping manager it sets the token the other nodes present.
+        file there yourself, and give it as a string, not a Nix path literal
+        (which would be copied into the store). Required on every node that
+        joins. On the bootstrapping manager it holds the cluster's
+        provisioning secret (any string of at least 16 characters); nodes
+        whose token file holds the same secret join with their own `role`.
+        A token printed by `shoal cluster join-token worker|manager` is also
+        accepted on a joining node (a worker token only yields a worker).
         Changing the file's content does not restart shoald.
       '';
     };
@@ -235,9 +309,25 @@ in
       type = types.bool;
       default = false;
       description = ''
-        Whether to open the cluster ports: ${toString clusterPort}/tcp
-        (node-to-node traffic, mutual TLS) and ${toString vxlanPort}/udp
-        (overlay networks). Ports published by services are not opened.
+        Whether to open the cluster ports: the node-to-node port
+        (${toString clusterPort}/tcp, or the port of `settings.network.listen`;
+        mutual TLS) and ${toString vxlanPort}/udp (overlay networks). It also
+        sets `networking.firewall.checkReversePath` to `"loose"` (with
+        `mkDefault`): VXLAN traffic decapsulated on the overlay interfaces
+        fails the strict reverse-path check. Ports published by services are
+        not opened.
+      '';
+    };
+
+    checkConfig = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether to check the cluster file with `shoald --check-config` when
+        the system is built, so that an unknown key or a bad value fails
+        `nixos-rebuild build` rather than the restart of shoald during the
+        switch (which would take the node out of the cluster's control
+        plane until fixed). The token file is not read by the check.
       '';
     };
 
@@ -255,8 +345,9 @@ in
         The cluster file, `/etc/shoal/cluster.toml`, as a Nix value. `role`,
         `bootstrap`, `join`, `advertiseAddress`, `labels`, `tokenFile` and
         `images` are merged into it (`node.role`, `cluster.join`, ...); set
-        them through those options. Unknown keys make shoald refuse to
-        start. A change restarts shoald (running containers are kept).
+        them through those options. Unknown keys are errors, found at build
+        time by `checkConfig`. A change restarts shoald (running containers
+        are kept); so does a change of `images`, which are listed here.
       '';
     };
 
@@ -362,6 +453,14 @@ in
           message = "services.shoal: a manager that joins a cluster needs services.shoal.tokenFile, the path of a file holding the cluster's join token";
         }
         {
+          assertion = cfg.role == "manager" && !cfg.bootstrap -> cfg.join != [ ];
+          message = ''services.shoal: a manager that does not bootstrap has nothing to do: list the managers to join through in services.shoal.join, or set services.shoal.bootstrap = true on the one manager that forms the cluster'';
+        }
+        {
+          assertion = cfg.advertiseAddress != null -> isIpWithOptionalPort cfg.advertiseAddress;
+          message = "services.shoal: advertiseAddress must be an IP address with an optional port (for example 192.168.1.10:4600), not '${toString cfg.advertiseAddress}': shoald does not resolve host names for it";
+        }
+        {
           assertion = cfg.tokenFile != null -> hasPrefix "/" cfg.tokenFile;
           message = "services.shoal: tokenFile must be an absolute path, got '${toString cfg.tokenFile}'";
         }
@@ -377,6 +476,10 @@ in
       ++ lib.mapAttrsToList (name: stack: {
         assertion = !(stack.source != null && stack.settings != { });
         message = "services.shoal.stacks.${name}: set either settings or source, not both";
+      }) cfg.stacks
+      ++ lib.mapAttrsToList (name: stack: {
+        assertion = stack.source != null -> isNixPath stack.source;
+        message = "services.shoal.stacks.${name}.source must be a Nix path such as ./stacks/${name}.toml (or a package or store path), not the string '${toString stack.source}': the build cannot read files outside the Nix store, and edits to that file would never reload shoald";
       }) cfg.stacks;
 
       warnings = optional (
@@ -424,18 +527,20 @@ in
           "network-online.target"
           "dbus.service"
         ];
+        # The external commands shoald runs: nft (service IPs, published
+        # ports) and iptables (cleanup of legacy rules).
         path = [
           cfg.package
-          pkgs.iproute2
           pkgs.nftables
-          pkgs.kmod
+          pkgs.iptables
         ]
         ++ cfg.extraPackages;
 
-        # Stacks change: `systemctl reload` (shoal reload). The cluster file or
-        # the binary change: one restart at the end of the switch
+        # Stacks change: `systemctl reload` (shoal reload), including when the
+        # last stack is removed (see stacksManifest). The cluster file or the
+        # binary change: one restart at the end of the switch
         # (stopIfChanged = false); containers keep running either way.
-        reloadTriggers = attrValues stackFiles;
+        reloadTriggers = [ stacksManifest ];
         restartTriggers = [
           clusterFile
           cfg.package
@@ -460,7 +565,9 @@ in
           # Joining, image preloading: more than the default 90 s on a slow
           # host. systemd applies it to reloads too.
           TimeoutStartSec = "5min";
-          # Time for a graceful leave of the Raft group.
+          # Time to finish in-flight requests and flush the store. A stop is
+          # not a leave: a stopped manager stays a Raft member, and its tasks
+          # keep running (see KillMode below).
           TimeoutStopSec = "60s";
           # Raft log and snapshots, node identity, certificates.
           StateDirectory = "shoal";
@@ -475,13 +582,21 @@ in
           LimitNOFILE = 1048576;
           # Keep the control plane alive under memory pressure (containerd: -999).
           OOMScoreAdjust = -500;
+          # No sandboxing (ProtectSystem=, PrivateTmp=, ...), like the
+          # containerd, docker and k3s units: shoald runs as root, creates
+          # network namespaces and bind mounts under /run/shoal, edits
+          # nftables, and hands paths on the host to containerd, which a
+          # private mount namespace would hide from it.
         };
       };
     }
 
     (mkIf cfg.openFirewall {
-      networking.firewall.allowedTCPPorts = [ clusterPort ];
+      networking.firewall.allowedTCPPorts = [ listenPort ];
       networking.firewall.allowedUDPPorts = [ vxlanPort ];
+      # VXLAN traffic decapsulated on the overlay interfaces arrives on an
+      # interface the strict check does not route back through.
+      networking.firewall.checkReversePath = mkDefault "loose";
     })
   ]);
 }

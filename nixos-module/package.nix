@@ -1,5 +1,7 @@
-# The shoal package: the `shoald` daemon and the `shoal` CLI, built from this
-# repository. Used by the flake (packages.<system>.default, overlays.default) and
+# The shoal package: the `shoald` daemon, the `shoal` CLI and the small
+# `shoal-log-driver` (containerd's log driver for shoal's tasks; without it
+# shoald serves as its own log driver, at about five times the memory per
+# task), built from this repository. Used by the flake (packages.<system>.default, overlays.default) and
 # as the fallback default of `services.shoal.package`.
 {
   lib,
@@ -44,11 +46,15 @@ rustPlatform.buildRustPackage {
     pkg-config
   ];
 
+  # shoal-log-driver is a [[bin]] of the shoal-containerd crate; shoald looks
+  # for it next to its own binary, in $out/bin.
   cargoBuildFlags = [
     "--package"
     "shoald"
     "--package"
     "shoal"
+    "--package"
+    "shoal-containerd"
   ];
 
   # The test suite drives a real containerd, runc and dbus-daemon and creates
@@ -57,12 +63,15 @@ rustPlatform.buildRustPackage {
   doCheck = false;
 
   postInstall = ''
+    test -x $out/bin/shoal-log-driver
     install -Dm644 systemd/shoald.service $out/lib/systemd/system/shoald.service
-    sed -i "s|/usr/bin/|$out/bin/|g; s|/usr/local/bin/|$out/bin/|g" \
+    sed -i "s|/usr/bin/|$out/bin/|g; s|/usr/local/bin/|$out/bin/|g; s|/usr/local/share/|$out/share/|g" \
       $out/lib/systemd/system/shoald.service
     install -Dm644 systemd/org.shoal.Shoal1.conf \
       $out/share/dbus-1/system.d/org.shoal.Shoal1.conf
     install -Dm644 systemd/shoal.tmpfiles $out/lib/tmpfiles.d/shoal.conf
+    # The unit's Documentation= points here.
+    install -Dm644 README.md $out/share/doc/shoal/README.md
   '';
 
   meta = {

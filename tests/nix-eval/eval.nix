@@ -132,6 +132,13 @@ let
 
     stacks = evalConfig (stacksModule 2);
     stacksScaled = evalConfig (stacksModule 3);
+    # Every stack of `stacks` disabled: the last one is gone.
+    stacksAllRemoved = evalConfig {
+      imports = [ (stacksModule 2) ];
+      services.shoal.stacks = lib.genAttrs [ "web" "db" "broken" ] (_: {
+        enable = lib.mkForce false;
+      });
+    };
     stacksRelabelled = evalConfig {
       imports = [ (stacksModule 2) ];
       services.shoal.labels.zone = "b";
@@ -180,6 +187,107 @@ let
       };
     };
 
+    stringSource = evalConfig {
+      services.shoal = {
+        enable = true;
+        stacks.db.source = "/srv/shoal/db.toml";
+      };
+    };
+
+    storePathSource = evalConfig {
+      services.shoal = {
+        enable = true;
+        stacks.db.source = "${builtins.storeDir}/00000000000000000000000000000000-db.toml";
+      };
+    };
+
+    packageSource = evalConfig {
+      services.shoal = {
+        enable = true;
+        stacks.db.source = pkgs.writeText "db.toml" "[services.db]\nimage = \"postgres:16\"\n";
+      };
+    };
+
+    managerWithNothingToDo = evalConfig {
+      services.shoal = {
+        enable = true;
+        bootstrap = false;
+      };
+    };
+
+    hostnameAdvertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "m1.example.org:4600";
+      };
+    };
+
+    ipv6Advertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "[fd00::1]:4600";
+      };
+    };
+
+    hexHostnameAdvertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "cafe:4600";
+      };
+    };
+
+    bareIpv6Advertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "fd00::1";
+      };
+    };
+
+    bareIpAdvertise = evalConfig {
+      services.shoal = {
+        enable = true;
+        advertiseAddress = "10.0.0.1";
+      };
+    };
+
+    otherListenPort = evalConfig {
+      services.shoal = {
+        enable = true;
+        openFirewall = true;
+        settings.network.listen = "0.0.0.0:4700";
+      };
+    };
+
+    bareListenIp = evalConfig {
+      services.shoal = {
+        enable = true;
+        openFirewall = true;
+        settings.network.listen = "10.0.0.1";
+      };
+    };
+
+    strictReversePath = evalConfig {
+      services.shoal = {
+        enable = true;
+        openFirewall = true;
+      };
+      networking.firewall.checkReversePath = "strict";
+    };
+
+    uncheckedConfig = evalConfig {
+      services.shoal = {
+        enable = true;
+        checkConfig = false;
+      };
+    };
+
+    pathLiteralToken = evalConfig {
+      services.shoal = {
+        enable = true;
+        tokenFile = ./fixtures/db.toml;
+      };
+    };
+
     relativeToken = evalConfig {
       services.shoal = {
         enable = true;
@@ -207,7 +315,7 @@ let
       services.shoal = {
         enable = true;
         stacks.web = {
-          source = "/srv/shoal/web.toml";
+          source = ./fixtures/db.toml;
           settings = stackWeb 1;
         };
       };
@@ -243,7 +351,15 @@ let
     cluster = import ../nixos/cluster.nix { inherit pkgs; };
     reload = import ../nixos/reload.nix { inherit pkgs; };
     failover = import ../nixos/failover.nix { inherit pkgs; };
+    routing-mesh = import ../nixos/routing-mesh.nix { inherit pkgs; };
   };
+
+  # What the test driver type-checks and lints: the machine names it declares
+  # and the test script (tests/nix-eval/run.sh runs mypy and pyflakes on it).
+  vmScripts = lib.mapAttrs (_: test: {
+    machines = attrNames test.nodes;
+    script = test.testScript;
+  }) vmTests;
   vmAddresses = {
     machine = "192.168.1.1";
     manager1 = "192.168.1.1";
@@ -280,6 +396,9 @@ let
     reload = vmNode vmTests.reload "machine" [ ];
     reloadV2 = vmNode vmTests.reload "machine" [ reload.specialisation.v2.configuration ];
     reloadBroken = vmNode vmTests.reload "machine" [ reload.specialisation.broken.configuration ];
+    reloadEmpty = vmNode vmTests.reload "machine" [ reload.specialisation.empty.configuration ];
+    reloadRelabelled = vmNode vmTests.reload "machine" [ reload.specialisation.relabelled.configuration ];
+    routingMesh = lib.genAttrs clusterHosts (name: vmNode vmTests.routing-mesh name [ ]);
   };
 
   # The flake's outputs, with a stand-in nixpkgs input: the outputs' shape,
@@ -336,7 +455,7 @@ let
       enable = true;
       stacks = {
         web.settings = stackWeb replicas;
-        db.source = "/srv/shoal/db.toml";
+        db.source = ./fixtures/db.toml;
         broken = {
           validate = false;
           settings.services.web.replicas = "three";
@@ -390,9 +509,26 @@ let
   noWarnings =
     name: config: check name (config.warnings == [ ]) "unexpected warnings: ${show config.warnings}";
 
+  # The configuration is refused: by a failed assertion whose message contains
+  # `fragment`, or by an option type check (evaluation error), as lib's
+  # types.externalPath does for tokenFile where lib has it.
+  refused =
+    name: config: fragment:
+    check name (
+      let
+        result = builtins.tryEval (builtins.deepSeq (failedAssertions config) (failedAssertions config));
+      in
+      !result.success || any (hasInfix fragment) result.value
+    ) "expected a failed assertion containing '${fragment}' or a type error, got ${show (failedAssertions config)}";
+
+  renderedClusterOf = config: (pkgs.formats.toml { }).generate "shoal-cluster.toml" (settingsOf config);
+  reloadTriggerOf = config: builtins.head (unit config).reloadTriggers;
+
   single = configs.single;
   singleSettings = settingsOf single;
-  clusterFileOf = config: etcSource config "shoal/cluster.toml";
+  # The cluster file as rendered from settings (the checked file's input).
+  clusterFileOf = renderedClusterOf;
+  installedClusterFileOf = config: etcSource config "shoal/cluster.toml";
 
   results = [
     # enable alone: a single-node cluster
@@ -466,12 +602,37 @@ let
       && hasInfix "[cluster]\nbootstrap = true\n" (clusterFileOf single).text
       && hasInfix "[node]\nrole = \"manager\"\n" (clusterFileOf single).text
     ) (clusterFileOf single).text)
+    (check "single: the installed cluster file is the rendered one checked with shoald --check-config" (
+      let
+        installed = installedClusterFileOf single;
+      in
+      installed.name == "shoal-cluster.toml"
+      && hasInfix "cp ${clusterFileOf single} cluster.toml\n" (installed.buildCommand or "")
+      && hasInfix "shoald --check-config cluster.toml\n" (installed.buildCommand or "")
+      && hasInfix "cp cluster.toml \"$out\"" (installed.buildCommand or "")
+      && outPaths (installed.env.nativeBuildInputs or [ ]) == [ (toString pkgs.shoal) ]
+    ) (show (installedClusterFileOf single)))
+    (check "single: checkConfig = false installs the rendered cluster file unchecked" (
+      (installedClusterFileOf configs.uncheckedConfig).outPath == (clusterFileOf configs.uncheckedConfig).outPath
+      && !((installedClusterFileOf configs.uncheckedConfig) ? buildCommand)
+    ) (show (installedClusterFileOf configs.uncheckedConfig)))
+    (check "single: PATH has the commands shoald runs (nft, iptables)" (
+      outPaths (unit single).path == outPaths [
+        pkgs.shoal
+        pkgs.nftables
+        pkgs.iptables
+      ]
+    ) (show (outPaths (unit single).path)))
+    (check "single: reverse-path filtering untouched without openFirewall" (
+      single.networking.firewall.checkReversePath == true
+    ) (show single.networking.firewall.checkReversePath))
     (check "single: cluster file and package restart, nothing reloads, no stop before the switch" (
       sameSet (unit single).restartTriggers [
-        (clusterFileOf single)
+        (installedClusterFileOf single)
         pkgs.shoal
       ]
-      && (unit single).reloadTriggers == [ ]
+      && length (unit single).reloadTriggers == 1
+      && (reloadTriggerOf single).text == "{}"
       && (unit single).stopIfChanged == false
     ) (show { inherit (unit single) restartTriggers reloadTriggers stopIfChanged; }))
     (check "single: firewall untouched without openFirewall" (
@@ -537,6 +698,27 @@ let
       && hasInfix "join = [ \"192.168.1.1:4600\", \"192.168.1.2:4600\" ]\n" (clusterFileOf configs.worker).text
       && hasInfix "token_file = \"${tokenFile}\"\n" (clusterFileOf configs.worker).text
     ) (clusterFileOf configs.worker).text)
+    (check "cluster: openFirewall sets a loose reverse-path check (VXLAN) on every role" (
+      all (c: c.networking.firewall.checkReversePath == "loose") [
+        configs.bootstrapManager
+        configs.joiningManager
+        configs.worker
+      ]
+    ) (show configs.worker.networking.firewall))
+    (check "cluster: the loose reverse-path check is only a default" (
+      configs.strictReversePath.networking.firewall.checkReversePath == "strict"
+    ) (show configs.strictReversePath.networking.firewall))
+    (check "cluster: openFirewall opens the port of settings.network.listen" (
+      configs.otherListenPort.networking.firewall.allowedTCPPorts == [ 4700 ]
+      && configs.bareListenIp.networking.firewall.allowedTCPPorts == [ 4600 ]
+    ) (show {
+      other = configs.otherListenPort.networking.firewall.allowedTCPPorts;
+      bare = configs.bareListenIp.networking.firewall.allowedTCPPorts;
+    }))
+    (noAssertions "cluster: an IPv6 advertise address passes" configs.ipv6Advertise)
+    (noAssertions "cluster: a bare IP advertise address passes" configs.bareIpAdvertise)
+    (noAssertions "cluster: a bare IPv6 advertise address passes" configs.bareIpv6Advertise)
+    (onlyAssertion "assertion: a host name made of hex digits is not an IPv6 address" configs.hexHostnameAdvertise "advertiseAddress must be an IP address")
     (check "cluster: openFirewall opens 4600/tcp and 4789/udp on every role" (
       all (
         c: c.networking.firewall.allowedTCPPorts == [ 4600 ] && c.networking.firewall.allowedUDPPorts == [ 4789 ]
@@ -574,30 +756,49 @@ let
       && hasInfix "replicas = 2\n" generated.text
       && hasInfix "ports = [ \"8080:80\" ]\n" generated.text
     ) (show ((etcSource configs.stacks "shoal/stacks/web.toml").buildCommand or "")))
-    (check "stacks: a source file is validated too" (
+    (check "stacks: a source file (a Nix path) is copied to the store and validated too" (
       let
         src = etcSource configs.stacks "shoal/stacks/db.toml";
       in
-      hasInfix "cp /srv/shoal/db.toml ${lib.escapeShellArg "stacks/db.toml"}\n" (src.buildCommand or "")
+      hasInfix "cp ${builtins.storeDir}/" (src.buildCommand or "")
+      && hasInfix "-db.toml ${lib.escapeShellArg "stacks/db.toml"}\n" (src.buildCommand or "")
       && hasInfix "shoal stack validate ${lib.escapeShellArg "stacks/db.toml"}\n" (src.buildCommand or "")
     ) (show (etcSource configs.stacks "shoal/stacks/db.toml")))
+    (onlyAssertion "stacks: a source given as a plain string is refused" configs.stringSource "services.shoal.stacks.db.source must be a Nix path")
+    (noAssertions "stacks: a source in the store (a string) is accepted" configs.storePathSource)
+    (noAssertions "stacks: a source that is a package (writeText) is accepted" configs.packageSource)
     (check "stacks: validate = false installs the rendered file as it is" (
       let
         src = etcSource configs.stacks "shoal/stacks/broken.toml";
       in
       src.format or null == "toml" && !(src ? buildCommand) && hasInfix "replicas = \"three\"" src.text
     ) (show (etcSource configs.stacks "shoal/stacks/broken.toml")))
-    (check "stacks: every stack file is a reload trigger, none a restart trigger" (
+    (check "stacks: one reload trigger lists every stack file; no stack file is a restart trigger" (
       let
         u = unit configs.stacks;
-        stackSources = map (f: etcSource configs.stacks "shoal/stacks/${f}.toml") [
+        stackSource = f: toString (etcSource configs.stacks "shoal/stacks/${f}.toml");
+        stackSources = map stackSource [
           "broken"
           "db"
           "web"
         ];
       in
-      sameSet u.reloadTriggers stackSources && !(any (t: elem (toString t) (outPaths stackSources)) u.restartTriggers)
-    ) (show (outPaths (unit configs.stacks).reloadTriggers)))
+      length u.reloadTriggers == 1
+      && (reloadTriggerOf configs.stacks).text == builtins.toJSON (lib.genAttrs [ "broken" "db" "web" ] stackSource)
+      && !(any (t: elem (toString t) stackSources) u.restartTriggers)
+    ) (show (unit configs.stacks).reloadTriggers))
+    (check "stacks: removing the last stack changes the (still present) reload trigger" (
+      let
+        before = unit configs.stacks;
+        after = unit configs.stacksAllRemoved;
+      in
+      after.reloadTriggers != [ ]
+      && outPaths after.reloadTriggers != outPaths before.reloadTriggers
+      && outPaths after.reloadTriggers == outPaths (unit single).reloadTriggers
+      && outPaths after.restartTriggers == outPaths before.restartTriggers
+      && after.serviceConfig == before.serviceConfig
+      && !(any (hasPrefix "shoal/stacks/") (attrNames configs.stacksAllRemoved.environment.etc))
+    ) (show (unit configs.stacksAllRemoved).reloadTriggers))
     (check "stacks: stopIfChanged is false" ((unit configs.stacks).stopIfChanged == false) "")
     (check "stacks: a stack change only changes the reload triggers" (
       let
@@ -625,8 +826,11 @@ let
     (onlyAssertion "assertion: a worker needs a token file" configs.workerWithoutToken "a worker needs services.shoal.tokenFile")
     (onlyAssertion "assertion: bootstrap is refused on a worker" configs.workerBootstrap "bootstrap cannot be set on a worker")
     (onlyAssertion "assertion: a joining manager needs a token file" configs.managerJoinWithoutToken "a manager that joins a cluster needs services.shoal.tokenFile")
-    (onlyAssertion "assertion: tokenFile must be absolute" configs.relativeToken "tokenFile must be an absolute path")
-    (onlyAssertion "assertion: tokenFile must not be in the Nix store" configs.storeToken "tokenFile points into the Nix store")
+    (refused "assertion: tokenFile must be absolute" configs.relativeToken "tokenFile must be an absolute path")
+    (refused "assertion: tokenFile must not be in the Nix store" configs.storeToken "tokenFile points into the Nix store")
+    (refused "assertion: tokenFile must not be a Nix path literal (it would be copied into the store)" configs.pathLiteralToken "tokenFile")
+    (onlyAssertion "assertion: a manager that neither bootstraps nor joins" configs.managerWithNothingToDo "a manager that does not bootstrap has nothing to do")
+    (onlyAssertion "assertion: advertiseAddress must be an IP, not a host name" configs.hostnameAdvertise "advertiseAddress must be an IP address")
     (onlyAssertion "assertion: a stack has settings or source, not both" configs.stackSourceAndSettings "set either settings or source, not both")
     (onlyAssertion "assertion: stack names are file-name safe" configs.badStackName "services.shoal.stacks.my stack: a stack name")
     (onlyAssertion "assertion: bootstrap and join are exclusive" configs.bootstrapAndJoin "a node either bootstraps a new cluster or joins one")
@@ -650,9 +854,12 @@ let
           vm.reload
           vm.reloadV2
           vm.reloadBroken
+          vm.reloadEmpty
+          vm.reloadRelabelled
         ]
         ++ lib.attrValues vm.cluster
         ++ lib.attrValues vm.failover
+        ++ lib.attrValues vm.routingMesh
       )
     ) "failed: ${show (map failedAssertions ([ vm.single vm.reload ] ++ lib.attrValues vm.cluster))}")
     (check "vm tests: the image is preloaded and referenced by the stack" (
@@ -690,6 +897,7 @@ let
         && elem 4600 c.networking.firewall.allowedTCPPorts
         && elem 8080 c.networking.firewall.allowedTCPPorts
         && elem 4789 c.networking.firewall.allowedUDPPorts
+        && c.networking.firewall.checkReversePath == "loose"
       ) clusterHosts
     ) (show (lib.genAttrs clusterHosts (name: vm.cluster.${name}.warnings))))
     (check "vm tests: cluster runs 5 replicas, failover 4" (
@@ -720,12 +928,49 @@ let
       && outPaths (unit vm.reloadBroken).restartTriggers == outPaths (unit vm.reload).restartTriggers
       && outPaths (unit vm.reloadBroken).reloadTriggers != outPaths (unit vm.reload).reloadTriggers
     ) (show (etcSource vm.reloadBroken "shoal/stacks/demo.toml")))
+    (check "vm tests: the empty specialisation removes the stack and only changes the reload trigger" (
+      let
+        a = unit vm.reload;
+        b = unit vm.reloadEmpty;
+      in
+      !(vm.reloadEmpty.environment.etc ? "shoal/stacks/demo.toml")
+      && vm.reload.environment.etc ? "shoal/stacks/demo.toml"
+      && b.reloadTriggers != [ ]
+      && (reloadTriggerOf vm.reloadEmpty).text == "{}"
+      && outPaths a.reloadTriggers != outPaths b.reloadTriggers
+      && outPaths a.restartTriggers == outPaths b.restartTriggers
+      && a.serviceConfig == b.serviceConfig
+    ) (show (unit vm.reloadEmpty).reloadTriggers))
+    (check "vm tests: the relabelled specialisation changes the cluster file (a restart), not the stacks" (
+      let
+        a = unit vm.reload;
+        b = unit vm.reloadRelabelled;
+      in
+      (settingsOf vm.reloadRelabelled).node.labels == { zone = "b"; }
+      && outPaths a.restartTriggers != outPaths b.restartTriggers
+      && outPaths a.reloadTriggers == outPaths b.reloadTriggers
+    ) (show (settingsOf vm.reloadRelabelled).node))
+    (check "vm tests: routing-mesh uses the cluster of the cluster test with 2 replicas" (
+      attrNames vmTests.routing-mesh.nodes == clusterHosts
+      && vm.routingMesh.manager1.services.shoal.stacks.demo.settings.services.web.replicas == 2
+      && (settingsOf vm.routingMesh.worker2).cluster.join == [ "192.168.1.1:4600" ]
+    ) "")
+    (check "vm tests: the driver sees every script with its machines" (
+      all (name: vmScripts.${name}.machines == clusterHosts) [
+        "cluster"
+        "failover"
+        "routing-mesh"
+      ]
+      && vmScripts.single.machines == [ "machine" ]
+      && vmScripts.reload.machines == [ "machine" ]
+      && all (v: hasPrefix "# Helpers shared by the shoal VM test scripts." v.script) (lib.attrValues vmScripts)
+    ) (show (lib.mapAttrs (_: v: v.machines) vmScripts)))
     (check "vm tests: single-node users: alice outside, bob inside the shoal group" (
       vm.single.users.users.bob.extraGroups == [ "shoal" ] && vm.single.users.users.alice.extraGroups == [ ]
     ) "")
 
     # the package
-    (check "package: both binaries, from the workspace's version and lock file" (
+    (check "package: shoald, shoal and shoal-log-driver, from the workspace's version and lock file" (
       packageArgs.pname == "shoal"
       && packageArgs.version == (lib.importTOML ../../Cargo.toml).workspace.package.version
       && toString packageArgs.cargoLock.lockFile == "${repoRoot}/Cargo.lock"
@@ -734,8 +979,19 @@ let
         "shoald"
         "--package"
         "shoal"
+        "--package"
+        "shoal-containerd"
       ]
+      && hasInfix "test -x $out/bin/shoal-log-driver" packageArgs.postInstall
     ) (show (removeAttrs packageArgs [ "src" ])))
+    (check "package: shoal-log-driver is a binary of the shoal-containerd crate" (
+      (lib.importTOML ../../daemon/containerd/Cargo.toml).package.name == "shoal-containerd"
+      && builtins.pathExists ../../daemon/containerd/src/bin/shoal-log-driver.rs
+    ) "daemon/containerd/src/bin/shoal-log-driver.rs or the crate name changed")
+    (check "package: the unit's Documentation= points into the package" (
+      hasInfix "s|/usr/local/share/|$out/share/|g" packageArgs.postInstall
+      && hasInfix "README.md $out/share/doc/shoal/README.md" packageArgs.postInstall
+    ) packageArgs.postInstall)
     (check "package: protoc at build time, no tests in the sandbox" (
       elem "protobuf" packageArgs.nativeBuildInputs && packageArgs.doCheck == false
     ) "")
@@ -789,7 +1045,25 @@ let
           { services.shoal.enable = true; }
         ];
       in
-      (service c).Type == "notify" && flakeOutputs.nixosModules.shoal == flakeOutputs.nixosModules.default
+      (service c).Type == "notify"
+      && (service (evalWith pkgs [
+        flakeOutputs.nixosModules.shoal
+        { services.shoal.enable = true; }
+      ])) == service c
+    ) "")
+    (check "flake: the module defaults package to pkgs.shoal (overlay), else to the flake's own build" (
+      let
+        withOverlay = evalWith pkgs [
+          flakeOutputs.nixosModules.default
+          { services.shoal.enable = true; }
+        ];
+        withoutOverlay = evalWith (pkgsWithoutShoal // { stdenv.hostPlatform.system = "aarch64-linux"; }) [
+          flakeOutputs.nixosModules.default
+          { services.shoal.enable = true; }
+        ];
+      in
+      withOverlay.services.shoal.package == pkgs.shoal
+      && withoutOverlay.services.shoal.package == flakeOutputs.packages.aarch64-linux.default
     ) "")
     (check "flake: checks are the four VM tests and module-eval" (
       all (
@@ -815,9 +1089,26 @@ let
         && attrNames c.reload.test.nodes == [ "machine" ]
       ) flakeSystems
     ) (show (attrNames flakeOutputs.checks.x86_64-linux)))
+    (check "flake: routing-mesh waits outside checks, in legacyPackages.<system>.pendingChecks" (
+      all (
+        system:
+        let
+          p = flakeOutputs.legacyPackages.${system}.pendingChecks;
+        in
+        attrNames p == [ "routing-mesh" ]
+        && p.routing-mesh.vmTest
+        && p.routing-mesh.test.name == "shoal-routing-mesh"
+        && attrNames p.routing-mesh.test.nodes == clusterHosts
+      ) flakeSystems
+    ) "")
     (check "flake: a development shell" (flakeOutputs.devShells.x86_64-linux ? default) "")
   ];
 in
 {
-  inherit results configs vm;
+  inherit
+    results
+    configs
+    vm
+    vmScripts
+    ;
 }

@@ -110,10 +110,11 @@ in
       callPackageOf = toString fn;
     };
 
+  writeText = name: text: fakeDerivation name { inherit text; };
+
   shoal = fakeDerivation "shoal-0.1.0" { };
-  iproute2 = fakeDerivation "iproute2" { };
   nftables = fakeDerivation "nftables" { };
-  kmod = fakeDerivation "kmod" { };
+  iptables = fakeDerivation "iptables" { };
 
   inherit lib;
   busybox = fakeDerivation "busybox" { };

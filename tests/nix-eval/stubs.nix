@@ -159,6 +159,15 @@ in
       type = types.listOf types.port;
       default = [ ];
     };
+    networking.firewall.checkReversePath = mkOption {
+      type = types.either types.bool (
+        types.enum [
+          "strict"
+          "loose"
+        ]
+      );
+      default = true;
+    };
     services.dbus.packages = mkOption {
       type = types.listOf types.path;
       default = [ ];

@@ -10,15 +10,6 @@ in
   options = {
     networking.hostName = mkOption { type = types.str; };
     networking.primaryIPAddress = mkOption { type = types.str; };
-    networking.firewall.checkReversePath = mkOption {
-      type = types.either types.bool (
-        types.enum [
-          "strict"
-          "loose"
-        ]
-      );
-      default = true;
-    };
     virtualisation.memorySize = mkOption {
       type = types.ints.positive;
       default = 1024;

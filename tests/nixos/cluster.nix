@@ -1,6 +1,7 @@
-# Three managers and two workers form a cluster from their configuration alone;
-# a stack declared on the managers spreads over every node, scales, and its
-# published port answers on a node that runs none of its tasks.
+# Three managers and two workers form a cluster from their configuration alone
+# (one Leader, Reachable managers); a stack declared on the managers spreads
+# over every node and scales through a follower and a worker; drain, promote
+# and demote work. The routing mesh is routing-mesh.nix (not in `checks` yet).
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };

@@ -61,11 +61,12 @@ rec {
       virtualisation.diskSize = 4096;
     };
 
-  # The cluster used by the cluster and failover tests: manager1 bootstraps,
-  # manager2, manager3, worker1 and worker2 join through it, all with the same
-  # join token (a fixed one: fine in a test, never in production, where the
-  # token file comes from a secret manager). `stack` is declared on every
-  # manager.
+  # The cluster used by the cluster, failover and routing-mesh tests: manager1
+  # bootstraps, manager2, manager3, worker1 and worker2 join through it with
+  # their own role, all with the same provisioning secret in their token file
+  # (a fixed one: fine in a test, never in production, where the token file
+  # comes from a secret manager). The joining nodes start at the same time as
+  # manager1 and retry until it answers. `stack` is declared on every manager.
   clusterNodes =
     { stack }:
     let
@@ -98,9 +99,8 @@ rec {
             };
             stacks = lib.mkIf (role == "manager") { demo.settings = stack; };
           };
-          # VXLAN traffic decapsulated on the overlay interfaces would fail
-          # the strict reverse-path check.
-          networking.firewall.checkReversePath = "loose";
+          # openFirewall also loosens the reverse-path check for VXLAN
+          # (networking.firewall.checkReversePath = mkDefault "loose").
         };
     in
     {

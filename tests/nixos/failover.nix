@@ -1,6 +1,7 @@
 # Failover: a crashed worker's tasks come back on other nodes; when the leader
 # crashes, the remaining managers elect a new one that keeps every acknowledged
-# change and accepts new ones.
+# change and accepts new ones, and the dead nodes are reported Down and their
+# tasks replaced; the crashed leader then restarts and rejoins as a manager.
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };

@@ -69,6 +69,12 @@ let
         openFirewall = true;
       };
     };
+    stringSource = system {
+      services.shoal = {
+        enable = true;
+        stacks.shop.source = "/srv/shoal/shop.toml";
+      };
+    };
     workerWithoutJoin = system {
       services.shoal = {
         enable = true;
@@ -97,6 +103,15 @@ let
     "single: containerd enabled" = hosts.single.config.virtualisation.containerd.enable;
     "single: no failed assertion" = failedAssertions "single" == [ ];
     "manager1: stack is a reload trigger" = lib.hasInfix "X-Reload-Triggers=" (unitText "manager1");
+    # NixOS omits an empty X-Reload-Triggers; the module keeps one so that
+    # removing the last stack still reloads.
+    "single: a reload trigger even without stacks" = lib.hasInfix "X-Reload-Triggers=" (unitText "single");
+    "single: the cluster file is checked at build time" =
+      lib.hasInfix "shoald --check-config" hosts.single.config.environment.etc."shoal/cluster.toml".source.buildCommand;
+    "manager1: openFirewall loosens the reverse-path check" =
+      hosts.manager1.config.networking.firewall.checkReversePath == "loose";
+    "single: strict reverse-path check left alone" =
+      hosts.single.config.networking.firewall.checkReversePath != "loose";
     "manager1: /etc/shoal/stacks/shop.toml" = hosts.manager1.config.environment.etc ? "shoal/stacks/shop.toml";
     "manager1: firewall" =
       lib.elem 4600 hosts.manager1.config.networking.firewall.allowedTCPPorts
@@ -108,6 +123,9 @@ let
     ];
     "worker without join: assertion" = lib.any (lib.hasInfix "a worker needs at least one manager address") (
       failedAssertions "workerWithoutJoin"
+    );
+    "string stack source: assertion" = lib.any (lib.hasInfix "source must be a Nix path") (
+      failedAssertions "stringSource"
     );
   };
 

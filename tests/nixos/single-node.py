@@ -6,19 +6,16 @@ machine.wait_for_unit("shoald.service")
 
 with subtest("enable alone gives a one-node cluster"):
     t.assertEqual(machine.succeed("systemctl show --property=Type --value shoald").strip(), "notify")
-    wait_for_ready_nodes(machine, 1)
-    rows = node_rows(machine)
+    rows = wait_for_ready_nodes(machine, ["machine"])
     t.assertEqual(len(rows), 1, rows)
-    t.assertIn("Leader", rows[0])
+    t.assertEqual(wait_for_leader(machine, ["machine"]), "machine")
+    t.assertEqual(field(rows[0], "role"), "manager", rows)
     machine.succeed("busctl introspect org.shoal.Shoal1 /org/shoal/Shoal1")
 
 with subtest("the stack from the configuration serves on its published port"):
     wait_for_http(machine, URL, "hello from shoal")
     machine.succeed("shoal stack ls | grep -w hello")
-    wait_for(
-        "hello_web to have its replica",
-        lambda: (replicas_column(machine, "hello_web") == "1/1", replicas_column(machine, "hello_web")),
-    )
+    wait_for_replicas(machine, "hello_web", "1/1")
 
 with subtest("a restart of shoald keeps the containers running"):
     before = containerd_running(machine)
@@ -27,7 +24,7 @@ with subtest("a restart of shoald keeps the containers running"):
     machine.succeed("systemctl restart shoald")
     machine.wait_for_unit("shoald.service")
     t.assertNotEqual(machine.succeed("systemctl show --property=MainPID --value shoald").strip(), pid)
-    wait_for_ready_nodes(machine, 1)
+    wait_for_ready_nodes(machine, ["machine"])
     # The restarted daemon adopts the task it finds instead of replacing it.
     machine.sleep(10)
     t.assertEqual(containerd_running(machine), before)
@@ -40,7 +37,4 @@ with subtest("any user reads, only root and the shoal group change"):
     t.assertRegex(out, "(?i)denied|permission|not allowed|not authorized", out)
     t.assertEqual(replicas_column(machine, "hello_web"), "1/1")
     machine.succeed("su -l bob -c 'shoal service scale hello_web=2'")
-    wait_for(
-        "hello_web to run 2 replicas",
-        lambda: (replicas_column(machine, "hello_web") == "2/2", replicas_column(machine, "hello_web")),
-    )
+    wait_for_replicas(machine, "hello_web", "2/2")
