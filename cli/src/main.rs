@@ -41,6 +41,9 @@ enum Cmd {
     Info(FormatArgs),
     /// Re-read the stack files and apply them (what `systemctl reload shoald` runs)
     Reload,
+    /// Manage the cluster
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Manage nodes
     #[command(subcommand)]
     Node(NodeCmd),
@@ -105,6 +108,53 @@ enum NodeCmd {
         pretty: bool,
         #[arg(default_value = "self")]
         nodes: Vec<String>,
+    },
+    /// Update a node: availability, labels
+    Update {
+        /// active, pause (keep tasks, place nothing new) or drain (move tasks away)
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        /// Add or update a node label (KEY=VALUE)
+        #[arg(long = "label-add", value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        /// Remove a node label
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Make workers managers
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node that is not down
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Print the token that joins a node as a worker or as a manager
+    JoinToken {
+        /// Print the token only
+        #[arg(short, long)]
+        quiet: bool,
+        /// Make a new token (the old one stops working for new joins)
+        #[arg(long)]
+        rotate: bool,
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
     },
 }
 
@@ -342,15 +392,86 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Cluster(cmd) => cluster(cmd).await,
         Cmd::Node(cmd) => node(cmd).await,
         Cmd::Service(cmd) => service(cmd).await,
         Cmd::Stack(cmd) => stack(cmd).await,
     }
 }
 
+async fn cluster(cmd: ClusterCmd) -> Result<()> {
+    let c = connect().await?;
+    match cmd {
+        ClusterCmd::JoinToken {
+            quiet,
+            rotate,
+            role,
+        } => {
+            let token = c.join_token(&role, rotate).await?;
+            if quiet {
+                println!("{token}");
+            } else {
+                if rotate {
+                    println!("Successfully rotated {role} join token.\n");
+                }
+                println!("To add a {role} to this cluster, run the following command:\n");
+                println!("    shoal cluster join --token {token} ADDRESS_OF_A_MANAGER:4600\n");
+                println!("or write the token to the node's token_file and set [cluster] join.");
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn node(cmd: NodeCmd) -> Result<()> {
     let c = connect().await?;
     match cmd {
+        NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            let mut labels_add = std::collections::BTreeMap::new();
+            for l in &label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                labels_add.insert(k.to_string(), v.to_string());
+            }
+            let change = shoal_dbus::NodeChange {
+                availability,
+                role: None,
+                labels_add,
+                labels_rm: label_rm,
+            };
+            c.update_node(&node, &change).await?;
+            println!("{node}");
+        }
+        NodeCmd::Promote { nodes } => {
+            for n in &nodes {
+                let change = shoal_dbus::NodeChange {
+                    role: Some("manager".into()),
+                    ..Default::default()
+                };
+                c.update_node(n, &change).await?;
+                println!("Node {n} promoted to a manager in the cluster.");
+            }
+        }
+        NodeCmd::Demote { nodes } => {
+            for n in &nodes {
+                let change = shoal_dbus::NodeChange {
+                    role: Some("worker".into()),
+                    ..Default::default()
+                };
+                c.update_node(n, &change).await?;
+                println!("Manager {n} demoted in the cluster.");
+            }
+        }
+        NodeCmd::Rm { force, nodes } => {
+            for n in &nodes {
+                c.remove_node(n, force).await?;
+                println!("{n}");
+            }
+        }
         NodeCmd::Ls(l) => {
             let rows = c.list_nodes().await?;
             print_listing(&l, &rows, |n| &n.id, |rows| render::node_ls(rows))?;

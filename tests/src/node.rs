@@ -27,6 +27,9 @@ pub struct TaskRow {
     pub exit_code: i32,
     pub created_at: u64,
     pub spec_version: u64,
+    /// Name of the node the task is assigned to.
+    #[serde(default)]
+    pub node: String,
 }
 
 impl TaskRow {
@@ -79,18 +82,21 @@ pub struct Node {
     pub stacks_dir: PathBuf,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// The node port this node listens on (127.0.0.1).
+    pub node_port: u16,
 }
 
+#[derive(Default)]
 pub struct NodeOptions {
     /// Extra TOML appended to the cluster file (e.g. `[registries."127.0.0.1:5000"]`).
     pub extra_config: String,
+    /// Extra TOML in the `[node]` table (e.g. `role = "worker"`).
+    pub node_config: String,
 }
 
 impl Node {
     pub fn start() -> Node {
-        Node::start_with(NodeOptions {
-            extra_config: String::new(),
-        })
+        Node::start_with(NodeOptions::default())
     }
 
     pub fn start_with(opts: NodeOptions) -> Node {
@@ -114,13 +120,16 @@ impl Node {
             (std::process::id() as u32 * 7 + n * 13) % 250 + 1
         );
         let config = dir.path().join("cluster.toml");
+        let node_port = free_port();
         std::fs::write(
             &config,
             format!(
                 r#"[node]
 name = "e2e-{tag}"
+{node_extra}
 
 [network]
+listen = "127.0.0.1:{port}"
 bridge = "{bridge}"
 subnet = "{subnet}"
 
@@ -136,6 +145,8 @@ run_dir = "{run}"
 {extra}
 "#,
                 ctd = containerd.socket().display(),
+                port = node_port,
+                node_extra = opts.node_config,
                 state = state_dir.display(),
                 stacks = stacks_dir.display(),
                 run = run_dir.display(),
@@ -153,6 +164,7 @@ run_dir = "{run}"
             stacks_dir,
             state_dir,
             run_dir,
+            node_port,
         };
         node.start_daemon();
         node

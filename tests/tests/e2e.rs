@@ -481,6 +481,7 @@ fn images_from_a_registry_and_from_both_archive_kinds() {
     registry.push_oci_archive(oci.path(), "bb:1");
     let node = Node::start_with(NodeOptions {
         extra_config: format!("[registries.\"{}\"]\ninsecure = true\n", registry.address()),
+        ..Default::default()
     });
     let docker_gz = node.dir.path().join("img.docker.tar.gz");
     images::write_docker_archive(&docker_gz, true, "example.org/dock:1");

@@ -8,11 +8,12 @@ use model::{Id, Service, ServiceSpec};
 use crate::error::ApiError;
 use crate::props::{InvalidSpec, Property, apply_properties};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceRow, StackRow, TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceRow, StackRow, TaskFilter,
+    TaskRow,
 };
 
 /// A service with the task counts only the daemon knows, as `InspectService` returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceDetail {
     pub service: Service,
     /// Tasks of the current spec version whose observed state is RUNNING.
@@ -22,7 +23,7 @@ pub struct ServiceDetail {
 }
 
 /// The change an `UpdateService` call asks for: properties to apply onto the current spec.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpecPatch(pub Vec<Property>);
 
 impl SpecPatch {
@@ -166,4 +167,49 @@ pub trait Backend: Send + Sync + 'static {
         service: &str,
         options: LogOptions,
     ) -> impl Future<Output = Result<OwnedFd, ApiError>> + Send;
+
+    /// `UpdateNode`: change a node's availability, role (promote/demote) or labels. Refuses to
+    /// demote the last manager or a manager whose loss would break quorum, saying why.
+    fn update_node(
+        &self,
+        node: &str,
+        change: NodeChange,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = (node, change);
+        async {
+            Err(ApiError::Failed(
+                "UpdateNode is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `RemoveNode`: forget a node. A node that is not down is refused unless `force`; a
+    /// manager must be demoted first.
+    fn remove_node(
+        &self,
+        node: &str,
+        force: bool,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = (node, force);
+        async {
+            Err(ApiError::Failed(
+                "RemoveNode is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `JoinToken`: the join token for `worker` or `manager`; `rotate` makes a new secret first
+    /// (the old token stops working for new joins only).
+    fn join_token(
+        &self,
+        role: &str,
+        rotate: bool,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send {
+        let _ = (role, rotate);
+        async {
+            Err(ApiError::Failed(
+                "JoinToken is not supported by this backend".into(),
+            ))
+        }
+    }
 }

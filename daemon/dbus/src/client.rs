@@ -34,6 +34,16 @@ pub trait Manager {
     fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError>;
     fn rollback_service(&self, service: &str) -> Result<u64, ApiError>;
     fn remove_service(&self, service: &str) -> Result<(), ApiError>;
+    fn update_node(
+        &self,
+        node: &str,
+        availability: &str,
+        role: &str,
+        labels_add: &BTreeMap<String, String>,
+        labels_rm: &[String],
+    ) -> Result<(), ApiError>;
+    fn remove_node(&self, node: &str, force: bool) -> Result<(), ApiError>;
+    fn join_token(&self, role: &str, rotate: bool) -> Result<String, ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -304,6 +314,31 @@ impl Client {
 
     pub async fn remove_service(&self, service: &str) -> Result<(), ClientError> {
         Ok(self.proxy.remove_service(service).await?)
+    }
+
+    pub async fn update_node(
+        &self,
+        node: &str,
+        change: &crate::NodeChange,
+    ) -> Result<(), ClientError> {
+        Ok(self
+            .proxy
+            .update_node(
+                node,
+                change.availability.as_deref().unwrap_or(""),
+                change.role.as_deref().unwrap_or(""),
+                &change.labels_add,
+                &change.labels_rm,
+            )
+            .await?)
+    }
+
+    pub async fn remove_node(&self, node: &str, force: bool) -> Result<(), ClientError> {
+        Ok(self.proxy.remove_node(node, force).await?)
+    }
+
+    pub async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ClientError> {
+        Ok(self.proxy.join_token(role, rotate).await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

@@ -366,6 +366,7 @@ impl FakeBackend {
             addr: "127.0.0.1:4600".into(),
             last_heartbeat: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
+            status_message: String::new(),
         }
     }
 

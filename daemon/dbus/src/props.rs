@@ -71,7 +71,7 @@ pub struct MountRow {
 }
 
 /// One typed property. See the module documentation for names, types and units.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Property {
     Image(String),
     Mode(String),

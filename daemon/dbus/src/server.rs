@@ -135,6 +135,36 @@ impl<B: Backend> Manager<B> {
         self.backend.update_service(service, SpecPatch(props)).await
     }
 
+    /// Change a node: availability (`active`, `pause`, `drain`), role (`manager` promotes,
+    /// `worker` demotes), labels to add and to remove. Empty strings leave a field as it is.
+    async fn update_node(
+        &self,
+        node: &str,
+        availability: &str,
+        role: &str,
+        labels_add: BTreeMap<String, String>,
+        labels_rm: Vec<String>,
+    ) -> Result<(), ApiError> {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let change = crate::NodeChange {
+            availability: opt(availability),
+            role: opt(role),
+            labels_add,
+            labels_rm,
+        };
+        self.backend.update_node(node, change).await
+    }
+
+    /// Remove a node from the cluster (`force` for a node that is not down).
+    async fn remove_node(&self, node: &str, force: bool) -> Result<(), ApiError> {
+        self.backend.remove_node(node, force).await
+    }
+
+    /// The join token for `worker` or `manager`; `rotate` replaces its secret first.
+    async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ApiError> {
+        self.backend.join_token(role, rotate).await
+    }
+
     /// Set the replica count of a replicated service.
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
         self.backend.scale_service(service, replicas).await

@@ -279,7 +279,7 @@ pub struct ChangeReport {
 
 /// Filters of `ListTasks`. On the bus it is an `a{ss}` with the keys `service`, `stack`, `node`
 /// and `desired-state`; unknown keys are refused with `InvalidSpec`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TaskFilter {
     /// Full service name, service id or unique id prefix.
     pub service: Option<String>,
@@ -410,4 +410,17 @@ mod tests {
         assert!(!f.matches_desired(TaskState::Shutdown));
         assert!(TaskFilter::default().matches_desired(TaskState::Shutdown));
     }
+}
+
+/// What `UpdateNode` changes on a node (what the API writes: availability, role, labels). On the
+/// bus: `UpdateNode(s node, s availability, s role, a{ss} labels_add, as labels_rm)`, an empty
+/// string leaving the field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeChange {
+    /// `active`, `pause` or `drain`.
+    pub availability: Option<String>,
+    /// `manager` (promote) or `worker` (demote).
+    pub role: Option<String>,
+    pub labels_add: BTreeMap<String, String>,
+    pub labels_rm: Vec<String>,
 }

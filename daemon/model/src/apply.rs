@@ -11,7 +11,7 @@ use crate::{
     Applied, ApplyError, ClusterSettings, ClusterState, Command, Id, Node, ServiceMode, Stack,
     StackChange, Task, TaskState, TaskStatus,
 };
-use crate::{Service, ServiceSpec};
+use crate::{Security, Service, ServiceSpec};
 
 /// One recorded change, holding the value before it.
 #[derive(Debug, Clone)]
@@ -21,6 +21,7 @@ enum Undo {
     Service(Id, Option<Box<Service>>),
     Task(Id, Option<Box<Task>>),
     Stack(String, Option<Stack>),
+    Security(Option<Box<Security>>),
 }
 
 /// The changes made by [`ClusterState::apply_logged`], to be taken back with
@@ -82,6 +83,7 @@ impl ClusterState {
                 Undo::Service(id, old) => restore(&mut self.services, id, old.map(|b| *b)),
                 Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
                 Undo::Task(id, old) => self.put_task_raw(id, old.map(|b| *b)),
+                Undo::Security(old) => self.security = old.map(|b| *b),
             }
         }
     }
@@ -434,6 +436,14 @@ impl ClusterState {
                 Ok(Applied { changed })
             }
             Command::ApplyStack(change) => self.apply_stack(change, log),
+            Command::SetSecurity(sec) => {
+                if self.security.as_ref() == Some(sec) {
+                    return Ok(none);
+                }
+                let old = self.security.replace(sec.clone());
+                log.0.push(Undo::Security(old.map(Box::new)));
+                Ok(one)
+            }
             Command::Batch(cmds) => {
                 let mut changed = 0;
                 for c in cmds {

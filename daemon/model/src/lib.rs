@@ -6,11 +6,13 @@
 
 mod apply;
 mod index;
+pub mod security;
 pub mod spec;
 pub mod state;
 pub mod task;
 
 pub use apply::UndoLog;
+pub use security::Security;
 pub use spec::*;
 pub use state::*;
 pub use task::*;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::index::TaskIndex;
 use crate::{
-    ClusterSettings, Id, Millis, ServiceSpec, SlotKey, StackSpec, Task, TaskState, TaskStatus,
+    ClusterSettings, Id, Millis, Security, ServiceSpec, SlotKey, StackSpec, Task, TaskState,
+    TaskStatus,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +181,9 @@ pub struct ClusterState {
     pub stacks: BTreeMap<String, Stack>,
     #[serde(skip)]
     pub(crate) index: TaskIndex,
+    /// The CA and the join secrets; `None` in a cluster made before clusters had them (the
+    /// leader adds them at start).
+    pub security: Option<Security>,
 }
 
 /// The persisted fields of [`ClusterState`], for deserialization (which then builds the index).
@@ -192,6 +196,7 @@ struct StateData {
     services: BTreeMap<Id, Service>,
     tasks: BTreeMap<Id, Task>,
     stacks: BTreeMap<String, Stack>,
+    security: Option<Security>,
 }
 
 impl From<StateData> for ClusterState {
@@ -203,6 +208,7 @@ impl From<StateData> for ClusterState {
             services: d.services,
             tasks: d.tasks,
             stacks: d.stacks,
+            security: d.security,
             index: TaskIndex::default(),
         };
         st.rebuild_index();
@@ -310,6 +316,8 @@ pub enum Command {
     ApplyStack(StackChange),
     /// Several commands applied atomically.
     Batch(Vec<Command>),
+    /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
+    SetSecurity(Security),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

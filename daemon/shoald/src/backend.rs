@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use model::{
-    ApplyError, ClusterState, Command, NodeRole, Service, ServiceMode, ServiceSpec, StackSource,
-    TaskState, UpdateState, UpdateStatus,
+    ApplyError, Availability, ClusterState, Command, NodeRole, NodeStatus, Service, ServiceMode,
+    ServiceSpec, StackSource, TaskState, UpdateState, UpdateStatus,
 };
 use shoal_dbus::{
-    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceDetail, ServiceRow,
-    SpecPatch, StackRow, TaskFilter, TaskRow,
+    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
+    ServiceRow, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 use tracing::{error, info};
 
@@ -128,6 +128,11 @@ impl DaemonBackend {
 
     async fn reload_locked(&self) -> Result<ChangeReport, ApiError> {
         let d = self.d();
+        if d.role() == NodeRole::Worker && d.in_cluster() {
+            // Workers hold no cluster state: stack files are applied by the managers.
+            info!("stack files are applied by managers; nothing to reload on a worker");
+            return Ok(ChangeReport::default());
+        }
         let dir = &d.cfg.paths.stacks_dir;
         let loaded =
             spec::load_stacks_dir(dir).map_err(|e| ApiError::ReloadFailed(e.to_string()))?;
@@ -204,8 +209,8 @@ impl Backend for DaemonBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             node_id: d.identity.node_id.clone(),
             node_name: d.node_name.clone(),
-            cluster_id: st.cluster_id.clone(),
-            role: d.cfg.node.role.as_str().into(),
+            cluster_id: d.cluster_id(),
+            role: d.role().as_str().into(),
             is_leader: d.store.is_leader(),
             leader_id,
             managers: st
@@ -237,7 +242,8 @@ impl Backend for DaemonBackend {
             .map(|n| {
                 let ms = match n.role {
                     NodeRole::Manager if Some(n.raft_id) == leader => "leader",
-                    NodeRole::Manager => "reachable",
+                    NodeRole::Manager if n.status == NodeStatus::Ready => "reachable",
+                    NodeRole::Manager => "unreachable",
                     NodeRole::Worker => "",
                 };
                 NodeRow::from_node(n, ms, n.id == d.identity.node_id)
@@ -633,5 +639,149 @@ impl Backend for DaemonBackend {
             getter,
         );
         Ok(read)
+    }
+    async fn update_node(&self, node: &str, change: NodeChange) -> Result<(), ApiError> {
+        let st = self.d().state();
+        let n = find_node(&st, node, &self.d().identity.node_id)?;
+        let availability = match change.availability.as_deref() {
+            None => None,
+            Some("active") => Some(Availability::Active),
+            Some("pause") => Some(Availability::Pause),
+            Some("drain") => Some(Availability::Drain),
+            Some(other) => {
+                return Err(ApiError::InvalidSpec(format!(
+                    "availability {other:?}: expected active, pause or drain"
+                )));
+            }
+        };
+        let role = match change.role.as_deref() {
+            None => None,
+            Some("manager") => Some(NodeRole::Manager),
+            Some("worker") => Some(NodeRole::Worker),
+            Some(other) => {
+                return Err(ApiError::InvalidSpec(format!(
+                    "role {other:?}: expected manager or worker"
+                )));
+            }
+        };
+        if role == Some(NodeRole::Worker) && n.role == NodeRole::Manager {
+            let managers: Vec<&model::Node> = st
+                .nodes
+                .values()
+                .filter(|m| m.role == NodeRole::Manager)
+                .collect();
+            if managers.len() <= 1 {
+                return Err(ApiError::InvalidSpec(format!(
+                    "cannot demote {}: it is the last manager of the cluster; promote another node first",
+                    n.name
+                )));
+            }
+            // Quorum after the change: the managers left must still have a majority reachable.
+            let reachable = managers
+                .iter()
+                .filter(|m| m.id != n.id && m.status == NodeStatus::Ready)
+                .count();
+            let left = managers.len() - 1;
+            if reachable < left / 2 + 1 {
+                return Err(ApiError::InvalidSpec(format!(
+                    "cannot demote {}: the {left} managers left would have only {reachable} reachable, less than the {} a quorum needs",
+                    n.name,
+                    left / 2 + 1
+                )));
+            }
+        }
+        let labels = if change.labels_add.is_empty() && change.labels_rm.is_empty() {
+            None
+        } else {
+            let mut l = n.labels.clone();
+            for k in &change.labels_rm {
+                if l.remove(k).is_none() {
+                    return Err(ApiError::NotFound(format!(
+                        "node {} has no label {k}",
+                        n.name
+                    )));
+                }
+            }
+            l.extend(change.labels_add.clone());
+            Some(l)
+        };
+        self.propose(Command::UpdateNodeSpec {
+            id: n.id.clone(),
+            availability,
+            labels,
+            role,
+        })
+        .await?;
+        info!(node = %n.name, ?availability, ?role, "node updated");
+        Ok(())
+    }
+
+    async fn remove_node(&self, node: &str, force: bool) -> Result<(), ApiError> {
+        let st = self.d().state();
+        let n = find_node(&st, node, &self.d().identity.node_id)?;
+        if n.role == NodeRole::Manager {
+            return Err(ApiError::InvalidSpec(format!(
+                "node {} is a manager: demote it first (`shoal node demote {}`)",
+                n.name, n.name
+            )));
+        }
+        if n.status != NodeStatus::Down && !force {
+            return Err(ApiError::InvalidSpec(format!(
+                "node {} is not down and can't be removed; stop its shoald (or use --force)",
+                n.name
+            )));
+        }
+        self.propose(Command::RemoveNode { id: n.id.clone() })
+            .await?;
+        info!(node = %n.name, "node removed");
+        Ok(())
+    }
+
+    async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ApiError> {
+        let st = self.d().state();
+        let Some(mut sec) = st.security.clone() else {
+            return Err(ApiError::Unavailable("this cluster has no CA yet".into()));
+        };
+        let secret = match role {
+            "worker" => &mut sec.worker_secret,
+            "manager" => &mut sec.manager_secret,
+            other => {
+                return Err(ApiError::InvalidSpec(format!(
+                    "role {other:?}: expected worker or manager"
+                )));
+            }
+        };
+        if rotate {
+            *secret = rpc::token::new_secret();
+        }
+        let secret = secret.clone();
+        if rotate {
+            self.propose(Command::SetSecurity(sec.clone())).await?;
+            info!(role, "join token rotated");
+        }
+        let digest = rpc::pki::ca_digest(&sec.ca_cert_pem).map_err(failed)?;
+        Ok(rpc::token::format(&digest, &secret))
+    }
+}
+
+/// A node by id, unique id prefix, host name, or `self`.
+fn find_node<'a>(st: &'a ClusterState, key: &str, me: &str) -> Result<&'a model::Node, ApiError> {
+    let key = if key == "self" { me } else { key };
+    if let Some(n) = st.nodes.get(key) {
+        return Ok(n);
+    }
+    let mut by_name = st.nodes.values().filter(|n| n.name == key);
+    if let (Some(n), None) = (by_name.next(), by_name.next()) {
+        return Ok(n);
+    }
+    let mut it = st
+        .nodes
+        .values()
+        .filter(|n| !key.is_empty() && n.id.starts_with(key));
+    match (it.next(), it.next()) {
+        (Some(n), None) => Ok(n),
+        _ => Err(ApiError::NotFound(format!(
+            "node {key} not found (see `shoal node ls`)"
+        ))),
     }
 }

@@ -10,18 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use model::{ClusterState, Command, Id, Millis, Node, NodeRole, NodeStatus, TaskStatus};
+use model::{ClusterState, Command, Id, Millis, NodeRole, NodeStatus, TaskStatus};
 use spec::ClusterConfig;
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::executor::ContainerExecutor;
+use crate::dispatcher::{Dispatcher, NodePort};
 use crate::identity::{self, Identity};
+use crate::transport::RpcTransport;
 use crate::{notify, ports};
 
 pub fn now_ms() -> Millis {
@@ -55,11 +56,219 @@ pub struct Daemon {
     /// this moves.
     pub heartbeat: AtomicU64,
     pub events: std::sync::Mutex<Option<shoal_dbus::Events>>,
+    /// host:port other nodes reach this one at.
+    pub addr: String,
+    /// Raft messages over the node port.
+    pub transport: Arc<RpcTransport>,
+    tls: OnceLock<Arc<rpc::TlsState>>,
+    /// The leader's in-memory view of heartbeats.
+    pub dispatcher: Dispatcher,
+    /// The last assignment set the dispatcher sent this node.
+    pub assignments: watch::Sender<Option<rpc::AssignmentSet>>,
+    view: std::sync::Mutex<View>,
+    node_port_started: std::sync::atomic::AtomicBool,
+}
+
+/// What this node knows of the cluster besides the replicated state (all a worker knows).
+#[derive(Debug, Default, Clone)]
+struct View {
+    /// What the join loop last said, shown in STATUS while the node is not in a cluster.
+    joining: Option<String>,
+    cluster_id: String,
+    leader_addr: Option<String>,
+    managers: Vec<String>,
 }
 
 impl Daemon {
     pub fn state(&self) -> Arc<ClusterState> {
         self.store.state()
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's TLS state, once it has a certificate.
+    pub fn tls(&self) -> Option<Arc<rpc::TlsState>> {
+        self.tls.get().cloned()
+    }
+
+    /// This node's role: what its certificate says, or the cluster file before it has one.
+    pub fn role(&self) -> NodeRole {
+        self.tls()
+            .and_then(|t| rpc::pki::cert_info(&t.cert().cert_pem).ok())
+            .map_or(self.cfg.node.role, |i| i.role)
+    }
+
+    /// The cluster this node belongs to; empty before it joined or bootstrapped.
+    pub fn cluster_id(&self) -> String {
+        let st = self.state();
+        if !st.cluster_id.is_empty() {
+            return st.cluster_id.clone();
+        }
+        self.view().cluster_id.clone()
+    }
+
+    /// Whether this node belongs to a cluster.
+    pub fn in_cluster(&self) -> bool {
+        self.tls().is_some()
+    }
+
+    /// Store and start using a (new) certificate.
+    pub fn install_cert(&self, cert: &rpc::NodeCert) -> Result<()> {
+        crate::certs::save(&self.state_dir(), cert)?;
+        let info = rpc::pki::cert_info(&cert.cert_pem).map_err(|e| anyhow!("{e}"))?;
+        self.view().cluster_id = info.cluster_id;
+        match self.tls.get() {
+            Some(tls) => {
+                tls.update(cert).map_err(|e| anyhow!("{e}"))?;
+                if let Some(c) = self.transport.client() {
+                    c.clear();
+                }
+            }
+            None => {
+                let tls = Arc::new(rpc::TlsState::new(cert).map_err(|e| anyhow!("{e}"))?);
+                self.transport
+                    .set_client(Arc::new(rpc::Client::new(tls.clone())));
+                let _ = self.tls.set(tls);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remember where the leader and the managers are (from a heartbeat answer or a join).
+    pub fn learn_managers(&self, leader: Option<String>, managers: Vec<String>) {
+        let changed = {
+            let mut v = self.view();
+            v.leader_addr = leader.or(v.leader_addr.take());
+            let changed = !managers.is_empty() && v.managers != managers;
+            if changed {
+                v.managers = managers.clone();
+            }
+            changed
+        };
+        if changed {
+            let joined = crate::certs::Joined {
+                cluster_id: self.cluster_id(),
+                managers,
+            };
+            if let Err(e) = crate::certs::save_joined(&self.state_dir(), &joined) {
+                warn!(error = %e, "failed to remember the managers' addresses");
+            }
+        }
+    }
+
+    /// Addresses to try for the leader, best first.
+    fn leader_candidates(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(a) = self.store.leader_addr() {
+            out.push(a);
+        }
+        let v = self.view();
+        if let Some(a) = &v.leader_addr {
+            out.push(a.clone());
+        }
+        out.extend(v.managers.iter().cloned());
+        out.extend(self.cfg.cluster.join.iter().cloned());
+        let mut seen = std::collections::BTreeSet::new();
+        out.retain(|a| a != &self.addr && seen.insert(a.clone()));
+        out
+    }
+
+    /// Send `req` to the leader: follows "not the leader" answers and tries every manager this
+    /// node knows of.
+    pub async fn leader_call(
+        &self,
+        req: rpc::Request,
+        timeout: Duration,
+    ) -> Result<rpc::Response, rpc::RpcError> {
+        let Some(client) = self.transport.client() else {
+            return Err(rpc::RpcError::Unreachable {
+                addr: "the cluster".into(),
+                reason: "this node has not joined a cluster".into(),
+            });
+        };
+        let mut candidates = self.leader_candidates();
+        let mut last = rpc::RpcError::Unreachable {
+            addr: "the leader".into(),
+            reason: "no manager address known".into(),
+        };
+        let mut i = 0;
+        while i < candidates.len() && i < 8 {
+            let addr = candidates[i].clone();
+            i += 1;
+            match client
+                .call(&addr, rpc::client::Target::Manager, &req, timeout)
+                .await
+            {
+                Ok(rpc::Response::Error(e)) if e.kind == rpc::ErrorKind::NotLeader => {
+                    if let Some(l) = e.leader_addr.clone()
+                        && !candidates[i..].contains(&l)
+                    {
+                        candidates.insert(i, l);
+                    }
+                    last = rpc::RpcError::Unreachable {
+                        addr,
+                        reason: e.message,
+                    };
+                }
+                Ok(resp) => {
+                    if self.store.leader_addr().is_none() {
+                        self.view().leader_addr = Some(addr);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Why a change cannot be made now, for the user: how many managers this node reaches.
+    pub fn no_leader_reason(&self, err: &str) -> String {
+        let st = self.state();
+        let managers: Vec<&model::Node> = st
+            .nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager)
+            .collect();
+        if managers.is_empty() {
+            return format!("no manager of the cluster answers ({err}); the change was not made");
+        }
+        let now = now_ms();
+        let period = st.settings.heartbeat_period.max(100);
+        let reach = managers
+            .iter()
+            .filter(|m| {
+                m.id == self.identity.node_id
+                    || self.dispatcher.alive(&m.id, period, now)
+                    || m.status == NodeStatus::Ready
+            })
+            .count();
+        format!(
+            "the cluster has no leader this node can reach: it reaches {} of {} managers and a majority ({}) is needed to make changes ({err}); reads still answer what this node knows",
+            reach.min(managers.len()),
+            managers.len(),
+            managers.len() / 2 + 1
+        )
+    }
+
+    /// Serve the node port (once; needs the certificate).
+    pub async fn start_node_port(self: &Arc<Self>) -> Result<()> {
+        if self.node_port_started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(tls) = self.tls() else {
+            self.node_port_started.store(false, Ordering::SeqCst);
+            return Err(anyhow!("no certificate to serve the node port with"));
+        };
+        let listen = self.cfg.network.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| {
+            format!("failed to listen on {listen} (the node port, [network] listen): is another shoald running?")
+        })?;
+        info!(%listen, addr = %self.addr, "serving the node port");
+        tokio::spawn(rpc::serve(listener, tls, Arc::new(NodePort(self.clone()))));
+        Ok(())
     }
 
     pub fn set_status(&self, status: impl Into<String>) {
@@ -130,7 +339,18 @@ impl Daemon {
         }
     }
 
+    /// Record what the join loop is doing (shown in STATUS until the node is in a cluster).
+    pub fn set_joining(&self, msg: String) {
+        self.view().joining = Some(msg.clone());
+        self.set_status(msg);
+    }
+
     pub fn summary(&self) -> String {
+        if !self.in_cluster()
+            && let Some(j) = self.view().joining.clone()
+        {
+            return j;
+        }
         let st = self.state();
         let running = st
             .tasks
@@ -141,11 +361,15 @@ impl Daemon {
             "{} on {} ({}); {} services, {} tasks running, {} stacks",
             if self.store.is_leader() {
                 "leading"
-            } else {
+            } else if !self.in_cluster() {
+                "not in a cluster"
+            } else if self.role() == NodeRole::Manager {
                 "following"
+            } else {
+                "working"
             },
             self.node_name,
-            self.cfg.node.role.as_str(),
+            self.role().as_str(),
             st.services.len(),
             running,
             st.stacks.len()
@@ -169,86 +393,33 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         .with_context(|| format!("failed to create state directory {}", state_dir.display()))?;
     let identity = identity::load_or_create(&state_dir)?;
     let node_name = cfg.node.name.clone().unwrap_or_else(hostname);
-    let addr = cfg
-        .network
-        .advertise
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| format!("127.0.0.1:{}", cfg.network.listen.port()));
-    info!(node_id = %identity.node_id, node = %node_name, "starting shoald {}", env!("CARGO_PKG_VERSION"));
+    let addr = crate::certs::advertise_addr(
+        cfg.network.advertise,
+        cfg.network.listen,
+        &cfg.network.bridge,
+    );
+    info!(node_id = %identity.node_id, node = %node_name, %addr, "starting shoald {}", env!("CARGO_PKG_VERSION"));
     notify::status("opening raft store");
-
-    if cfg.node.role == NodeRole::Worker || !cfg.cluster.join.is_empty() {
-        return Err(anyhow!(
-            "joining an existing cluster (role = worker or [cluster] join) is not supported yet: \
-             this version runs single-node clusters; remove join/role from {} or run a manager with bootstrap",
-            crate::config_path_hint()
-        ));
-    }
-
-    let store = store::Store::open(
+    let transport = Arc::new(RpcTransport::default());
+    let options = store::StoreOptions {
+        snapshot_interval: cfg.cluster.settings.snapshot_interval,
+        // A dead leader is replaced within about a second on a LAN.
+        heartbeat_interval: Duration::from_millis(150),
+        election_timeout_min: Duration::from_millis(500),
+        election_timeout_max: Duration::from_millis(1000),
+        ..store::StoreOptions::default()
+    };
+    let store = store::Store::open_with(
         &state_dir,
         identity.raft_id,
         &addr,
-        cfg.cluster.settings.snapshot_interval,
+        options,
+        transport.clone(),
     )
     .await
     .with_context(|| format!("failed to open raft store in {}", state_dir.display()))?;
-    if !store.is_initialized().await.map_err(|e| anyhow!("{e}"))? {
-        if !cfg.cluster.bootstrap {
-            return Err(anyhow!(
-                "this node has no cluster state and bootstrap = false; set [cluster] bootstrap = true on one manager"
-            ));
-        }
-        info!("bootstrapping a new single-manager cluster");
-    }
-    store
-        .bootstrap_single()
-        .await
-        .map_err(|e| anyhow!("failed to bootstrap raft: {e}"))?;
-    store
-        .wait_for_leader(Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow!("raft did not elect a leader: {e}"))?;
-
-    if !store.state().cluster_id.is_empty() && store.state().settings != cfg.cluster.settings {
-        warn!(
-            "[cluster.settings] in the cluster file differ from the cluster's; they are taken at \
-             bootstrap only, so the file's values are ignored"
-        );
-    }
-    if store.state().cluster_id.is_empty() {
-        let cmd = Command::Bootstrap {
-            cluster_id: identity::new_id(),
-            settings: cfg.cluster.settings.clone(),
-        };
-        store
-            .propose(cmd)
-            .await
-            .map_err(|e| anyhow!("{e}"))?
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    // Record (or refresh) this node.
-    let existing = store.state().nodes.get(&identity.node_id).cloned();
-    let node = Node {
-        id: identity.node_id.clone(),
-        raft_id: identity.raft_id,
-        name: node_name.clone(),
-        role: cfg.node.role,
-        // The file's availability is the initial value only; later changes stay.
-        availability: existing
-            .as_ref()
-            .map_or(cfg.node.availability, |n| n.availability),
-        status: NodeStatus::Ready,
-        labels: cfg.node.labels.clone(),
-        addr: addr.clone(),
-        last_heartbeat: now_ms(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    store
-        .propose(Command::UpsertNode(node))
-        .await
-        .map_err(|e| anyhow!("{e}"))?
-        .map_err(|e| anyhow!("{e}"))?;
+    let joined = crate::certs::load_joined(&state_dir)?;
+    let cert = crate::certs::load(&state_dir)?;
 
     notify::status("connecting to containerd");
     let dirs = shoal_containerd::RuntimeDirs {
@@ -280,7 +451,25 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         status: std::sync::Mutex::new("starting".into()),
         heartbeat: AtomicU64::new(now_ms()),
         events: std::sync::Mutex::new(None),
+        addr,
+        transport,
+        tls: OnceLock::new(),
+        dispatcher: Dispatcher::default(),
+        assignments: watch::channel(None).0,
+        view: std::sync::Mutex::new(View {
+            cluster_id: joined
+                .as_ref()
+                .map(|j| j.cluster_id.clone())
+                .unwrap_or_default(),
+            joining: None,
+            leader_addr: None,
+            managers: joined.map(|j| j.managers).unwrap_or_default(),
+        }),
+        node_port_started: std::sync::atomic::AtomicBool::new(false),
     });
+    if let Some(cert) = cert {
+        daemon.install_cert(&cert)?;
+    }
 
     for image in daemon.cfg.images.preload.clone() {
         daemon.set_status(format!("importing {image}"));
@@ -363,90 +552,6 @@ pub async fn run_control_loop(d: Arc<Daemon>) {
     }
 }
 
-/// Feed the agent the tasks assigned to this node, level-triggered.
-pub async fn run_assignments(d: Arc<Daemon>, tx: watch::Sender<Vec<model::Task>>) {
-    let mut rx = d.store.subscribe();
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let mine = assigned_to(&state, &d.identity.node_id);
-        tx.send_if_modified(|cur| {
-            if *cur == mine {
-                false
-            } else {
-                *cur = mine;
-                true
-            }
-        });
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn assigned_to(state: &ClusterState, node_id: &str) -> Vec<model::Task> {
-    state
-        .tasks
-        .values()
-        .filter(|t| t.node_id.as_deref() == Some(node_id))
-        .cloned()
-        .collect()
-}
-
-/// Forward the agent's status reports to the store, batching whatever is queued.
-pub async fn run_reports(
-    d: Arc<Daemon>,
-    mut rx: mpsc::Receiver<(String, TaskStatus)>,
-    busy: Arc<AtomicU64>,
-) {
-    while let Some(first) = rx.recv().await {
-        busy.store(1, Ordering::Release);
-        let mut batch = vec![first];
-        while batch.len() < 1000 {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let signals: Vec<(String, model::TaskState)> = batch
-            .iter()
-            .map(|(id, st)| (id.clone(), st.state))
-            .collect();
-        let cmds = batch
-            .into_iter()
-            .map(|(task_id, status)| Command::UpdateTaskStatus {
-                task_id,
-                node_id: d.identity.node_id.clone(),
-                status,
-            })
-            .collect();
-        let mut delay = Duration::from_millis(100);
-        let cmd = Command::Batch(cmds);
-        loop {
-            match d.store.propose(cmd.clone()).await {
-                Ok(_) => break,
-                Err(e) => {
-                    warn!(error = %e, "failed to record task status; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-        busy.store(0, Ordering::Release);
-        let events = d.events.lock().ok().and_then(|e| e.clone());
-        if let Some(events) = events {
-            let state = d.state();
-            for (task_id, st) in signals {
-                let service = state
-                    .tasks
-                    .get(&task_id)
-                    .map(|t| t.service_name.clone())
-                    .unwrap_or_default();
-                let _ = events.task_state_changed(&task_id, &service, st).await;
-            }
-        }
-    }
-}
-
 /// Keep the published ports in line with the running tasks of this node.
 pub async fn run_ports(d: Arc<Daemon>) {
     let mut rx = d.store.subscribe();
@@ -481,39 +586,11 @@ pub async fn run_ports(d: Arc<Daemon>) {
     }
 }
 
-/// Start the agent with the containerd executor.
-///
-/// Returns a handle on the report queue, so that a stopping daemon can let queued reports
-/// reach the store first (see [`drain_reports`]).
-pub async fn spawn_agent(d: &Arc<Daemon>) -> ReportQueue {
-    // The agent removes containers of tasks missing from its first assignment, so it must start
-    // from the real one, never from an empty placeholder.
-    let assigned = assigned_to(&d.state(), &d.identity.node_id);
-    collect_stale_networks(d, &assigned).await;
-    let (assign_tx, assign_rx) = watch::channel(assigned);
-    let (report_tx, report_rx) = mpsc::channel(4096);
-    let queue = ReportQueue {
-        tx: report_tx.clone(),
-        busy: Arc::new(AtomicU64::new(0)),
-    };
-    let busy = queue.busy.clone();
-    let executor = Arc::new(ContainerExecutor::new(d.clone()));
-    let agent = agent::Agent::new(
-        d.identity.node_id.clone(),
-        executor,
-        Arc::new(agent::SystemClock),
-    );
-    tokio::spawn(run_assignments(d.clone(), assign_tx));
-    tokio::spawn(run_reports(d.clone(), report_rx, busy));
-    tokio::spawn(async move { agent.run(assign_rx, report_tx).await });
-    queue
-}
-
 /// The agent's report queue, as seen by shutdown.
 pub struct ReportQueue {
-    tx: mpsc::Sender<(String, TaskStatus)>,
+    pub tx: mpsc::Sender<(String, TaskStatus)>,
     /// Reports taken off the queue and not yet committed.
-    busy: Arc<AtomicU64>,
+    pub busy: Arc<AtomicU64>,
 }
 
 /// Wait (at most `limit`) until every queued task report is committed, so that a final state
@@ -531,7 +608,7 @@ pub async fn drain_reports(q: &ReportQueue, limit: Duration) {
 
 /// Before the agent starts: remove network namespaces left by tasks this node no longer has (a
 /// task prepared but never started, then removed while the daemon was down).
-async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
+pub async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
     let Ok(attached) = d.net.attachments() else {
         return;
     };

@@ -5,12 +5,18 @@
 //! containerd shim starts for each task (internal).
 
 mod backend;
+mod certs;
 mod daemon;
+mod dispatcher;
 mod executor;
+mod forward;
 mod identity;
+mod join;
 mod logs;
 mod notify;
 mod ports;
+mod session;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +39,10 @@ struct Args {
     /// single-node cluster with default settings.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Validate a cluster file, print every problem as file:line:col and exit (non-zero when
+    /// the file is bad). Reads neither the token file nor any state.
+    #[arg(long, value_name = "PATH")]
+    check_config: Option<PathBuf>,
 }
 
 static CONFIG_PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -90,6 +100,18 @@ fn main() -> ExitCode {
         return ExitCode::from(shoal_containerd::run_logger(&raw).clamp(0, 255) as u8);
     }
     let args = Args::parse();
+    if let Some(path) = &args.check_config {
+        return match spec::load_cluster_file(path) {
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -117,12 +139,15 @@ async fn run(args: Args) -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = load_config(&args)?;
     let d = daemon::start(cfg).await?;
-    let reports = daemon::spawn_agent(&d).await;
+    join::establish(&d).await?;
+    let reports = session::start(&d);
     tokio::spawn(daemon::run_control_loop(d.clone()));
+    tokio::spawn(dispatcher::run_liveness(d.clone()));
+    tokio::spawn(dispatcher::run_membership(d.clone()));
     tokio::spawn(daemon::run_ports(d.clone()));
     tokio::spawn(daemon::run_log_gc(d.clone()));
 
-    let backend = Arc::new(backend::DaemonBackend(d.clone()));
+    let backend = Arc::new(forward::ClusterBackend(backend::DaemonBackend(d.clone())));
     let conn = shoal_dbus::serve(backend.clone()).await.context(
         "failed to own org.shoal.Shoal1 on the system bus (is the D-Bus policy org.shoal.Shoal1.conf installed, and is the bus running?)",
     )?;
@@ -140,7 +165,7 @@ async fn run(args: Args) -> Result<()> {
         let d = d.clone();
         tokio::spawn(async move {
             d.set_status("applying stacks");
-            if let Err(e) = backend.do_reload().await {
+            if let Err(e) = backend.0.do_reload().await {
                 warn!(error = %e.message(), "stacks directory not applied at start-up; fix the files and reload");
             }
             d.set_status(d.summary());
@@ -160,7 +185,7 @@ async fn run(args: Args) -> Result<()> {
                 info!("SIGHUP: reloading stacks");
                 let backend = backend.clone();
                 // In the background: a reload that pulls images must not hold up SIGTERM.
-                tokio::spawn(async move { backend.do_reload().await });
+                tokio::spawn(async move { backend.0.do_reload().await });
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

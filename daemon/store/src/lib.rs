@@ -42,7 +42,7 @@ use model::{Applied, ApplyError, ClusterState, Command};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -140,6 +140,13 @@ pub struct RaftInfo {
     pub purged_index: Option<u64>,
     /// Voting members: raft id and address.
     pub voters: Vec<(u64, String)>,
+}
+
+/// The members of the raft group: raft id -> address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub voters: BTreeMap<u64, String>,
+    pub learners: BTreeMap<u64, String>,
 }
 
 /// The replicated store of one manager node.
@@ -302,6 +309,92 @@ impl Store {
             .map_err(client_write_error)?;
         tracing::info!(?voters, "raft voters changed");
         Ok(())
+    }
+
+    /// Add node `id` at `addr` as a voter: first as a learner that catches up (possibly from a
+    /// snapshot), then as a voter. Leader only. Does nothing to a node that already votes.
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        if self.membership().voters.contains_key(&id) {
+            return Ok(());
+        }
+        self.add_learner(id, addr).await?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+            .await
+            .map_err(client_write_error)?;
+        tracing::info!(id, addr, "raft voter added");
+        Ok(())
+    }
+
+    /// Remove node `id` from the raft group entirely (voter or learner). Leader only.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let m = self.membership();
+        if m.voters.contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(client_write_error)?;
+        } else if m.learners.contains_key(&id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(client_write_error)?;
+        } else {
+            return Ok(());
+        }
+        tracing::info!(id, "raft member removed");
+        Ok(())
+    }
+
+    /// Change the address of member `id` (a node whose advertised address changed). Leader
+    /// only.
+    pub async fn set_member_addr(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        self.raft
+            .change_membership(
+                ChangeMembers::SetNodes(BTreeMap::from([(id, BasicNode::new(addr))])),
+                true,
+            )
+            .await
+            .map_err(client_write_error)?;
+        tracing::info!(id, addr, "raft member address changed");
+        Ok(())
+    }
+
+    /// The raft group as this node knows it.
+    pub fn membership(&self) -> Membership {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let mut out = Membership::default();
+        for (id, node) in membership.nodes() {
+            if membership.voter_ids().any(|v| v == *id) {
+                out.voters.insert(*id, node.addr.clone());
+            } else {
+                out.learners.insert(*id, node.addr.clone());
+            }
+        }
+        out
+    }
+
+    /// Whether raft has stopped for good (a storage error): the node must restart.
+    pub fn is_stopped(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_err()
+    }
+
+    /// The address of the leader this node knows of.
+    pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.leader()?;
+        self.membership().voters.get(&leader).cloned()
+    }
+
+    /// Wait until this node has applied at least log index `index`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), StoreError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "the change is applied")
+            .await
+            .map(|_| ())
+            .map_err(|e| wait_error(e, "applying a change", timeout))
     }
 
     /// The state after the last applied entry.

@@ -1,0 +1,358 @@
+//! CLI calls on any node: a follower or a worker forwards them to the leader over the node port,
+//! so what a user sees after a change is never older than the change (reads go to the leader
+//! too). A manager that cannot reach the leader answers reads from what it knows, and refuses
+//! changes with an error that says how many managers it reaches.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{NodeRole, ServiceSpec};
+use rpc::{ErrorKind, Request, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shoal_dbus::{
+    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
+    ServiceRow, SpecPatch, StackRow, TaskFilter, TaskRow,
+};
+
+use crate::backend::DaemonBackend;
+use crate::daemon::Daemon;
+
+/// How long a forwarded call may take (a deploy may pull images on the leader).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A CLI call as it travels to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiCall {
+    Info,
+    ListNodes,
+    InspectNode(String),
+    ListServices,
+    InspectService(String),
+    CreateService(Box<ServiceSpec>),
+    UpdateService(String, SpecPatch),
+    ScaleService(String, u64),
+    RollbackService(String),
+    RemoveService(String),
+    ListTasks(TaskFilter),
+    DeployStack(String, String),
+    ListStacks,
+    RemoveStack(String),
+    UpdateNode(String, NodeChange),
+    RemoveNode(String, bool),
+    JoinToken(String, bool),
+}
+
+impl ApiCall {
+    fn changes(&self) -> bool {
+        !matches!(
+            self,
+            ApiCall::Info
+                | ApiCall::ListNodes
+                | ApiCall::InspectNode(_)
+                | ApiCall::ListServices
+                | ApiCall::InspectService(_)
+                | ApiCall::ListTasks(_)
+                | ApiCall::ListStacks
+        )
+    }
+}
+
+/// An [`ApiError`] on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WireError {
+    kind: String,
+    message: String,
+}
+
+fn to_wire(e: &ApiError) -> WireError {
+    let kind = match e {
+        ApiError::NotFound(_) => "not_found",
+        ApiError::InvalidSpec(_) => "invalid_spec",
+        ApiError::AlreadyExists(_) => "already_exists",
+        ApiError::NotLeader(_) => "not_leader",
+        ApiError::Unavailable(_) => "unavailable",
+        ApiError::ReloadFailed(_) => "reload_failed",
+        _ => "failed",
+    };
+    WireError {
+        kind: kind.into(),
+        message: e.message(),
+    }
+}
+
+fn from_wire(w: WireError) -> ApiError {
+    match w.kind.as_str() {
+        "not_found" => ApiError::NotFound(w.message),
+        "invalid_spec" => ApiError::InvalidSpec(w.message),
+        "already_exists" => ApiError::AlreadyExists(w.message),
+        "not_leader" => ApiError::NotLeader(w.message),
+        "unavailable" => ApiError::Unavailable(w.message),
+        "reload_failed" => ApiError::ReloadFailed(w.message),
+        _ => ApiError::Failed(w.message),
+    }
+}
+
+fn reply<T: Serialize>(r: Result<T, ApiError>) -> serde_json::Value {
+    match r {
+        Ok(v) => serde_json::json!({ "ok": v }),
+        Err(e) => serde_json::json!({ "err": to_wire(&e) }),
+    }
+}
+
+/// On the leader: run a forwarded call locally.
+pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
+    let call: ApiCall = match serde_json::from_value(call) {
+        Ok(c) => c,
+        Err(e) => {
+            return Response::error(ErrorKind::Invalid, format!("invalid forwarded call: {e}"));
+        }
+    };
+    let b = DaemonBackend(d.clone());
+    let reply = match call {
+        ApiCall::Info => reply(b.info().await),
+        ApiCall::ListNodes => reply(b.list_nodes().await),
+        ApiCall::InspectNode(n) => reply(b.inspect_node(&n).await),
+        ApiCall::ListServices => reply(b.list_services().await),
+        ApiCall::InspectService(s) => reply(b.inspect_service(&s).await),
+        ApiCall::CreateService(spec) => reply(b.create_service(*spec).await),
+        ApiCall::UpdateService(s, p) => reply(b.update_service(&s, p).await),
+        ApiCall::ScaleService(s, n) => reply(b.scale_service(&s, n).await),
+        ApiCall::RollbackService(s) => reply(b.rollback_service(&s).await),
+        ApiCall::RemoveService(s) => reply(b.remove_service(&s).await),
+        ApiCall::ListTasks(f) => reply(b.list_tasks(f).await),
+        ApiCall::DeployStack(n, t) => reply(b.deploy_stack(&n, &t).await),
+        ApiCall::ListStacks => reply(b.list_stacks().await),
+        ApiCall::RemoveStack(n) => reply(b.remove_stack(&n).await),
+        ApiCall::UpdateNode(n, c) => reply(b.update_node(&n, c).await),
+        ApiCall::RemoveNode(n, f) => reply(b.remove_node(&n, f).await),
+        ApiCall::JoinToken(r, rotate) => reply(b.join_token(&r, rotate).await),
+    };
+    Response::Api { reply }
+}
+
+/// The D-Bus backend of every node: local on the leader, forwarded elsewhere.
+#[derive(Clone)]
+pub struct ClusterBackend(pub DaemonBackend);
+
+impl ClusterBackend {
+    fn d(&self) -> &Arc<Daemon> {
+        &self.0.0
+    }
+
+    /// Whether this call runs here: on the leader always; reads on a manager that cannot
+    /// reach the leader.
+    fn local(&self) -> bool {
+        self.d().store.is_leader()
+    }
+
+    async fn call<T: DeserializeOwned>(&self, call: ApiCall) -> Result<T, ApiError> {
+        let d = self.d();
+        let changes = call.changes();
+        let value = serde_json::to_value(&call).map_err(|e| ApiError::Failed(e.to_string()))?;
+        match d
+            .leader_call(Request::Api { call: value }, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok(Response::Api { reply }) => {
+                #[derive(Deserialize)]
+                #[serde(rename_all = "snake_case")]
+                enum Reply<T> {
+                    Ok(T),
+                    Err(WireError),
+                }
+                match serde_json::from_value::<Reply<T>>(reply) {
+                    Ok(Reply::Ok(v)) => Ok(v),
+                    Ok(Reply::Err(w)) => Err(from_wire(w)),
+                    Err(e) => Err(ApiError::Failed(format!(
+                        "invalid answer from the leader: {e}"
+                    ))),
+                }
+            }
+            Ok(Response::Error(e)) => Err(ApiError::Unavailable(e.message)),
+            Ok(other) => Err(ApiError::Failed(format!(
+                "unexpected answer from the leader: {other:?}"
+            ))),
+            Err(e) => {
+                let why = d.no_leader_reason(&e.to_string());
+                if changes {
+                    Err(ApiError::Unavailable(why))
+                } else {
+                    Err(ApiError::NotLeader(why))
+                }
+            }
+        }
+    }
+
+    /// Forward a read; a manager that cannot reach the leader answers from its own state.
+    async fn read<T: DeserializeOwned, F: Future<Output = Result<T, ApiError>>>(
+        &self,
+        call: ApiCall,
+        local: F,
+    ) -> Result<T, ApiError> {
+        if self.local() {
+            return local.await;
+        }
+        match self.call(call).await {
+            Err(ApiError::NotLeader(_)) if self.d().role() == NodeRole::Manager => local.await,
+            r => r,
+        }
+    }
+}
+
+macro_rules! write_call {
+    ($self:ident, $call:expr, $local:expr) => {
+        if $self.local() {
+            $local.await
+        } else {
+            $self.call($call).await
+        }
+    };
+}
+
+impl Backend for ClusterBackend {
+    async fn info(&self) -> Result<ClusterInfo, ApiError> {
+        // Cheap and local: called for every property read.
+        self.0.info().await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRow>, ApiError> {
+        let mut rows: Vec<NodeRow> = self.read(ApiCall::ListNodes, self.0.list_nodes()).await?;
+        let me = &self.d().identity.node_id;
+        for r in &mut rows {
+            r.is_self = &r.id == me;
+        }
+        Ok(rows)
+    }
+
+    async fn inspect_node(&self, node: &str) -> Result<NodeRow, ApiError> {
+        let node = if node == "self" {
+            self.d().identity.node_id.clone()
+        } else {
+            node.to_string()
+        };
+        let mut row: NodeRow = self
+            .read(
+                ApiCall::InspectNode(node.clone()),
+                self.0.inspect_node(&node),
+            )
+            .await?;
+        row.is_self = row.id == self.d().identity.node_id;
+        Ok(row)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
+        self.read(ApiCall::ListServices, self.0.list_services())
+            .await
+    }
+
+    async fn inspect_service(&self, service: &str) -> Result<ServiceDetail, ApiError> {
+        self.read(
+            ApiCall::InspectService(service.into()),
+            self.0.inspect_service(service),
+        )
+        .await
+    }
+
+    async fn create_service(&self, spec: ServiceSpec) -> Result<String, ApiError> {
+        write_call!(
+            self,
+            ApiCall::CreateService(Box::new(spec.clone())),
+            self.0.create_service(spec)
+        )
+    }
+
+    async fn update_service(&self, service: &str, patch: SpecPatch) -> Result<u64, ApiError> {
+        write_call!(
+            self,
+            ApiCall::UpdateService(service.into(), patch.clone()),
+            self.0.update_service(service, patch)
+        )
+    }
+
+    async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::ScaleService(service.into(), replicas),
+            self.0.scale_service(service, replicas)
+        )
+    }
+
+    async fn rollback_service(&self, service: &str) -> Result<u64, ApiError> {
+        write_call!(
+            self,
+            ApiCall::RollbackService(service.into()),
+            self.0.rollback_service(service)
+        )
+    }
+
+    async fn remove_service(&self, service: &str) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::RemoveService(service.into()),
+            self.0.remove_service(service)
+        )
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<Vec<TaskRow>, ApiError> {
+        self.read(
+            ApiCall::ListTasks(filter.clone()),
+            self.0.list_tasks(filter),
+        )
+        .await
+    }
+
+    async fn deploy_stack(&self, name: &str, text: &str) -> Result<ChangeReport, ApiError> {
+        write_call!(
+            self,
+            ApiCall::DeployStack(name.into(), text.into()),
+            self.0.deploy_stack(name, text)
+        )
+    }
+
+    async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
+        self.read(ApiCall::ListStacks, self.0.list_stacks()).await
+    }
+
+    async fn remove_stack(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        write_call!(
+            self,
+            ApiCall::RemoveStack(name.into()),
+            self.0.remove_stack(name)
+        )
+    }
+
+    async fn reload(&self) -> Result<ChangeReport, ApiError> {
+        self.0.reload().await
+    }
+
+    async fn open_logs(&self, service: &str, options: LogOptions) -> Result<OwnedFd, ApiError> {
+        self.0.open_logs(service, options).await
+    }
+
+    async fn update_node(&self, node: &str, change: NodeChange) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::UpdateNode(node.into(), change.clone()),
+            self.0.update_node(node, change)
+        )
+    }
+
+    async fn remove_node(&self, node: &str, force: bool) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::RemoveNode(node.into(), force),
+            self.0.remove_node(node, force)
+        )
+    }
+
+    async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ApiError> {
+        write_call!(
+            self,
+            ApiCall::JoinToken(role.into(), rotate),
+            self.0.join_token(role, rotate)
+        )
+    }
+}
