@@ -269,6 +269,13 @@ fn progress(
         if !wanted.contains(slot) {
             continue;
         }
+        // A paused node gets no new tasks, updates included: its global task stays as it is
+        // until the node is active again.
+        if let SlotKey::Node(n) = slot
+            && !state.nodes.get(n).is_some_and(|n| n.is_eligible())
+        {
+            continue;
+        }
         let runnable: Vec<_> = tasks.iter().filter(|t| t.is_runnable()).collect();
         let new: Vec<_> = runnable
             .iter()
