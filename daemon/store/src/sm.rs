@@ -399,10 +399,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = SnapshotStore::open(dir.path()).unwrap();
         assert!(loaded.is_none());
-        let mut state = ClusterState {
-            cluster_id: "one".into(),
-            ..Default::default()
-        };
+        let mut state = ClusterState::default();
+        state.cluster_id = "one".into();
         store.save(&meta(1, 10), &state).unwrap().unwrap();
         state.cluster_id = "two".into();
         store.save(&meta(2, 20), &state).unwrap().unwrap();

@@ -121,6 +121,7 @@ mod tests {
             addr: "10.0.0.1:4600".into(),
             last_heartbeat: 42,
             version: "0.1.0".into(),
+            status_message: String::new(),
         })
     }
 

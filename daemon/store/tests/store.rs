@@ -28,6 +28,7 @@ fn node(i: u64) -> Command {
         addr: format!("10.0.0.{}:4600", i % 250),
         last_heartbeat: i,
         version: String::new(),
+        status_message: String::new(),
     })
 }
 

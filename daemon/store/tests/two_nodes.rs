@@ -94,6 +94,7 @@ fn node(i: u64) -> Command {
         addr: "10.0.0.1:4600".into(),
         last_heartbeat: i,
         version: String::new(),
+        status_message: String::new(),
     })
 }
 
