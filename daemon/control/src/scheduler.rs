@@ -50,10 +50,7 @@ fn plan(state: &ClusterState) -> (Assignments, Errors) {
     let mut total: HashMap<&str, u64> = state
         .nodes
         .keys()
-        .map(|n| {
-            let count = state.tasks_on(n).filter(|t| t.is_runnable()).count();
-            (n.as_str(), count as u64)
-        })
+        .map(|n| (n.as_str(), state.runnable_on(n)))
         .collect();
     for (service_id, tasks) in pending {
         let Some(svc) = state.services.get(service_id) else {

@@ -45,6 +45,20 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         }
     }
 
+    // Fast path for a service at rest (the common case): no update under way, and every
+    // runnable task is of the current version and released.
+    let active = matches!(
+        status.as_ref().map(|s| s.state),
+        Some(UpdateState::Updating | UpdateState::RollbackStarted)
+    );
+    if !active
+        && pass.state.tasks_of(service_id).all(|t| {
+            !t.is_runnable() || (t.spec_version == svc.version && t.desired != TaskState::Ready)
+        })
+    {
+        return;
+    }
+
     let now = pass.now;
     let started_at = status
         .as_ref()
@@ -83,10 +97,6 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     // An update is under way when the status says so (and no newer spec arrived since it began),
     // or when old tasks wait to be replaced. New tasks of a service that is simply starting, or
     // of a slot being restarted, are not an update.
-    let active = matches!(
-        status.as_ref().map(|s| s.state),
-        Some(UpdateState::Updating | UpdateState::RollbackStarted)
-    );
     if !active && dirty.is_empty() {
         return;
     }
@@ -257,6 +267,13 @@ fn progress(
 
     for (slot, tasks) in &slots {
         if !wanted.contains(slot) {
+            continue;
+        }
+        // A paused node gets no new tasks, updates included: its global task stays as it is
+        // until the node is active again.
+        if let SlotKey::Node(n) = slot
+            && !state.nodes.get(n).is_some_and(|n| n.is_eligible())
+        {
             continue;
         }
         let runnable: Vec<_> = tasks.iter().filter(|t| t.is_runnable()).collect();

@@ -1,7 +1,7 @@
 //! Deterministic simulation of the control plane: fake nodes and agents, virtual time, a seeded
 //! RNG choosing operations and faults (task crashes, node drain, node death and return), with
 //! invariants checked after every step. A failure prints the seed; rerun one seed with
-//! `SHOAL_SIM_SEED=<seed> cargo test -p control --test simulation`.
+//! `SIM_SEED=<seed> cargo test -p control --test simulation`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -370,7 +370,7 @@ fn run_seed(seed: u64) {
         w.heal_and_converge();
     }));
     if let Err(e) = result {
-        eprintln!("simulation failed with seed {seed}; last operations:");
+        eprintln!("simulation failed with seed {seed} (rerun: SIM_SEED={seed}); last operations:");
         for line in w.log.iter().rev().take(15).rev() {
             eprintln!("  {line}");
         }
@@ -380,8 +380,8 @@ fn run_seed(seed: u64) {
 
 #[test]
 fn random_operations_and_faults_keep_invariants_and_converge() {
-    if let Ok(seed) = std::env::var("SHOAL_SIM_SEED") {
-        run_seed(seed.parse().expect("SHOAL_SIM_SEED is a number"));
+    if let Ok(seed) = std::env::var("SIM_SEED").or_else(|_| std::env::var("SHOAL_SIM_SEED")) {
+        run_seed(seed.parse().expect("SIM_SEED is a number"));
         return;
     }
     for seed in 0..40 {

@@ -497,9 +497,10 @@ impl ClusterState {
                 if !t
                     .node_id
                     .as_ref()
-                    .is_some_and(|n| self.nodes.contains_key(n)) =>
+                    .and_then(|n| self.nodes.get(n))
+                    .is_some_and(|n| n.is_eligible() && svc.spec.placement.matches(n)) =>
             {
-                return stale("its node no longer exists".into());
+                return stale("its node is gone, not ready and active, or does not match".into());
             }
             (ServiceMode::Global, slot) if slot != 0 => {
                 return stale(format!("slot {slot} in global service {}", svc.spec.name));

@@ -14,6 +14,7 @@ pub(crate) struct Keys {
     slot: SlotKey,
     node: Option<Id>,
     unassigned: bool,
+    runnable: bool,
 }
 
 impl Keys {
@@ -23,6 +24,7 @@ impl Keys {
             slot: t.slot_key(),
             node: t.node_id.clone(),
             unassigned: t.node_id.is_none() && t.status.state < TaskState::Assigned,
+            runnable: t.is_runnable(),
         }
     }
 }
@@ -32,6 +34,8 @@ pub(crate) struct TaskIndex {
     by_slot: BTreeMap<(Id, SlotKey), BTreeSet<Id>>,
     by_node: BTreeMap<Id, BTreeSet<Id>>,
     unassigned: BTreeSet<Id>,
+    /// Runnable tasks per node (the scheduler's load measure).
+    runnable_on: BTreeMap<Id, u64>,
     len: usize,
 }
 
@@ -90,6 +94,15 @@ impl TaskIndex {
                 self.by_node.remove(n);
             }
         }
+        if let Some(n) = &k.node
+            && k.runnable
+            && let Some(c) = self.runnable_on.get_mut(n)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.runnable_on.remove(n);
+            }
+        }
         if k.unassigned {
             self.unassigned.remove(id);
         }
@@ -115,6 +128,10 @@ impl TaskIndex {
 
     pub(crate) fn on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Id> + 'a {
         self.by_node.get(node).into_iter().flatten()
+    }
+
+    pub(crate) fn runnable_on(&self, node: &str) -> u64 {
+        self.runnable_on.get(node).copied().unwrap_or(0)
     }
 
     pub(crate) fn unassigned(&self) -> impl Iterator<Item = &Id> + '_ {

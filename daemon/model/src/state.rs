@@ -459,6 +459,14 @@ impl ClusterState {
         )
     }
 
+    /// How many runnable tasks a node has (the scheduler's load measure), from the index.
+    pub fn runnable_on(&self, node_id: &str) -> u64 {
+        if !self.index_fresh() {
+            return self.tasks_on(node_id).filter(|t| t.is_runnable()).count() as u64;
+        }
+        self.index.runnable_on(node_id)
+    }
+
     /// Rebuild the task indexes from `tasks` (after deserialization or a direct edit).
     pub fn rebuild_index(&mut self) {
         let mut index = TaskIndex::default();
