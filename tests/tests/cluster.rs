@@ -166,3 +166,176 @@ fn a_wrong_token_is_refused_and_the_node_keeps_trying() {
     assert_eq!(node_names(&manager).len(), 1);
     assert!(!worker.log().contains(SECRET) && !manager.log().contains(SECRET));
 }
+
+/// Wait until `node` sees `n` nodes, all ready, with exactly one leader and `managers` managers.
+fn wait_for_cluster(node: &Node, n: usize, managers: usize) {
+    node.wait_for(
+        &format!("{n} ready nodes, {managers} managers, one leader"),
+        Duration::from_secs(90),
+        |m| {
+            let rows = node_names(m);
+            rows.len() == n
+                && rows.values().all(|(s, _)| s == "ready")
+                && rows.values().filter(|(_, ms)| ms == "leader").count() == 1
+                && rows.values().filter(|(_, ms)| !ms.is_empty()).count() == managers
+        },
+    );
+}
+
+#[test]
+fn three_managers_survive_the_loss_of_the_leader() {
+    let secrets = tempfile::tempdir().unwrap();
+    let tok = token_file(secrets.path(), SECRET);
+    let mut m1 = Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        ..Default::default()
+    });
+    let join = |role: &str| NodeOptions {
+        node_config: format!("role = \"{role}\""),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
+            m1.node_port
+        ),
+    };
+    let n2 = Node::start_with(join("worker"));
+    let n3 = Node::start_with(join("worker"));
+    wait_for_cluster(&m1, 3, 1);
+
+    // Promote both workers; they renew their certificates and join the raft group.
+    let names: Vec<String> = node_names(&m1).into_keys().collect();
+    let m1_name = node_names(&m1)
+        .into_iter()
+        .find(|(_, (_, ms))| ms == "leader")
+        .map(|(n, _)| n)
+        .unwrap();
+    for name in names.iter().filter(|n| **n != m1_name) {
+        n2.shoal_ok(&["node", "promote", name]);
+    }
+    wait_for_cluster(&m1, 3, 3);
+    n3.wait_for("three raft voters", Duration::from_secs(60), |n| {
+        n.shoal_ok(&["info"]).contains("Managers: 3")
+    });
+
+    let shared = secrets.path().join("bb.tar");
+    shoal_tests::images::write_oci_archive(&shared, false, "example.org/bb:1");
+    let image = format!("oci-archive:{}", shared.display());
+    n3.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "one",
+        "--replicas",
+        "3",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    m1.wait_for("three running tasks", Duration::from_secs(90), |m| {
+        m.running("one").len() == 3
+    });
+
+    // The leader dies: a new leader takes over and changes keep working from any node.
+    let started = std::time::Instant::now();
+    m1.kill_daemon();
+    n2.wait_for("a new leader", Duration::from_secs(60), |n| {
+        node_names(n)
+            .iter()
+            .any(|(name, (_, ms))| ms == "leader" && *name != m1_name)
+    });
+    let failover = started.elapsed();
+    eprintln!("new leader known {failover:?} after the old one was killed");
+    n3.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "two",
+        "--replicas",
+        "2",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    n2.shoal_ok(&["service", "scale", "--detach", "one=2"]);
+    n2.wait_for("the old leader down", Duration::from_secs(60), |n| {
+        node_names(n)
+            .get(&m1_name)
+            .is_some_and(|(s, _)| s == "down")
+    });
+    n2.wait_for(
+        "both services converged on the survivors",
+        Duration::from_secs(90),
+        |n| {
+            let one = n.running("one");
+            let two = n.running("two");
+            one.len() == 2 && two.len() == 2 && one.iter().chain(&two).all(|t| t.node != m1_name)
+        },
+    );
+
+    // Demoting one of the two managers left would break quorum (the dead one still counts).
+    let n3_name = node_names(&n3)
+        .into_iter()
+        .find(|(n, (_, ms))| *n != m1_name && ms != "leader")
+        .map(|(n, _)| n)
+        .unwrap();
+    let out = n2.shoal(&["node", "demote", &n3_name]);
+    assert!(
+        !out.status.success(),
+        "demote that breaks quorum must fail: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quorum"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_worker_token_never_yields_a_manager() {
+    let secrets = tempfile::tempdir().unwrap();
+    let tok = token_file(secrets.path(), SECRET);
+    let m1 = Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        ..Default::default()
+    });
+    let worker_token = m1.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
+    assert!(
+        worker_token.trim().starts_with("SWMTKN-1-"),
+        "{worker_token}"
+    );
+    let wtok = secrets.path().join("worker-token");
+    std::fs::write(&wtok, worker_token.trim()).unwrap();
+    // Configured as a manager, joining with a worker token: it becomes a worker.
+    let n2 = Node::start_with(NodeOptions {
+        node_config: "role = \"manager\"".into(),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
+            m1.node_port,
+            wtok.display()
+        ),
+    });
+    wait_for_cluster(&m1, 2, 1);
+    let info = n2.shoal_ok(&["info"]);
+    assert!(info.contains("Role: worker"), "{info}");
+    // Rotating the worker token refuses new joins with the old one.
+    let rotated = m1.shoal_ok(&["cluster", "join-token", "-q", "--rotate", "worker"]);
+    assert_ne!(rotated.trim(), worker_token.trim());
+    let n3 = Node::start_with(NodeOptions {
+        node_config: "role = \"worker\"".into(),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
+            m1.node_port,
+            wtok.display()
+        ),
+    });
+    n3.wait_for(
+        "the old token to be refused",
+        Duration::from_secs(30),
+        |n| n.log().contains("join token refused"),
+    );
+    assert_eq!(node_names(&m1).len(), 2);
+    // The tokens never reach the logs.
+    for log in [m1.log(), n2.log(), n3.log()] {
+        assert!(!log.contains(worker_token.trim()) && !log.contains(rotated.trim()));
+    }
+}
