@@ -26,17 +26,14 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+# The rootfs (debootstrap, cache), the private containerd's config, ok/not_ok/check, wait_for.
+# shellcheck source=tests/systemd/lib.sh
+source "$HERE/lib.sh"
 CACHE=${SHOAL_SYSTEMD_ROOTFS_CACHE:-/var/cache/shoal-test/rootfs-bookworm}
 BIN_DIR=${SHOAL_BIN_DIR:-$REPO/target/debug}
-SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,containerd,runc,iproute2,nftables,containernetworking-plugins,curl,ca-certificates
-# Written into the cached rootfs once debootstrap succeeded; a different value means rebuild.
-STAMP_VALUE="suite=$SUITE variant=minbase include=$PACKAGES"
-STAMP_FILE=.shoal-test-rootfs
 
 NS=shoal-systemd-test
 CNAME=sdhost-$$
-GUEST_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 STACK=/etc/shoal/stacks/web.toml
 
 PASSED=0
@@ -50,28 +47,6 @@ INTERRUPTED=0
 EXEC_N=0
 declare -A NESTED_IDS=()
 START_TIME=$SECONDS
-
-say() { printf '# %s\n' "$*"; }
-# indent FILE-OR-STDIN: prints text as diagnostics.
-indent() { sed 's/^/#   /'; }
-ok() {
-  PASSED=$((PASSED + 1))
-  printf 'ok - %s\n' "$*"
-}
-not_ok() {
-  FAILED=$((FAILED + 1))
-  printf 'not ok - %s\n' "$*"
-}
-# check NAME CONDITION-STATUS [DETAIL]: ok when the status is 0.
-check() {
-  local name=$1 status=$2 detail=${3:-}
-  if [[ $status -eq 0 ]]; then
-    ok "$name"
-  else
-    not_ok "$name"
-    if [[ -n $detail ]]; then printf '%s\n' "$detail" | indent; fi
-  fi
-}
 
 summary() {
   say "took $((SECONDS - START_TIME))s"
@@ -233,101 +208,6 @@ done
 # ---------------------------------------------------------------------------------------------
 # The Debian rootfs (cached)
 
-# The Debian archive apt uses on this machine (first bookworm entry with main that is not the
-# security archive), so a local mirror or proxy is honoured.
-debian_mirror() {
-  if [[ -n ${SHOAL_DEBIAN_MIRROR:-} ]]; then
-    echo "$SHOAL_DEBIAN_MIRROR"
-    return
-  fi
-  python3 - "$SUITE" <<'EOF'
-import glob, re, sys
-suite = sys.argv[1]
-codenames = {suite, "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable"}
-entries = []  # (uri, suites, components)
-files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list"))
-for path in files:
-    try:
-        lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
-    except OSError:
-        continue
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
-            continue
-        line = re.sub(r"\[[^\]]*\]", " ", line[4:])
-        parts = line.split()
-        if len(parts) >= 3:
-            entries.append((parts[0], [parts[1]], parts[2:]))
-for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    try:
-        text = open(path, encoding="utf-8", errors="replace").read()
-    except OSError:
-        continue
-    for stanza in re.split(r"\n\s*\n", text):
-        fields = {}
-        for line in stanza.splitlines():
-            if line.startswith("#") or ":" not in line or line[:1].isspace():
-                continue
-            key, value = line.split(":", 1)
-            fields[key.strip().lower()] = value.split()
-        if "deb" not in fields.get("types", []) or fields.get("enabled", ["yes"])[0] == "no":
-            continue
-        for uri in fields.get("uris", []):
-            entries.append((uri, fields.get("suites", []), fields.get("components", [])))
-def usable(e, wanted):
-    uri, suites, comps = e
-    return "security" not in uri and "main" in comps and any(s in wanted for s in suites)
-for wanted in ({suite}, codenames):
-    for e in entries:
-        if usable(e, wanted):
-            print(e[0].rstrip("/"))
-            sys.exit(0)
-print("http://deb.debian.org/debian")
-EOF
-}
-
-rootfs_ready() { [[ -f $CACHE/$STAMP_FILE && $(cat "$CACHE/$STAMP_FILE") == "$STAMP_VALUE" ]]; }
-
-ensure_rootfs() {
-  if rootfs_ready; then
-    say "using the cached rootfs $CACHE"
-    return 0
-  fi
-  mkdir -p "$(dirname "$CACHE")" || return 1
-  exec 9>"$CACHE.lock"
-  if ! flock -w 1200 9; then
-    say "another run holds $CACHE.lock"
-    return 1
-  fi
-  if rootfs_ready; then
-    exec 9>&-
-    return 0
-  fi
-  local mirror proxy="" tmp="$CACHE.new.$$" t0=$SECONDS
-  mirror=$(debian_mirror)
-  eval "$(apt-config shell proxy Acquire::http::Proxy 2>/dev/null)"
-  say "building the rootfs with debootstrap from $mirror${proxy:+ through $proxy} (about a minute)"
-  rm -rf "$tmp"
-  if ! http_proxy=${proxy:-${http_proxy:-}} timeout 1200 debootstrap --variant=minbase \
-    --include="$PACKAGES" "$SUITE" "$tmp" "$mirror" >"$WORK/debootstrap.log" 2>&1 </dev/null; then
-    say "debootstrap failed; last lines of its log:"
-    tail -n 30 "$WORK/debootstrap.log" | indent
-    tail -n 30 "$tmp/debootstrap/debootstrap.log" 2>/dev/null | indent
-    rm -rf "$tmp"
-    exec 9>&-
-    return 1
-  fi
-  # Package files are not needed at run time; each run regenerates its machine id.
-  rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*_Packages
-  : >"$tmp/etc/machine-id"
-  echo "$STAMP_VALUE" >"$tmp/$STAMP_FILE"
-  rm -rf "$CACHE"
-  mv "$tmp" "$CACHE"
-  exec 9>&-
-  say "rootfs built in $((SECONDS - t0))s"
-}
-
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shoal-systemd.XXXXXX") || fatal "setup: mktemp failed"
 ensure_rootfs || fatal "setup: build the Debian rootfs with debootstrap (see the log above)"
 
@@ -367,26 +247,7 @@ install_shoal || fatal "setup: install shoal into the rootfs"
 # A private containerd on the host, and the systemd host in it
 
 SOCK=$WORK/containerd.sock
-cat >"$WORK/containerd.toml" <<EOF
-version = 2
-root = "$WORK/containerd-root"
-state = "$WORK/containerd-state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-[grpc]
-  address = "$SOCK"
-[ttrpc]
-  address = "$SOCK.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$WORK/containerd-opt"
-EOF
+write_containerd_config "$WORK" "$SOCK"
 # In its own session, so that a Ctrl-C in the terminal reaches the script (which then cleans up)
 # but not the containerd the cleanup needs. (No job control here: setsid does not fork.)
 setsid containerd --config "$WORK/containerd.toml" </dev/null >"$WORK/containerd.log" 2>&1 &
@@ -468,17 +329,6 @@ print(" ".join(sorted(t["id"] for t in tasks
 container_pids() {
   gx ctr -n shoal tasks list 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { print $1 "=" $2 }' |
     sort | tr '\n' ' '
-}
-
-# wait_for SECONDS CMD...: retries CMD every second until it succeeds.
-wait_for() {
-  local deadline=$((SECONDS + $1))
-  shift
-  while ((SECONDS < deadline)); do
-    "$@" && return 0
-    sleep 1
-  done
-  "$@"
 }
 
 count_is() { # count_is N SERVICE
