@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on Debian 12 as root: installs the dependencies, builds every
 # target (dev profile), runs `cargo test --workspace`, then the NixOS module evaluation
-# (tests/nix-eval/run.sh) and the real-systemd tests (tests/systemd/run.sh) when they exist.
+# (tests/nix-eval/run.sh) and the real-systemd tests (tests/systemd/run.sh: one host;
+# tests/systemd/cluster.sh: a three-host cluster) when they exist. Prints how long each phase
+# took.
 #
 # usage: scripts/test.sh [-- EXTRA CARGO TEST ARGS]
 #
@@ -41,7 +43,15 @@ PASSED=0
 FAILED=0
 declare -a PROBLEMS=()
 
+declare -a TIMINGS=()
+
 phase() { printf '\n==> %s\n' "$*"; }
+# took LABEL T0: prints and records how long the phase that started at T0 ($SECONDS) took.
+took() {
+  local secs=$((SECONDS - $2))
+  TIMINGS+=("$(printf '%4dm%02ds  %s' $((secs / 60)) $((secs % 60)) "$1")")
+  printf '==> %s took %dm%02ds\n' "$1" $((secs / 60)) $((secs % 60))
+}
 
 # count LOGFILE STATUS LABEL: adds the log's "test result:" counts; a non-zero STATUS with no
 # failed test in the log (build error, crash, script failure) counts as one failure.
@@ -87,28 +97,38 @@ fi
 LOGDIR=$(mktemp -d /tmp/shoal-test.XXXXXX)
 
 phase "cargo build --workspace --all-targets"
+t0=$SECONDS
 cargo build --workspace --all-targets </dev/null 2>&1 | tee "$LOGDIR/build.log"
 build_status=${PIPESTATUS[0]}
+took "cargo build" "$t0"
 
 if [[ $build_status -ne 0 ]]; then
   FAILED=$((FAILED + 1))
   PROBLEMS+=("cargo build (exit $build_status, log $LOGDIR/build.log); cargo test skipped")
 else
   phase "cargo test --workspace --no-fail-fast"
+  t0=$SECONDS
   cargo test --workspace --no-fail-fast "${EXTRA[@]}" </dev/null 2>&1 | tee "$LOGDIR/cargo-test.log"
   count "$LOGDIR/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
+  took "cargo test" "$t0"
 fi
 
-for suite in tests/nix-eval/run.sh tests/systemd/run.sh; do
+for suite in tests/nix-eval/run.sh tests/systemd/run.sh tests/systemd/cluster.sh; do
   if [[ -f $suite ]]; then
     phase "$suite"
+    # tests/systemd/cluster.sh -> systemd-cluster.log
     name=$(basename "$(dirname "$suite")")
+    [[ $(basename "$suite") != run.sh ]] && name=$name-$(basename "$suite" .sh)
+    t0=$SECONDS
     bash "$suite" </dev/null 2>&1 | tee "$LOGDIR/$name.log"
     count "$LOGDIR/$name.log" "${PIPESTATUS[0]}" "$suite"
+    took "$suite" "$t0"
   fi
 done
 
 echo
+echo "time per phase:"
+printf '%s\n' "${TIMINGS[@]}"
 if [[ ${#PROBLEMS[@]} -gt 0 ]]; then
   echo "failed:"
   printf '  %s\n' "${PROBLEMS[@]}"
