@@ -7,6 +7,7 @@ use clap::Args;
 use model::{PortSpec, Protocol, PublishMode};
 use shoal_dbus::props::{MountRow, mount_to_row};
 use shoal_dbus::{PortRow, Property, ServiceInspect};
+use spec::placement;
 
 /// Flags shared by `service create` and `service update`.
 #[derive(Debug, Clone, Default, Args)]
@@ -77,6 +78,9 @@ pub struct CommonFlags {
     /// Mount the container's root filesystem as read only
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub read_only: Option<bool>,
+    /// Maximum number of tasks per node (default 0 = unlimited)
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
 }
 
 /// `service create` only.
@@ -107,6 +111,13 @@ pub struct CreateFlags {
     /// Network attachments
     #[arg(long = "network")]
     pub network: Vec<String>,
+    /// Placement constraints (e.g. node.labels.zone==a, node.role!=manager,
+    /// "node.labels.zone in (a, b)")
+    #[arg(long = "constraint")]
+    pub constraint: Vec<String>,
+    /// Add a placement preference (spread=node.labels.KEY)
+    #[arg(long = "placement-pref")]
+    pub placement_pref: Vec<String>,
 }
 
 /// `service update` only.
@@ -145,6 +156,18 @@ pub struct UpdateFlags {
     /// Remove a mount by its target path
     #[arg(long = "mount-rm")]
     pub mount_rm: Vec<String>,
+    /// Add or update a placement constraint
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a constraint
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    /// Add a placement preference (spread=node.labels.KEY)
+    #[arg(long = "placement-pref-add")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference
+    #[arg(long = "placement-pref-rm")]
+    pub placement_pref_rm: Vec<String>,
 }
 
 /// Parse a docker duration into microseconds for the API.
@@ -289,6 +312,52 @@ pub fn parse_mount(s: &str) -> Result<MountRow, String> {
     Ok(row)
 }
 
+/// Parse each value with the shared validator, collecting errors as `--FLAG: message`.
+fn parse_each<T>(
+    flag: &str,
+    items: &[String],
+    parse: fn(&str) -> Result<T, String>,
+    errs: &mut Vec<String>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for s in items {
+        match parse(s) {
+            Ok(v) => out.push(v),
+            Err(e) => errs.push(format!("--{flag}: {e}")),
+        }
+    }
+    out
+}
+
+fn strings<T: ToString>(items: &[T]) -> Vec<String> {
+    items.iter().map(ToString::to_string).collect()
+}
+
+/// Docker's `--X-rm` then `--X-add` on a list: removals by value, additions appended unless
+/// already present. Every value goes through `parse`; problems are collected in `errs`.
+fn add_rm<T: PartialEq + Clone>(
+    flag: &str,
+    current: &[T],
+    add: &[String],
+    rm: &[String],
+    parse: fn(&str) -> Result<T, String>,
+    errs: &mut Vec<String>,
+) -> Vec<T> {
+    let rm = parse_each(&format!("{flag}-rm"), rm, parse, errs);
+    let add = parse_each(&format!("{flag}-add"), add, parse, errs);
+    let mut out: Vec<T> = current
+        .iter()
+        .filter(|c| !rm.contains(c))
+        .cloned()
+        .collect();
+    for a in add {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
 fn split_words(flag: &str, s: &str) -> Result<Vec<String>, String> {
     spec::units::split_command(s).map_err(|e| format!("--{flag}: {e}"))
 }
@@ -301,7 +370,18 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
         Err(e) => errs.push(e),
     };
     if let Some(n) = f.replicas {
-        push(Ok(Property::Replicas(n)));
+        push(
+            placement::check_replicas(n)
+                .map(Property::Replicas)
+                .map_err(|e| format!("--replicas: {e}")),
+        );
+    }
+    if let Some(n) = f.replicas_max_per_node {
+        push(
+            placement::parse_max_replicas_per_node(n)
+                .map(|_| Property::MaxReplicasPerNode(n))
+                .map_err(|e| format!("--replicas-max-per-node: {e}")),
+        );
     }
     if let Some(s) = &f.workdir {
         push(Ok(Property::Workdir(s.clone())));
@@ -432,6 +512,24 @@ pub fn create_properties(
     if !create.network.is_empty() {
         out.push(Property::Networks(create.network.clone()));
     }
+    if !create.constraint.is_empty() {
+        let c = parse_each(
+            "constraint",
+            &create.constraint,
+            placement::parse_constraint,
+            &mut errs,
+        );
+        out.push(Property::Constraints(strings(&c)));
+    }
+    if !create.placement_pref.is_empty() {
+        let p = parse_each(
+            "placement-pref",
+            &create.placement_pref,
+            placement::parse_preference,
+            &mut errs,
+        );
+        out.push(Property::PlacementPreferences(strings(&p)));
+    }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
 }
 
@@ -444,7 +542,11 @@ pub fn update_needs_current(u: &UpdateFlags) -> bool {
         && u.publish_add.is_empty()
         && u.publish_rm.is_empty()
         && u.mount_add.is_empty()
-        && u.mount_rm.is_empty())
+        && u.mount_rm.is_empty()
+        && u.constraint_add.is_empty()
+        && u.constraint_rm.is_empty()
+        && u.placement_pref_add.is_empty()
+        && u.placement_pref_rm.is_empty())
 }
 
 /// The property list of `service update`: only what the flags change. `current` is needed when
@@ -536,6 +638,28 @@ pub fn update_properties(
                 }
             }
             out.push(Property::Mounts(mounts));
+        }
+        if !u.constraint_add.is_empty() || !u.constraint_rm.is_empty() {
+            let c = add_rm(
+                "constraint",
+                &spec.placement.constraints,
+                &u.constraint_add,
+                &u.constraint_rm,
+                placement::parse_constraint,
+                &mut errs,
+            );
+            out.push(Property::Constraints(strings(&c)));
+        }
+        if !u.placement_pref_add.is_empty() || !u.placement_pref_rm.is_empty() {
+            let p = add_rm(
+                "placement-pref",
+                &spec.placement.preferences,
+                &u.placement_pref_add,
+                &u.placement_pref_rm,
+                placement::parse_preference,
+                &mut errs,
+            );
+            out.push(Property::PlacementPreferences(strings(&p)));
         }
     }
     if u.force {
@@ -636,6 +760,145 @@ mod tests {
         let errs = create_properties("busybox", &[], &common, &create).unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
         assert!(errs[0].starts_with("--restart-delay"), "{errs:?}");
+    }
+
+    #[test]
+    fn placement_flags_become_properties() {
+        let common = CommonFlags {
+            replicas: Some(4),
+            replicas_max_per_node: Some(2),
+            ..Default::default()
+        };
+        let create = CreateFlags {
+            constraint: vec![
+                "node.labels.zone==a".into(),
+                "node.role != manager".into(),
+                "node.labels.disk in (ssd,nvme)".into(),
+            ],
+            placement_pref: vec!["spread=node.labels.zone".into()],
+            ..Default::default()
+        };
+        let props = create_properties("busybox", &[], &common, &create).unwrap();
+        assert!(props.contains(&Property::Constraints(vec![
+            "node.labels.zone == a".into(),
+            "node.role != manager".into(),
+            "node.labels.disk in (ssd, nvme)".into(),
+        ])));
+        assert!(props.contains(&Property::PlacementPreferences(vec![
+            "spread=node.labels.zone".into()
+        ])));
+        assert!(props.contains(&Property::MaxReplicasPerNode(2)));
+        // The daemon side reads the same placement back.
+        let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
+        assert_eq!(spec.placement.constraints.len(), 3);
+        assert_eq!(spec.placement.max_replicas_per_node, Some(2));
+        // 0 is no limit, as docker's.
+        let common = CommonFlags {
+            replicas_max_per_node: Some(0),
+            ..Default::default()
+        };
+        let props = create_properties("busybox", &[], &common, &CreateFlags::default()).unwrap();
+        assert!(props.contains(&Property::MaxReplicasPerNode(0)));
+    }
+
+    #[test]
+    fn bad_placement_and_replicas_are_all_reported_before_sending() {
+        let common = CommonFlags {
+            replicas: Some(30_000_000_000),
+            replicas_max_per_node: Some(200_000),
+            ..Default::default()
+        };
+        let create = CreateFlags {
+            constraint: vec![
+                "node.labels.zone".into(),
+                "node.ip == 10.0.0.1".into(),
+                "node.role == boss".into(),
+                "node.labels.zone == a".into(),
+            ],
+            placement_pref: vec!["binpack=node.labels.zone".into()],
+            ..Default::default()
+        };
+        let errs = create_properties("busybox", &[], &common, &create).unwrap_err();
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        assert_eq!(
+            errs[0],
+            "--replicas: 30000000000 replicas is more than the limit of 100000"
+        );
+        assert!(
+            errs[1].starts_with("--replicas-max-per-node: "),
+            "{errs:#?}"
+        );
+        assert!(
+            errs[2].starts_with("--constraint: ") && errs[2].contains("no operator"),
+            "{errs:#?}"
+        );
+        assert!(errs[3].contains("unknown key \"node.ip\""), "{errs:#?}");
+        assert!(errs[4].contains("manager or worker"), "{errs:#?}");
+        assert!(
+            errs[5].starts_with("--placement-pref: ") && errs[5].contains("only spread"),
+            "{errs:#?}"
+        );
+        // The same checks on update.
+        let errs = update_properties(&common, &UpdateFlags::default(), None).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+    }
+
+    #[test]
+    fn update_constraint_and_preference_add_and_rm() {
+        let mut spec = shoal_dbus::props::default_spec("web");
+        spec.task.image = "busybox".into();
+        spec.placement = spec::placement::parse_placement(
+            &["node.labels.zone == a".into(), "node.role==worker".into()],
+            &["spread=node.labels.zone".into()],
+            0,
+        )
+        .unwrap();
+        let cur = ServiceInspect {
+            info: Default::default(),
+            spec,
+            properties: vec![],
+        };
+        let u = UpdateFlags {
+            // Removal matches the parsed constraint, whatever the spacing.
+            constraint_rm: vec!["node.role == worker".into()],
+            constraint_add: vec!["node.labels.disk==ssd".into(), "node.labels.zone==a".into()],
+            placement_pref_add: vec!["spread=node.labels.rack".into()],
+            ..Default::default()
+        };
+        assert!(update_needs_current(&u));
+        let props = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap();
+        assert_eq!(
+            props,
+            vec![
+                Property::Constraints(vec![
+                    "node.labels.zone == a".into(),
+                    "node.labels.disk == ssd".into(),
+                ]),
+                Property::PlacementPreferences(vec![
+                    "spread=node.labels.zone".into(),
+                    "spread=node.labels.rack".into(),
+                ]),
+            ]
+        );
+        let u = UpdateFlags {
+            placement_pref_rm: vec!["spread=node.labels.zone".into()],
+            constraint_add: vec!["node.labels.zone in a".into()],
+            constraint_rm: vec!["zone".into()],
+            ..Default::default()
+        };
+        let errs = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].starts_with("--constraint-rm: "), "{errs:#?}");
+        assert!(
+            errs[1].starts_with("--constraint-add: ") && errs[1].contains("parentheses"),
+            "{errs:#?}"
+        );
+        let u = UpdateFlags {
+            placement_pref_rm: vec!["spread=node.labels.zone".into()],
+            ..Default::default()
+        };
+        let props = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap();
+        assert_eq!(props, vec![Property::PlacementPreferences(vec![])]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Plain aligned tables and human-readable times, the way the docker CLI prints them.
 
-use model::short_id;
+use model::{Placement, short_id};
 use shoal_dbus::{NodeRow, ServiceRow, StackRow, TaskRow};
 
 /// Columns separated by at least three spaces; the last column is not padded.
@@ -172,6 +172,28 @@ pub fn service_ps(tasks: &[TaskRow], now: u64, no_trunc: bool) -> String {
     )
 }
 
+/// The `Placement:` block of `service inspect --pretty`, as docker prints it: the header, then
+/// only the parts that are set, lists in Go's `[a b]` form.
+// `print_pretty_service` in main.rs (not part of this change) is to print this in place of its
+// bare "Placement:" line; until then only the tests call it.
+#[allow(dead_code)]
+pub fn placement_pretty(p: &Placement) -> String {
+    let list = |items: Vec<String>| format!("[{}]", items.join(" "));
+    let mut out = String::from("Placement:\n");
+    if !p.constraints.is_empty() {
+        let c = p.constraints.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(" Constraints:\t{}\n", list(c)));
+    }
+    if !p.preferences.is_empty() {
+        let s = p.preferences.iter().map(ToString::to_string).collect();
+        out.push_str(&format!(" Preferences:   {}\n", list(s)));
+    }
+    if let Some(n) = p.max_replicas_per_node {
+        out.push_str(&format!(" Max Replicas Per Node:   {n}\n"));
+    }
+    out
+}
+
 pub fn node_ls(rows: &[NodeRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
@@ -301,6 +323,44 @@ mod tests {
         assert!(lines[2].contains("\"task: non-zero exit (1)\""), "{out}");
         assert!(lines[3].contains("web.2"), "{out}");
         assert!(!lines[3].contains("\\_"), "{out}");
+    }
+
+    #[test]
+    fn ps_shows_why_a_pending_task_has_no_node() {
+        let mut pending = task("pend1", 1, 1_000, "pending", "running");
+        pending.node = String::new();
+        pending.error = "no suitable node (scheduling constraints not satisfied on 3 nodes)".into();
+        let out = service_ps(std::slice::from_ref(&pending), 3_000, false);
+        let row = out.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with(
+                "Running         Pending 2 seconds ago   \"no suitable node (scheduling …\""
+            ),
+            "{out}"
+        );
+        let out = service_ps(&[pending], 3_000, true);
+        assert!(
+            out.lines().nth(1).unwrap().ends_with(
+                "\"no suitable node (scheduling constraints not satisfied on 3 nodes)\""
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn placement_pretty_prints_like_docker() {
+        assert_eq!(placement_pretty(&Placement::default()), "Placement:\n");
+        let p = spec::placement::parse_placement(
+            &["node.labels.zone==a".into(), "node.role != manager".into()],
+            &["spread=node.labels.zone".into()],
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            placement_pretty(&p),
+            "Placement:\n Constraints:\t[node.labels.zone == a node.role != manager]\n \
+             Preferences:   [spread=node.labels.zone]\n Max Replicas Per Node:   2\n"
+        );
     }
 
     #[test]

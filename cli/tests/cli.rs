@@ -474,3 +474,127 @@ async fn failed_updates_report_rollback_and_pause() {
     let err = stderr(&out);
     assert!(err.contains("the update of service up is paused"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_flags_reach_the_spec_and_ps_says_why_tasks_wait() {
+    let e = env().await;
+
+    // Every bad value is reported at once, by the shared validator, before anything is sent.
+    let out = e
+        .shoal(&[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--replicas",
+            "30000000000",
+            "--constraint",
+            "node.ip==10.0.0.1",
+            "--constraint",
+            "node.labels.zone in a",
+            "--placement-pref",
+            "binpack=node.labels.zone",
+            "busybox",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for want in [
+        "--replicas: 30000000000 replicas is more than the limit of 100000",
+        "--constraint: constraint \"node.ip==10.0.0.1\": unknown key \"node.ip\"",
+        "--constraint: constraint \"node.labels.zone in a\": the values of `in` go in parentheses",
+        "--placement-pref: placement preference \"binpack=node.labels.zone\": unknown strategy",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    assert!(e.backend.spec_of("bad").is_none());
+
+    // A constraint no node satisfies: the task waits, and `service ps` says why.
+    e.ok(&[
+        "service",
+        "create",
+        "--name",
+        "db",
+        "-d",
+        "--constraint",
+        "node.labels.zone==a",
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "--replicas-max-per-node",
+        "2",
+        "busybox",
+    ])
+    .await;
+    let spec = e.backend.spec_of("db").unwrap();
+    assert_eq!(
+        spec.placement.constraints[0].to_string(),
+        "node.labels.zone == a"
+    );
+    assert_eq!(spec.placement.preferences.len(), 1);
+    assert_eq!(spec.placement.max_replicas_per_node, Some(2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ps = loop {
+        let ps = e.ok(&["service", "ps", "--no-trunc", "db"]).await;
+        if ps.contains("no suitable node") || std::time::Instant::now() > deadline {
+            break ps;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let row = ps.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("Pending"), "{ps}");
+    assert!(
+        row.ends_with("\"no suitable node (scheduling constraints not satisfied on 1 node)\""),
+        "{ps}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&e.ok(&["service", "inspect", "db"]).await).unwrap();
+    assert_eq!(json[0]["spec"]["placement"]["max_replicas_per_node"], 2);
+    assert_eq!(
+        json[0]["spec"]["placement"]["constraints"][0]["values"][0],
+        "a"
+    );
+
+    // Docker's add/rm flags on update; the task then runs.
+    let out = e
+        .ok(&[
+            "service",
+            "update",
+            "--constraint-rm",
+            "node.labels.zone == a",
+            "--constraint-add",
+            "node.role==manager",
+            "--placement-pref-rm",
+            "spread=node.labels.zone",
+            "--replicas-max-per-node",
+            "0",
+            "db",
+        ])
+        .await;
+    assert!(out.contains("verify: Service converged"), "{out}");
+    let spec = e.backend.spec_of("db").unwrap();
+    assert_eq!(spec.placement.constraints.len(), 1);
+    assert_eq!(
+        spec.placement.constraints[0].to_string(),
+        "node.role == manager"
+    );
+    assert!(spec.placement.preferences.is_empty());
+    assert_eq!(spec.placement.max_replicas_per_node, None);
+
+    // Bad values on update are refused whole.
+    let out = e
+        .shoal(&[
+            "service",
+            "update",
+            "--constraint-add",
+            "node.role==boss",
+            "--replicas",
+            "30000000000",
+            "db",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("manager or worker"), "{err}");
+    assert!(err.contains("more than the limit"), "{err}");
+    assert_eq!(e.backend.spec_of("db").unwrap(), spec);
+}

@@ -3,7 +3,14 @@
 //! It keeps services, tasks and stacks in memory and, once [`FakeBackend::start`] runs its
 //! simulation, moves tasks through Swarm's states every 100 ms: a new task reaches RUNNING in
 //! about half a second; an image whose reference contains `fail` makes every task FAIL with
-//! `task: non-zero exit (1)` and get replaced. One node, `fake-node`, is the leader.
+//! `task: non-zero exit (1)` and get replaced. One node, `fake-node`, is the leader; it has no
+//! labels and role manager.
+//!
+//! Placement is honoured as the real scheduler does for that one node: a task whose service's
+//! constraints the node does not satisfy, or whose service already has `max_replicas_per_node`
+//! runnable tasks there, stays PENDING with Swarm's explanation in its error ("no suitable node
+//! (scheduling constraints not satisfied on 1 node)"); a running task whose node no longer
+//! satisfies the constraints is shut down and replaced.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -85,7 +92,7 @@ impl State {
             .count() as u64;
         let desired = match svc.spec.mode {
             ServiceMode::Replicated { replicas } => replicas,
-            ServiceMode::Global => 1,
+            ServiceMode::Global => u64::from(svc.spec.placement.matches(&FakeBackend::node())),
         };
         (running, desired)
     }
@@ -145,14 +152,38 @@ impl State {
     fn step(&mut self) -> Vec<(String, String, TaskState)> {
         let now = now_ms();
         let mut changed = Vec::new();
-        // Agent: advance runnable tasks one state per step.
+        let node = FakeBackend::node();
+        // Runnable tasks of each service on the node, for `max_replicas_per_node`.
+        let mut on_node: BTreeMap<Id, u64> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if t.node_id.is_some() && t.is_runnable() {
+                *on_node.entry(t.service_id.clone()).or_default() += 1;
+            }
+        }
+        // Agent: advance runnable tasks one state per step; the scheduler assigns pending ones.
         for t in self.tasks.values_mut() {
             if t.desired != TaskState::Running || t.status.state.is_terminal() {
                 continue;
             }
             let next = match t.status.state {
                 TaskState::New => TaskState::Pending,
-                TaskState::Pending => TaskState::Assigned,
+                TaskState::Pending => {
+                    let Some(svc) = self.services.get(&t.service_id) else {
+                        continue;
+                    };
+                    let count = on_node.entry(t.service_id.clone()).or_default();
+                    match unschedulable(&svc.spec, &node, *count) {
+                        Some(err) => {
+                            t.status.err = Some(err);
+                            continue;
+                        }
+                        None => {
+                            *count += 1;
+                            t.status.err = None;
+                            TaskState::Assigned
+                        }
+                    }
+                }
                 TaskState::Assigned => TaskState::Preparing,
                 TaskState::Preparing => TaskState::Starting,
                 TaskState::Starting if t.spec.image.contains("fail") => TaskState::Failed,
@@ -217,9 +248,11 @@ impl State {
         // Orchestrator: one runnable task of the current version per slot.
         let services: Vec<Service> = self.services.values().cloned().collect();
         for svc in services {
+            let fits = svc.spec.placement.matches(&node);
             let slots: Vec<u64> = match svc.spec.mode {
                 ServiceMode::Replicated { replicas } => (1..=replicas).collect(),
-                ServiceMode::Global => vec![0],
+                ServiceMode::Global if fits => vec![0],
+                ServiceMode::Global => vec![],
             };
             for t in self.tasks.values_mut() {
                 let out_of_range = match svc.spec.mode {
@@ -227,9 +260,10 @@ impl State {
                     ServiceMode::Global => false,
                 };
                 let stale = t.spec_version != svc.version;
+                let misplaced = t.node_id.is_some() && !fits;
                 if t.service_id == svc.id
                     && t.desired == TaskState::Running
-                    && (out_of_range || stale)
+                    && (out_of_range || stale || misplaced)
                 {
                     t.desired = TaskState::Shutdown;
                     if !t.status.state.is_terminal() {
@@ -302,6 +336,22 @@ impl State {
         }
         changed
     }
+}
+
+/// Why a task of `spec` cannot go to `node`, which already runs `on_node` runnable tasks of the
+/// service, in the real scheduler's words; `None` if it can.
+fn unschedulable(spec: &ServiceSpec, node: &Node, on_node: u64) -> Option<String> {
+    if !spec.placement.matches(node) {
+        return Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
+    }
+    let global = matches!(spec.mode, ServiceMode::Global);
+    if let Some(max) = spec.placement.max_replicas_per_node
+        && !global
+        && on_node >= max
+    {
+        return Some("no suitable node (max replicas per node limit exceed)".into());
+    }
+    None
 }
 
 /// The in-memory backend. Share it as `Arc<FakeBackend>`.
@@ -464,6 +514,7 @@ impl Backend for FakeBackend {
     }
 
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
+        spec::placement::check_replicas(replicas).map_err(ApiError::InvalidSpec)?;
         let mut st = self.lock();
         let id = st.find(service)?;
         let mut spec = st.services[&id].spec.clone();

@@ -29,9 +29,14 @@
 //! | `CPUs` | `d` | CPUs, e.g. 0.5; 0: no limit |
 //! | `PidsMax` | `t` | 0: no limit |
 //! | `ReadOnly` | `b` | read-only root file system |
+//! | `Constraints` | `as` | placement constraints, e.g. `node.labels.zone == a`, `node.role != manager`, `node.labels.zone in (a, b)`; replaced whole |
+//! | `PlacementPreferences` | `as` | spread preferences, `spread=node.labels.KEY`; replaced whole |
+//! | `MaxReplicasPerNode` | `t` | at most this many tasks of the service per node; 0: no limit |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
 //! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
+//! `Replicas`, `MaxReplicasPerNode`, `Constraints` and `PlacementPreferences` are checked by the
+//! shared validator in `spec::placement`, the one stack files and CLI flags use.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +45,7 @@ use model::{
     ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use serde::{Deserialize, Serialize};
+use spec::placement;
 use zbus::{OwnedVariant, Variant};
 
 use crate::types::PortRow;
@@ -110,6 +116,9 @@ pub enum Property {
     CPUs(f64),
     PidsMax(u64),
     ReadOnly(bool),
+    Constraints(Vec<String>),
+    PlacementPreferences(Vec<String>),
+    MaxReplicasPerNode(u64),
     ForceUpdate(bool),
 }
 
@@ -129,7 +138,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 38] = [
+    pub const NAMES: [&'static str; 41] = [
         "Image",
         "Mode",
         "Replicas",
@@ -167,6 +176,9 @@ impl Property {
         "CPUs",
         "PidsMax",
         "ReadOnly",
+        "Constraints",
+        "PlacementPreferences",
+        "MaxReplicasPerNode",
         "ForceUpdate",
     ];
 
@@ -211,6 +223,9 @@ impl Property {
             CPUs(_) => "CPUs",
             PidsMax(_) => "PidsMax",
             ReadOnly(_) => "ReadOnly",
+            Constraints(_) => "Constraints",
+            PlacementPreferences(_) => "PlacementPreferences",
+            MaxReplicasPerNode(_) => "MaxReplicasPerNode",
             ForceUpdate(_) => "ForceUpdate",
         }
     }
@@ -243,8 +258,11 @@ impl Property {
             | RollbackDelayUSec(n)
             | RollbackMonitorUSec(n)
             | MemoryMax(n)
-            | PidsMax(n) => ov(*n),
-            Command(v) | Entrypoint(v) | Networks(v) => ov(v.clone()),
+            | PidsMax(n)
+            | MaxReplicasPerNode(n) => ov(*n),
+            Command(v) | Entrypoint(v) | Networks(v) | Constraints(v) | PlacementPreferences(v) => {
+                ov(v.clone())
+            }
             Env(m) | Labels(m) | ContainerLabels(m) => ov(m.clone()),
             Ports(p) => ov(p
                 .iter()
@@ -350,6 +368,9 @@ impl Property {
             "CPUs" => CPUs(get!(f64, "d")),
             "PidsMax" => PidsMax(get!(u64, "t")),
             "ReadOnly" => ReadOnly(get!(bool, "b")),
+            "Constraints" => Constraints(get!(Vec<String>, "as")),
+            "PlacementPreferences" => PlacementPreferences(get!(Vec<String>, "as")),
+            "MaxReplicasPerNode" => MaxReplicasPerNode(get!(u64, "t")),
             "ForceUpdate" => ForceUpdate(get!(bool, "b")),
             other => {
                 return Err(format!(
@@ -584,7 +605,10 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     }
                 }
                 Mode(m) => want_mode = Some(m.clone()),
-                Replicas(n) => want_replicas = Some(*n),
+                Replicas(n) => match placement::check_replicas(*n) {
+                    Ok(n) => want_replicas = Some(n),
+                    Err(e) => check(Err(e)),
+                },
                 Command(v) => t.command = vec_or_none(v),
                 Entrypoint(v) => t.entrypoint = vec_or_none(v),
                 Env(m) => {
@@ -724,6 +748,30 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     }
                 }
                 ReadOnly(b) => t.read_only = *b,
+                Constraints(v) => {
+                    let mut constraints = Vec::with_capacity(v.len());
+                    for c in v {
+                        match placement::parse_constraint(c) {
+                            Ok(c) => constraints.push(c),
+                            Err(e) => check(Err(e)),
+                        }
+                    }
+                    next.placement.constraints = constraints;
+                }
+                PlacementPreferences(v) => {
+                    let mut preferences = Vec::with_capacity(v.len());
+                    for s in v {
+                        match placement::parse_preference(s) {
+                            Ok(p) => preferences.push(p),
+                            Err(e) => check(Err(e)),
+                        }
+                    }
+                    next.placement.preferences = preferences;
+                }
+                MaxReplicasPerNode(n) => match placement::parse_max_replicas_per_node(*n) {
+                    Ok(m) => next.placement.max_replicas_per_node = m,
+                    Err(e) => check(Err(format!("max replicas per node: {e}"))),
+                },
                 ForceUpdate(b) => {
                     if *b {
                         t.force_update = t.force_update.wrapping_add(1);
@@ -832,6 +880,21 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         CPUs(t.resources.nano_cpus.map(|n| n as f64 / 1e9).unwrap_or(0.0)),
         PidsMax(t.resources.pids.map(|p| p.max(0) as u64).unwrap_or(0)),
         ReadOnly(t.read_only),
+        Constraints(
+            spec.placement
+                .constraints
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+        PlacementPreferences(
+            spec.placement
+                .preferences
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        ),
+        MaxReplicasPerNode(spec.placement.max_replicas_per_node.unwrap_or(0)),
     ]);
     // An empty stop signal is not a valid property value; leave it out so that applying the
     // list keeps the default of the receiving spec.
@@ -937,6 +1000,15 @@ mod tests {
         t.stop_grace_period = 30_000;
         t.labels.insert("c".into(), "1".into());
         t.read_only = true;
+        spec.placement = spec::placement::parse_placement(
+            &[
+                "node.labels.zone in (a, b)".into(),
+                "node.role != manager".into(),
+            ],
+            &["spread=node.labels.zone".into(), "node.labels.rack".into()],
+            2,
+        )
+        .unwrap();
         spec
     }
 
@@ -1058,6 +1130,95 @@ mod tests {
             "{err}"
         );
         assert!(err.0[1].contains("unknown property \"Colour\""), "{err}");
+    }
+
+    #[test]
+    fn placement_travels_as_strings_and_reads_back() {
+        let props = spec_to_properties(&full_spec());
+        let find = |name: &str| props.iter().find(|p| p.name() == name).cloned();
+        assert_eq!(
+            find("Constraints"),
+            Some(Property::Constraints(vec![
+                "node.labels.zone in (a, b)".into(),
+                "node.role != manager".into(),
+            ]))
+        );
+        assert_eq!(
+            find("PlacementPreferences"),
+            Some(Property::PlacementPreferences(vec![
+                "spread=node.labels.zone".into(),
+                "spread=node.labels.rack".into(),
+            ]))
+        );
+        assert_eq!(
+            find("MaxReplicasPerNode"),
+            Some(Property::MaxReplicasPerNode(2))
+        );
+        // A spec without placement says so explicitly, so an update can clear it.
+        let plain = spec_to_properties(&default_spec("x"));
+        assert!(plain.contains(&Property::Constraints(vec![])));
+        assert!(plain.contains(&Property::MaxReplicasPerNode(0)));
+        let mut spec = full_spec();
+        apply_properties(
+            &mut spec,
+            &[
+                Property::Constraints(vec![]),
+                Property::PlacementPreferences(vec![]),
+                Property::MaxReplicasPerNode(0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.placement, model::Placement::default());
+    }
+
+    #[test]
+    fn placement_and_replicas_go_through_the_shared_validator() {
+        let mut spec = full_spec();
+        let before = spec.clone();
+        let err = apply_properties(
+            &mut spec,
+            &[
+                Property::Replicas(30_000_000_000),
+                Property::Constraints(vec![
+                    "node.labels.zone == a".into(),
+                    "node.ip == 10.0.0.1".into(),
+                    "node.role == boss".into(),
+                ]),
+                Property::PlacementPreferences(vec!["binpack=node.labels.zone".into()]),
+                Property::MaxReplicasPerNode(u64::MAX),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 5, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("more than the limit of 100000"), "{text}");
+        assert!(text.contains("unknown key \"node.ip\""), "{text}");
+        assert!(text.contains("manager or worker"), "{text}");
+        assert!(text.contains("only spread exists"), "{text}");
+        assert!(text.contains("max replicas per node"), "{text}");
+        assert_eq!(spec, before);
+        // An update that sets only one part keeps the others.
+        apply_properties(
+            &mut spec,
+            &[Property::Constraints(vec!["node.labels.disk==ssd".into()])],
+        )
+        .unwrap();
+        assert_eq!(
+            spec.placement.constraints[0].to_string(),
+            "node.labels.disk == ssd"
+        );
+        assert_eq!(spec.placement.preferences, before.placement.preferences);
+        assert_eq!(spec.placement.max_replicas_per_node, Some(2));
+        assert!(
+            new_spec(
+                "x",
+                &[
+                    Property::Image("busybox".into()),
+                    Property::Replicas(model::MAX_REPLICAS)
+                ]
+            )
+            .is_ok()
+        );
     }
 
     #[test]

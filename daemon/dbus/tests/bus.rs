@@ -485,3 +485,180 @@ async fn events_emit_signals_and_properties_changed() {
         .unwrap();
     assert_eq!(sig.args().unwrap().name(), "web");
 }
+
+async fn wait_tasks(
+    client: &Client,
+    service: &str,
+    what: &str,
+    ok: impl Fn(&[shoal_dbus::TaskRow]) -> bool,
+) -> Vec<shoal_dbus::TaskRow> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tasks = client
+            .list_tasks(&TaskFilter {
+                service: Some(service.into()),
+                desired_state: Some(model::TaskState::Running),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if ok(&tasks) {
+            return tasks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{service}: never {what}: {tasks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_properties_are_validated_stored_and_honoured() {
+    let (_bus, backend, _conn, client) = setup().await;
+
+    // Every problem at once, in the shared validator's words, and nothing is created.
+    let err = client
+        .create_service(
+            "bad",
+            &[
+                Property::Image("busybox".into()),
+                Property::Replicas(30_000_000_000),
+                Property::Constraints(vec!["node.ip == 1.2.3.4".into(), "node.role".into()]),
+                Property::PlacementPreferences(vec!["spread=node.role".into()]),
+            ],
+        )
+        .await
+        .unwrap_err();
+    let ClientError::InvalidSpec(msg) = &err else {
+        panic!("{err:?}")
+    };
+    for want in [
+        "more than the limit of 100000",
+        "unknown key \"node.ip\"",
+        "no operator",
+        "spread=node.labels.zone",
+    ] {
+        assert!(msg.contains(want), "{want}: {msg}");
+    }
+    assert!(client.list_services().await.unwrap().is_empty());
+
+    // A constraint the only node does not satisfy: the tasks stay pending, with the reason.
+    client
+        .create_service(
+            "db",
+            &[
+                Property::Image("busybox".into()),
+                Property::Replicas(2),
+                Property::Constraints(vec!["node.labels.disk==ssd".into()]),
+                Property::PlacementPreferences(vec!["spread=node.labels.zone".into()]),
+                Property::MaxReplicasPerNode(1),
+            ],
+        )
+        .await
+        .unwrap();
+    let tasks = wait_tasks(&client, "db", "pending with an error", |ts| {
+        ts.len() == 2
+            && ts
+                .iter()
+                .all(|t| t.state == "pending" && !t.error.is_empty())
+    })
+    .await;
+    assert_eq!(
+        tasks[0].error,
+        "no suitable node (scheduling constraints not satisfied on 1 node)"
+    );
+    assert!(tasks.iter().all(|t| t.node.is_empty()));
+
+    // Inspect returns placement as the validator prints it.
+    let inspect = client.inspect_service("db").await.unwrap();
+    assert_eq!(inspect.spec, backend.spec_of("db").unwrap());
+    assert!(
+        inspect.properties.contains(&Property::Constraints(vec![
+            "node.labels.disk == ssd".into()
+        ])),
+        "{:?}",
+        inspect.properties
+    );
+    assert!(
+        inspect
+            .properties
+            .contains(&Property::PlacementPreferences(vec![
+                "spread=node.labels.zone".into()
+            ]))
+    );
+    assert!(
+        inspect
+            .properties
+            .contains(&Property::MaxReplicasPerNode(1))
+    );
+
+    // A satisfiable constraint: one task runs, the other hits the per-node cap.
+    client
+        .update_service(
+            "db",
+            &[Property::Constraints(vec!["node.role == manager".into()])],
+        )
+        .await
+        .unwrap();
+    let tasks = wait_tasks(&client, "db", "one running, one capped", |ts| {
+        ts.iter().filter(|t| t.state == "running").count() == 1
+            && ts.iter().any(|t| {
+                t.state == "pending"
+                    && t.error == "no suitable node (max replicas per node limit exceed)"
+            })
+    })
+    .await;
+    assert_eq!(tasks.len(), 2);
+
+    // Lifting the cap lets the second run; a constraint that stops holding moves them away.
+    client
+        .update_service("db", &[Property::MaxReplicasPerNode(0)])
+        .await
+        .unwrap();
+    wait_running(&client, "db", 2).await;
+    assert_eq!(
+        backend
+            .spec_of("db")
+            .unwrap()
+            .placement
+            .max_replicas_per_node,
+        None
+    );
+    client
+        .update_service(
+            "db",
+            &[Property::Constraints(vec!["node.role != manager".into()])],
+        )
+        .await
+        .unwrap();
+    wait_tasks(&client, "db", "pending again", |ts| {
+        ts.len() == 2 && ts.iter().all(|t| t.state == "pending")
+    })
+    .await;
+
+    // Scale is checked too, and a refused update changes nothing.
+    let err = client
+        .scale_service("db", 30_000_000_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidSpec(m) if m.contains("more than the limit")),
+        "{err:?}"
+    );
+    let err = client
+        .update_service(
+            "db",
+            &[Property::Constraints(vec!["node.labels.zone in a".into()])],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::InvalidSpec(m) if m.contains("parentheses")),
+        "{err:?}"
+    );
+    assert_eq!(
+        backend.spec_of("db").unwrap().placement.constraints[0].to_string(),
+        "node.role != manager"
+    );
+}
