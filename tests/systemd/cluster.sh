@@ -232,10 +232,8 @@ ensure_rootfs || fatal "setup: build the Debian rootfs with debootstrap (see the
 # The binaries (copied once: target/debug is rebuilt by others while this runs) and the image
 
 mkdir -p "$WORK/bin"
+# As in run.sh, task output goes through `shoald log-driver` (no separate shoal-log-driver).
 cp "$BIN_DIR/shoald" "$BIN_DIR/shoal" "$WORK/bin/" || fatal "setup: copy the binaries from $BIN_DIR"
-if [[ -x $BIN_DIR/shoal-log-driver ]]; then
-  cp "$BIN_DIR/shoal-log-driver" "$WORK/bin/" || fatal "setup: copy shoal-log-driver"
-fi
 python3 "$REPO/scripts/mkimage.py" -o "$WORK/busybox.tar" >/dev/null ||
   fatal "setup: build the busybox image (scripts/mkimage.py)"
 
@@ -539,7 +537,9 @@ w2: $(nodes w2)"
 # ---------------------------------------------------------------------------------------------
 # A service over the three nodes.
 
-out=$(gx m1 -t 120 shoal service create --detach --name web --replicas 3 "$IMAGE" sleep 3600 2>&1)
+# sleep as a container's PID 1 ignores SIGTERM: a short grace period keeps the stops quick.
+out=$(gx m1 -t 120 shoal service create --detach --name web --replicas 3 --stop-grace-period 2s \
+  "$IMAGE" sleep 3600 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 120 spread_is m1 web "m1=1 w1=1 w2=1"
 check "service create web --replicas 3 on m1: 3 running tasks on 3 distinct nodes ($(spread m1 web))" $? \
@@ -549,7 +549,10 @@ $(gx m1 shoal service ps web 2>&1)"
 wait_for 30 all_containers_are "m1=1 w1=1 w2=1"
 check "ctr -n shoal tasks ls shows one running container in each host ($(all_containers))" $? \
   "$(for h in "${HOSTS[@]}"; do echo "$h:"; gx "$h" ctr -n shoal tasks ls 2>&1; done)"
-for h in "${HOSTS[@]}"; do remember_nested "$h"; done
+for h in "${HOSTS[@]}"; do
+  remember_nested "$h"
+  say "$h StatusText: $(prop "$h" StatusText)"
+done
 
 out=$(gx w1 -t 120 shoal service scale web=1 2>&1)
 s=$?
@@ -580,7 +583,7 @@ down_secs=$((SECONDS - t_down))
 check "systemctl stop shoald containerd on w2: node ls on m1 shows w2 down after ${down_secs}s ($(node_summary m1))" $? \
   "stop: $s $out"
 wait_for 60 running_total_without m1 web 3 w2
-check "web's replica from w2 is replaced: 3 running tasks, none on w2 ($(spread m1 web))" $? \
+check "web's replica from w2 is replaced: 3 running tasks, none on w2, $((SECONDS - t_down))s after the stop ($(spread m1 web))" $? \
   "$(gx m1 shoal service ps web 2>&1)"
 
 # ---------------------------------------------------------------------------------------------
@@ -611,11 +614,33 @@ check "systemctl start containerd shoald on w2: w2 ready again, its replaced tas
 $(gx w2 ctr -n shoal tasks ls 2>&1)
 $(journal w2 20)"
 
+# ---------------------------------------------------------------------------------------------
+# The only manager restarts: the tasks keep running, the workers reconnect by themselves.
+
+tasks_before=$(gx m1 -t 30 shoal service ps web --format json 2>/dev/null |
+  py "' '.join(sorted(t['id'] for t in d if t['state'] == 'running' and t['desired'] == 'running'))")
+out=$(gx m1 -t 120 systemctl restart shoald 2>&1)
+s=$?
+t_restart=$SECONDS
+same_tasks() {
+  [[ $(gx m1 -t 30 shoal service ps web --format json 2>/dev/null |
+    py "' '.join(sorted(t['id'] for t in d if t['state'] == 'running' and t['desired'] == 'running'))") == "$tasks_before" ]]
+}
+[[ $s -eq 0 && -n $tasks_before ]] && wait_for 60 cluster_formed m1 && wait_for 30 cluster_formed w2 &&
+  same_tasks && containers_are m1 3
+check "systemctl restart shoald on m1: the cluster answers again (all ready after $((SECONDS - t_restart))s, from m1 and w2), web's tasks unchanged" $? \
+  "restart: $s $out
+before: $tasks_before
+$(gx m1 shoal service ps web 2>&1)
+$(gx m1 shoal node ls 2>&1)
+$(journal m1 20)"
+
 bad=()
 for h in "${HOSTS[@]}"; do
   act=$(gx "$h" systemctl is-active shoald 2>&1)
   nr=$(prop "$h" NRestarts)
   [[ $act == active && $nr == 0 ]] || bad+=("$h: $act, NRestarts $nr")
+  say "$h StatusText: $(prop "$h" StatusText)"
 done
 running_total_without m1 web 3 w1 w2
 r=$?
