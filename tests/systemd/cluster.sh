@@ -393,7 +393,8 @@ for h in "${HOSTS[@]}"; do
   done
 done
 [[ ${#reach[@]} -eq 0 ]]
-check "each host has its own address on the bridge and reaches the others (${ADDR[m1]}, ${ADDR[w1]}, ${ADDR[w2]})" $? \
+r=$?
+check "each host has its own address on the bridge and reaches the others (${ADDR[m1]}, ${ADDR[w1]}, ${ADDR[w2]})" $r \
   "$(printf '%s\n' "${reach[@]}")
 $(gx w1 ip -br addr 2>&1)"
 
@@ -502,7 +503,8 @@ for h in w1 w2; do
   [[ $act == active && $st == *joining* && $nr == 0 ]] || bad+=("$h")
 done
 [[ $s1 -eq 0 && $s2 -eq 0 && ${#bad[@]} -eq 0 ]]
-check "systemctl start shoald on w1 and w2 returns (${start_secs}s) while m1 is down: active, no restarts, STATUS says joining" $? \
+r=$?
+check "systemctl start shoald on w1 and w2 returns (${start_secs}s) while m1 is down: active, no restarts, STATUS says joining" $r \
   "start w1: $s1 $(cat "$WORK/start-w1.out")
 start w2: $s2 $(cat "$WORK/start-w2.out")
 $(journal w1 15)"
@@ -512,7 +514,8 @@ out=$(gx m1 -t 120 systemctl start shoald 2>&1)
 s=$?
 act=$(gx m1 systemctl is-active shoald 2>&1)
 [[ $s -eq 0 && $act == active ]]
-check "systemctl start shoald on m1 (bootstrap manager): $act, StatusText \"$(prop m1 StatusText)\"" $? \
+r=$?
+check "systemctl start shoald on m1 (bootstrap manager): $act, StatusText \"$(prop m1 StatusText)\"" $r \
   "$out
 $(journal m1)"
 
@@ -521,7 +524,8 @@ $(journal m1)"
 
 t_form=$SECONDS
 wait_for 90 cluster_formed m1
-check "the workers join by themselves: node ls on m1 shows m1 (leader), w1, w2, all ready, after $((SECONDS - t_form))s ($(node_summary m1))" $? \
+r=$?
+check "the workers join by themselves: node ls on m1 shows m1 (leader), w1, w2, all ready, after $((SECONDS - t_form))s ($(node_summary m1))" $r \
   "$(gx m1 shoal node ls 2>&1)
 $(journal w1 20)"
 for h in w1 w2; do say "$h StatusText after joining: $(prop "$h" StatusText)"; done
@@ -530,7 +534,8 @@ wait_for 30 cluster_formed w1
 r=$?
 self=$(nodes w2 | py '",".join(n["name"] for n in d if n.get("is_self"))')
 [[ $r -eq 0 ]] && cluster_formed w2 && [[ $self == w2 ]]
-check "node ls from the workers (forwarded to the leader) shows the same cluster; w2's row is_self on w2 (is_self: ${self:-none})" $? \
+r=$?
+check "node ls from the workers (forwarded to the leader) shows the same cluster; w2's row is_self on w2 (is_self: ${self:-none})" $r \
   "w1: $(gx w1 shoal node ls 2>&1)
 w2: $(nodes w2)"
 
@@ -542,12 +547,14 @@ out=$(gx m1 -t 120 shoal service create --detach --name web --replicas 3 --stop-
   "$IMAGE" sleep 3600 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 120 spread_is m1 web "m1=1 w1=1 w2=1"
-check "service create web --replicas 3 on m1: 3 running tasks on 3 distinct nodes ($(spread m1 web))" $? \
+r=$?
+check "service create web --replicas 3 on m1: 3 running tasks on 3 distinct nodes ($(spread m1 web))" $r \
   "create: $s $out
 $(gx m1 shoal service ps web 2>&1)"
 
 wait_for 30 all_containers_are "m1=1 w1=1 w2=1"
-check "ctr -n shoal tasks ls shows one running container in each host ($(all_containers))" $? \
+r=$?
+check "ctr -n shoal tasks ls shows one running container in each host ($(all_containers))" $r \
   "$(for h in "${HOSTS[@]}"; do echo "$h:"; gx "$h" ctr -n shoal tasks ls 2>&1; done)"
 for h in "${HOSTS[@]}"; do
   remember_nested "$h"
@@ -557,14 +564,16 @@ done
 out=$(gx w1 -t 120 shoal service scale web=1 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 60 running_total_without m1 web 1 && wait_for 30 all_containers_are_total 1
-check "service scale web=1 from worker w1: 1 running task, 1 container left ($(spread m1 web); $(all_containers))" $? \
+r=$?
+check "service scale web=1 from worker w1: 1 running task, 1 container left ($(spread m1 web); $(all_containers))" $r \
   "scale: $s $out
 $(gx m1 shoal service ps web 2>&1)"
 
 out=$(gx w2 -t 120 shoal service scale web=3 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 90 spread_is m1 web "m1=1 w1=1 w2=1" && wait_for 30 all_containers_are "m1=1 w1=1 w2=1"
-check "service scale web=3 from worker w2: one task on each node again ($(spread m1 web))" $? \
+r=$?
+check "service scale web=3 from worker w2: one task on each node again ($(spread m1 web))" $r \
   "scale: $s $out
 $(gx m1 shoal service ps web 2>&1)"
 for h in "${HOSTS[@]}"; do remember_nested "$h"; done
@@ -580,10 +589,12 @@ wait_for 30 node_status m1 w2 down
 r=$?
 down_secs=$((SECONDS - t_down))
 [[ $s -eq 0 && $r -eq 0 ]]
-check "systemctl stop shoald containerd on w2: node ls on m1 shows w2 down after ${down_secs}s ($(node_summary m1))" $? \
+r=$?
+check "systemctl stop shoald containerd on w2: node ls on m1 shows w2 down after ${down_secs}s ($(node_summary m1))" $r \
   "stop: $s $out"
 wait_for 60 running_total_without m1 web 3 w2
-check "web's replica from w2 is replaced: 3 running tasks, none on w2, $((SECONDS - t_down))s after the stop ($(spread m1 web))" $? \
+r=$?
+check "web's replica from w2 is replaced: 3 running tasks, none on w2, $((SECONDS - t_down))s after the stop ($(spread m1 web))" $r \
   "$(gx m1 shoal service ps web 2>&1)"
 
 # ---------------------------------------------------------------------------------------------
@@ -593,14 +604,16 @@ out=$(gx m1 -t 60 shoal node update --availability drain w1 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 30 node_availability m1 w1 drain &&
   wait_for 60 running_total_without m1 web 3 w1 w2 && wait_for 30 containers_are w1 0
-check "node update --availability drain w1: its tasks move away, no container left on w1 ($(spread m1 web); w1 containers: $(containers w1))" $? \
+r=$?
+check "node update --availability drain w1: its tasks move away, no container left on w1 ($(spread m1 web); w1 containers: $(containers w1))" $r \
   "update: $s $out
 $(gx m1 shoal service ps web 2>&1)"
 
 out=$(gx m1 -t 60 shoal node update --availability active w1 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 30 node_availability m1 w1 active && node_status m1 w1 ready
-check "node update --availability active w1: w1 is active and ready again ($(node_summary m1))" $? \
+r=$?
+check "node update --availability active w1: w1 is active and ready again ($(node_summary m1))" $r \
   "update: $s $out"
 
 # ---------------------------------------------------------------------------------------------
@@ -609,7 +622,8 @@ check "node update --availability active w1: w1 is active and ready again ($(nod
 out=$(gx w2 -t 120 systemctl start containerd shoald 2>&1)
 s=$?
 [[ $s -eq 0 ]] && wait_for 60 node_status m1 w2 ready && wait_for 60 containers_are w2 0
-check "systemctl start containerd shoald on w2: w2 ready again, its replaced task stopped (w2 containers: $(containers w2); $(node_summary m1))" $? \
+r=$?
+check "systemctl start containerd shoald on w2: w2 ready again, its replaced task stopped (w2 containers: $(containers w2); $(node_summary m1))" $r \
   "start: $s $out
 $(gx w2 ctr -n shoal tasks ls 2>&1)
 $(journal w2 20)"
@@ -628,7 +642,8 @@ same_tasks() {
 }
 [[ $s -eq 0 && -n $tasks_before ]] && wait_for 60 cluster_formed m1 && wait_for 30 cluster_formed w2 &&
   same_tasks && containers_are m1 3
-check "systemctl restart shoald on m1: the cluster answers again (all ready after $((SECONDS - t_restart))s, from m1 and w2), web's tasks unchanged" $? \
+r=$?
+check "systemctl restart shoald on m1: the cluster answers again (all ready after $((SECONDS - t_restart))s, from m1 and w2), web's tasks unchanged" $r \
   "restart: $s $out
 before: $tasks_before
 $(gx m1 shoal service ps web 2>&1)
@@ -645,7 +660,8 @@ done
 running_total_without m1 web 3 w1 w2
 r=$?
 [[ ${#bad[@]} -eq 0 && $r -eq 0 ]]
-check "at the end shoald is active on every host without restarts, web runs 3 tasks ($(spread m1 web))" $? \
+r=$?
+check "at the end shoald is active on every host without restarts, web runs 3 tasks ($(spread m1 web))" $r \
   "$(printf '%s\n' "${bad[@]}")"
 
 exit 0
