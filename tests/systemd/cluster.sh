@@ -7,7 +7,8 @@
 # retrying (active, STATUS says they are joining) until m1 comes up; then the checks go through
 # the `shoal` CLI inside the hosts: node ls from the manager and from a worker, a service spread
 # over the three nodes, scaling from the workers, a host whose shoald and containerd stop
-# (down, its replicas replaced), drain and activate, and the stopped host coming back.
+# (down, its replicas replaced), drain and activate, the stopped host coming back (its replaced
+# task stopped), and a restart of the only manager (tasks unchanged, workers reconnect).
 #
 # usage: tests/systemd/cluster.sh      (as root; never prompts)
 #
