@@ -302,6 +302,7 @@ fn parse_scale(s: &str) -> Result<(String, u64), String> {
     let n = n
         .parse::<u64>()
         .map_err(|_| format!("invalid replicas value {n:?}: expected a non-negative number"))?;
+    let n = spec::placement::check_replicas(n)?;
     Ok((name.to_string(), n))
 }
 
@@ -474,7 +475,7 @@ async fn node(cmd: NodeCmd) -> Result<()> {
         }
         NodeCmd::Ls(l) => {
             let rows = c.list_nodes().await?;
-            print_listing(&l, &rows, |n| &n.id, |rows| render::node_ls(rows))?;
+            print_listing(&l, &rows, |n| &n.id, render::node_ls)?;
         }
         NodeCmd::Inspect { pretty, nodes } => {
             let mut out = Vec::new();
@@ -576,7 +577,7 @@ async fn service(cmd: ServiceCmd) -> Result<()> {
         }
         ServiceCmd::Ls(l) => {
             let rows = c.list_services().await?;
-            print_listing(&l, &rows, |r| &r.id, |rows| render::service_ls(rows))?;
+            print_listing(&l, &rows, |r| &r.id, render::service_ls)?;
         }
         ServiceCmd::Ps {
             filter,
@@ -743,7 +744,7 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
             println!(" Message:\t{}", s.info.update_message);
         }
     }
-    println!("Placement:");
+    print!("{}", render::placement_pretty(&spec.placement));
     println!("UpdateConfig:");
     println!(" Parallelism:\t{}", spec.update.parallelism);
     println!(
@@ -832,7 +833,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
         }
         StackCmd::Ls(l) => {
             let rows = c.list_stacks().await?;
-            print_listing(&l, &rows, |r| &r.name, |rows| render::stack_ls(rows))?;
+            print_listing(&l, &rows, |r| &r.name, render::stack_ls)?;
         }
         StackCmd::Ps {
             filter,
@@ -857,7 +858,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
                 .into_iter()
                 .filter(|r| r.stack == name)
                 .collect();
-            print_listing(&list, &rows, |r| &r.id, |rows| render::service_ls(rows))?;
+            print_listing(&list, &rows, |r| &r.id, render::service_ls)?;
         }
         StackCmd::Rm { wait, names } => {
             let mut all = Vec::new();

@@ -174,9 +174,6 @@ pub fn service_ps(tasks: &[TaskRow], now: u64, no_trunc: bool) -> String {
 
 /// The `Placement:` block of `service inspect --pretty`, as docker prints it: the header, then
 /// only the parts that are set, lists in Go's `[a b]` form.
-// `print_pretty_service` in main.rs (not part of this change) is to print this in place of its
-// bare "Placement:" line; until then only the tests call it.
-#[allow(dead_code)]
 pub fn placement_pretty(p: &Placement) -> String {
     let list = |items: Vec<String>| format!("[{}]", items.join(" "));
     let mut out = String::from("Placement:\n");

@@ -92,6 +92,8 @@ pub struct NodeOptions {
     pub extra_config: String,
     /// Extra TOML in the `[node]` table (e.g. `role = "worker"`).
     pub node_config: String,
+    /// Put the state directory on a tmpfs of this many KiB (to test a full disk).
+    pub state_dir_kib: Option<u64>,
 }
 
 impl Node {
@@ -114,6 +116,17 @@ impl Node {
         let stacks_dir = dir.path().join("stacks");
         let run_dir = dir.path().join("run");
         std::fs::create_dir_all(&stacks_dir).unwrap();
+        if let Some(kib) = opts.state_dir_kib {
+            std::fs::create_dir_all(&state_dir).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                &state_dir,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={kib}k,mode=0700").as_str()),
+            )
+            .expect("mount a tmpfs for the state directory");
+        }
         // A /24 per node out of 10.233.0.0/16, chosen by pid and counter.
         let subnet = format!(
             "10.233.{}.0/24",
@@ -224,6 +237,20 @@ run_dir = "{run}"
 
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Forget a daemon that exited by itself, so that it can be started again.
+    pub fn forget_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// The daemon's exit status, once it has exited by itself.
+    pub fn daemon_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.daemon
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log(&self) -> String {
@@ -385,5 +412,6 @@ impl Drop for Node {
         let _ = Command::new("nft")
             .args(["delete", "table", "ip", &self.bridge])
             .output();
+        let _ = nix::mount::umount2(&self.state_dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }

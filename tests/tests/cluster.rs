@@ -45,6 +45,7 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
             "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
             manager.node_port
         ),
+        ..Default::default()
     });
 
     // Both nodes are Ready, the manager leads; the worker's CLI sees the same (forwarded).
@@ -156,6 +157,7 @@ fn a_wrong_token_is_refused_and_the_node_keeps_trying() {
             manager.node_port,
             bad.display()
         ),
+        ..Default::default()
     });
     worker.wait_for("the join to be refused", Duration::from_secs(30), |w| {
         w.log().contains("could not prove it knows the token")
@@ -196,6 +198,7 @@ fn three_managers_survive_the_loss_of_the_leader() {
             "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
             m1.node_port
         ),
+        ..Default::default()
     };
     let n2 = Node::start_with(join("worker"));
     let n3 = Node::start_with(join("worker"));
@@ -313,6 +316,7 @@ fn a_worker_token_never_yields_a_manager() {
             m1.node_port,
             wtok.display()
         ),
+        ..Default::default()
     });
     wait_for_cluster(&m1, 2, 1);
     let info = n2.shoal_ok(&["info"]);
@@ -327,6 +331,7 @@ fn a_worker_token_never_yields_a_manager() {
             m1.node_port,
             wtok.display()
         ),
+        ..Default::default()
     });
     n3.wait_for(
         "the old token to be refused",

@@ -707,3 +707,69 @@ fn a_containerd_restart_leaves_tasks_running_and_exits_are_still_seen() {
         now.len() == 2 && now != tasks
     });
 }
+
+#[test]
+fn a_full_disk_stops_shoald_with_a_message_and_a_restart_keeps_the_state() {
+    let mut node = Node::start_with(NodeOptions {
+        state_dir_kib: Some(3072),
+        ..Default::default()
+    });
+    let img = image(&node, "full");
+    let big = format!("BIG={}", "x".repeat(100_000));
+    let mut created = Vec::new();
+    for i in 0..60 {
+        let name = format!("fill{i}");
+        let out = node.shoal(&[
+            "service",
+            "create",
+            "--detach",
+            "--replicas",
+            "0",
+            "--name",
+            &name,
+            "--env",
+            &big,
+            "--env",
+            &big.replacen("BIG", "BIG2", 1),
+            "--env",
+            &big.replacen("BIG", "BIG3", 1),
+            &img,
+        ]);
+        if !out.status.success() {
+            break;
+        }
+        created.push(name);
+    }
+    assert!(!created.is_empty(), "no service fitted at all");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = node.daemon_exit() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shoald kept running on a full disk:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success(), "{status:?}");
+    let log = node.log();
+    assert!(log.contains("the raft store stopped"), "{log}");
+
+    // More room, a restart: everything committed before is still there.
+    nix::mount::mount(
+        None::<&str>,
+        &node.state_dir,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some("size=65536k"),
+    )
+    .unwrap();
+    node.forget_daemon();
+    node.start_daemon();
+    let names: BTreeSet<String> = node.services().into_iter().map(|s| s.name).collect();
+    for name in &created {
+        assert!(names.contains(name), "{name} lost: {names:?}");
+    }
+}

@@ -521,6 +521,7 @@ pub async fn run_control_loop(d: Arc<Daemon>) {
     let mut ids = RandomIds;
     let mut last_summary = String::new();
     loop {
+        // The watchdog is fed only while the store is healthy and this loop turns.
         d.heartbeat.store(now_ms(), Ordering::Relaxed);
         // Keep the unit's STATUS= line current.
         let summary = d.summary();
@@ -540,7 +541,12 @@ pub async fn run_control_loop(d: Arc<Daemon>) {
                 debug!(commands = plan.commands.len(), "reconcile");
                 match d.store.propose(Command::Batch(plan.commands)).await {
                     Ok(Ok(_)) => continue,
-                    Ok(Err(e)) => debug!(error = %e, "reconcile batch no longer applies; retrying"),
+                    Ok(Err(e)) => {
+                        // The state moved since the plan was made (a precondition failed): plan
+                        // again from the current state, soon.
+                        debug!(error = %e, "reconcile batch no longer applies; replanning");
+                        wake = Duration::from_millis(50);
+                    }
                     Err(e) => warn!(error = %e, "failed to propose reconcile batch"),
                 }
             }
@@ -638,13 +644,32 @@ pub async fn run_log_gc(d: Arc<Daemon>) {
     }
 }
 
+/// Exit non-zero once raft has stopped for good (a disk error, a full disk): this node can no
+/// longer record anything, and systemd restarts it. Tasks keep running. Checked on a thread of its
+/// own: calls into a stopped raft may never return, and may hold the async runtime's threads.
+pub fn run_store_health(d: Arc<Daemon>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(reason) = d.store.stop_reason() {
+            let msg = format!(
+                "the raft store stopped: {reason}; exiting so that systemd restarts shoald (check the disk under {})",
+                d.state_dir().display()
+            );
+            error!("{msg}");
+            notify::status(&msg);
+            eprintln!("shoald: {msg}");
+            std::process::exit(3);
+        }
+    }
+}
+
 /// Ping the systemd watchdog while the control loop keeps turning.
 pub async fn run_watchdog(d: Arc<Daemon>, period: Duration) {
     let every = period / 2;
     loop {
         tokio::time::sleep(every).await;
         let age = now_ms().saturating_sub(d.heartbeat.load(Ordering::Relaxed));
-        if age < period.as_millis() as u64 {
+        if age < period.as_millis() as u64 && d.store.stop_reason().is_none() {
             notify::watchdog();
         } else {
             warn!(

@@ -435,10 +435,11 @@ pub async fn run_membership(d: Arc<Daemon>) {
             let node = st.nodes.values().find(|n| n.raft_id == *rid);
             match node {
                 Some(n) if n.role == NodeRole::Manager => {
-                    if !n.addr.is_empty() && n.addr != *addr {
-                        if let Err(e) = d.store.set_member_addr(*rid, &n.addr).await {
-                            warn!(node = %n.name, error = %e, "failed to update a manager's raft address");
-                        }
+                    if !n.addr.is_empty()
+                        && n.addr != *addr
+                        && let Err(e) = d.store.set_member_addr(*rid, &n.addr).await
+                    {
+                        warn!(node = %n.name, error = %e, "failed to update a manager's raft address");
                     }
                 }
                 // Demoted or removed: no longer a voter (never the last one).

@@ -141,6 +141,13 @@ async fn run(args: Args) -> Result<()> {
     let d = daemon::start(cfg).await?;
     join::establish(&d).await?;
     let reports = session::start(&d);
+    {
+        let d = d.clone();
+        std::thread::Builder::new()
+            .name("store-health".into())
+            .spawn(move || daemon::run_store_health(d))
+            .context("failed to start the store health thread")?;
+    }
     tokio::spawn(daemon::run_control_loop(d.clone()));
     tokio::spawn(dispatcher::run_liveness(d.clone()));
     tokio::spawn(dispatcher::run_membership(d.clone()));

@@ -376,9 +376,20 @@ impl Store {
         out
     }
 
-    /// Whether raft has stopped for good (a storage error): the node must restart.
-    pub fn is_stopped(&self) -> bool {
-        self.raft.metrics().borrow().running_state.is_err()
+    /// Why raft has stopped for good (a storage error), if it has: the node must restart.
+    pub fn stop_reason(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        if let Err(e) = &metrics.borrow().running_state {
+            return Some(e.to_string());
+        }
+        // The raft task is gone (it quit on a storage error) when its metrics channel closed.
+        if metrics.has_changed().is_err() {
+            return Some(
+                "raft quit after a storage error (logged just before: a full disk or a disk error)"
+                    .into(),
+            );
+        }
+        None
     }
 
     /// The address of the leader this node knows of.
