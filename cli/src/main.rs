@@ -145,6 +145,41 @@ enum NodeCmd {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
+    /// Form a new cluster with this node as its first manager
+    Init,
+    /// Join a cluster as a worker or a manager (the token decides)
+    Join {
+        /// The token from `shoal cluster join-token worker|manager` on a manager
+        #[arg(long)]
+        token: String,
+        /// A manager's address (host:port; port 4600 by default)
+        #[arg(required = true)]
+        addrs: Vec<String>,
+    },
+    /// Stop this node's tasks and leave the cluster
+    Leave {
+        /// Leave even if this node is a manager (may break the cluster's quorum)
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Change cluster-wide settings
+    Update {
+        /// Heartbeat period of the nodes (a node is down after three missed ones), e.g. 1s
+        #[arg(long, value_name = "DURATION")]
+        heartbeat_period: Option<String>,
+        /// Finished tasks kept per slot
+        #[arg(long, value_name = "N")]
+        task_history_limit: Option<u64>,
+        /// Raft entries between snapshots
+        #[arg(long, value_name = "N")]
+        snapshot_interval: Option<u64>,
+        /// Validity of node certificates, e.g. 2160h
+        #[arg(long, value_name = "DURATION")]
+        cert_expiry: Option<String>,
+        /// Encrypt the raft state at rest (not supported yet)
+        #[arg(long, value_name = "BOOL")]
+        autolock: Option<bool>,
+    },
     /// Print the token that joins a node as a worker or as a manager
     JoinToken {
         /// Print the token only
@@ -360,20 +395,13 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Info(f) => {
             let c = connect().await?;
             let info = c.info().await?;
+            let details = c.cluster_details().await.unwrap_or_default();
             if json(&f) {
-                return print_json(&info);
+                let mut v = serde_json::to_value(&info)?;
+                v["cluster"] = serde_json::to_value(&details)?;
+                return print_json(&v);
             }
-            let leader = if info.is_leader { " (leader)" } else { "" };
-            println!("Node: {} ({})", info.node_name, info.node_id);
-            println!("Role: {}{leader}", info.role);
-            println!("Status: {}", info.status);
-            println!("Cluster: {}", info.cluster_id);
-            println!("Managers: {}", info.managers);
-            println!("Nodes: {}", info.nodes);
-            println!("Services: {}", info.services);
-            println!("Tasks: {} ({} running)", info.tasks, info.running);
-            println!("Stacks: {}", info.stacks);
-            println!("Version: {}", info.version);
+            render::info(&info, &details);
             Ok(())
         }
         Cmd::Reload => {
@@ -403,6 +431,53 @@ async fn run(cli: Cli) -> Result<()> {
 async fn cluster(cmd: ClusterCmd) -> Result<()> {
     let c = connect().await?;
     match cmd {
+        ClusterCmd::Init => {
+            let id = c.cluster_init().await?;
+            println!("Cluster initialized: {id}; this node is now its manager.\n");
+            let token = c.join_token("worker", false).await?;
+            println!("To add a worker to this cluster, run the following command:\n");
+            println!("    shoal cluster join --token {token} ADDRESS_OF_THIS_NODE:4600\n");
+            println!(
+                "To add a manager, run `shoal cluster join-token manager` and follow the instructions."
+            );
+        }
+        ClusterCmd::Join { token, addrs } => {
+            let role = c.cluster_join(&token, &addrs).await?;
+            println!("This node joined the cluster as a {role}.");
+        }
+        ClusterCmd::Leave { force } => {
+            c.cluster_leave(force).await?;
+            println!("Node left the cluster.");
+        }
+        ClusterCmd::Update {
+            heartbeat_period,
+            task_history_limit,
+            snapshot_interval,
+            cert_expiry,
+            autolock,
+        } => {
+            let mut m = std::collections::BTreeMap::new();
+            if let Some(v) = heartbeat_period {
+                m.insert("heartbeat_period".to_string(), v);
+            }
+            if let Some(v) = task_history_limit {
+                m.insert("task_history_limit".to_string(), v.to_string());
+            }
+            if let Some(v) = snapshot_interval {
+                m.insert("snapshot_interval".to_string(), v.to_string());
+            }
+            if let Some(v) = cert_expiry {
+                m.insert("cert_expiry".to_string(), v);
+            }
+            if let Some(v) = autolock {
+                m.insert("autolock".to_string(), v.to_string());
+            }
+            if m.is_empty() {
+                anyhow::bail!("nothing to update: give at least one setting (see --help)");
+            }
+            c.update_cluster(&m).await?;
+            println!("Cluster updated.");
+        }
         ClusterCmd::JoinToken {
             quiet,
             rotate,

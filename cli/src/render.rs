@@ -223,6 +223,87 @@ pub fn stack_ls(rows: &[StackRow]) -> String {
     table(&["NAME", "SERVICES"], &body)
 }
 
+/// `shoal info`: this node, then the cluster section as `docker info` shows Swarm's.
+pub fn info(info: &shoal_dbus::ClusterInfo, d: &std::collections::BTreeMap<String, String>) {
+    let get = |k: &str| d.get(k).cloned().unwrap_or_default();
+    let leader = if info.is_leader { " (leader)" } else { "" };
+    println!("Node: {} ({})", info.node_name, info.node_id);
+    println!("Role: {}{leader}", info.role);
+    println!("Status: {}", info.status);
+    if get("node_in_cluster") != "true" && info.cluster_id.is_empty() {
+        println!("Cluster: inactive");
+    } else {
+        println!("Cluster: active");
+        println!(" Cluster ID: {}", get("cluster_id"));
+        println!(" Is Manager: {}", info.role == "manager");
+        println!(" Node Address: {}", get("node_addr"));
+        println!(" Managers: {}", get("managers"));
+        println!(" Nodes: {}", get("nodes"));
+        let addrs = get("manager_addresses");
+        if !addrs.is_empty() {
+            println!(" Manager Addresses:");
+            for a in addrs.split(',') {
+                println!("  {a}");
+            }
+        }
+        let ms = |k: &str| get(k).parse::<u64>().map(go_duration).unwrap_or_default();
+        println!(" Dispatcher:");
+        println!("  Heartbeat Period: {}", ms("heartbeat_period_ms"));
+        println!(" Orchestration:");
+        println!(
+            "  Task History Retention Limit: {}",
+            get("task_history_limit")
+        );
+        println!(" Raft:");
+        println!("  Snapshot Interval: {}", get("snapshot_interval"));
+        if d.contains_key("raft_role") && info.role == "manager" {
+            println!("  Role: {}", get("raft_role"));
+            println!("  Term: {}", get("raft_term"));
+            println!("  Last Log Index: {}", get("raft_last_index"));
+            println!("  Voters: {}", get("raft_voters"));
+        }
+        println!(" CA Configuration:");
+        println!("  Expiry Duration: {}", ms("cert_expiry_ms"));
+        let when = |k: &str| {
+            get(k)
+                .parse::<i64>()
+                .ok()
+                .map(|secs| {
+                    let left_ms = secs.saturating_mul(1000) - info.now as i64;
+                    format!("in {} days", left_ms / 86_400_000)
+                })
+                .unwrap_or_default()
+        };
+        println!("  CA Certificate Expires: {}", when("ca_expiry"));
+        println!("  Node Certificate Expires: {}", when("node_cert_expiry"));
+        println!(" Autolock Managers: {}", get("autolock"));
+    }
+    if info.role == "manager" {
+        println!("Services: {}", info.services);
+        println!("Tasks: {} ({} running)", info.tasks, info.running);
+        println!("Stacks: {}", info.stacks);
+    }
+    println!("Version: {}", info.version);
+}
+
+/// A duration as Go (and so docker) prints it: `1s`, `1m30s`, `2160h0m0s`, `500ms`.
+pub fn go_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, rest) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let secs = if rest == 0 {
+        format!("{s}s")
+    } else {
+        format!("{}s", format!("{s}.{rest:03}").trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +439,15 @@ mod tests {
             "Placement:\n Constraints:\t[node.labels.zone == a node.role != manager]\n \
              Preferences:   [spread=node.labels.zone]\n Max Replicas Per Node:   2\n"
         );
+    }
+
+    #[test]
+    fn go_durations_match_docker_info() {
+        assert_eq!(go_duration(1000), "1s");
+        assert_eq!(go_duration(500), "500ms");
+        assert_eq!(go_duration(90_000), "1m30s");
+        assert_eq!(go_duration(10_500), "10.5s");
+        assert_eq!(go_duration(2160 * 3_600_000), "2160h0m0s");
     }
 
     #[test]

@@ -344,3 +344,124 @@ fn a_worker_token_never_yields_a_manager() {
         assert!(!log.contains(worker_token.trim()) && !log.contains(rotated.trim()));
     }
 }
+
+#[test]
+fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
+    let idle = || NodeOptions {
+        extra_config: "[cluster]\nbootstrap = false\n".into(),
+        ..Default::default()
+    };
+    let m1 = Node::start_with(idle());
+    let w1 = Node::start_with(idle());
+    let mut w2 = Node::start_with(idle());
+    assert!(w1.shoal_ok(&["info"]).contains("Cluster: inactive"));
+
+    // init prints the worker join command.
+    let out = m1.shoal_ok(&["cluster", "init"]);
+    assert!(
+        out.contains("shoal cluster join --token SWMTKN-1-"),
+        "{out}"
+    );
+    let again = m1.shoal(&["cluster", "init"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already part of cluster"));
+    let token = m1.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
+    let addr = format!("127.0.0.1:{}", m1.node_port);
+    // A wrong token is refused with a clear error and changes nothing.
+    let bad = w1.shoal(&["cluster", "join", "--token", "SWMTKN-1-0000000000000000000000000000000000000000000000000000000000000000-0123456789abcdefghijklm", &addr]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("different CA"),
+        "{bad:?}"
+    );
+    for w in [&w1, &w2] {
+        let out = w.shoal_ok(&["cluster", "join", "--token", token.trim(), &addr]);
+        assert!(out.contains("joined the cluster as a worker"), "{out}");
+    }
+    wait_for_cluster(&m1, 3, 1);
+    let info = w1.shoal_ok(&["info"]);
+    assert!(
+        info.contains("Cluster: active") && info.contains("Is Manager: false"),
+        "{info}"
+    );
+    assert!(
+        info.contains(" Nodes: 3") && info.contains(" Managers: 1"),
+        "{info}"
+    );
+
+    // cluster update goes through the one validator and shows in info.
+    m1.shoal_ok(&["cluster", "update", "--heartbeat-period", "2s"]);
+    assert!(w2.shoal_ok(&["info"]).contains("Heartbeat Period: 2s"));
+    let bad = m1.shoal(&["cluster", "update", "--snapshot-interval", "0"]);
+    assert!(!bad.status.success(), "{bad:?}");
+
+    let secrets = tempfile::tempdir().unwrap();
+    let shared = secrets.path().join("bb.tar");
+    images::write_oci_archive(&shared, false, "example.org/bb:1");
+    let image = format!("oci-archive:{}", shared.display());
+    m1.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    m1.wait_for("one task on each node", Duration::from_secs(90), |m| {
+        let running = m.running("web");
+        let nodes: std::collections::BTreeSet<String> =
+            running.iter().map(|t| t.node.clone()).collect();
+        running.len() == 3 && nodes.len() == 3
+    });
+
+    // A worker leaves: its containers stop, it is in no cluster, the manager replaces its task.
+    let w2_name = node_names(&w2)
+        .into_iter()
+        .find(|(n, _)| {
+            w2.shoal_ok(&["node", "inspect", "--pretty", "self"])
+                .contains(n.as_str())
+        })
+        .map(|(n, _)| n)
+        .unwrap();
+    w2.shoal_ok(&["cluster", "leave"]);
+    w2.wait_for(
+        "the worker to stop its containers and start again outside the cluster",
+        Duration::from_secs(90),
+        |w| {
+            w.container_tasks().is_empty()
+                && w.shoal(&["info"]).status.success()
+                && w.shoal_ok(&["info"]).contains("Cluster: inactive")
+        },
+    );
+    assert!(
+        w2.daemon_exit().is_none(),
+        "shoald must keep running after leave"
+    );
+    m1.wait_for(
+        "the left node down and its task replaced",
+        Duration::from_secs(90),
+        |m| {
+            node_names(m)
+                .get(&w2_name)
+                .is_some_and(|(s, _)| s == "down")
+                && m.running("web")
+                    .iter()
+                    .filter(|t| t.node != w2_name)
+                    .count()
+                    == 3
+        },
+    );
+    m1.shoal_ok(&["node", "rm", &w2_name]);
+    assert_eq!(node_names(&m1).len(), 2);
+    // A manager does not leave without --force.
+    let out = m1.shoal(&["cluster", "leave"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("demote it first"),
+        "{out:?}"
+    );
+}

@@ -1,5 +1,6 @@
 //! What the daemon implements so that [`serve`](crate::serve) can answer D-Bus calls.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::OwnedFd;
 
@@ -211,5 +212,62 @@ pub trait Backend: Send + Sync + 'static {
                 "JoinToken is not supported by this backend".into(),
             ))
         }
+    }
+
+    /// `ClusterInit`: form a new cluster with this node as its first manager (a node that is
+    /// not in a cluster yet).
+    fn cluster_init(&self) -> impl Future<Output = Result<String, ApiError>> + Send {
+        async {
+            Err(ApiError::Failed(
+                "ClusterInit is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `ClusterJoin`: join the cluster of the managers at `addrs` with `token`; returns the
+    /// role this node got.
+    fn cluster_join(
+        &self,
+        token: &str,
+        addrs: Vec<String>,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send {
+        let _ = (token, addrs);
+        async {
+            Err(ApiError::Failed(
+                "ClusterJoin is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `ClusterLeave`: stop this node's tasks and leave the cluster (a manager needs `force`).
+    fn cluster_leave(&self, force: bool) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = force;
+        async {
+            Err(ApiError::Failed(
+                "ClusterLeave is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `UpdateCluster`: change cluster-wide settings (`heartbeat_period`, `task_history_limit`,
+    /// `snapshot_interval`, `cert_expiry`, `autolock`), given as in `[cluster.settings]`.
+    fn update_cluster(
+        &self,
+        settings: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = settings;
+        async {
+            Err(ApiError::Failed(
+                "UpdateCluster is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `GetClusterDetails`: what `shoal info` shows in its cluster section, as named strings
+    /// (new keys may appear; clients ignore the ones they do not know).
+    fn cluster_details(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, String>, ApiError>> + Send {
+        async { Ok(BTreeMap::new()) }
     }
 }

@@ -44,6 +44,11 @@ pub trait Manager {
     ) -> Result<(), ApiError>;
     fn remove_node(&self, node: &str, force: bool) -> Result<(), ApiError>;
     fn join_token(&self, role: &str, rotate: bool) -> Result<String, ApiError>;
+    fn cluster_init(&self) -> Result<String, ApiError>;
+    fn cluster_join(&self, token: &str, addrs: &[String]) -> Result<String, ApiError>;
+    fn cluster_leave(&self, force: bool) -> Result<(), ApiError>;
+    fn update_cluster(&self, settings: &BTreeMap<String, String>) -> Result<(), ApiError>;
+    fn get_cluster_details(&self) -> Result<BTreeMap<String, String>, ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -339,6 +344,29 @@ impl Client {
 
     pub async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ClientError> {
         Ok(self.proxy.join_token(role, rotate).await?)
+    }
+
+    pub async fn cluster_init(&self) -> Result<String, ClientError> {
+        Ok(self.proxy.cluster_init().await?)
+    }
+
+    pub async fn cluster_join(&self, token: &str, addrs: &[String]) -> Result<String, ClientError> {
+        Ok(self.proxy.cluster_join(token, addrs).await?)
+    }
+
+    pub async fn cluster_leave(&self, force: bool) -> Result<(), ClientError> {
+        Ok(self.proxy.cluster_leave(force).await?)
+    }
+
+    pub async fn update_cluster(
+        &self,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        Ok(self.proxy.update_cluster(settings).await?)
+    }
+
+    pub async fn cluster_details(&self) -> Result<BTreeMap<String, String>, ClientError> {
+        Ok(self.proxy.get_cluster_details().await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

@@ -165,6 +165,31 @@ impl<B: Backend> Manager<B> {
         self.backend.join_token(role, rotate).await
     }
 
+    /// Form a new cluster with this node as its first manager.
+    async fn cluster_init(&self) -> Result<String, ApiError> {
+        self.backend.cluster_init().await
+    }
+
+    /// Join a cluster through the managers at `addrs` with `token`; returns the role.
+    async fn cluster_join(&self, token: &str, addrs: Vec<String>) -> Result<String, ApiError> {
+        self.backend.cluster_join(token, addrs).await
+    }
+
+    /// Leave the cluster (`force` for a manager).
+    async fn cluster_leave(&self, force: bool) -> Result<(), ApiError> {
+        self.backend.cluster_leave(force).await
+    }
+
+    /// Change cluster-wide settings, named as in `[cluster.settings]`.
+    async fn update_cluster(&self, settings: BTreeMap<String, String>) -> Result<(), ApiError> {
+        self.backend.update_cluster(settings).await
+    }
+
+    /// The cluster section of `shoal info`, as named strings.
+    async fn get_cluster_details(&self) -> Result<BTreeMap<String, String>, ApiError> {
+        self.backend.cluster_details().await
+    }
+
     /// Set the replica count of a replicated service.
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
         self.backend.scale_service(service, replicas).await

@@ -436,6 +436,15 @@ impl ClusterState {
                 Ok(Applied { changed })
             }
             Command::ApplyStack(change) => self.apply_stack(change, log),
+            Command::SetSettings(settings) => {
+                if self.settings == *settings {
+                    return Ok(none);
+                }
+                log.0
+                    .push(Undo::Header(self.cluster_id.clone(), self.settings.clone()));
+                self.settings = settings.clone();
+                Ok(one)
+            }
             Command::SetSecurity(sec) => {
                 if self.security.as_ref() == Some(sec) {
                     return Ok(none);

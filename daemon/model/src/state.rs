@@ -318,6 +318,8 @@ pub enum Command {
     Batch(Vec<Command>),
     /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
     SetSecurity(Security),
+    /// Change the cluster-wide settings (`shoal cluster update`).
+    SetSettings(ClusterSettings),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -227,6 +227,14 @@ pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, RpcError> {
     })
 }
 
+/// When a certificate (the CA's, say) expires, in unix seconds.
+pub fn ca_not_after(pem: &str) -> Result<i64, RpcError> {
+    let der = pem_der(pem, "CERTIFICATE")?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| pki("invalid certificate", e))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// [`cert_info_der`] for a PEM certificate.
 pub fn cert_info(pem: &str) -> Result<CertInfo, RpcError> {
     cert_info_der(&pem_der(pem, "CERTIFICATE")?)

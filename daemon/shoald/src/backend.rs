@@ -762,6 +762,140 @@ impl Backend for DaemonBackend {
         let digest = rpc::pki::ca_digest(&sec.ca_cert_pem).map_err(failed)?;
         Ok(rpc::token::format(&digest, &secret))
     }
+
+    async fn cluster_init(&self) -> Result<String, ApiError> {
+        crate::join::init(&self.0)
+            .await
+            .map_err(|e| ApiError::Failed(format!("{e:#}")))
+    }
+
+    async fn cluster_join(&self, token: &str, addrs: Vec<String>) -> Result<String, ApiError> {
+        if addrs.is_empty() {
+            return Err(ApiError::InvalidSpec(
+                "give the address of a manager (host:port, port 4600 by default)".into(),
+            ));
+        }
+        crate::join::join_with(&self.0, token, &addrs)
+            .await
+            .map(|r| r.as_str().to_string())
+            .map_err(|e| ApiError::Failed(format!("{e:#}")))
+    }
+
+    async fn cluster_leave(&self, force: bool) -> Result<(), ApiError> {
+        crate::join::leave(&self.0, force)
+            .await
+            .map_err(|e| ApiError::Failed(format!("{e:#}")))
+    }
+
+    async fn update_cluster(
+        &self,
+        settings: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let st = self.d().state();
+        if st.cluster_id.is_empty() {
+            return Err(ApiError::Unavailable(
+                "this node is not part of a cluster".into(),
+            ));
+        }
+        // One validator: the values are checked as the cluster file's [cluster.settings].
+        let cur = &st.settings;
+        let mut values: std::collections::BTreeMap<&str, String> = [
+            (
+                "heartbeat_period",
+                format!("\"{}ms\"", cur.heartbeat_period),
+            ),
+            ("task_history_limit", cur.task_history_limit.to_string()),
+            ("snapshot_interval", cur.snapshot_interval.to_string()),
+            ("cert_expiry", format!("\"{}ms\"", cur.cert_expiry)),
+            ("autolock", cur.autolock.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        for (k, v) in &settings {
+            let Some(slot) = values.get_mut(k.as_str()) else {
+                return Err(ApiError::InvalidSpec(format!(
+                    "unknown cluster setting {k:?}: expected heartbeat_period, task_history_limit, snapshot_interval, cert_expiry or autolock"
+                )));
+            };
+            *slot = match k.as_str() {
+                "heartbeat_period" | "cert_expiry" => format!("{:?}", v),
+                _ => v.clone(),
+            };
+        }
+        let text = std::iter::once("[cluster.settings]".to_string())
+            .chain(values.iter().map(|(k, v)| format!("{k} = {v}")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed = spec::parse_cluster(Path::new("cluster update"), &text)
+            .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        self.propose(Command::SetSettings(parsed.cluster.settings))
+            .await?;
+        info!(?settings, "cluster settings updated");
+        Ok(())
+    }
+
+    async fn cluster_details(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+        let d = self.d();
+        let st = d.state();
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("node_id".to_string(), d.identity.node_id.clone());
+        m.insert("node_addr".into(), d.addr.clone());
+        m.insert("node_role".into(), d.role().as_str().into());
+        m.insert("node_in_cluster".into(), d.in_cluster().to_string());
+        if let Some(tls) = d.tls() {
+            let cert = tls.cert();
+            if let Ok(info) = rpc::pki::cert_info(&cert.cert_pem) {
+                m.insert("node_cert_expiry".into(), info.not_after.to_string());
+            }
+            if let Ok(ca) = rpc::pki::ca_not_after(&cert.ca_pem) {
+                m.insert("ca_expiry".into(), ca.to_string());
+            }
+            if let Ok(digest) = rpc::pki::ca_digest(&cert.ca_pem) {
+                m.insert("ca_digest".into(), digest);
+            }
+        }
+        m.insert("cluster_id".into(), d.cluster_id());
+        if !st.cluster_id.is_empty() {
+            let managers: Vec<&model::Node> = st
+                .nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager)
+                .collect();
+            m.insert("managers".into(), managers.len().to_string());
+            m.insert("nodes".into(), st.nodes.len().to_string());
+            let mut addrs: Vec<String> = managers.iter().map(|n| n.addr.clone()).collect();
+            addrs.sort();
+            m.insert("manager_addresses".into(), addrs.join(","));
+            m.insert(
+                "heartbeat_period_ms".into(),
+                st.settings.heartbeat_period.to_string(),
+            );
+            m.insert(
+                "task_history_limit".into(),
+                st.settings.task_history_limit.to_string(),
+            );
+            m.insert(
+                "snapshot_interval".into(),
+                st.settings.snapshot_interval.to_string(),
+            );
+            m.insert("cert_expiry_ms".into(), st.settings.cert_expiry.to_string());
+            m.insert("autolock".into(), st.settings.autolock.to_string());
+            let raft = d.store.info();
+            m.insert("raft_term".into(), raft.term.to_string());
+            m.insert("raft_role".into(), raft.role);
+            m.insert(
+                "raft_last_index".into(),
+                raft.last_log_index.unwrap_or(0).to_string(),
+            );
+            m.insert("raft_voters".into(), raft.voters.len().to_string());
+            if let Some(l) = d.store.leader_addr() {
+                m.insert("leader_addr".into(), l);
+            }
+        }
+        Ok(m)
+    }
 }
 
 /// A node by id, unique id prefix, host name, or `self`.

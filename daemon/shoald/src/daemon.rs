@@ -67,6 +67,10 @@ pub struct Daemon {
     pub assignments: watch::Sender<Option<rpc::AssignmentSet>>,
     view: std::sync::Mutex<View>,
     node_port_started: std::sync::atomic::AtomicBool,
+    /// Set by `cluster leave`: the session stops handing assignments to the agent.
+    pub leaving: std::sync::atomic::AtomicBool,
+    /// The agent's assignments, once it runs.
+    pub agent_tx: std::sync::Mutex<Option<watch::Sender<Vec<model::Task>>>>,
 }
 
 /// What this node knows of the cluster besides the replicated state (all a worker knows).
@@ -351,29 +355,50 @@ impl Daemon {
         {
             return j;
         }
-        let st = self.state();
-        let running = st
-            .tasks
-            .values()
-            .filter(|t| t.status.state == model::TaskState::Running)
-            .count();
-        format!(
-            "{} on {} ({}); {} services, {} tasks running, {} stacks",
-            if self.store.is_leader() {
-                "leading"
-            } else if !self.in_cluster() {
-                "not in a cluster"
-            } else if self.role() == NodeRole::Manager {
-                "following"
-            } else {
-                "working"
-            },
+        let here = self.assignments.borrow().as_ref().map_or(0, |set| {
+            set.tasks
+                .iter()
+                .filter(|t| {
+                    t.status.state == model::TaskState::Running
+                        && t.desired <= model::TaskState::Running
+                })
+                .count()
+        });
+        let what = if self.store.is_leader() {
+            "leading"
+        } else if !self.in_cluster() {
+            "not in a cluster"
+        } else if self.role() == NodeRole::Manager {
+            "following"
+        } else {
+            "working"
+        };
+        let role = self.role();
+        let head = format!(
+            "{what} on {} ({}); {here} task{} running here",
             self.node_name,
-            self.role().as_str(),
-            st.services.len(),
-            running,
-            st.stacks.len()
-        )
+            role.as_str(),
+            if here == 1 { "" } else { "s" }
+        );
+        let st = self.state();
+        if role == NodeRole::Manager && !st.cluster_id.is_empty() {
+            let running = st
+                .tasks
+                .values()
+                .filter(|t| t.status.state == model::TaskState::Running)
+                .count();
+            format!(
+                "{head}; cluster: {} nodes, {} services, {running} tasks running, {} stacks",
+                st.nodes.len(),
+                st.services.len(),
+                st.stacks.len()
+            )
+        } else {
+            match self.view().leader_addr.clone() {
+                Some(l) => format!("{head}; leader at {l}"),
+                None => head,
+            }
+        }
     }
 }
 
@@ -466,6 +491,8 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
             managers: joined.map(|j| j.managers).unwrap_or_default(),
         }),
         node_port_started: std::sync::atomic::AtomicBool::new(false),
+        leaving: std::sync::atomic::AtomicBool::new(false),
+        agent_tx: std::sync::Mutex::new(None),
     });
     if let Some(cert) = cert {
         daemon.install_cert(&cert)?;

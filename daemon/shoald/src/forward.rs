@@ -3,6 +3,7 @@
 //! too). A manager that cannot reach the leader answers reads from what it knows, and refuses
 //! changes with an error that says how many managers it reaches.
 
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub enum ApiCall {
     UpdateNode(String, NodeChange),
     RemoveNode(String, bool),
     JoinToken(String, bool),
+    UpdateCluster(BTreeMap<String, String>),
+    ClusterDetails,
 }
 
 impl ApiCall {
@@ -56,6 +59,7 @@ impl ApiCall {
                 | ApiCall::InspectService(_)
                 | ApiCall::ListTasks(_)
                 | ApiCall::ListStacks
+                | ApiCall::ClusterDetails
         )
     }
 }
@@ -129,6 +133,8 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::UpdateNode(n, c) => reply(b.update_node(&n, c).await),
         ApiCall::RemoveNode(n, f) => reply(b.remove_node(&n, f).await),
         ApiCall::JoinToken(r, rotate) => reply(b.join_token(&r, rotate).await),
+        ApiCall::UpdateCluster(m) => reply(b.update_cluster(m).await),
+        ApiCall::ClusterDetails => reply(b.cluster_details().await),
     };
     Response::Api { reply }
 }
@@ -354,5 +360,43 @@ impl Backend for ClusterBackend {
             ApiCall::JoinToken(role.into(), rotate),
             self.0.join_token(role, rotate)
         )
+    }
+
+    async fn cluster_init(&self) -> Result<String, ApiError> {
+        self.0.cluster_init().await
+    }
+
+    async fn cluster_join(&self, token: &str, addrs: Vec<String>) -> Result<String, ApiError> {
+        self.0.cluster_join(token, addrs).await
+    }
+
+    async fn cluster_leave(&self, force: bool) -> Result<(), ApiError> {
+        self.0.cluster_leave(force).await
+    }
+
+    async fn update_cluster(&self, settings: BTreeMap<String, String>) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::UpdateCluster(settings.clone()),
+            self.0.update_cluster(settings)
+        )
+    }
+
+    async fn cluster_details(&self) -> Result<BTreeMap<String, String>, ApiError> {
+        // This node's own view, completed with the leader's for what only managers know.
+        let mut local = self.0.cluster_details().await?;
+        if !self.local()
+            && self.d().in_cluster()
+            && let Ok(remote) = self
+                .call::<BTreeMap<String, String>>(ApiCall::ClusterDetails)
+                .await
+        {
+            for (k, v) in remote {
+                if !k.starts_with("node_") {
+                    local.insert(k, v);
+                }
+            }
+        }
+        Ok(local)
     }
 }

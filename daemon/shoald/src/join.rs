@@ -13,6 +13,120 @@ use tracing::{info, warn};
 use crate::certs;
 use crate::daemon::{Daemon, now_ms};
 
+/// `shoal cluster init`: form a new cluster with this node as its first manager.
+pub async fn init(d: &Arc<Daemon>) -> Result<String> {
+    if d.in_cluster() {
+        return Err(anyhow!(
+            "this node is already part of cluster {}; leave it first (`shoal cluster leave`)",
+            d.cluster_id()
+        ));
+    }
+    if d.store.is_initialized().await.map_err(|e| anyhow!("{e}"))? {
+        return Err(anyhow!(
+            "this node has raft state already; it is a manager of a cluster"
+        ));
+    }
+    info!("forming a new cluster (shoal cluster init)");
+    d.store
+        .bootstrap_single()
+        .await
+        .map_err(|e| anyhow!("failed to bootstrap raft: {e}"))?;
+    ensure_records(d).await?;
+    issue_own(d)?;
+    d.start_node_port().await?;
+    d.set_status(d.summary());
+    Ok(d.cluster_id())
+}
+
+/// `shoal cluster join --token T ADDR...`: join once (no retries: the user sees the error).
+pub async fn join_with(d: &Arc<Daemon>, token: &str, addrs: &[String]) -> Result<NodeRole> {
+    if d.in_cluster() {
+        return Err(anyhow!(
+            "this node is already part of cluster {}; leave it first (`shoal cluster leave`)",
+            d.cluster_id()
+        ));
+    }
+    let token = JoinToken::parse(token).map_err(|e| anyhow!("{e}"))?;
+    let mut last = anyhow!("no manager address given");
+    for addr in addrs {
+        let addr = if addr.contains(':') {
+            addr.clone()
+        } else {
+            format!("{addr}:4600")
+        };
+        match join_through(d, &addr, &token).await {
+            Ok(()) => return Ok(d.role()),
+            Err(e) => last = anyhow!("{addr}: {e:#}"),
+        }
+    }
+    Err(last)
+}
+
+/// `shoal cluster leave`: stop this node's tasks, forget the cluster and start again as a node
+/// that is in no cluster (the process replaces itself; systemd sees the same main PID).
+pub async fn leave(d: &Arc<Daemon>, force: bool) -> Result<()> {
+    if !d.in_cluster() {
+        return Err(anyhow!("this node is not part of a cluster"));
+    }
+    if d.role() == NodeRole::Manager && !force {
+        let managers = d
+            .state()
+            .nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager)
+            .count();
+        return Err(anyhow!(
+            "this node is a manager (one of {managers}); leaving takes it out of the raft group and can break quorum: demote it first (`shoal node demote` on another manager), or use --force"
+        ));
+    }
+    info!("leaving the cluster: stopping this node's tasks");
+    d.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+    let tx = d.agent_tx.lock().ok().and_then(|t| t.clone());
+    if let Some(tx) = tx {
+        tx.send_replace(Vec::new());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < deadline {
+        match d.runtime.list().await {
+            Ok(c) if c.is_empty() => break,
+            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let dir = d.state_dir();
+    for path in [dir.join("certificates"), dir.join(store::RAFT_DIR)] {
+        if let Err(e) = std::fs::remove_dir_all(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %path.display(), error = %e, "failed to remove cluster state");
+        }
+    }
+    for file in ["cluster.json", "node.json"] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
+    info!("left the cluster; starting again as a node in no cluster");
+    tokio::spawn(async {
+        // Let the D-Bus answer go out first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        reexec();
+    });
+    Ok(())
+}
+
+fn reexec() {
+    use std::ffi::CString;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok());
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
+        .collect();
+    if let Some(exe) = exe {
+        let err = nix::unistd::execv(&exe, &args);
+        tracing::error!(?err, "failed to restart shoald after leaving; exiting");
+    }
+    std::process::exit(1);
+}
+
 /// Bring this node into its cluster as far as can be done before READY; what has to wait for
 /// other nodes (a join) goes on in the background.
 pub async fn establish(d: &Arc<Daemon>) -> Result<()> {

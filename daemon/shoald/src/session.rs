@@ -62,6 +62,9 @@ async fn run_assignments(d: Arc<Daemon>, report_tx: mpsc::Sender<(String, TaskSt
                 if set.version == known {
                     continue;
                 }
+                if d.leaving.load(Ordering::SeqCst) {
+                    return;
+                }
                 known = set.version.clone();
                 let tasks = set.tasks.clone();
                 d.assignments.send_replace(Some(set));
@@ -99,6 +102,9 @@ async fn start_agent(
 ) -> watch::Sender<Vec<model::Task>> {
     collect_stale_networks(d, &tasks).await;
     let (assign_tx, assign_rx) = watch::channel(tasks);
+    if let Ok(mut slot) = d.agent_tx.lock() {
+        *slot = Some(assign_tx.clone());
+    }
     let executor = Arc::new(ContainerExecutor::new(d.clone()));
     let agent = agent::Agent::new(
         d.identity.node_id.clone(),
