@@ -13,6 +13,9 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=swarm-vs-shoal
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 ARGS=("$@")
 ONLY=""
 KEEP=0
@@ -36,28 +39,9 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-# Re-run this script inside a fresh network namespace and a private mount namespace, and delete
-# the network namespace afterwards. (Not `ip netns exec`: its fresh /sys lacks the cgroup
-# hierarchy that dockerd and runc need.)
-if [[ -z ${SHOAL_BENCH_NETNS:-} ]]; then
-  ns=shoal-bench-$$
-  ip netns add "$ns" || { echo "swarm-vs-shoal: cannot create network namespace $ns" >&2; exit 1; }
-  ip -n "$ns" link set lo up
-  SHOAL_BENCH_NETNS=$ns nsenter --net="/run/netns/$ns" -- \
-    unshare --mount --propagation slave -- bash "$0" "${ARGS[@]}" &
-  child=$!
-  # A background child of a script ignores SIGINT; pass Ctrl-C and TERM on as TERM.
-  trap 'kill -TERM "$child" 2>/dev/null' INT TERM
-  rc=0
-  wait "$child" || rc=$?
-  while kill -0 "$child" 2>/dev/null; do wait "$child" || rc=$?; done
-  ip netns delete "$ns" 2>/dev/null || true
-  exit "$rc"
-fi
+bench_enter_netns "${ARGS[@]}"
 
-# The task both orchestrators run: exits promptly on SIGTERM so removal measures the
-# orchestrator, not a 10 s stop grace period.
-TASK_CMD=(sh -c "trap 'exit 0' TERM; while true; do sleep 1 & wait \$!; done")
+# The task both orchestrators run is lib.sh's TASK_CMD.
 DOCKER_IMAGE=shoal-bench/busybox:latest
 
 DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
@@ -66,93 +50,7 @@ SHOAL=${SHOAL:-$REPO/target/release/shoal}
 
 WORK=$(mktemp -d /tmp/shoal-bench.XXXXXX)
 
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo "n/a"; }
-
 declare -A RESULT   # RESULT[swarm:deploy1]=0.41 ...
-declare -a STARTED_PIDS=()
-
-# wait_for SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds; 1 on timeout.
-wait_for() {
-  local limit=$1; shift
-  local deadline
-  deadline=$(awk -v t="$(now)" -v l="$limit" 'BEGIN { printf "%.3f", t + l }')
-  until "$@"; do
-    if awk -v t="$(now)" -v d="$deadline" 'BEGIN { exit !(t > d) }'; then return 1; fi
-    sleep 0.1
-  done
-}
-
-# ---------------------------------------------------------------- containerd, one per half
-
-containerd_answers() { # SOCKET (ctr waits 10 s for a socket that does not exist yet)
-  [[ -S $1 ]] && ctr --connect-timeout 5s -a "$1" version >/dev/null 2>&1
-}
-
-# start_containerd DIR: a private containerd with everything under DIR; socket DIR/containerd.sock
-start_containerd() {
-  local dir=$1
-  mkdir -p "$dir/root" "$dir/state"
-  cat >"$dir/config.toml" <<EOF
-version = 2
-root = "$dir/root"
-state = "$dir/state"
-[grpc]
-  address = "$dir/containerd.sock"
-[ttrpc]
-  address = "$dir/containerd.sock.ttrpc"
-[debug]
-  address = "$dir/debug.sock"
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-EOF
-  containerd --config "$dir/config.toml" >"$dir/containerd.log" 2>&1 &
-  echo $! >"$dir/containerd.pid"
-  STARTED_PIDS+=("$!")
-  if ! wait_for 60 containerd_answers "$dir/containerd.sock"; then
-    echo "swarm-vs-shoal: containerd in $dir did not answer within 60s; see $dir/containerd.log" >&2
-    return 1
-  fi
-}
-
-# stop_containerd DIR NAMESPACE: kills the tasks left in NAMESPACE, stops containerd, then the
-# shims it left behind (found by this instance's unique socket path), and unmounts DIR.
-stop_containerd() {
-  local dir=$1 ns=$2 sock=$1/containerd.sock pid
-  [[ -f $dir/containerd.pid ]] || return 0
-  pid=$(cat "$dir/containerd.pid")
-  if kill -0 "$pid" 2>/dev/null; then
-    local t c
-    for t in $(ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
-      ctr -a "$sock" -n "$ns" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
-    done
-    for t in $(ctr -a "$sock" -n "$ns" tasks ls -q 2>/dev/null); do
-      ctr -a "$sock" -n "$ns" tasks delete -f "$t" >/dev/null 2>&1 || true
-    done
-    for c in $(ctr -a "$sock" -n "$ns" containers ls -q 2>/dev/null); do
-      ctr -a "$sock" -n "$ns" containers delete "$c" >/dev/null 2>&1 || true
-    done
-    kill "$pid" 2>/dev/null || true
-    wait_for 20 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
-  fi
-  local p
-  for p in /proc/[0-9]*; do
-    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $sock "; then
-      kill -9 "${p#/proc/}" 2>/dev/null || true
-    fi
-  done
-  rm -f "$dir/containerd.pid"
-}
-
-# unmount_under DIR: lazily unmounts every mount point below DIR, deepest first.
-unmount_under() {
-  local m
-  awk -v d="$1/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r | while read -r m; do
-    umount -l "$m" 2>/dev/null || true
-  done
-}
 
 # ---------------------------------------------------------------- Swarm half
 
@@ -269,25 +167,7 @@ start_shoal() {
   start_containerd "$WORK/shoal-containerd"
   # A private system bus: shoald owns org.shoal.Shoal1 there, the CLI finds it through
   # DBUS_SYSTEM_BUS_ADDRESS, and the host's bus is left alone.
-  cat >"$dir/bus.conf" <<EOF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$dir/bus.sock</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-EOF
-  dbus-daemon --config-file="$dir/bus.conf" --nofork --nopidfile >"$dir/dbus.log" 2>&1 &
-  echo $! >"$dir/dbus.pid"
-  STARTED_PIDS+=("$!")
-  wait_for 20 test -S "$dir/bus.sock"
+  start_bus "$dir"
   cat >"$dir/cluster.toml" <<EOF
 [node]
 name = "bench"
@@ -337,10 +217,7 @@ stop_shoal() {
   fi
   # Tasks outlive shoald by design: stop_containerd kills whatever is left.
   stop_containerd "$WORK/shoal-containerd" shoal-bench
-  if [[ -f $dir/dbus.pid ]]; then
-    kill "$(cat "$dir/dbus.pid")" 2>/dev/null || true
-    rm -f "$dir/dbus.pid"
-  fi
+  stop_bus "$dir"
 }
 
 run_shoal() {
