@@ -206,11 +206,19 @@ pub fn node_ls(rows: &[NodeRow]) -> String {
                 capitalize(&n.status),
                 capitalize(&n.availability),
                 capitalize(&n.manager_status),
+                n.version.clone(),
             ]
         })
         .collect();
     table(
-        &["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"],
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATUS",
+            "AVAILABILITY",
+            "MANAGER STATUS",
+            "ENGINE VERSION",
+        ],
         &body,
     )
 }

@@ -94,6 +94,8 @@ pub struct NodeOptions {
     pub node_config: String,
     /// Put the state directory on a tmpfs of this many KiB (to test a full disk).
     pub state_dir_kib: Option<u64>,
+    /// Called with the state directory before shoald first starts (to lay down old state).
+    pub before_start: Option<fn(&Path)>,
 }
 
 impl Node {
@@ -179,6 +181,10 @@ run_dir = "{run}"
             run_dir,
             node_port,
         };
+        if let Some(f) = opts.before_start {
+            std::fs::create_dir_all(&node.state_dir).unwrap();
+            f(&node.state_dir);
+        }
         node.start_daemon();
         node
     }

@@ -215,8 +215,10 @@ fn three_managers_survive_the_loss_of_the_leader() {
         n2.shoal_ok(&["node", "promote", name]);
     }
     wait_for_cluster(&m1, 3, 3);
-    n3.wait_for("three raft voters", Duration::from_secs(60), |n| {
-        n.shoal_ok(&["info"]).contains("Managers: 3")
+    m1.wait_for("three raft voters", Duration::from_secs(60), |n| {
+        let out = n.shoal_ok(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["cluster"]["raft_voters"].as_str() == Some("3")
     });
 
     let shared = secrets.path().join("bb.tar");
@@ -239,6 +241,9 @@ fn three_managers_survive_the_loss_of_the_leader() {
     });
 
     // The leader dies: a new leader takes over and changes keep working from any node.
+    if std::env::var_os("SHOAL_TEST_DEBUG").is_some() {
+        eprintln!("M1LOG {}", m1.log());
+    }
     let started = std::time::Instant::now();
     m1.kill_daemon();
     n2.wait_for("a new leader", Duration::from_secs(60), |n| {
@@ -291,6 +296,33 @@ fn three_managers_survive_the_loss_of_the_leader() {
         String::from_utf8_lossy(&out.stderr).contains("quorum"),
         "{out:?}"
     );
+
+    // Lose a second manager: the one left is a minority. It refuses changes, saying how many
+    // managers it reaches, and keeps answering reads of what it knows.
+    let (mut n2, mut n3) = (n2, n3);
+    let n2_leads = node_names(&n2)
+        .iter()
+        .any(|(name, (_, ms))| ms == "leader" && *name != n3_name);
+    let survivor = if n2_leads {
+        n2.kill_daemon();
+        &n3
+    } else {
+        n3.kill_daemon();
+        &n2
+    };
+    survivor.wait_for(
+        "the minority to refuse changes",
+        Duration::from_secs(60),
+        |n| {
+            let out = n.shoal(&["service", "scale", "--detach", "one=1"]);
+            !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("majority")
+        },
+    );
+    let out = survivor.shoal(&["service", "scale", "--detach", "one=1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reaches 1 of 3 managers"), "{err}");
+    let services = survivor.services();
+    assert!(services.iter().any(|s| s.name == "two"), "{services:?}");
 }
 
 #[test]

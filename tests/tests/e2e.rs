@@ -773,3 +773,71 @@ fn a_full_disk_stops_shoald_with_a_message_and_a_restart_keeps_the_state() {
         assert!(names.contains(name), "{name} lost: {names:?}");
     }
 }
+
+/// The state a single-node install of the previous release left: raft with the node's address
+/// as 127.0.0.1:4600 in the membership, no CA, no certificates, nodes written whole.
+fn legacy_state(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("node.json"),
+        r#"{"node_id":"legacynode0000000000000001","raft_id":4242}"#,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = store::Store::open(dir, 4242, "127.0.0.1:4600", 10_000)
+            .await
+            .unwrap();
+        store.bootstrap_single().await.unwrap();
+        let cmds = [
+            model::Command::Bootstrap {
+                cluster_id: "legacycluster000000000001".into(),
+                settings: model::ClusterSettings::default(),
+            },
+            serde_json::from_value(serde_json::json!({"upsert_node": {
+                "id": "legacynode0000000000000001", "raft_id": 4242, "name": "old",
+                "role": "manager", "availability": "active", "status": "ready",
+                "labels": {}, "addr": "127.0.0.1:4600", "last_heartbeat": 1, "version": "0.1.0"
+            }}))
+            .unwrap(),
+        ];
+        for c in cmds {
+            store.propose(c).await.unwrap().unwrap();
+        }
+        store.shutdown().await.unwrap();
+    });
+}
+
+#[test]
+fn a_single_node_install_from_before_clusters_upgrades_in_place() {
+    let node = Node::start_with(NodeOptions {
+        before_start: Some(legacy_state),
+        ..Default::default()
+    });
+    // Same cluster and node, now with a CA, a certificate and its real address in raft.
+    let info = node.shoal_ok(&["info"]);
+    assert!(
+        info.contains("Cluster ID: legacycluster000000000001"),
+        "{info}"
+    );
+    assert!(info.contains("(legacynode0000000000000001)"), "{info}");
+    assert!(info.contains("CA Certificate Expires: in "), "{info}");
+    assert!(node.state_dir.join("certificates/node.crt").exists());
+    let own = format!("127.0.0.1:{}", node.node_port);
+    node.wait_for(
+        "the raft membership to carry the node's real address",
+        Duration::from_secs(30),
+        |n| {
+            let out = n.shoal_ok(&["info", "--format", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            v["cluster"]["leader_addr"].as_str() == Some(own.as_str())
+        },
+    );
+    // And it runs services as before.
+    let img = image(&node, "up");
+    node.shoal_ok(&[
+        "service", "create", "--detach", "--name", "after", &img, "sleep", "600",
+    ]);
+    node.wait_for("the service to run", Duration::from_secs(60), |n| {
+        n.running("after").len() == 1
+    });
+}

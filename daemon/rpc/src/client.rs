@@ -44,6 +44,9 @@ type Conn = TlsStream<TcpStream>;
 pub struct Client {
     tls: Arc<TlsState>,
     pool: Mutex<HashMap<(String, Target), Vec<Conn>>>,
+    /// Bumped by [`Client::clear`]: a connection opened before (with the old certificate) is
+    /// not put back into the pool when its call ends.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
@@ -51,6 +54,7 @@ impl Client {
         Client {
             tls,
             pool: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -61,7 +65,10 @@ impl Client {
 
     /// Forget open connections (after this node's certificate changed).
     pub fn clear(&self) {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        pool.clear();
     }
 
     /// Send `req` to `addr` and wait for the answer, at most `timeout` in all.
@@ -88,6 +95,7 @@ impl Client {
         req: &Request,
     ) -> Result<Response, RpcError> {
         let key = (addr.to_string(), target);
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         // A pooled connection may have been closed by the peer meanwhile: one retry on a new one.
         let pooled = self
             .pool
@@ -98,7 +106,7 @@ impl Client {
         if let Some(mut conn) = pooled {
             match exchange(&mut conn, addr, req).await {
                 Ok(resp) => {
-                    self.put_back(key, conn);
+                    self.put_back(key, conn, generation);
                     return Ok(resp);
                 }
                 Err(RpcError::Closed { .. }) => {}
@@ -107,12 +115,15 @@ impl Client {
         }
         let mut conn = connect(addr, self.tls.client(), target).await?;
         let resp = exchange(&mut conn, addr, req).await?;
-        self.put_back(key, conn);
+        self.put_back(key, conn, generation);
         Ok(resp)
     }
 
-    fn put_back(&self, key: (String, Target), conn: Conn) {
+    fn put_back(&self, key: (String, Target), conn: Conn, generation: u64) {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return;
+        }
         let idle = pool.entry(key).or_default();
         if idle.len() < POOL_PER_PEER {
             idle.push(conn);

@@ -311,3 +311,61 @@ async fn joining_pins_the_ca_the_manager_proved() {
         .unwrap_err();
     assert!(matches!(err, RpcError::Unreachable { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_new_certificate_is_used_even_by_connections_busy_during_the_switch() {
+    struct Echo;
+    impl Handler for Echo {
+        fn admits(&self, _: &CertInfo) -> bool {
+            true
+        }
+        async fn handle(&self, peer: Peer, req: Request) -> Response {
+            if let Request::Assignments { wait_ms, .. } = req {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
+            Response::Raft {
+                body: format!("{:?}", peer.cert.map(|c| c.role)),
+            }
+        }
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = pki::new_ca("c1", SystemTime::now()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server_tls = Arc::new(TlsState::new(&node_cert(&ca, "server", NodeRole::Manager)).unwrap());
+    tokio::spawn(rpc::serve(listener, server_tls, Arc::new(Echo)));
+
+    let tls = Arc::new(TlsState::new(&node_cert(&ca, "n1", NodeRole::Worker)).unwrap());
+    let client = Arc::new(Client::new(tls.clone()));
+    let role = |r: Response| match r {
+        Response::Raft { body } => body,
+        other => panic!("{other:?}"),
+    };
+    // A long call is in flight while the certificate changes (a promotion).
+    let slow = {
+        let client = client.clone();
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let req = Request::Assignments {
+                known: String::new(),
+                wait_ms: 300,
+            };
+            client
+                .call(&addr, Target::Manager, &req, Duration::from_secs(5))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tls.update(&node_cert(&ca, "n1", NodeRole::Manager))
+        .unwrap();
+    client.clear();
+    assert_eq!(role(slow.await.unwrap().unwrap()), "Some(Worker)");
+    // Every later call presents the new certificate, even on connections reused from the pool.
+    for _ in 0..3 {
+        let r = client
+            .call(&addr, Target::Manager, &raft(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(role(r), "Some(Manager)");
+    }
+}

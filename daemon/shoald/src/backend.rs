@@ -17,6 +17,9 @@ use tracing::{error, info};
 use crate::daemon::{Daemon, RandomIds, now_ms};
 use crate::{identity, logs, notify};
 
+/// How long a change may wait for a majority of the managers to commit it.
+const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The D-Bus backend: a handle on the daemon.
 #[derive(Clone)]
 pub struct DaemonBackend(pub Arc<Daemon>);
@@ -68,12 +71,22 @@ impl DaemonBackend {
     }
 
     async fn propose(&self, cmd: Command) -> Result<model::Applied, ApiError> {
-        match self.d().propose(cmd).await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(apply_error(e)),
-            Err(e) => Err(ApiError::Unavailable(format!(
+        // A leader that lost its majority cannot commit and would wait forever: give up after
+        // a while and say how many managers this node reaches.
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.d().propose(cmd)).await {
+            Ok(Ok(Ok(a))) => Ok(a),
+            Ok(Ok(Err(e))) => Err(apply_error(e)),
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!(
                 "cannot commit the change: {e}"
             ))),
+            Err(_) => Err(ApiError::Unavailable(
+                self.d()
+                    .no_leader_reason(&format!(
+                        "the change was not committed within {}s",
+                        PROPOSE_TIMEOUT.as_secs()
+                    ))
+                    .await,
+            )),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use model::{ClusterState, Command, Id, Millis, NodeRole, NodeStatus, TaskStatus};
+use model::{ClusterState, Command, Id, Millis, NodeRole, TaskStatus};
 use spec::ClusterConfig;
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -229,29 +229,39 @@ impl Daemon {
     }
 
     /// Why a change cannot be made now, for the user: how many managers this node reaches.
-    pub fn no_leader_reason(&self, err: &str) -> String {
+    pub async fn no_leader_reason(&self, err: &str) -> String {
         let st = self.state();
-        let managers: Vec<&model::Node> = st
+        let managers: Vec<(String, String)> = st
             .nodes
             .values()
             .filter(|n| n.role == NodeRole::Manager)
+            .map(|n| (n.id.clone(), n.addr.clone()))
             .collect();
         if managers.is_empty() {
             return format!("no manager of the cluster answers ({err}); the change was not made");
         }
-        let now = now_ms();
-        let period = st.settings.heartbeat_period.max(100);
-        let reach = managers
-            .iter()
-            .filter(|m| {
-                m.id == self.identity.node_id
-                    || self.dispatcher.alive(&m.id, period, now)
-                    || m.status == NodeStatus::Ready
-            })
+        // Which managers answer on the node port now (this node counts when it is one).
+        let probes = managers.iter().map(|(id, addr)| {
+            let me = *id == self.identity.node_id;
+            let addr = addr.clone();
+            async move {
+                me || matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        tokio::net::TcpStream::connect(addr)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        let reach = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|up| *up)
             .count();
         format!(
-            "the cluster has no leader this node can reach: it reaches {} of {} managers and a majority ({}) is needed to make changes ({err}); reads still answer what this node knows",
-            reach.min(managers.len()),
+            "the cluster has no leader this node can reach: it reaches {reach} of {} managers and a majority ({}) is needed to make changes ({err}); reads still answer what this node knows",
             managers.len(),
             managers.len() / 2 + 1
         )

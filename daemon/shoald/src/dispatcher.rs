@@ -415,6 +415,7 @@ pub async fn run_membership(d: Arc<Daemon>) {
                 || (d.dispatcher.cert_role(&n.id) == Some(NodeRole::Manager)
                     && d.dispatcher.alive(&n.id, period, now));
             if !ready {
+                debug!(node = %n.name, cert_role = ?d.dispatcher.cert_role(&n.id), alive = d.dispatcher.alive(&n.id, period, now), "manager not in the raft group yet");
                 continue;
             }
             info!(node = %n.name, raft_id = n.raft_id, addr = %n.addr, "adding a manager to the raft group");

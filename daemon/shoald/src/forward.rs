@@ -182,7 +182,7 @@ impl ClusterBackend {
                 "unexpected answer from the leader: {other:?}"
             ))),
             Err(e) => {
-                let why = d.no_leader_reason(&e.to_string());
+                let why = d.no_leader_reason(&e.to_string()).await;
                 if changes {
                     Err(ApiError::Unavailable(why))
                 } else {
