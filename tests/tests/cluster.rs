@@ -96,11 +96,52 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
         1,
         "the worker runs one container"
     );
+
     assert_eq!(
         manager.container_tasks().len(),
         1,
         "the manager runs one container"
     );
+    // Logs of a service on two nodes, merged, read from either node's CLI.
+    worker.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        &image,
+        "sh",
+        "-c",
+        "echo hello from a task; sleep 3600",
+    ]);
+    manager.wait_for("talk to run on both nodes", Duration::from_secs(90), |m| {
+        let running = m.running("talk");
+        let nodes: std::collections::BTreeSet<String> =
+            running.iter().map(|t| t.node.clone()).collect();
+        running.len() == 2 && nodes.len() == 2
+    });
+    for reader in [&manager, &worker] {
+        reader.wait_for(
+            "both tasks' lines in service logs",
+            Duration::from_secs(30),
+            |n| {
+                let out = n.shoal_ok(&["service", "logs", "talk"]);
+                let lines: Vec<&str> = out
+                    .lines()
+                    .filter(|l| l.contains("hello from a task"))
+                    .collect();
+                let nodes: std::collections::BTreeSet<&str> = lines
+                    .iter()
+                    .filter_map(|l| l.split('@').nth(1)?.split_whitespace().next())
+                    .collect();
+                lines.len() == 2 && nodes.len() == 2
+            },
+        );
+    }
+    let tail = manager.shoal_ok(&["service", "logs", "--tail", "1", "talk"]);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
 
     // Scale from the worker: what it shows right after is never older than its change.
     worker.shoal_ok(&["service", "scale", "--detach", "web=4"]);
@@ -120,12 +161,17 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
     manager.wait_for("the worker to be down", Duration::from_secs(30), |m| {
         node_names(m).values().any(|(s, _)| s == "down")
     });
+    // Its logs cannot be read now: the reader says so instead of silently showing less.
+    let out = manager.shoal_ok(&["service", "logs", "talk"]);
+    assert!(out.contains("could not be read"), "{out}");
     manager.wait_for(
         "four running tasks on the manager",
         Duration::from_secs(90),
         |m| {
             let running = m.running("web");
-            running.len() == 4 && manager.container_tasks().len() == 4
+            let nodes: std::collections::BTreeSet<String> =
+                running.iter().map(|t| t.node.clone()).collect();
+            running.len() == 4 && nodes.len() == 1
         },
     );
 

@@ -115,6 +115,13 @@ impl DaemonBackend {
             .unwrap_or_default()
     }
 
+    /// The tasks of a service whose logs `service logs` reads, with the node each ran on.
+    pub async fn log_sources(&self, service: &str) -> Result<Vec<logs::Source>, ApiError> {
+        let st = self.d().state();
+        let svc = find_service(&st, service)?;
+        Ok(logs::sources(&st, &svc.id))
+    }
+
     /// The actual reload, shared by D-Bus `Reload`, SIGHUP and start-up.
     pub async fn do_reload(&self) -> Result<ChangeReport, ApiError> {
         let d = self.d();
@@ -630,29 +637,11 @@ impl Backend for DaemonBackend {
         service: &str,
         options: LogOptions,
     ) -> Result<std::os::fd::OwnedFd, ApiError> {
-        let d = self.0.clone();
-        let st = d.state();
-        let svc = find_service(&st, service)?;
-        let (read, write) = nix::unistd::pipe().map_err(failed)?;
-        let tail = match options.tail {
-            None | Some(shoal_dbus::TAIL_ALL) => None,
-            Some(n) => Some(n),
-        };
-        let getter = {
-            let d = d.clone();
-            Arc::new(move || d.state()) as Arc<dyn Fn() -> Arc<ClusterState> + Send + Sync>
-        };
-        logs::spawn_writer(
-            write,
-            svc.id.clone(),
-            d.state_dir(),
-            tail,
-            options.follow,
-            options.timestamps,
-            getter,
-        );
-        Ok(read)
+        crate::forward::ClusterBackend(self.clone())
+            .open_logs(service, options)
+            .await
     }
+
     async fn update_node(&self, node: &str, change: NodeChange) -> Result<(), ApiError> {
         let st = self.d().state();
         let n = find_node(&st, node, &self.d().identity.node_id)?;

@@ -439,9 +439,11 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
     let options = store::StoreOptions {
         snapshot_interval: cfg.cluster.settings.snapshot_interval,
         // A dead leader is replaced within about a second on a LAN.
-        heartbeat_interval: Duration::from_millis(150),
-        election_timeout_min: Duration::from_millis(500),
-        election_timeout_max: Duration::from_millis(1000),
+        // openraft 0.9 lets a follower call an election only after the leader lease (the
+        // maximum election timeout) and then its own election timeout: about 0.6-1.2 s.
+        heartbeat_interval: Duration::from_millis(100),
+        election_timeout_min: Duration::from_millis(300),
+        election_timeout_max: Duration::from_millis(600),
         ..store::StoreOptions::default()
     };
     let store = store::Store::open_with(
@@ -669,10 +671,22 @@ pub async fn collect_stale_networks(d: &Daemon, assigned: &[model::Task]) {
 pub async fn run_log_gc(d: Arc<Daemon>) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let state = d.state();
+        // The tasks this node still knows: the cluster's on a manager, its assignments (history
+        // included) on a worker; nothing is removed before the first assignment set.
+        let known: std::collections::BTreeSet<String> = if d.role() == NodeRole::Manager {
+            d.state().tasks.keys().cloned().collect()
+        } else {
+            match d.assignments.borrow().as_ref() {
+                Some(set) => set.tasks.iter().map(|t| t.id.clone()).collect(),
+                None => continue,
+            }
+        };
+        if known.is_empty() && d.state().cluster_id.is_empty() && d.assignments.borrow().is_none() {
+            continue;
+        }
         let dir = d.state_dir();
         let removed =
-            tokio::task::spawn_blocking(move || crate::logs::collect_garbage(&state, &dir))
+            tokio::task::spawn_blocking(move || crate::logs::collect_garbage(&known, &dir))
                 .await
                 .unwrap_or(0);
         if removed > 0 {

@@ -111,10 +111,24 @@ impl NodePort {
             Request::Report { reports } if d.store.is_leader() => self.report(node, reports).await,
             Request::Renew { csr_pem } if d.store.is_leader() => self.renew(node, &csr_pem),
             Request::Api { call } if d.store.is_leader() => forward::execute(&self.0, call).await,
-            Request::Logs { .. } => Response::error(
-                ErrorKind::Invalid,
-                "reading the logs of another node is not supported yet",
-            ),
+            Request::Logs { query } => {
+                let q: crate::logs::Query = match serde_json::from_value(query) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        return Response::error(
+                            ErrorKind::Invalid,
+                            format!("invalid logs query: {e}"),
+                        );
+                    }
+                };
+                let dir = d.state_dir();
+                match tokio::task::spawn_blocking(move || crate::logs::read_local(&dir, &q)).await {
+                    Ok(reply) => Response::Logs {
+                        reply: serde_json::to_value(reply).unwrap_or_default(),
+                    },
+                    Err(e) => Response::error(ErrorKind::Failed, e.to_string()),
+                }
+            }
             _ => self.not_leader(),
         }
     }

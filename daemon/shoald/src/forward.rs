@@ -46,6 +46,7 @@ pub enum ApiCall {
     JoinToken(String, bool),
     UpdateCluster(BTreeMap<String, String>),
     ClusterDetails,
+    LogSources(String),
 }
 
 impl ApiCall {
@@ -60,6 +61,7 @@ impl ApiCall {
                 | ApiCall::ListTasks(_)
                 | ApiCall::ListStacks
                 | ApiCall::ClusterDetails
+                | ApiCall::LogSources(_)
         )
     }
 }
@@ -135,6 +137,7 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::JoinToken(r, rotate) => reply(b.join_token(&r, rotate).await),
         ApiCall::UpdateCluster(m) => reply(b.update_cluster(m).await),
         ApiCall::ClusterDetails => reply(b.cluster_details().await),
+        ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
     };
     Response::Api { reply }
 }
@@ -146,6 +149,14 @@ pub struct ClusterBackend(pub DaemonBackend);
 impl ClusterBackend {
     fn d(&self) -> &Arc<Daemon> {
         &self.0.0
+    }
+
+    async fn log_sources(&self, service: &str) -> Result<Vec<crate::logs::Source>, ApiError> {
+        self.read(
+            ApiCall::LogSources(service.into()),
+            self.0.log_sources(service),
+        )
+        .await
     }
 
     /// Whether this call runs here: on the leader always; reads on a manager that cannot
@@ -335,7 +346,27 @@ impl Backend for ClusterBackend {
     }
 
     async fn open_logs(&self, service: &str, options: LogOptions) -> Result<OwnedFd, ApiError> {
-        self.0.open_logs(service, options).await
+        // Fails here, before any pipe, when the service does not exist.
+        self.log_sources(service).await?;
+        let (read, write) = nix::unistd::pipe().map_err(|e| ApiError::Failed(e.to_string()))?;
+        let tail = match options.tail {
+            None | Some(shoal_dbus::TAIL_ALL) => None,
+            Some(n) => Some(n),
+        };
+        let fetch = LogFetch {
+            backend: self.clone(),
+            service: service.to_string(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        crate::logs::spawn_writer(
+            write,
+            self.d().state_dir(),
+            tail,
+            options.follow,
+            options.timestamps,
+            Arc::new(fetch),
+        );
+        Ok(read)
     }
 
     async fn update_node(&self, node: &str, change: NodeChange) -> Result<(), ApiError> {
@@ -398,5 +429,53 @@ impl Backend for ClusterBackend {
             }
         }
         Ok(local)
+    }
+}
+
+/// How a `service logs` writer thread finds the tasks and reads other nodes.
+struct LogFetch {
+    backend: ClusterBackend,
+    service: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl crate::logs::Fetch for LogFetch {
+    fn sources(&self) -> Result<Option<Vec<crate::logs::Source>>, String> {
+        match self
+            .handle
+            .block_on(self.backend.log_sources(&self.service))
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.message()),
+        }
+    }
+
+    fn remote(&self, addr: &str, q: &crate::logs::Query) -> Result<crate::logs::Reply, String> {
+        let d = self.backend.d();
+        let client = d
+            .transport
+            .client()
+            .ok_or_else(|| "this node has no certificate".to_string())?;
+        let query = serde_json::to_value(q).map_err(|e| e.to_string())?;
+        let req = Request::Logs { query };
+        let resp = self
+            .handle
+            .block_on(client.call(
+                addr,
+                rpc::client::Target::Node,
+                &req,
+                Duration::from_secs(30),
+            ))
+            .map_err(|e| e.to_string())?;
+        match resp {
+            Response::Logs { reply } => serde_json::from_value(reply).map_err(|e| e.to_string()),
+            Response::Error(e) => Err(e.message),
+            other => Err(rpc::client::unexpected(addr, &other).to_string()),
+        }
+    }
+
+    fn me(&self) -> String {
+        self.backend.d().identity.node_id.clone()
     }
 }
