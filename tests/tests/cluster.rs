@@ -543,3 +543,52 @@ fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_follower_manager_applies_its_stack_files_through_the_leader() {
+    let secrets = tempfile::tempdir().unwrap();
+    let tok = token_file(secrets.path(), SECRET);
+    let m1 = Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        ..Default::default()
+    });
+    let m2 = Node::start_with(NodeOptions {
+        node_config: "role = \"manager\"".into(),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
+            m1.node_port
+        ),
+        ..Default::default()
+    });
+    m1.wait_for("two raft voters", Duration::from_secs(60), |n| {
+        let out = n.shoal_ok(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["cluster"]["raft_voters"].as_str() == Some("2")
+    });
+    let shared = secrets.path().join("bb.tar");
+    images::write_oci_archive(&shared, false, "example.org/bb:1");
+    let stack = format!(
+        "[services.app]\nimage = \"oci-archive:{}\"\ncommand = [\"sleep\", \"3600\"]\nreplicas = 2\n",
+        shared.display()
+    );
+    // The follower's reload validates its files and has the leader apply them.
+    std::fs::write(m2.stacks_dir.join("demo.toml"), &stack).unwrap();
+    let out = m2.shoal_ok(&["reload"]);
+    assert!(out.contains("added: demo"), "{out}");
+    m1.wait_for("the stack's tasks to run", Duration::from_secs(90), |m| {
+        m.running("demo_app").len() == 2
+    });
+    // A broken file on the follower fails the reload and changes nothing.
+    std::fs::write(m2.stacks_dir.join("demo.toml"), "[services.app\n").unwrap();
+    let out = m2.shoal(&["reload"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("demo.toml:1:"),
+        "{out:?}"
+    );
+    assert_eq!(m1.running("demo_app").len(), 2);
+    // Removing the file on the follower removes the stack.
+    std::fs::remove_file(m2.stacks_dir.join("demo.toml")).unwrap();
+    let out = m2.shoal_ok(&["reload"]);
+    assert!(out.contains("removed: demo"), "{out}");
+}

@@ -156,6 +156,50 @@ impl DaemonBackend {
         let dir = &d.cfg.paths.stacks_dir;
         let loaded =
             spec::load_stacks_dir(dir).map_err(|e| ApiError::ReloadFailed(e.to_string()))?;
+        if !d.store.is_leader() && d.in_cluster() {
+            // A follower validated its files; the leader applies them (the managers of a NixOS
+            // cluster all carry the same stack files).
+            let mut files = Vec::with_capacity(loaded.len());
+            for f in &loaded {
+                let text = std::fs::read_to_string(&f.path)
+                    .map_err(|e| ApiError::ReloadFailed(format!("{}: {e}", f.path.display())))?;
+                files.push((f.path.display().to_string(), text));
+            }
+            return crate::forward::ClusterBackend(self.clone())
+                .apply_stack_files(files)
+                .await;
+        }
+        self.apply_loaded(loaded).await
+    }
+
+    /// On the leader: apply stack files a follower read (path and text of each).
+    pub async fn apply_stack_files(
+        &self,
+        files: Vec<(String, String)>,
+    ) -> Result<ChangeReport, ApiError> {
+        let _guard = self.d().change_lock.lock().await;
+        let mut loaded = Vec::with_capacity(files.len());
+        let mut problems = Vec::new();
+        for (path, text) in files {
+            let path = std::path::PathBuf::from(path);
+            match spec::parse_stack(&path, &text) {
+                Ok(spec) => loaded.push(spec::LoadedStack {
+                    name: spec.name.clone(),
+                    hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+                    path,
+                    spec,
+                }),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::ReloadFailed(problems.join("\n")));
+        }
+        self.apply_loaded(loaded).await
+    }
+
+    async fn apply_loaded(&self, loaded: Vec<spec::LoadedStack>) -> Result<ChangeReport, ApiError> {
+        let d = self.d();
         let state = d.state();
         // Resolve the images of stacks whose file changed; an unchanged file costs nothing.
         let changed_images: Vec<String> = loaded

@@ -47,6 +47,7 @@ pub enum ApiCall {
     UpdateCluster(BTreeMap<String, String>),
     ClusterDetails,
     LogSources(String),
+    ApplyStackFiles(Vec<(String, String)>),
 }
 
 impl ApiCall {
@@ -138,6 +139,7 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::UpdateCluster(m) => reply(b.update_cluster(m).await),
         ApiCall::ClusterDetails => reply(b.cluster_details().await),
         ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
+        ApiCall::ApplyStackFiles(f) => reply(b.apply_stack_files(f).await),
     };
     Response::Api { reply }
 }
@@ -149,6 +151,17 @@ pub struct ClusterBackend(pub DaemonBackend);
 impl ClusterBackend {
     fn d(&self) -> &Arc<Daemon> {
         &self.0.0
+    }
+
+    /// A follower's reload: the leader applies the files it read.
+    pub async fn apply_stack_files(
+        &self,
+        files: Vec<(String, String)>,
+    ) -> Result<ChangeReport, ApiError> {
+        if self.local() {
+            return self.0.apply_stack_files(files).await;
+        }
+        self.call(ApiCall::ApplyStackFiles(files)).await
     }
 
     async fn log_sources(&self, service: &str) -> Result<Vec<crate::logs::Source>, ApiError> {
