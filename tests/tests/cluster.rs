@@ -592,3 +592,28 @@ fn a_follower_manager_applies_its_stack_files_through_the_leader() {
     let out = m2.shoal_ok(&["reload"]);
     assert!(out.contains("removed: demo"), "{out}");
 }
+
+#[test]
+fn a_default_single_node_can_leave_its_own_cluster_and_join_another() {
+    let a = Node::start();
+    let mut b = Node::start();
+    assert!(b.shoal_ok(&["info"]).contains("Cluster: active"));
+    // b leads a one-node cluster of its own: leaving needs --force, then it stays out of any
+    // cluster, across restarts too.
+    b.shoal_ok(&["cluster", "leave", "--force"]);
+    b.wait_for(
+        "b to start again outside any cluster",
+        Duration::from_secs(60),
+        |n| {
+            n.shoal(&["info"]).status.success()
+                && n.shoal_ok(&["info"]).contains("Cluster: inactive")
+        },
+    );
+    b.stop_daemon();
+    b.start_daemon();
+    assert!(b.shoal_ok(&["info"]).contains("Cluster: inactive"));
+    let token = a.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
+    let addr = format!("127.0.0.1:{}", a.node_port);
+    b.shoal_ok(&["cluster", "join", "--token", token.trim(), &addr]);
+    wait_for_cluster(&a, 2, 1);
+}

@@ -13,6 +13,10 @@ use tracing::{info, warn};
 use crate::certs;
 use crate::daemon::{Daemon, now_ms};
 
+/// Written by `cluster leave`: a node that left does not bootstrap a cluster of its own at its
+/// next start (the embedded default bootstraps); `cluster init` or a join removes it.
+const LEFT_MARKER: &str = "left-cluster";
+
 /// `shoal cluster init`: form a new cluster with this node as its first manager.
 pub async fn init(d: &Arc<Daemon>) -> Result<String> {
     if d.in_cluster() {
@@ -33,6 +37,7 @@ pub async fn init(d: &Arc<Daemon>) -> Result<String> {
         .map_err(|e| anyhow!("failed to bootstrap raft: {e}"))?;
     ensure_records(d).await?;
     issue_own(d)?;
+    let _ = std::fs::remove_file(d.state_dir().join(LEFT_MARKER));
     d.start_node_port().await?;
     d.set_status(d.summary());
     Ok(d.cluster_id())
@@ -103,6 +108,12 @@ pub async fn leave(d: &Arc<Daemon>, force: bool) -> Result<()> {
     for file in ["cluster.json", "node.json"] {
         let _ = std::fs::remove_file(dir.join(file));
     }
+    if let Err(e) = std::fs::write(
+        dir.join(LEFT_MARKER),
+        b"left the cluster; shoal cluster init or join\n",
+    ) {
+        warn!(error = %e, "failed to record that this node left its cluster");
+    }
     info!("left the cluster; starting again as a node in no cluster");
     tokio::spawn(async {
         // Let the D-Bus answer go out first.
@@ -143,7 +154,11 @@ pub async fn establish(d: &Arc<Daemon>) -> Result<()> {
             .map_err(|e| anyhow!("raft did not elect a leader: {e}"))?;
         ensure_records(d).await?;
         issue_own(d)?;
-    } else if !initialized && d.tls().is_none() && d.cfg.cluster.bootstrap {
+    } else if !initialized
+        && d.tls().is_none()
+        && d.cfg.cluster.bootstrap
+        && !d.state_dir().join(LEFT_MARKER).exists()
+    {
         info!("bootstrapping a new cluster");
         d.store
             .bootstrap_single()
@@ -367,6 +382,7 @@ async fn join_through(d: &Arc<Daemon>, addr: &str, token: &JoinToken) -> Result<
             managers: reply.managers,
         },
     )?;
+    let _ = std::fs::remove_file(d.state_dir().join(LEFT_MARKER));
     info!(cluster = %reply.cluster_id, role = reply.role.as_str(), through = addr, "joined the cluster");
     d.start_node_port().await
 }
