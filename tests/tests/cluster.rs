@@ -143,6 +143,57 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
     let tail = manager.shoal_ok(&["service", "logs", "--tail", "1", "talk"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
 
+    // Placement across nodes: a constraint pins tasks, one that no node meets leaves the task
+    // PENDING with the reason in service ps.
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "pinned",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "nowhere",
+        "--constraint",
+        "node.labels.zone==mars",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    manager.wait_for(
+        "both pinned tasks on the worker",
+        Duration::from_secs(90),
+        |m| {
+            let running = m.running("pinned");
+            running.len() == 2
+                && running.iter().all(|t| t.node == running[0].node)
+                && !node_names(m)
+                    .get(&running[0].node)
+                    .is_some_and(|(_, ms)| !ms.is_empty())
+        },
+    );
+    manager.wait_for(
+        "the unplaceable task to say why",
+        Duration::from_secs(30),
+        |m| {
+            m.tasks("nowhere")
+                .iter()
+                .any(|t| t.state == "pending" && t.error.contains("no suitable node"))
+        },
+    );
+    manager.shoal_ok(&["service", "rm", "pinned", "nowhere"]);
+
     // Scale from the worker: what it shows right after is never older than its change.
     worker.shoal_ok(&["service", "scale", "--detach", "web=4"]);
     let ls = worker.services();
