@@ -136,10 +136,9 @@ async fn create_waits_for_convergence_and_lists() {
     assert!(ps.contains(" ago"), "{ps}");
 
     let nodes = e.ok(&["node", "ls"]).await;
-    assert!(
-        nodes.lines().next().unwrap().ends_with("MANAGER STATUS"),
-        "{nodes}"
-    );
+    let header = nodes.lines().next().unwrap();
+    assert!(header.contains("MANAGER STATUS"), "{nodes}");
+    assert!(header.ends_with("ENGINE VERSION"), "{nodes}");
     assert!(nodes.contains(" *   fake-node"), "{nodes}");
     assert!(nodes.contains("Leader"), "{nodes}");
 

@@ -296,7 +296,10 @@ impl NodePort {
         let mut rx = d.store.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let set = set_of(assigned_to(&rx.borrow_and_update(), node));
+            // Clone the Arc first: holding the watch borrow while serializing would block the
+            // state machine from publishing the next state.
+            let state = rx.borrow_and_update().clone();
+            let set = set_of(assigned_to(&state, node));
             if set.version != known || !d.store.is_leader() {
                 return Response::Assignments(set);
             }
