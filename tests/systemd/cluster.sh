@@ -513,7 +513,12 @@ $(journal w1 15)"
 # Now the manager.
 out=$(gx m1 -t 120 systemctl start shoald 2>&1)
 s=$?
-act=$(gx m1 systemctl is-active shoald 2>&1)
+# An exec into a host can fail under load: ask a few times before concluding.
+for _ in 1 2 3 4 5; do
+  act=$(gx m1 systemctl is-active shoald 2>&1)
+  [[ $act == active ]] && break
+  sleep 1
+done
 [[ $s -eq 0 && $act == active ]]
 r=$?
 check "systemctl start shoald on m1 (bootstrap manager): $act, StatusText \"$(prop m1 StatusText)\"" $r \
