@@ -420,6 +420,8 @@ fn three_managers_survive_the_loss_of_the_leader() {
     assert!(err.contains("reaches 1 of 3 managers"), "{err}");
     let services = survivor.services();
     assert!(services.iter().any(|s| s.name == "two"), "{services:?}");
+    // Without a majority nothing is rescheduled, and the survivor's tasks keep running.
+    assert!(!survivor.container_tasks().is_empty());
 }
 
 #[test]
