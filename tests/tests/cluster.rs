@@ -15,6 +15,26 @@ fn token_file(dir: &std::path::Path, text: &str) -> String {
     path.display().to_string()
 }
 
+/// A manager that bootstraps a cluster whose provisioning secret is in `tok`.
+fn bootstrap(tok: &str) -> Node {
+    Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        ..Default::default()
+    })
+}
+
+/// A node of `role` that joins `through`'s cluster with the token in the file `tok`.
+fn join(through: &Node, role: &str, tok: &str) -> Node {
+    Node::start_with(NodeOptions {
+        node_config: format!("role = \"{role}\""),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
+            through.node_port
+        ),
+        ..Default::default()
+    })
+}
+
 fn node_names(node: &Node) -> BTreeMap<String, (String, String)> {
     let out = node.shoal(&["node", "ls", "--format", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -35,18 +55,8 @@ fn node_names(node: &Node) -> BTreeMap<String, (String, String)> {
 fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let manager = Node::start_with(NodeOptions {
-        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
-        ..Default::default()
-    });
-    let mut worker = Node::start_with(NodeOptions {
-        node_config: "role = \"worker\"".into(),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
-            manager.node_port
-        ),
-        ..Default::default()
-    });
+    let manager = bootstrap(&tok);
+    let mut worker = join(&manager, "worker", &tok);
 
     // Both nodes are Ready, the manager leads; the worker's CLI sees the same (forwarded).
     manager.wait_for("two ready nodes", Duration::from_secs(60), |m| {
@@ -243,19 +253,8 @@ fn a_wrong_token_is_refused_and_the_node_keeps_trying() {
     let tok = token_file(secrets.path(), SECRET);
     let bad = secrets.path().join("bad-token");
     std::fs::write(&bad, "not-the-secret-of-this-cluster").unwrap();
-    let manager = Node::start_with(NodeOptions {
-        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
-        ..Default::default()
-    });
-    let worker = Node::start_with(NodeOptions {
-        node_config: "role = \"worker\"".into(),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
-            manager.node_port,
-            bad.display()
-        ),
-        ..Default::default()
-    });
+    let manager = bootstrap(&tok);
+    let worker = join(&manager, "worker", &bad.display().to_string());
     worker.wait_for("the join to be refused", Duration::from_secs(30), |w| {
         w.log().contains("could not prove it knows the token")
     });
@@ -285,20 +284,9 @@ fn wait_for_cluster(node: &Node, n: usize, managers: usize) {
 fn three_managers_survive_the_loss_of_the_leader() {
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let mut m1 = Node::start_with(NodeOptions {
-        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
-        ..Default::default()
-    });
-    let join = |role: &str| NodeOptions {
-        node_config: format!("role = \"{role}\""),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
-            m1.node_port
-        ),
-        ..Default::default()
-    };
-    let n2 = Node::start_with(join("worker"));
-    let n3 = Node::start_with(join("worker"));
+    let mut m1 = bootstrap(&tok);
+    let n2 = join(&m1, "worker", &tok);
+    let n3 = join(&m1, "worker", &tok);
     wait_for_cluster(&m1, 3, 1);
 
     // Promote both workers; they renew their certificates and join the raft group.
@@ -428,10 +416,7 @@ fn three_managers_survive_the_loss_of_the_leader() {
 fn a_worker_token_never_yields_a_manager() {
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let m1 = Node::start_with(NodeOptions {
-        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
-        ..Default::default()
-    });
+    let m1 = bootstrap(&tok);
     let worker_token = m1.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
     assert!(
         worker_token.trim().starts_with("SWMTKN-1-"),
@@ -440,30 +425,14 @@ fn a_worker_token_never_yields_a_manager() {
     let wtok = secrets.path().join("worker-token");
     std::fs::write(&wtok, worker_token.trim()).unwrap();
     // Configured as a manager, joining with a worker token: it becomes a worker.
-    let n2 = Node::start_with(NodeOptions {
-        node_config: "role = \"manager\"".into(),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
-            m1.node_port,
-            wtok.display()
-        ),
-        ..Default::default()
-    });
+    let n2 = join(&m1, "manager", &wtok.display().to_string());
     wait_for_cluster(&m1, 2, 1);
     let info = n2.shoal_ok(&["info"]);
     assert!(info.contains("Role: worker"), "{info}");
     // Rotating the worker token refuses new joins with the old one.
     let rotated = m1.shoal_ok(&["cluster", "join-token", "-q", "--rotate", "worker"]);
     assert_ne!(rotated.trim(), worker_token.trim());
-    let n3 = Node::start_with(NodeOptions {
-        node_config: "role = \"worker\"".into(),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
-            m1.node_port,
-            wtok.display()
-        ),
-        ..Default::default()
-    });
+    let n3 = join(&m1, "worker", &wtok.display().to_string());
     n3.wait_for(
         "the old token to be refused",
         Duration::from_secs(30),
@@ -603,18 +572,8 @@ fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
 fn a_follower_manager_applies_its_stack_files_through_the_leader() {
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let m1 = Node::start_with(NodeOptions {
-        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
-        ..Default::default()
-    });
-    let m2 = Node::start_with(NodeOptions {
-        node_config: "role = \"manager\"".into(),
-        extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
-            m1.node_port
-        ),
-        ..Default::default()
-    });
+    let m1 = bootstrap(&tok);
+    let m2 = join(&m1, "manager", &tok);
     m1.wait_for("two raft voters", Duration::from_secs(60), |n| {
         let out = n.shoal_ok(&["info", "--format", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
