@@ -188,9 +188,10 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
             let running = m.running("pinned");
             running.len() == 2
                 && running.iter().all(|t| t.node == running[0].node)
-                && !node_names(m)
+                // ... on the worker: a node without a manager status.
+                && node_names(m)
                     .get(&running[0].node)
-                    .is_some_and(|(_, ms)| !ms.is_empty())
+                    .is_some_and(|(_, ms)| ms.is_empty())
         },
     );
     manager.wait_for(
