@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs shoal's whole test suite on Debian 12 as root: installs the dependencies, builds every
-# target (dev profile), runs `cargo test --workspace`, then the NixOS module evaluation
+# target (dev profile), runs `cargo test --workspace`, `cargo fmt --check` and `cargo clippy -D
+# warnings`, then the NixOS module evaluation
 # (tests/nix-eval/run.sh) and the real-systemd tests (tests/systemd/run.sh: one host;
 # tests/systemd/cluster.sh: a three-host cluster) when they exist. Prints how long each phase
 # took.
@@ -112,6 +113,24 @@ else
   count "$LOGDIR/cargo-test.log" "${PIPESTATUS[0]}" "cargo test"
   took "cargo test" "$t0"
 fi
+
+# Repository rules, enforced like tests: formatting and clippy with warnings as errors.
+phase "cargo fmt --check and cargo clippy -D warnings"
+t0=$SECONDS
+{
+  lint_ok=0
+  lint_bad=0
+  if cargo fmt --all -- --check </dev/null; then lint_ok=$((lint_ok + 1)); else lint_bad=$((lint_bad + 1)); fi
+  if cargo clippy --workspace --all-targets </dev/null -- -D warnings; then
+    lint_ok=$((lint_ok + 1))
+  else
+    lint_bad=$((lint_bad + 1))
+  fi
+  echo "lint: $lint_ok passed, $lint_bad failed"
+  [[ $lint_bad -eq 0 ]]
+} 2>&1 | tee "$LOGDIR/lint.log"
+count "$LOGDIR/lint.log" "${PIPESTATUS[0]}" "cargo fmt / cargo clippy"
+took "lint" "$t0"
 
 for suite in tests/nix-eval/run.sh tests/systemd/run.sh tests/systemd/cluster.sh; do
   if [[ -f $suite ]]; then
