@@ -35,6 +35,23 @@ fn join(through: &Node, role: &str, tok: &str) -> Node {
     })
 }
 
+/// A busybox image every node of the test reads at the same path (as NixOS hosts share a store
+/// path), as an `oci-archive:` reference.
+fn shared_image(dir: &std::path::Path) -> String {
+    let path = dir.join("bb.tar");
+    images::write_oci_archive(&path, false, "example.org/bb:1");
+    format!("oci-archive:{}", path.display())
+}
+
+/// Wait until `node` counts `n` raft voters (what `info` shows).
+fn wait_for_voters(node: &Node, n: usize) {
+    node.wait_for(&format!("{n} raft voters"), Duration::from_secs(60), |m| {
+        let out = m.shoal_ok(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["cluster"]["raft_voters"].as_str() == Some(n.to_string().as_str())
+    });
+}
+
 fn node_names(node: &Node) -> BTreeMap<String, (String, String)> {
     let out = node.shoal(&["node", "ls", "--format", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -76,9 +93,7 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
 
     // A service of two replicas spreads over both nodes; created from the worker's CLI.
     // Both nodes read the archive at the same path, as NixOS hosts share a store path.
-    let shared = secrets.path().join("bb.tar");
-    images::write_oci_archive(&shared, false, "example.org/bb:1");
-    let image = format!("oci-archive:{}", shared.display());
+    let image = shared_image(secrets.path());
     worker.shoal_ok(&[
         "service",
         "create",
@@ -301,15 +316,9 @@ fn three_managers_survive_the_loss_of_the_leader() {
         n2.shoal_ok(&["node", "promote", name]);
     }
     wait_for_cluster(&m1, 3, 3);
-    m1.wait_for("three raft voters", Duration::from_secs(60), |n| {
-        let out = n.shoal_ok(&["info", "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["cluster"]["raft_voters"].as_str() == Some("3")
-    });
+    wait_for_voters(&m1, 3);
 
-    let shared = secrets.path().join("bb.tar");
-    shoal_tests::images::write_oci_archive(&shared, false, "example.org/bb:1");
-    let image = format!("oci-archive:{}", shared.display());
+    let image = shared_image(secrets.path());
     n3.shoal_ok(&[
         "service",
         "create",
@@ -497,9 +506,7 @@ fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
     assert!(!bad.status.success(), "{bad:?}");
 
     let secrets = tempfile::tempdir().unwrap();
-    let shared = secrets.path().join("bb.tar");
-    images::write_oci_archive(&shared, false, "example.org/bb:1");
-    let image = format!("oci-archive:{}", shared.display());
+    let image = shared_image(secrets.path());
     m1.shoal_ok(&[
         "service",
         "create",
@@ -575,16 +582,10 @@ fn a_follower_manager_applies_its_stack_files_through_the_leader() {
     let tok = token_file(secrets.path(), SECRET);
     let m1 = bootstrap(&tok);
     let m2 = join(&m1, "manager", &tok);
-    m1.wait_for("two raft voters", Duration::from_secs(60), |n| {
-        let out = n.shoal_ok(&["info", "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["cluster"]["raft_voters"].as_str() == Some("2")
-    });
-    let shared = secrets.path().join("bb.tar");
-    images::write_oci_archive(&shared, false, "example.org/bb:1");
+    wait_for_voters(&m1, 2);
     let stack = format!(
-        "[services.app]\nimage = \"oci-archive:{}\"\ncommand = [\"sleep\", \"3600\"]\nreplicas = 2\n",
-        shared.display()
+        "[services.app]\nimage = \"{}\"\ncommand = [\"sleep\", \"3600\"]\nreplicas = 2\n",
+        shared_image(secrets.path())
     );
     // The follower's reload validates its files and has the leader apply them.
     std::fs::write(m2.stacks_dir.join("demo.toml"), &stack).unwrap();

@@ -262,10 +262,7 @@ impl Backend for DaemonBackend {
     async fn info(&self) -> Result<ClusterInfo, ApiError> {
         let d = self.d();
         let st = d.state();
-        let leader = d
-            .store
-            .leader()
-            .filter(|l| *l != d.identity.raft_id || d.store.is_leader());
+        let leader = d.shown_leader();
         let leader_id = st
             .nodes
             .values()
@@ -302,12 +299,7 @@ impl Backend for DaemonBackend {
     async fn list_nodes(&self) -> Result<Vec<NodeRow>, ApiError> {
         let d = self.d();
         let st = d.state();
-        // A manager that just restarted may still name itself from its stored vote until it
-        // hears from the current leader: trust that only while it really leads.
-        let leader = d
-            .store
-            .leader()
-            .filter(|l| *l != d.identity.raft_id || d.store.is_leader());
+        let leader = d.shown_leader();
         let mut rows: Vec<NodeRow> = st
             .nodes
             .values()

@@ -97,6 +97,17 @@ impl Daemon {
         self.tls.get().cloned()
     }
 
+    /// The raft id of the leader to show users: a manager that just restarted may still name
+    /// itself from its stored vote until it hears from the current leader, so it counts only
+    /// while it really leads.
+    pub fn shown_leader(&self) -> Option<u64> {
+        shown_leader(
+            self.store.leader(),
+            self.identity.raft_id,
+            self.store.is_leader(),
+        )
+    }
+
     /// This node's role: what its certificate says, or the cluster file before it has one.
     pub fn role(&self) -> NodeRole {
         self.tls()
@@ -412,6 +423,11 @@ impl Daemon {
     }
 }
 
+/// See [`Daemon::shown_leader`].
+fn shown_leader(leader: Option<u64>, me: u64, leading: bool) -> Option<u64> {
+    leader.filter(|l| *l != me || leading)
+}
+
 /// The host name, for the default node name.
 fn hostname() -> String {
     nix::unistd::gethostname()
@@ -673,17 +689,17 @@ pub async fn run_log_gc(d: Arc<Daemon>) {
         tokio::time::sleep(Duration::from_secs(60)).await;
         // The tasks this node still knows: the cluster's on a manager, its assignments (history
         // included) on a worker; nothing is removed before the first assignment set.
-        let known: std::collections::BTreeSet<String> = if d.role() == NodeRole::Manager {
-            d.state().tasks.keys().cloned().collect()
-        } else {
-            match d.assignments.borrow().as_ref() {
-                Some(set) => set.tasks.iter().map(|t| t.id.clone()).collect(),
-                None => continue,
-            }
+        let known = {
+            let assigned = d.assignments.borrow();
+            crate::logs::known_tasks(
+                d.role(),
+                &d.state(),
+                assigned.as_ref().map(|set| set.tasks.as_slice()),
+            )
         };
-        if known.is_empty() && d.state().cluster_id.is_empty() && d.assignments.borrow().is_none() {
+        let Some(known) = known else {
             continue;
-        }
+        };
         let dir = d.state_dir();
         let removed =
             tokio::task::spawn_blocking(move || crate::logs::collect_garbage(&known, &dir))
@@ -728,5 +744,19 @@ pub async fn run_watchdog(d: Arc<Daemon>, period: Duration) {
                 "control loop is stuck; not pinging the watchdog"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_leader;
+
+    #[test]
+    fn a_manager_names_itself_leader_only_while_it_leads() {
+        assert_eq!(shown_leader(Some(7), 7, true), Some(7));
+        // Restarted with its old vote, not leading (yet or any more).
+        assert_eq!(shown_leader(Some(7), 7, false), None);
+        assert_eq!(shown_leader(Some(3), 7, false), Some(3));
+        assert_eq!(shown_leader(None, 7, false), None);
     }
 }

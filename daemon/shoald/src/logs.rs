@@ -385,6 +385,25 @@ fn reader_gone(f: &std::fs::File) -> bool {
     }
 }
 
+/// The tasks whose log files a node keeps: every task of the cluster on a manager, the node's
+/// assignments (history included) on a worker, which holds no cluster state. `None`: not known
+/// yet (a worker before its first assignment set, a node in no cluster), so nothing is removed.
+pub fn known_tasks(
+    role: model::NodeRole,
+    state: &ClusterState,
+    assigned: Option<&[Task]>,
+) -> Option<std::collections::BTreeSet<String>> {
+    match role {
+        model::NodeRole::Manager if !state.cluster_id.is_empty() => {
+            Some(state.tasks.keys().cloned().collect())
+        }
+        model::NodeRole::Manager => None,
+        model::NodeRole::Worker => {
+            assigned.map(|tasks| tasks.iter().map(|t| t.id.clone()).collect())
+        }
+    }
+}
+
 /// Delete the log files of tasks that are no longer in the cluster state (the reaper dropped
 /// them from the history), so the log directory stays bounded. Returns how many were removed.
 pub fn collect_garbage(known: &std::collections::BTreeSet<String>, state_dir: &Path) -> usize {
@@ -411,6 +430,27 @@ pub fn collect_garbage(known: &std::collections::BTreeSet<String>, state_dir: &P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_keeps_the_logs_of_its_assigned_tasks() {
+        let task: model::Task = serde_json::from_value(serde_json::json!({
+            "id": "mine", "service_id": "s", "service_name": "web", "slot": 1, "node_id": "w",
+            "spec_version": 1, "spec": {}, "desired": "running", "status": {}, "created_at": 0
+        }))
+        .unwrap();
+        let empty = ClusterState::default();
+        // A worker's cluster state is empty: its assignments say what it keeps.
+        let known = known_tasks(model::NodeRole::Worker, &empty, Some(&[task])).unwrap();
+        assert!(known.contains("mine"));
+        assert!(known_tasks(model::NodeRole::Worker, &empty, None).is_none());
+        assert!(known_tasks(model::NodeRole::Manager, &empty, None).is_none());
+        let mut st = ClusterState::default();
+        st.cluster_id = "c".into();
+        assert_eq!(
+            known_tasks(model::NodeRole::Manager, &st, None),
+            Some(Default::default())
+        );
+    }
 
     #[test]
     fn garbage_collection_keeps_logs_of_known_tasks_only() {
