@@ -78,6 +78,7 @@ fn main() {
                     version: 1,
                     previous_spec: None,
                     previous_image_digest: None,
+                    revision: 0,
                     image_digest: None,
                     update_status: None,
                     created_at: now,

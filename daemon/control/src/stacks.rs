@@ -90,6 +90,7 @@ pub fn plan_stack(
                 version: 1,
                 previous_spec: None,
                 previous_image_digest: None,
+                revision: 0,
                 image_digest: digest,
                 update_status: None,
                 created_at: now,

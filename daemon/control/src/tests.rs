@@ -63,6 +63,7 @@ impl Sim {
                 version: 1,
                 previous_spec: None,
                 previous_image_digest: None,
+                revision: 0,
                 image_digest: None,
                 update_status: None,
                 created_at: self.now,
@@ -81,6 +82,7 @@ impl Sim {
                 spec,
                 image_digest: None,
                 now: self.now,
+                if_revision: None,
             })
             .unwrap();
     }
@@ -801,6 +803,7 @@ fn failure_within_monitor_after_the_last_slot_rolls_back_with_the_old_digest() {
             spec: sim.state.services[&svc].spec.clone(),
             image_digest: Some("sha256:one".into()),
             now: sim.now,
+            if_revision: None,
         })
         .unwrap();
     sim.run_until("1", |s| s.converged(&svc, 1));
@@ -814,6 +817,7 @@ fn failure_within_monitor_after_the_last_slot_rolls_back_with_the_old_digest() {
             spec,
             image_digest: Some("sha256:two".into()),
             now: sim.now,
+            if_revision: None,
         })
         .unwrap();
     sim.run_until("v2 running", |s| {
@@ -852,4 +856,62 @@ fn failure_within_monitor_after_the_last_slot_rolls_back_with_the_old_digest() {
         sim.running(&svc)[0].image_digest.as_deref(),
         Some("sha256:one")
     );
+}
+
+/// A rollback planned from a state older than a user's update must not undo that update: the
+/// updater's commands carry the revision they were planned from.
+#[test]
+fn a_rollback_planned_before_a_user_update_is_refused() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "v1");
+    sim.run_until("1", |s| s.converged(&svc, 1));
+    sim.update(&svc, |s| {
+        s.task.image = "bad".into();
+        s.update.failure_action = FailureAction::Rollback;
+    });
+    // Step until the next pass would start the rollback, without applying it.
+    let stale = loop {
+        let plan = reconcile(&sim.state, sim.now, &mut sim.ids);
+        let rolls_back = plan
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::UpdateService { spec, .. } if spec.task.image == "v1"));
+        if rolls_back {
+            break plan;
+        }
+        for c in &plan.commands {
+            sim.state.apply(c).expect("planned commands apply");
+        }
+        sim.agent();
+        sim.now += STEP;
+        assert!(sim.now < 1_000_000 + 300 * STEP, "no rollback was planned");
+    };
+    // Meanwhile the user fixes the image.
+    sim.update(&svc, |s| s.task.image = "v3".into());
+    // Only the rollback's own commands: other commands of that pass (new tasks of the old
+    // version) are refused by their own preconditions.
+    let rollback: Vec<Command> = stale
+        .commands
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Command::UpdateService { .. } | Command::SetUpdateStatus { .. }
+            )
+        })
+        .collect();
+    assert_eq!(rollback.len(), 2, "{rollback:?}");
+    for c in rollback {
+        let refused = sim.state.apply(&c);
+        assert!(
+            matches!(refused, Err(ApplyError::Precondition(_))),
+            "{c:?}: {refused:?}"
+        );
+    }
+    assert_eq!(sim.state.services[&svc].spec.task.image, "v3");
+    sim.run_until("v3 converges", |s| {
+        s.converged(&svc, 1) && s.running(&svc)[0].spec.image == "v3"
+    });
+    let st = sim.state.services[&svc].update_status.clone().unwrap();
+    assert_eq!(st.state, UpdateState::Completed, "{st:?}");
 }

@@ -104,6 +104,8 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         pass.plan.wake(until);
     }
     let updating = dirty.len() as u64 + in_flight > 0 || (active && watch_until.is_some());
+    // Every command below names the revision it was planned from (see `Service::revision`).
+    let revision = svc.revision;
     let set_status = |pass: &mut Pass<'_>, state: UpdateState, message: &str, started: u64| {
         let completed_at = matches!(
             state,
@@ -118,6 +120,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                 completed_at,
                 message: message.into(),
             }),
+            if_revision: Some(revision),
         });
     };
 
@@ -148,18 +151,20 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                 }
                 (FailureAction::Rollback, false) => {
                     if let Some(prev) = svc.previous_spec.clone() {
-                        pass.push(Command::UpdateService {
-                            id: service_id.clone(),
-                            spec: prev,
-                            image_digest: svc.previous_image_digest.clone(),
-                            now,
-                        });
+                        // Status first: the rollback below moves the revision on.
                         set_status(
                             pass,
                             UpdateState::RollbackStarted,
                             "update failed: rolling back",
                             now,
                         );
+                        pass.push(Command::UpdateService {
+                            id: service_id.clone(),
+                            spec: prev,
+                            image_digest: svc.previous_image_digest.clone(),
+                            now,
+                            if_revision: Some(revision),
+                        });
                     } else {
                         set_status(
                             pass,

@@ -176,6 +176,7 @@ impl World {
             version: 1,
             previous_spec: None,
             previous_image_digest: None,
+            revision: 0,
             image_digest: None,
             update_status: None,
             created_at: self.now,
@@ -200,6 +201,7 @@ impl World {
             version: 1,
             previous_spec: None,
             previous_image_digest: None,
+            revision: 0,
             image_digest: None,
             update_status: None,
             created_at: self.now,
@@ -338,6 +340,7 @@ impl World {
             spec,
             image_digest: None,
             now,
+            if_revision: None,
         });
     }
 

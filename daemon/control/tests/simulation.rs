@@ -100,6 +100,7 @@ impl World {
                     version: 1,
                     previous_spec: None,
                     previous_image_digest: None,
+                    revision: 0,
                     image_digest: None,
                     update_status: None,
                     created_at: self.now,
@@ -184,6 +185,7 @@ impl World {
                 spec,
                 image_digest: None,
                 now: self.now,
+                if_revision: None,
             })
             .unwrap();
     }

@@ -114,6 +114,7 @@ impl State {
                 version: 1,
                 previous_spec: None,
                 previous_image_digest: None,
+                revision: 0,
                 image_digest: None,
                 update_status: None,
                 created_at: now,

@@ -275,11 +275,13 @@ impl ClusterState {
                 spec,
                 image_digest,
                 now,
+                if_revision,
             } => {
                 check_bounds(spec)?;
                 let Some(svc) = self.services.get(id) else {
                     return Err(ApplyError::ServiceNotFound(id.clone()));
                 };
+                check_revision(svc, *if_revision)?;
                 if svc.spec == *spec
                     && (image_digest.is_none() || svc.image_digest == *image_digest)
                 {
@@ -300,14 +302,20 @@ impl ClusterState {
                 if task_changed {
                     svc.version += 1;
                 }
+                svc.revision += 1;
                 svc.updated_at = *now;
                 self.set_service(log, id, Some(svc));
                 Ok(one)
             }
-            Command::SetUpdateStatus { service_id, status } => {
+            Command::SetUpdateStatus {
+                service_id,
+                status,
+                if_revision,
+            } => {
                 let Some(svc) = self.services.get(service_id) else {
                     return Err(ApplyError::ServiceNotFound(service_id.clone()));
                 };
+                check_revision(svc, *if_revision)?;
                 let mut svc = svc.clone();
                 svc.update_status = status.clone();
                 self.set_service(log, service_id, Some(svc));
@@ -578,6 +586,7 @@ impl ClusterState {
                         spec: spec.clone(),
                         image_digest: digest.clone(),
                         now: change.now,
+                        if_revision: None,
                     },
                     false,
                     log,
@@ -650,6 +659,17 @@ impl ClusterState {
             }
         }
         Ok(())
+    }
+}
+
+/// The updater's precondition: the service is still at the revision its plan was made from.
+fn check_revision(svc: &Service, expected: Option<u64>) -> Result<(), ApplyError> {
+    match expected {
+        Some(rev) if rev != svc.revision => Err(ApplyError::Precondition(format!(
+            "service {} changed since this was planned (revision {} now, {rev} planned)",
+            svc.spec.name, svc.revision
+        ))),
+        _ => Ok(()),
     }
 }
 

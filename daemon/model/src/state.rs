@@ -144,6 +144,11 @@ pub struct Service {
     pub update_status: Option<UpdateStatus>,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Bumped by every applied change of the spec (unlike `version`, which only moves when the
+    /// tasks must change). The updater's commands name the revision they were planned from, so
+    /// a rollback planned before a user's update cannot undo that update.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,16 +271,25 @@ pub enum Command {
     },
     /// Create a service; fails if the name is taken.
     CreateService(Service),
-    /// Replace a service's spec; `version` and `previous_spec` are set by apply.
+    /// Replace a service's spec; `version`, `revision` and `previous_spec` are set by apply.
+    /// With `if_revision`, refused (precondition) unless the service is still at that revision:
+    /// the updater's rollback sets it; a user's change does not.
     UpdateService {
         id: Id,
         spec: ServiceSpec,
         image_digest: Option<String>,
         now: Millis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_revision: Option<u64>,
     },
+    /// The updater's record of an update's progress. With `if_revision`, refused (precondition)
+    /// unless the service is still at that revision, so a status planned for an older spec
+    /// never lands on a newer one.
     SetUpdateStatus {
         service_id: Id,
         status: Option<UpdateStatus>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_revision: Option<u64>,
     },
     /// Remove a service; its tasks get desired REMOVE and are deleted by the reaper.
     RemoveService { id: Id },
@@ -504,6 +518,7 @@ mod tests {
             version: 1,
             previous_spec: None,
             previous_image_digest: None,
+            revision: 0,
             image_digest: None,
             update_status: None,
             created_at: 0,
@@ -585,6 +600,7 @@ mod tests {
             spec: spec.clone(),
             image_digest: None,
             now: 1,
+            if_revision: None,
         })
         .unwrap();
         assert_eq!(st.services["a"].version, 1);
@@ -594,6 +610,7 @@ mod tests {
             spec,
             image_digest: None,
             now: 2,
+            if_revision: None,
         })
         .unwrap();
         assert_eq!(st.services["a"].version, 2);
@@ -602,6 +619,65 @@ mod tests {
             "busybox",
             "previous spec kept for rollback"
         );
+    }
+
+    #[test]
+    fn every_spec_change_moves_the_revision_and_guards_check_it() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::CreateService(svc("a", "web", None)))
+            .unwrap();
+        let mut spec = st.services["a"].spec.clone();
+        spec.mode = ServiceMode::Replicated { replicas: 5 };
+        let update = |spec: &ServiceSpec, if_revision| Command::UpdateService {
+            id: "a".into(),
+            spec: spec.clone(),
+            image_digest: None,
+            now: 1,
+            if_revision,
+        };
+        // A replicas-only change leaves `version` but moves `revision`.
+        st.apply(&update(&spec, Some(0))).unwrap();
+        assert_eq!(
+            (st.services["a"].version, st.services["a"].revision),
+            (1, 1)
+        );
+        spec.mode = ServiceMode::Replicated { replicas: 6 };
+        assert!(matches!(
+            st.apply(&update(&spec, Some(0))),
+            Err(ApplyError::Precondition(_))
+        ));
+        let status = |if_revision| Command::SetUpdateStatus {
+            service_id: "a".into(),
+            status: None,
+            if_revision,
+        };
+        assert!(matches!(
+            st.apply(&status(Some(0))),
+            Err(ApplyError::Precondition(_))
+        ));
+        st.apply(&status(Some(1))).unwrap();
+        // Commands without a guard (the user's) always apply.
+        st.apply(&update(&spec, None)).unwrap();
+        assert_eq!(st.services["a"].revision, 2);
+    }
+
+    #[test]
+    fn entries_and_snapshots_written_before_revisions_still_read() {
+        let cmd: Command =
+            serde_json::from_str(r#"{"set_update_status":{"service_id":"a","status":null}}"#)
+                .unwrap();
+        assert_eq!(
+            cmd,
+            Command::SetUpdateStatus {
+                service_id: "a".into(),
+                status: None,
+                if_revision: None
+            }
+        );
+        let mut old = serde_json::to_value(svc("a", "web", None)).unwrap();
+        old.as_object_mut().unwrap().remove("revision");
+        let back: Service = serde_json::from_value(old).unwrap();
+        assert_eq!(back.revision, 0);
     }
 
     #[test]
@@ -780,6 +856,7 @@ mod multi_node {
             spec: bad.spec.clone(),
             image_digest: None,
             now: 5,
+            if_revision: None,
         };
         assert!(matches!(
             st.apply(&update),

@@ -376,6 +376,7 @@ impl Backend for DaemonBackend {
             version: 1,
             previous_spec: None,
             previous_image_digest: None,
+            revision: 0,
             image_digest: Some(digest),
             update_status: None,
             created_at: now,
@@ -434,6 +435,7 @@ impl Backend for DaemonBackend {
             spec,
             image_digest: digest,
             now: now_ms(),
+            if_revision: None,
         })
         .await?;
         self.signal_service(&svc.spec.name).await;
@@ -460,6 +462,7 @@ impl Backend for DaemonBackend {
             spec,
             image_digest: None,
             now: now_ms(),
+            if_revision: None,
         })
         .await?;
         self.signal_service(&svc.spec.name).await;
@@ -478,12 +481,9 @@ impl Backend for DaemonBackend {
         };
         let now = now_ms();
         self.propose(Command::Batch(vec![
-            Command::UpdateService {
-                id: svc.id.clone(),
-                spec: prev,
-                image_digest: svc.previous_image_digest.clone(),
-                now,
-            },
+            // Both name the revision read above: a rollback that raced with another change (the
+            // updater's own rollback, say) is refused rather than undoing that change. Status
+            // first: the rollback moves the revision on.
             Command::SetUpdateStatus {
                 service_id: svc.id.clone(),
                 status: Some(UpdateStatus {
@@ -492,6 +492,14 @@ impl Backend for DaemonBackend {
                     completed_at: None,
                     message: "manually requested rollback".into(),
                 }),
+                if_revision: Some(svc.revision),
+            },
+            Command::UpdateService {
+                id: svc.id.clone(),
+                spec: prev,
+                image_digest: svc.previous_image_digest.clone(),
+                now,
+                if_revision: Some(svc.revision),
             },
         ]))
         .await?;

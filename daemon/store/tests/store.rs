@@ -50,6 +50,7 @@ fn service(id: &str, name: &str, port: u16) -> Command {
         version: 1,
         previous_spec: None,
         previous_image_digest: None,
+        revision: 0,
         image_digest: None,
         update_status: None,
         created_at: 0,
