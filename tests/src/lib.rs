@@ -4,5 +4,6 @@
 pub mod containerd;
 pub mod dbus;
 pub mod images;
+pub mod lan;
 pub mod node;
 pub mod registry;

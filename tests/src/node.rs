@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::containerd::Containerd;
 use crate::dbus::DbusDaemon;
+use crate::lan::Host;
 
 /// A row of `shoal service ps --format json` (the fields the tests read).
 #[derive(Debug, Clone, Deserialize)]
@@ -82,8 +83,12 @@ pub struct Node {
     pub stacks_dir: PathBuf,
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    /// The node port this node listens on (127.0.0.1).
+    /// The node port this node listens on.
     pub node_port: u16,
+    /// Where other nodes reach the node port: `ADDR:PORT`.
+    pub addr: String,
+    /// The LAN host whose network namespace this node runs in; `None`: the test's own.
+    pub host: Option<Host>,
 }
 
 #[derive(Default)]
@@ -96,6 +101,9 @@ pub struct NodeOptions {
     pub state_dir_kib: Option<u64>,
     /// Called with the state directory before shoald first starts (to lay down old state).
     pub before_start: Option<fn(&Path)>,
+    /// Run in this LAN host's network namespace, listening on its address at the default node
+    /// port 4600 (see [`crate::lan`]); `None`: in the test's namespace on 127.0.0.1.
+    pub host: Option<Host>,
 }
 
 impl Node {
@@ -135,7 +143,10 @@ impl Node {
             (std::process::id() as u32 * 7 + n * 13) % 250 + 1
         );
         let config = dir.path().join("cluster.toml");
-        let node_port = free_port();
+        let (listen_ip, node_port) = match &opts.host {
+            Some(h) => (h.addr.to_string(), 4600),
+            None => ("127.0.0.1".to_string(), free_port()),
+        };
         std::fs::write(
             &config,
             format!(
@@ -144,7 +155,7 @@ name = "e2e-{tag}"
 {node_extra}
 
 [network]
-listen = "127.0.0.1:{port}"
+listen = "{listen_ip}:{port}"
 bridge = "{bridge}"
 subnet = "{subnet}"
 
@@ -180,6 +191,8 @@ run_dir = "{run}"
             state_dir,
             run_dir,
             node_port,
+            addr: format!("{listen_ip}:{node_port}"),
+            host: opts.host,
         };
         if let Some(f) = opts.before_start {
             std::fs::create_dir_all(&node.state_dir).unwrap();
@@ -197,7 +210,19 @@ run_dir = "{run}"
             .append(true)
             .open(self.dir.path().join("shoald.log"))
             .unwrap();
-        let child = Command::new(bin("shoald"))
+        // On a LAN host: nsenter enters only the network namespace and execs shoald (same pid;
+        // the mount namespace stays shared with containerd, which must see the task netns).
+        let mut cmd = match &self.host {
+            Some(host) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", host.ns))
+                    .arg("--")
+                    .arg(bin("shoald"));
+                c
+            }
+            None => Command::new(bin("shoald")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus.address())
@@ -412,12 +437,15 @@ impl Drop for Node {
             &self.run_dir.join("netns"),
             nix::mount::MntFlags::MNT_DETACH,
         );
-        let _ = Command::new("ip")
-            .args(["link", "delete", &self.bridge])
-            .output();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.bridge])
-            .output();
+        // On a LAN host they go with the host's namespace (dropped with `self.host`).
+        if self.host.is_none() {
+            let _ = Command::new("ip")
+                .args(["link", "delete", &self.bridge])
+                .output();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &self.bridge])
+                .output();
+        }
         let _ = nix::mount::umount2(&self.state_dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }

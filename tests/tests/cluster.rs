@@ -1,10 +1,12 @@
-//! Several real nodes (each its own containerd, D-Bus bus and `shoald`) forming one cluster over
-//! the node port with mutual TLS, driven through the `shoal` CLI.
+//! Several real nodes forming one cluster over the node port with mutual TLS, driven through the
+//! `shoal` CLI. Each node is a host of its own: its own network namespace on a shared bridge
+//! (listening on its LAN address at port 4600), containerd, D-Bus bus and `shoald`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shoal_tests::images;
+use shoal_tests::lan::Lan;
 use shoal_tests::node::{Node, NodeOptions};
 
 const SECRET: &str = "cluster-test-provisioning-secret-42";
@@ -16,21 +18,23 @@ fn token_file(dir: &std::path::Path, text: &str) -> String {
 }
 
 /// A manager that bootstraps a cluster whose provisioning secret is in `tok`.
-fn bootstrap(tok: &str) -> Node {
+fn bootstrap(lan: &Lan, tok: &str) -> Node {
     Node::start_with(NodeOptions {
         extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        host: Some(lan.host()),
         ..Default::default()
     })
 }
 
 /// A node of `role` that joins `through`'s cluster with the token in the file `tok`.
-fn join(through: &Node, role: &str, tok: &str) -> Node {
+fn join(lan: &Lan, through: &Node, role: &str, tok: &str) -> Node {
     Node::start_with(NodeOptions {
         node_config: format!("role = \"{role}\""),
         extra_config: format!(
-            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{tok}\"\n",
-            through.node_port
+            "[cluster]\njoin = [\"{}\"]\ntoken_file = \"{tok}\"\n",
+            through.addr
         ),
+        host: Some(lan.host()),
         ..Default::default()
     })
 }
@@ -70,10 +74,11 @@ fn node_names(node: &Node) -> BTreeMap<String, (String, String)> {
 
 #[test]
 fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
+    let lan = Lan::new();
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let manager = bootstrap(&tok);
-    let mut worker = join(&manager, "worker", &tok);
+    let manager = bootstrap(&lan, &tok);
+    let mut worker = join(&lan, &manager, "worker", &tok);
 
     // Both nodes are Ready, the manager leads; the worker's CLI sees the same (forwarded).
     manager.wait_for("two ready nodes", Duration::from_secs(60), |m| {
@@ -265,12 +270,13 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
 
 #[test]
 fn a_wrong_token_is_refused_and_the_node_keeps_trying() {
+    let lan = Lan::new();
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
     let bad = secrets.path().join("bad-token");
     std::fs::write(&bad, "not-the-secret-of-this-cluster").unwrap();
-    let manager = bootstrap(&tok);
-    let worker = join(&manager, "worker", &bad.display().to_string());
+    let manager = bootstrap(&lan, &tok);
+    let worker = join(&lan, &manager, "worker", &bad.display().to_string());
     worker.wait_for("the join to be refused", Duration::from_secs(30), |w| {
         w.log().contains("could not prove it knows the token")
     });
@@ -279,6 +285,58 @@ fn a_wrong_token_is_refused_and_the_node_keeps_trying() {
     assert!(info.contains("joining the cluster"), "{info}");
     assert_eq!(node_names(&manager).len(), 1);
     assert!(!worker.log().contains(SECRET) && !manager.log().contains(SECRET));
+
+    // A host of the LAN with no certificate of the cluster gets no answer on 4600: not to a TLS
+    // request for the state (even trusting the cluster's CA), nor to plain bytes.
+    let outsider = lan.host();
+    let ca = std::fs::read_to_string(manager.state_dir.join("certificates/ca.crt")).unwrap();
+    let cluster_id = manager.shoal_ok(&["info", "--format", "json"]);
+    let cluster_id: serde_json::Value = serde_json::from_str(&cluster_id).unwrap();
+    let cluster_id = cluster_id["cluster"]["cluster_id"]
+        .as_str()
+        .expect("info shows the cluster id")
+        .to_string();
+    let to = manager.addr.clone();
+    let (over_tls, plain) = outsider.run_in(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(answers_without_certificate(&to, &ca))
+    });
+    assert!(over_tls.is_empty(), "answered over TLS: {over_tls:?}");
+    let plain = String::from_utf8_lossy(&plain);
+    assert!(
+        !plain.contains("HTTP") && !plain.contains(&cluster_id),
+        "answered plain bytes: {plain:?}"
+    );
+}
+
+/// What `addr` answers a peer without a certificate: to a state request over TLS, and to plain
+/// bytes.
+async fn answers_without_certificate(addr: &str, ca_pem: &str) -> (Vec<u8>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read_all = async |s: &mut (dyn tokio::io::AsyncRead + Unpin + Send)| {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        buf
+    };
+    let cfg = rpc::tls::client_config(ca_pem, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(
+            rustls::pki_types::ServerName::try_from("manager.shoal").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the TLS handshake itself needs no client certificate (joins use it)");
+    let ask = rpc::Request::Api {
+        call: serde_json::json!({"list_services": {}}),
+    };
+    rpc::wire::write(&mut tls, &ask).await.unwrap();
+    let over_tls = read_all(&mut tls).await;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let plain = read_all(&mut tcp).await;
+    (over_tls, plain)
 }
 
 /// Wait until `node` sees `n` nodes, all ready, with exactly one leader and `managers` managers.
@@ -298,11 +356,12 @@ fn wait_for_cluster(node: &Node, n: usize, managers: usize) {
 
 #[test]
 fn three_managers_survive_the_loss_of_the_leader() {
+    let lan = Lan::new();
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let mut m1 = bootstrap(&tok);
-    let n2 = join(&m1, "worker", &tok);
-    let n3 = join(&m1, "worker", &tok);
+    let mut m1 = bootstrap(&lan, &tok);
+    let n2 = join(&lan, &m1, "worker", &tok);
+    let n3 = join(&lan, &m1, "worker", &tok);
     wait_for_cluster(&m1, 3, 1);
 
     // Promote both workers; they renew their certificates and join the raft group.
@@ -424,9 +483,10 @@ fn three_managers_survive_the_loss_of_the_leader() {
 
 #[test]
 fn a_worker_token_never_yields_a_manager() {
+    let lan = Lan::new();
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let m1 = bootstrap(&tok);
+    let m1 = bootstrap(&lan, &tok);
     let worker_token = m1.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
     assert!(
         worker_token.trim().starts_with("SWMTKN-1-"),
@@ -435,14 +495,14 @@ fn a_worker_token_never_yields_a_manager() {
     let wtok = secrets.path().join("worker-token");
     std::fs::write(&wtok, worker_token.trim()).unwrap();
     // Configured as a manager, joining with a worker token: it becomes a worker.
-    let n2 = join(&m1, "manager", &wtok.display().to_string());
+    let n2 = join(&lan, &m1, "manager", &wtok.display().to_string());
     wait_for_cluster(&m1, 2, 1);
     let info = n2.shoal_ok(&["info"]);
     assert!(info.contains("Role: worker"), "{info}");
     // Rotating the worker token refuses new joins with the old one.
     let rotated = m1.shoal_ok(&["cluster", "join-token", "-q", "--rotate", "worker"]);
     assert_ne!(rotated.trim(), worker_token.trim());
-    let n3 = join(&m1, "worker", &wtok.display().to_string());
+    let n3 = join(&lan, &m1, "worker", &wtok.display().to_string());
     n3.wait_for(
         "the old token to be refused",
         Duration::from_secs(30),
@@ -457,8 +517,10 @@ fn a_worker_token_never_yields_a_manager() {
 
 #[test]
 fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
+    let lan = Lan::new();
     let idle = || NodeOptions {
         extra_config: "[cluster]\nbootstrap = false\n".into(),
+        host: Some(lan.host()),
         ..Default::default()
     };
     let m1 = Node::start_with(idle());
@@ -476,7 +538,7 @@ fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already part of cluster"));
     let token = m1.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
-    let addr = format!("127.0.0.1:{}", m1.node_port);
+    let addr = m1.addr.clone();
     // A wrong token is refused with a clear error and changes nothing.
     let bad = w1.shoal(&["cluster", "join", "--token", "SWMTKN-1-0000000000000000000000000000000000000000000000000000000000000000-0123456789abcdefghijklm", &addr]);
     assert!(!bad.status.success());
@@ -578,10 +640,11 @@ fn the_tutorial_flow_through_the_cli_init_join_update_leave() {
 
 #[test]
 fn a_follower_manager_applies_its_stack_files_through_the_leader() {
+    let lan = Lan::new();
     let secrets = tempfile::tempdir().unwrap();
     let tok = token_file(secrets.path(), SECRET);
-    let m1 = bootstrap(&tok);
-    let m2 = join(&m1, "manager", &tok);
+    let m1 = bootstrap(&lan, &tok);
+    let m2 = join(&lan, &m1, "manager", &tok);
     wait_for_voters(&m1, 2);
     let stack = format!(
         "[services.app]\nimage = \"{}\"\ncommand = [\"sleep\", \"3600\"]\nreplicas = 2\n",
@@ -611,8 +674,13 @@ fn a_follower_manager_applies_its_stack_files_through_the_leader() {
 
 #[test]
 fn a_default_single_node_can_leave_its_own_cluster_and_join_another() {
-    let a = Node::start();
-    let mut b = Node::start();
+    let lan = Lan::new();
+    let on_lan = || NodeOptions {
+        host: Some(lan.host()),
+        ..Default::default()
+    };
+    let a = Node::start_with(on_lan());
+    let mut b = Node::start_with(on_lan());
     assert!(b.shoal_ok(&["info"]).contains("Cluster: active"));
     // b leads a one-node cluster of its own: leaving needs --force, then it stays out of any
     // cluster, across restarts too.
@@ -631,7 +699,7 @@ fn a_default_single_node_can_leave_its_own_cluster_and_join_another() {
     b.start_daemon();
     assert!(b.shoal_ok(&["info"]).contains("Cluster: inactive"));
     let token = a.shoal_ok(&["cluster", "join-token", "-q", "worker"]);
-    let addr = format!("127.0.0.1:{}", a.node_port);
+    let addr = a.addr.clone();
     b.shoal_ok(&["cluster", "join", "--token", token.trim(), &addr]);
     wait_for_cluster(&a, 2, 1);
 }
