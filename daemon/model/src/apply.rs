@@ -681,7 +681,7 @@ fn check_bounds(spec: &ServiceSpec) -> Result<(), ApplyError> {
         })
 }
 
-fn restore<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>, key: K, old: Option<V>) {
+fn restore<K: Ord + Clone, V: Clone>(map: &mut crate::Map<K, V>, key: K, old: Option<V>) {
     match old {
         Some(v) => {
             map.insert(key, v);

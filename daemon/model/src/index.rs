@@ -3,9 +3,7 @@
 //! Derived data: never serialized, rebuilt after deserialization, and kept consistent by
 //! `ClusterState::apply` (every task change goes through `TaskIndex::update`).
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use crate::{Id, SlotKey, Task, TaskState};
+use crate::{Id, Map, Set, SlotKey, Task, TaskState};
 
 /// The index keys of one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +29,11 @@ impl Keys {
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TaskIndex {
-    by_slot: BTreeMap<(Id, SlotKey), BTreeSet<Id>>,
-    by_node: BTreeMap<Id, BTreeSet<Id>>,
-    unassigned: BTreeSet<Id>,
+    by_slot: Map<(Id, SlotKey), Set<Id>>,
+    by_node: Map<Id, Set<Id>>,
+    unassigned: Set<Id>,
     /// Runnable tasks per node (the scheduler's load measure).
-    runnable_on: BTreeMap<Id, u64>,
+    runnable_on: Map<Id, u64>,
     len: usize,
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::index::TaskIndex;
 use crate::{
-    ClusterSettings, Id, Millis, Security, ServiceSpec, SlotKey, StackSpec, Task, TaskState,
+    ClusterSettings, Id, Map, Millis, Security, ServiceSpec, SlotKey, StackSpec, Task, TaskState,
     TaskStatus,
 };
 
@@ -170,6 +170,10 @@ pub struct Stack {
 
 /// The whole replicated state. Keys are ids (services and tasks) or names (stacks).
 ///
+/// Its maps are persistent ([`Map`]): cloning the state is O(1) and a change copies only the
+/// path to what it changes, so the store publishes a new version per applied entry without
+/// copying the rest, and readers keep the version they hold.
+///
 /// Change it through [`ClusterState::apply`]: it keeps the task indexes (by service and slot, by
 /// node, unassigned) consistent. The indexes are derived data: not serialized, rebuilt on
 /// deserialization, and ignored by equality. Code that edits `tasks` directly (tests) must call
@@ -180,10 +184,10 @@ pub struct Stack {
 pub struct ClusterState {
     pub cluster_id: Id,
     pub settings: ClusterSettings,
-    pub nodes: BTreeMap<Id, Node>,
-    pub services: BTreeMap<Id, Service>,
-    pub tasks: BTreeMap<Id, Task>,
-    pub stacks: BTreeMap<String, Stack>,
+    pub nodes: Map<Id, Node>,
+    pub services: Map<Id, Service>,
+    pub tasks: Map<Id, Task>,
+    pub stacks: Map<String, Stack>,
     #[serde(skip)]
     pub(crate) index: TaskIndex,
     /// The CA and the join secrets; `None` in a cluster made before clusters had them (the
@@ -197,10 +201,10 @@ pub struct ClusterState {
 struct StateData {
     cluster_id: Id,
     settings: ClusterSettings,
-    nodes: BTreeMap<Id, Node>,
-    services: BTreeMap<Id, Service>,
-    tasks: BTreeMap<Id, Task>,
-    stacks: BTreeMap<String, Stack>,
+    nodes: Map<Id, Node>,
+    services: Map<Id, Service>,
+    tasks: Map<Id, Task>,
+    stacks: Map<String, Stack>,
     security: Option<Security>,
 }
 
@@ -752,6 +756,30 @@ mod multi_node {
             restart_attempt: 0,
             started_at: None,
         }
+    }
+
+    /// The store publishes a new state per applied batch while readers hold older ones: a clone
+    /// must share everything a change does not touch, never copy the whole state.
+    #[test]
+    fn a_clone_shares_what_a_change_does_not_touch() {
+        let mut st = ClusterState::default();
+        let mut web = super::tests::svc("a", "web", None);
+        web.spec.mode = ServiceMode::Replicated { replicas: 2000 };
+        st.apply(&Command::CreateService(web)).unwrap();
+        let tasks: Vec<Task> = (1..=2000).map(|i| task(&format!("t{i}"), "a", i)).collect();
+        st.apply(&Command::PutTasks(tasks)).unwrap();
+        let before = st.clone();
+        assert!(before.tasks.ptr_eq(&st.tasks) && before.services.ptr_eq(&st.services));
+        st.apply(&Command::SetDesired {
+            task_ids: vec!["t7".into()],
+            desired: TaskState::Shutdown,
+        })
+        .unwrap();
+        // The reader's version is untouched; the maps the change did not touch are shared.
+        assert_eq!(before.tasks["t7"].desired, TaskState::Running);
+        assert_eq!(st.tasks["t7"].desired, TaskState::Shutdown);
+        assert!(!before.tasks.ptr_eq(&st.tasks));
+        assert!(before.services.ptr_eq(&st.services) && before.nodes.ptr_eq(&st.nodes));
     }
 
     /// Two nodes, service `a` (3 replicas) with task t1 in slot 1 assigned to n1.

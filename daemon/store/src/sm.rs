@@ -298,8 +298,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match entry.payload {
                 EntryPayload::Blank => Ok(Applied::default()),
                 EntryPayload::Normal(cmd) => {
-                    // Copy-on-write: clones once per batch while a subscriber or a snapshot
-                    // builder still holds the previous state.
+                    // Copy-on-write while a subscriber or a snapshot builder still holds the
+                    // previous state: cheap, the state's maps are persistent (O(1) to clone,
+                    // a change copies only the path to what it changes).
                     let r = Arc::make_mut(&mut self.state).apply(&cmd);
                     if let Err(e) = &r {
                         tracing::debug!(log_id = %entry.log_id, error = %e, "command rejected by the state machine");
