@@ -703,3 +703,88 @@ fn a_default_single_node_can_leave_its_own_cluster_and_join_another() {
     b.shoal_ok(&["cluster", "join", "--token", token.trim(), &addr]);
     wait_for_cluster(&a, 2, 1);
 }
+
+/// The CA key, read from a manager's raft files (the state holds it; workers never get it).
+fn ca_key_from_raft_files(state_dir: &std::path::Path) -> String {
+    let needle = b"\"ca_key_pem\":";
+    let mut dirs = vec![state_dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+                let rest = &bytes[at + needle.len()..];
+                let mut de = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
+                if let Some(Ok(pem)) = de.next()
+                    && pem.contains("PRIVATE KEY")
+                {
+                    return pem;
+                }
+            }
+        }
+    }
+    panic!("no CA key in {}", state_dir.display())
+}
+
+#[test]
+fn a_certificate_near_its_expiry_is_renewed_by_the_node_itself() {
+    let lan = Lan::new();
+    let secrets = tempfile::tempdir().unwrap();
+    let tok = token_file(secrets.path(), SECRET);
+    let manager = bootstrap(&lan, &tok);
+    let mut worker = join(&lan, &manager, "worker", &tok);
+    wait_for_cluster(&manager, 2, 1);
+
+    // Give the worker a certificate of the cluster's CA that is in the last third of its life
+    // (valid for 5 more minutes), as if it had been running for weeks.
+    let certs = worker.state_dir.join("certificates");
+    let current = std::fs::read_to_string(certs.join("node.crt")).unwrap();
+    let info = rpc::pki::cert_info(&current).unwrap();
+    let ca = rpc::pki::CaKeys {
+        cert_pem: std::fs::read_to_string(certs.join("ca.crt")).unwrap(),
+        key_pem: ca_key_from_raft_files(&manager.state_dir),
+    };
+    let (key_pem, csr) = rpc::pki::new_node_key().unwrap();
+    let short = rpc::pki::issue(
+        &ca,
+        &csr,
+        &info.node_id,
+        info.role,
+        &info.cluster_id,
+        std::time::SystemTime::now(),
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    worker.stop_daemon();
+    std::fs::write(certs.join("node.key"), key_pem).unwrap();
+    std::fs::write(certs.join("node.crt"), &short).unwrap();
+    let short_until = rpc::pki::cert_info(&short).unwrap().not_after;
+    worker.start_daemon();
+
+    // It renews by itself: a new certificate with the cluster's validity (90 days by default),
+    // same identity, and it keeps working with it.
+    worker.wait_for(
+        "the worker to renew its certificate",
+        Duration::from_secs(60),
+        |w| {
+            std::fs::read_to_string(w.state_dir.join("certificates/node.crt"))
+                .ok()
+                .and_then(|pem| rpc::pki::cert_info(&pem).ok())
+                .is_some_and(|i| i.not_after > short_until + 30 * 24 * 3600)
+        },
+    );
+    let renewed =
+        rpc::pki::cert_info(&std::fs::read_to_string(certs.join("node.crt")).unwrap()).unwrap();
+    assert_eq!(
+        (&renewed.node_id, renewed.role, &renewed.cluster_id),
+        (&info.node_id, info.role, &info.cluster_id)
+    );
+    assert!(worker.log().contains("node certificate renewed"));
+    wait_for_cluster(&manager, 2, 1);
+    // Calls from the worker's CLI travel over the node port with the new certificate.
+    assert_eq!(node_names(&worker).len(), 2);
+}
