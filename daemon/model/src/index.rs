@@ -31,20 +31,45 @@ pub(crate) struct Keys<'a> {
     dying: bool,
 }
 
-impl Keys<'_> {
-    pub(crate) fn of(t: &Task) -> Keys<'_> {
-        let terminal = t.status.state.is_terminal();
-        let unassigned = t.node_id.is_none() && t.status.state < TaskState::Assigned;
+impl<'a> Keys<'a> {
+    pub(crate) fn of(t: &'a Task) -> Keys<'a> {
+        Keys::new(
+            &t.service_id,
+            t.slot,
+            t.node_id.as_deref(),
+            t.status.state,
+            t.desired,
+            t.spec_version,
+        )
+    }
+
+    /// The keys of a task with these fields (as [`Task::slot_key`] and [`Task::is_runnable`]
+    /// read them).
+    pub(crate) fn new(
+        service: &'a str,
+        slot: u64,
+        node: Option<&'a str>,
+        state: TaskState,
+        desired: TaskState,
+        version: u64,
+    ) -> Keys<'a> {
+        let terminal = state.is_terminal();
+        let runnable = desired <= TaskState::Running && !terminal;
+        let unassigned = node.is_none() && state < TaskState::Assigned;
         Keys {
-            service: &t.service_id,
-            slot: t.slot_key(),
-            node: t.node_id.as_deref(),
+            service,
+            slot: if slot > 0 {
+                SlotKey::Slot(slot)
+            } else {
+                SlotKey::Node(node.unwrap_or_default().to_string())
+            },
+            node,
             unassigned,
-            finished: !unassigned && (terminal || t.node_id.is_none()),
-            runnable: t.is_runnable(),
-            version: t.spec_version,
-            held: t.is_runnable() && t.desired == TaskState::Ready,
-            dying: t.desired <= TaskState::Running && terminal,
+            finished: !unassigned && (terminal || node.is_none()),
+            runnable,
+            version,
+            held: runnable && desired == TaskState::Ready,
+            dying: desired <= TaskState::Running && terminal,
         }
     }
 
