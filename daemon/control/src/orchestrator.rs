@@ -14,6 +14,9 @@
 //!   stops the replaced tasks; only one runnable task per slot and version is ever counted.
 //!   Global tasks are not moved: a down, drained or non-matching node's global tasks are shut
 //!   down, and a paused node keeps them but gets no new ones.
+//!
+//! A replicated service at rest is recognised from the task index's counts (`at_rest`), without
+//! reading its tasks, so a pass costs what changed, not every task of every service.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -207,10 +210,51 @@ fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
     d
 }
 
+/// Whether `decide` would find nothing to do for a replicated service, from the index's counts
+/// (cost proportional to the service's nodes, not its tasks): no task to retire, exactly one
+/// runnable slot per wanted slot and none outside them, and no runnable task on a node it must
+/// leave. `false` means "read the tasks", never "there is work" for sure; global services and a
+/// stale index always read them.
+fn at_rest(state: &ClusterState, svc: &Service) -> bool {
+    let ServiceMode::Replicated { replicas } = svc.spec.mode else {
+        return false;
+    };
+    let Some(counts) = state.service_tasks(&svc.id) else {
+        return false;
+    };
+    let wanted = replicas.min(MAX_REPLICAS);
+    let slots = counts.runnable_in_slot();
+    // Distinct slots, so `wanted` of them within 1..=wanted are all of them.
+    let exact = slots.len() as u64 == wanted
+        && (wanted == 0
+            || (slots.get_min().map(|(k, _)| k) == Some(&SlotKey::Slot(1))
+                && slots.get_max().map(|(k, _)| k) == Some(&SlotKey::Slot(wanted))));
+    if counts.dying() > 0 || !exact {
+        return false;
+    }
+    // Both maps are ordered by node id: walk them together.
+    let mut nodes = state.nodes.iter().peekable();
+    counts.runnable_on().keys().all(|id| {
+        while nodes.next_if(|(n, _)| n.as_str() < id.as_str()).is_some() {}
+        match nodes.peek() {
+            Some((n, node)) if *n == id => {
+                node.availability != Availability::Drain
+                    && node.status != NodeStatus::Down
+                    && svc.spec.placement.matches(node)
+            }
+            _ => false,
+        }
+    })
+}
+
 pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
-    let Some(svc) = pass.state.services.get(service_id).cloned() else {
+    let Some(svc) = pass.state.services.get(service_id) else {
         return;
     };
+    if at_rest(pass.state, svc) {
+        return;
+    }
+    let svc = svc.clone();
     let d = decide(pass.state, &svc, pass.now);
     if !d.retire.is_empty() {
         pass.push(Command::SetDesired {

@@ -13,7 +13,9 @@ pub(crate) fn reap(pass: &mut Pass<'_>) {
     let limit = (pass.state.settings.task_history_limit as usize).max(1);
     let mut delete = Vec::new();
     let mut history: BTreeMap<(&str, SlotKey), Vec<(u64, &str)>> = BTreeMap::new();
-    for t in pass.state.tasks.values() {
+    // Every branch below needs a finished task (terminal, or never given a node): the index
+    // hands out just those, so a pass does not read every running task.
+    for t in pass.state.finished_tasks() {
         let finished = t.status.state.is_terminal() || t.node_id.is_none();
         if t.desired == TaskState::Remove && finished {
             delete.push(t.id.clone());

@@ -11,9 +11,12 @@
 //! pass (a node joining, becoming active, or a label change), and the error is written only
 //! when it changes, so a stuck task does not make a converged state plan anything.
 //!
-//! Cost: one pass reads the unassigned tasks (an index), the tasks of the services that have
-//! some, and the tasks of every node once; each placement is then `O(log nodes)` plus the
-//! number of spread groups. Nothing rescans all tasks per placement.
+//! Cost: one pass reads the unassigned tasks (an index), every node's runnable-task count (kept
+//! by the index), and, per service with pending tasks, its runnable tasks per node (also kept by
+//! the index) and every node once for the filters; each placement is then `O(log nodes)` plus
+//! the number of spread groups. The counts placed in this pass are carried from one placement
+//! (and one service) to the next. Nothing reads the tasks already placed, so the cost of a
+//! placement does not grow with them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -158,10 +161,19 @@ fn schedule_service<'a>(
     errors: &mut Errors,
 ) -> Assignments {
     let placement = &svc.spec.placement;
+    // Runnable tasks of the service per node: from the index (one entry per node), or by
+    // reading the service's tasks when the index is stale.
     let mut mine: HashMap<&str, u64> = HashMap::new();
-    for t in state.tasks_of(&svc.id).filter(|t| t.is_runnable()) {
-        if let Some(n) = t.node_id.as_deref() {
-            *mine.entry(n).or_default() += 1;
+    match state.service_tasks(&svc.id) {
+        Some(counts) => {
+            mine.extend(counts.runnable_on().iter().map(|(n, c)| (n.as_str(), *c)));
+        }
+        None => {
+            for t in state.tasks_of(&svc.id).filter(|t| t.is_runnable()) {
+                if let Some(n) = t.node_id.as_deref() {
+                    *mine.entry(n).or_default() += 1;
+                }
+            }
         }
     }
     let max = placement.max_replicas_per_node;

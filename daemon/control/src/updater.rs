@@ -22,6 +22,23 @@ use model::{
 use crate::Pass;
 use crate::orchestrator::{new_task, tasks_by_slot, wanted_slots};
 
+/// Every runnable task of the service is of its current version and released (none held at
+/// desired READY). From the index's counts when it is fresh: cost independent of the tasks.
+fn at_rest(state: &ClusterState, svc: &Service) -> bool {
+    match state.service_tasks(&svc.id) {
+        Some(counts) => {
+            counts.held() == 0
+                && counts
+                    .runnable_of_version()
+                    .keys()
+                    .all(|v| *v == svc.version)
+        }
+        None => state.tasks_of(&svc.id).all(|t| {
+            !t.is_runnable() || (t.spec_version == svc.version && t.desired != TaskState::Ready)
+        }),
+    }
+}
+
 pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     let Some(svc) = pass.state.services.get(service_id).cloned() else {
         return;
@@ -51,11 +68,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         status.as_ref().map(|s| s.state),
         Some(UpdateState::Updating | UpdateState::RollbackStarted)
     );
-    if !active
-        && pass.state.tasks_of(service_id).all(|t| {
-            !t.is_runnable() || (t.spec_version == svc.version && t.desired != TaskState::Ready)
-        })
-    {
+    if !active && at_rest(pass.state, &svc) {
         return;
     }
 

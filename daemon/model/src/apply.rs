@@ -8,8 +8,8 @@
 
 use crate::index::Keys;
 use crate::{
-    Applied, ApplyError, ClusterSettings, ClusterState, Command, Id, Node, ServiceMode, Stack,
-    StackChange, Task, TaskState, TaskStatus,
+    Applied, ApplyError, ClusterSettings, ClusterState, Command, Id, Millis, Node, ServiceMode,
+    Stack, StackChange, Task, TaskState, TaskStatus,
 };
 use crate::{Security, Service, ServiceSpec};
 
@@ -20,8 +20,51 @@ enum Undo {
     Node(Id, Option<Node>),
     Service(Id, Option<Box<Service>>),
     Task(Id, Option<Box<Task>>),
+    /// The fields `update_task` changed, before the change.
+    TaskFields(Id, Box<TaskFields>),
     Stack(String, Option<Stack>),
     Security(Option<Box<Security>>),
+}
+
+/// What `update_task` may change in a task, so that its undo record copies just these and not
+/// the whole task (spec, ports, ids): most commands of a pass are such updates.
+#[derive(Debug, Clone)]
+struct TaskFields {
+    node_id: Option<Id>,
+    desired: TaskState,
+    status: TaskStatus,
+    started_at: Option<Millis>,
+}
+
+impl TaskFields {
+    fn of(t: &Task) -> TaskFields {
+        TaskFields {
+            node_id: t.node_id.clone(),
+            desired: t.desired,
+            status: t.status.clone(),
+            started_at: t.started_at,
+        }
+    }
+
+    /// Put these values into `t` and keep `t`'s in their place.
+    fn swap(&mut self, t: &mut Task) {
+        std::mem::swap(&mut self.node_id, &mut t.node_id);
+        std::mem::swap(&mut self.desired, &mut t.desired);
+        std::mem::swap(&mut self.status, &mut t.status);
+        std::mem::swap(&mut self.started_at, &mut t.started_at);
+    }
+
+    /// The index keys `t` has with these values.
+    fn keys<'a>(&'a self, t: &'a Task) -> Keys<'a> {
+        Keys::new(
+            &t.service_id,
+            t.slot,
+            self.node_id.as_deref(),
+            self.status.state,
+            self.desired,
+            t.spec_version,
+        )
+    }
 }
 
 /// The changes made by [`ClusterState::apply_logged`], to be taken back with
@@ -82,7 +125,16 @@ impl ClusterState {
                 Undo::Node(id, old) => restore(&mut self.nodes, id, old),
                 Undo::Service(id, old) => restore(&mut self.services, id, old.map(|b| *b)),
                 Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
-                Undo::Task(id, old) => self.put_task_raw(id, old.map(|b| *b)),
+                Undo::Task(id, old) => {
+                    self.put_task_raw(id, old.map(|b| *b));
+                }
+                Undo::TaskFields(id, mut old) => {
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        // `t` gets its old values back; `old` then holds the ones undone.
+                        old.swap(t);
+                        self.index.update(&id, &old.keys(t), &Keys::of(t));
+                    }
+                }
                 Undo::Security(old) => self.security = old.map(|b| *b),
             }
         }
@@ -115,8 +167,7 @@ impl ClusterState {
     }
 
     fn set_task(&mut self, log: &mut UndoLog, id: &Id, task: Option<Task>) {
-        let old = self.tasks.get(id).cloned().map(Box::new);
-        self.put_task_raw(id.clone(), task);
+        let old = self.put_task_raw(id.clone(), task).map(Box::new);
         log.0.push(Undo::Task(id.clone(), old));
     }
 
@@ -131,31 +182,47 @@ impl ClusterState {
         let Some(t) = self.tasks.get_mut(id) else {
             return false;
         };
-        let old = t.clone();
+        let old = TaskFields::of(t);
+        #[cfg(debug_assertions)]
+        let whole = t.clone();
         if !f(t) {
             return false;
         }
-        let (before, after) = (Keys::of(&old), Keys::of(t));
-        let id = t.id.clone();
-        self.index.update(&id, &before, &after);
-        log.0.push(Undo::Task(id, Some(Box::new(old))));
+        #[cfg(debug_assertions)]
+        {
+            let mut back = t.clone();
+            old.clone().swap(&mut back);
+            debug_assert_eq!(
+                back, whole,
+                "update_task changed a field its undo record misses"
+            );
+        }
+        self.index.update(id, &old.keys(t), &Keys::of(t));
+        log.0.push(Undo::TaskFields(t.id.clone(), Box::new(old)));
         true
     }
 
-    /// Insert, replace or remove a task, keeping the index; records nothing.
-    fn put_task_raw(&mut self, id: Id, task: Option<Task>) {
-        // Old keys out first: the new task may share them.
-        if let Some(old) = self.tasks.get(&id) {
-            self.index.remove(old);
-        }
-        match task {
-            Some(t) => {
+    /// Insert, replace or remove a task, keeping the index; records nothing and returns the
+    /// task it replaced. One lookup in the task map: at 100k tasks each one costs cache misses.
+    fn put_task_raw(&mut self, id: Id, task: Option<Task>) -> Option<Task> {
+        use imbl::ordmap::Entry;
+        match (self.tasks.entry(id), task) {
+            (Entry::Occupied(mut e), Some(t)) => {
+                self.index
+                    .update(e.key(), &Keys::of(e.get()), &Keys::of(&t));
+                Some(e.insert(t))
+            }
+            (Entry::Occupied(e), None) => {
+                let old = e.remove();
+                self.index.remove(&old);
+                Some(old)
+            }
+            (Entry::Vacant(e), Some(t)) => {
                 self.index.insert(&t);
-                self.tasks.insert(id, t);
+                e.insert(t);
+                None
             }
-            None => {
-                self.tasks.remove(&id);
-            }
+            (Entry::Vacant(_), None) => None,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod state;
 pub mod task;
 
 pub use apply::UndoLog;
+pub use index::ServiceTasks;
 pub use security::Security;
 pub use spec::*;
 pub use state::*;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::TaskIndex;
+use crate::index::{ServiceTasks, TaskIndex};
 use crate::{
     ClusterSettings, Id, Map, Millis, Security, ServiceSpec, SlotKey, StackSpec, Task, TaskState,
     TaskStatus,
@@ -485,6 +485,27 @@ impl ClusterState {
             return self.tasks_on(node_id).filter(|t| t.is_runnable()).count() as u64;
         }
         self.index.runnable_on(node_id)
+    }
+
+    /// Tasks that are terminal or have no node (pending ones included): what the reaper looks
+    /// at. Uses the index: cost proportional to those tasks, not to all tasks.
+    pub fn finished_tasks(&self) -> Box<dyn Iterator<Item = &Task> + '_> {
+        let finished = |t: &&Task| t.status.state.is_terminal() || t.node_id.is_none();
+        if !self.index_fresh() {
+            return Box::new(self.tasks.values().filter(finished));
+        }
+        Box::new(
+            self.index
+                .unassigned_or_finished()
+                .filter_map(|id| self.tasks.get(id))
+                .filter(finished),
+        )
+    }
+
+    /// Counts over the runnable (and dying) tasks of a service, from the index; `None` when the
+    /// index is stale (a test edited `tasks` directly), in which case callers read the tasks.
+    pub fn service_tasks(&self, service_id: &str) -> Option<&ServiceTasks> {
+        self.index_fresh().then(|| self.index.service(service_id))
     }
 
     /// Rebuild the task indexes from `tasks` (after deserialization or a direct edit).

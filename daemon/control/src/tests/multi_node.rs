@@ -385,3 +385,47 @@ fn reconcile_in_place_plans_the_same_and_leaves_the_state_alone() {
         rebuilt.unassigned_tasks().count()
     );
 }
+
+#[test]
+fn fewest_tasks_overall_counts_earlier_passes_and_earlier_placements_of_the_same_pass() {
+    let mut sim = Sim::new(&["n1", "n2", "n3"]);
+    let a = sim.create("a", ServiceMode::Replicated { replicas: 2 }, "bb");
+    sim.run_until("a", |s| s.converged(&a, 2));
+    let a_nodes: Vec<_> = sim
+        .running(&a)
+        .iter()
+        .filter_map(|t| t.node_id.clone())
+        .collect();
+    assert_eq!(a_nodes.len(), 2);
+    assert!(!a_nodes.contains(&"n3".to_string()), "{a_nodes:?}");
+
+    // Three services of one task each, planned in one pass (in service order b, c, d). Every
+    // node has none of their tasks, so the load decides: n3 (empty) for b; then all three nodes
+    // run one task and c goes to n1 by node id; then n1 runs two and d goes to n2.
+    for name in ["b", "c", "d"] {
+        sim.create(name, ServiceMode::Replicated { replicas: 1 }, "bb");
+    }
+    let plan = reconcile(&sim.state, sim.now, &mut SeqIds::new("p"));
+    let mut service_of = BTreeMap::new();
+    let mut placed = BTreeMap::new();
+    for c in &plan.commands {
+        match c {
+            Command::PutTasks(tasks) => {
+                for t in tasks {
+                    service_of.insert(t.id.clone(), t.service_name.clone());
+                }
+            }
+            Command::Assign { assignments, .. } => {
+                for (t, n) in assignments {
+                    placed.insert(service_of[t].clone(), n.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let expect: BTreeMap<String, String> = [("b", "n3"), ("c", "n1"), ("d", "n2")]
+        .iter()
+        .map(|(s, n)| (s.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(placed, expect);
+}
