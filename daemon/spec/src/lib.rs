@@ -24,6 +24,7 @@
 //! No file here does IO except the `load_*` functions, which only read files.
 
 mod cluster;
+pub mod compose;
 mod diag;
 pub mod placement;
 mod stack;
