@@ -284,9 +284,13 @@ enum StackCmd {
     /// Deploy a new stack or update an existing stack
     #[command(alias = "up")]
     Deploy {
-        /// Path to the stack file (TOML)
-        #[arg(short = 'c', long = "compose-file", alias = "file")]
-        file: PathBuf,
+        /// Path to the stack file: a shoal TOML stack file, or Compose files (YAML), which are
+        /// merged in order when -c is given several times
+        #[arg(short = 'c', long = "compose-file", alias = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         wait: WaitArgs,
         name: String,
@@ -320,6 +324,27 @@ enum StackCmd {
     },
     /// Check stack files without a daemon; prints every problem as file:line:col: message
     Validate {
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the shoal TOML stack file (or, with --nix, the NixOS module's attribute set) that
+    /// Compose files convert to; several files are merged in order
+    Convert {
+        /// Write to this file instead of standard output
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the attribute set for services.shoal.stacks.<name>.settings
+        #[arg(long)]
+        nix: bool,
+        /// The stack name (default: the first file's name without its extension)
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -875,16 +900,28 @@ fn default_name(image: &str) -> String {
 }
 
 async fn stack(cmd: StackCmd) -> Result<()> {
-    // Validation needs no daemon.
-    if let StackCmd::Validate { files } = &cmd {
-        return validate(files);
+    // Validation and conversion need no daemon.
+    match &cmd {
+        StackCmd::Validate { files, strict } => return validate(files, *strict),
+        StackCmd::Convert {
+            output,
+            nix,
+            name,
+            strict,
+            files,
+        } => return convert(files, name.as_deref(), output.as_deref(), *nix, *strict),
+        _ => {}
     }
     let c = connect().await?;
     match cmd {
-        StackCmd::Validate { files } => validate(&files)?,
-        StackCmd::Deploy { file, wait, name } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("failed to read stack file {}", file.display()))?;
+        StackCmd::Validate { .. } | StackCmd::Convert { .. } => {}
+        StackCmd::Deploy {
+            files,
+            strict,
+            wait,
+            name,
+        } => {
+            let text = stack_text(&files, &name, strict)?;
             let report = c.deploy_stack(&name, &text).await?;
             for s in &report.removed {
                 println!("Removing service {s}");
@@ -958,11 +995,91 @@ async fn stack(cmd: StackCmd) -> Result<()> {
     Ok(())
 }
 
+/// The stack file text to send for `stack deploy -c FILE...`: a TOML stack file as it is, or
+/// Compose files converted (and validated here, so that problems name the YAML file's lines).
+fn stack_text(files: &[PathBuf], name: &str, strict: bool) -> Result<String> {
+    let mut texts = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("failed to read stack file {}", f.display()))?;
+        texts.push(text);
+    }
+    let compose = files
+        .iter()
+        .zip(&texts)
+        .any(|(f, t)| spec::compose::looks_like_compose(f, t));
+    if !compose {
+        if files.len() > 1 {
+            bail!(
+                "several -c files are merged only for Compose files; a shoal stack is one TOML file"
+            );
+        }
+        return Ok(texts.remove(0));
+    }
+    Ok(load_compose(name, files, strict)?.toml)
+}
+
+/// Converts Compose files, printing warnings as docker stack deploy does (plus each place).
+fn load_compose(name: &str, files: &[PathBuf], strict: bool) -> Result<spec::compose::Converted> {
+    match spec::compose::load(name, files, strict) {
+        Ok(c) => {
+            print_warnings(&c.warnings);
+            Ok(c)
+        }
+        Err(r) => {
+            print_warnings(&r.warnings);
+            eprintln!("{}", r.errors);
+            bail!(
+                "{} problem{} in {}",
+                r.errors.len(),
+                if r.errors.len() == 1 { "" } else { "s" },
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    }
+}
+
+fn print_warnings(warnings: &[spec::Diagnostic]) {
+    let ignored = spec::compose::ignored_names(warnings);
+    if !ignored.is_empty() {
+        eprintln!("Ignoring unsupported options: {}", ignored.join(", "));
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// `stack convert`: Compose files to a TOML stack file or a NixOS attribute set.
+fn convert(
+    files: &[PathBuf],
+    name: Option<&str>,
+    output: Option<&Path>,
+    nix: bool,
+    strict: bool,
+) -> Result<()> {
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => spec::compose::default_stack_name(&files[0]),
+    };
+    let converted = load_compose(&name, files, strict)?;
+    let text = if nix { converted.nix } else { converted.toml };
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("failed to write {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 /// `stack validate`: parse every file with the `spec` crate, report every problem.
-fn validate(files: &[PathBuf]) -> Result<()> {
+fn validate(files: &[PathBuf], strict: bool) -> Result<()> {
     let mut bad = 0;
     for f in files {
-        match validate_file(f) {
+        match validate_file(f, strict) {
             Ok(n) => println!("{}: ok ({n} services)", f.display()),
             Err(e) => {
                 eprintln!("{e}");
@@ -976,10 +1093,24 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Parse one stack file; the error text has one `file:line:col: message` per line.
-fn validate_file(path: &Path) -> std::result::Result<usize, String> {
+/// Parse one stack file; the error text has one `file:line:col: message` per line. A Compose
+/// file is converted under the name `convert` would give it, and its warnings are printed.
+fn validate_file(path: &Path, strict: bool) -> std::result::Result<usize, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: failed to read stack file: {e}", path.display()))?;
+    if spec::compose::looks_like_compose(path, &text) {
+        let name = spec::compose::default_stack_name(path);
+        return match spec::compose::load(&name, &[path.to_path_buf()], strict) {
+            Ok(c) => {
+                print_warnings(&c.warnings);
+                Ok(c.spec.services.len())
+            }
+            Err(r) => {
+                print_warnings(&r.warnings);
+                Err(r.errors.to_string())
+            }
+        };
+    }
     spec::parse_stack(path, &text)
         .map(|s| s.services.len())
         .map_err(|e| e.to_string())

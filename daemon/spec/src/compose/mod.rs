@@ -501,4 +501,3 @@ pub fn default_stack_name(path: &Path) -> String {
         .unwrap_or("stack")
         .to_string()
 }
-
