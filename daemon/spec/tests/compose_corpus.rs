@@ -137,3 +137,49 @@ fn every_compose_example_gives_its_expected_output() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn the_compose_example_gives_the_services_of_the_toml_example() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let path = configs.join("compose/shop.yml");
+    let files = [ComposeFile {
+        path: path.clone(),
+        text: std::fs::read_to_string(&path).unwrap(),
+    }];
+    let read = |p: &Path| std::fs::read_to_string(p);
+    let opts = Options {
+        vars: Variables::default(),
+        base_dir: configs.join("compose"),
+        read: &read,
+        strict: false,
+    };
+    let converted = compose::convert("shop", &files, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let toml = spec::load_stack_file(&configs.join("stacks/shop.toml")).unwrap();
+    assert_eq!(converted.spec, toml.spec);
+    assert_eq!(converted.ignored_keys(), ["build"]);
+    // --strict refuses what docker stack deploy would ignore, with its place.
+    let strict = Options {
+        strict: true,
+        ..opts
+    };
+    let err = compose::convert("shop", &files, &strict).unwrap_err();
+    assert_eq!(err.errors.len(), 1, "{err}");
+    let d = &err.errors.0[0];
+    assert_eq!((d.line, d.column), (45, 5), "{d}");
+    assert!(d.message.contains("\"build\" in services.api"), "{d}");
+}
+
+#[test]
+fn compose_files_are_told_from_stack_files_by_extension_or_content() {
+    let yaml = "services:\n  web:\n    image: web:1\n";
+    let toml = "[services.web]\nimage = \"web:1\"\n";
+    assert!(compose::looks_like_compose(
+        Path::new("docker-stack.yml"),
+        ""
+    ));
+    assert!(compose::looks_like_compose(Path::new("compose.yaml"), ""));
+    assert!(!compose::looks_like_compose(Path::new("shop.toml"), yaml));
+    assert!(compose::looks_like_compose(Path::new("stack"), yaml));
+    assert!(!compose::looks_like_compose(Path::new("stack"), toml));
+    assert!(!compose::looks_like_compose(Path::new("/dev/stdin"), toml));
+}

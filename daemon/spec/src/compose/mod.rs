@@ -17,6 +17,7 @@ mod emit;
 mod interp;
 mod map;
 mod merge;
+mod values;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -155,7 +156,7 @@ pub fn convert(
             Vec::new(),
         ));
     };
-    let mut mapper = map::Mapper::new(&opts.vars, &opts.base_dir, opts.read);
+    let mut mapper = map::Mapper::new(name, &opts.vars, &opts.base_dir, opts.read);
     let out = mapper.document(&doc);
     errors.append(&mut mapper.errors);
     warnings.append(&mut mapper.warnings);
