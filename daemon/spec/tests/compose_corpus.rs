@@ -6,7 +6,8 @@
 //! folder for `env_file`s.
 //!
 //! Every converted stack is also written to a TOML file and loaded back with the stack loader:
-//! the services must be the same as the ones the Compose file gave.
+//! the services must be the same as the ones the Compose file gave. The `.out` file of a case that
+//! converts holds the TOML and the Nix attribute set (`stack convert --nix`).
 //!
 //! `UPDATE_EXPECT=1 cargo test -p spec --test compose_corpus` rewrites the `.out` files; read
 //! the diff before committing it.
@@ -60,6 +61,8 @@ fn render(name: &str, files: &[ComposeFile], strict: bool) -> (String, Option<co
             }
             out.push_str("--- toml\n");
             out.push_str(&c.toml);
+            out.push_str("--- nix\n");
+            out.push_str(&c.nix);
             (out, Some(c))
         }
         Err(r) => {

@@ -36,16 +36,28 @@ fn toml_key(k: &str) -> String {
 }
 
 fn toml_string(s: &str) -> String {
+    quoted(s, false)
+}
+
+fn nix_string(s: &str) -> String {
+    quoted(s, true)
+}
+
+/// A double-quoted string: TOML escapes other control characters as `\uXXXX`; Nix takes them
+/// as they are, but needs `${` escaped.
+fn quoted(s: &str, nix: bool) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            '$' if nix && chars.peek() == Some(&'{') => out.push_str("\\$"),
+            c if !nix && c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -79,31 +91,22 @@ impl Toml {
             OutKind::Int(i) => self.text.push_str(&i.to_string()),
             OutKind::Float(x) => self.text.push_str(&float_text(*x)),
             OutKind::Bool(b) => self.text.push_str(if *b { "true" } else { "false" }),
-            OutKind::Array(items) => {
-                self.text.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        self.text.push_str(", ");
-                    }
-                    self.inline(item);
-                }
-                self.text.push(']');
-            }
-            OutKind::Table(entries) => {
-                if entries.is_empty() {
-                    self.text.push_str("{}");
-                    return;
-                }
-                self.text.push_str("{ ");
-                for (i, e) in entries.iter().enumerate() {
-                    if i > 0 {
-                        self.text.push_str(", ");
-                    }
-                    self.key_value(e);
-                }
-                self.text.push_str(" }");
-            }
+            OutKind::Array(items) => self.separated("[", "]", items, Toml::inline),
+            OutKind::Table(entries) if entries.is_empty() => self.text.push_str("{}"),
+            OutKind::Table(entries) => self.separated("{ ", " }", entries, Toml::key_value),
         }
+    }
+
+    /// `open item, item, ... close`.
+    fn separated<T>(&mut self, open: &str, close: &str, items: &[T], write: fn(&mut Self, &T)) {
+        self.text.push_str(open);
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                self.text.push_str(", ");
+            }
+            write(self, item);
+        }
+        self.text.push_str(close);
     }
 
     fn key_value(&mut self, e: &OutEntry) {
@@ -173,25 +176,6 @@ pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
     (t.text, SourceMap { marks })
 }
 
-fn nix_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '$' if chars.peek() == Some(&'{') => out.push_str("\\$"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn nix_key(k: &str) -> String {
     let ident = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && k.chars()
@@ -208,44 +192,46 @@ fn nix_key(k: &str) -> String {
 }
 
 fn nix_value(v: &Out, indent: usize, out: &mut String) {
-    let pad = "  ".repeat(indent + 1);
     match &v.kind {
         OutKind::Str(s) => out.push_str(&nix_string(s)),
         OutKind::Int(i) if *i < 0 => out.push_str(&format!("({i})")),
         OutKind::Int(i) => out.push_str(&i.to_string()),
         OutKind::Float(x) => out.push_str(&float_text(*x)),
         OutKind::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        OutKind::Array(items) => {
-            if items.is_empty() {
-                out.push_str("[ ]");
-                return;
-            }
-            out.push_str("[\n");
-            for item in items {
-                out.push_str(&pad);
-                nix_value(item, indent + 1, out);
-                out.push('\n');
-            }
-            out.push_str(&"  ".repeat(indent));
-            out.push(']');
-        }
-        OutKind::Table(entries) => {
-            if entries.is_empty() {
-                out.push_str("{ }");
-                return;
-            }
-            out.push_str("{\n");
-            for e in entries {
-                out.push_str(&pad);
-                out.push_str(&nix_key(&e.key));
-                out.push_str(" = ");
-                nix_value(&e.value, indent + 1, out);
-                out.push_str(";\n");
-            }
-            out.push_str(&"  ".repeat(indent));
-            out.push('}');
-        }
+        OutKind::Array(items) => nix_block(out, indent, ('[', ']'), items, |item, out| {
+            nix_value(item, indent + 1, out);
+        }),
+        OutKind::Table(entries) => nix_block(out, indent, ('{', '}'), entries, |e, out| {
+            out.push_str(&nix_key(&e.key));
+            out.push_str(" = ");
+            nix_value(&e.value, indent + 1, out);
+            out.push(';');
+        }),
     }
+}
+
+/// A list or an attribute set, one item a line.
+fn nix_block<T>(
+    out: &mut String,
+    indent: usize,
+    (open, close): (char, char),
+    items: &[T],
+    item: impl Fn(&T, &mut String),
+) {
+    out.push(open);
+    if items.is_empty() {
+        out.push(' ');
+        out.push(close);
+        return;
+    }
+    out.push('\n');
+    for i in items {
+        out.push_str(&"  ".repeat(indent + 1));
+        item(i, out);
+        out.push('\n');
+    }
+    out.push_str(&"  ".repeat(indent));
+    out.push(close);
 }
 
 /// The document as a Nix attribute set, for `services.shoal.stacks.NAME.settings`.

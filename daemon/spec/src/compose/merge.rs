@@ -197,6 +197,11 @@ mod tests {
         d
     }
 
+    fn scalars<'n>(node: &'n Node, key: &str) -> Vec<&'n str> {
+        let items = node.get(key).unwrap().seq().unwrap();
+        items.iter().map(|n| n.scalar().unwrap()).collect()
+    }
+
     #[test]
     fn later_files_override_append_and_replace_by_key() {
         let mut a = doc(
@@ -214,14 +219,7 @@ mod tests {
             web.get("image").unwrap().pos.file.as_ref(),
             Path::new("b.yml")
         );
-        let cmd: Vec<_> = web
-            .get("command")
-            .unwrap()
-            .seq()
-            .unwrap()
-            .iter()
-            .map(|n| n.scalar().unwrap())
-            .collect();
+        let cmd = scalars(web, "command");
         assert_eq!(cmd, ["c"]);
         let env = web.get("environment").unwrap();
         assert_eq!(env.get("A").unwrap().scalar(), Some("1"));
@@ -229,14 +227,7 @@ mod tests {
         let ports = web.get("ports").unwrap().seq().unwrap();
         assert_eq!(ports.len(), 2, "{ports:?}");
         assert!(ports[0].map().is_some(), "80:80 replaced by the long form");
-        let vols: Vec<_> = web
-            .get("volumes")
-            .unwrap()
-            .seq()
-            .unwrap()
-            .iter()
-            .map(|n| n.scalar().unwrap())
-            .collect();
+        let vols = scalars(web, "volumes");
         assert_eq!(vols, ["other:/data", "/etc:/host:ro"]);
         assert_eq!(web.get("dns").unwrap().seq().unwrap().len(), 2);
         assert!(a.get("services").unwrap().get("db").is_some());
