@@ -185,8 +185,9 @@ pub(crate) struct Mapper<'a> {
     pub base_dir: &'a Path,
     pub read: ReadFile<'a>,
     pub errors: Vec<(Pos, String)>,
-    /// Keys `docker stack deploy` ignores: (place of the key, message).
-    pub ignored: Vec<(Pos, String)>,
+    /// Keys `docker stack deploy` ignores: (place of the key, the key and where it is, e.g.
+    /// `"build" in services.web`, why it is ignored).
+    pub ignored: Vec<(Pos, String, &'static str)>,
     /// Other things worth a word that do not stop the conversion.
     pub warnings: Vec<(Pos, String)>,
     /// (stack document path, Compose path) prefixes, to name Compose keys in the validator's
@@ -261,7 +262,8 @@ impl<'a> Mapper<'a> {
                 "version" => {} // obsolete; accepted and ignored, as Compose does
                 "name" => self.ignored.push((
                     e.key_pos.clone(),
-                    "\"name\" is ignored: the stack is named on the command line".to_string(),
+                    "\"name\" in the Compose file".to_string(),
+                    "the stack is named on the command line",
                 )),
                 "services" | "volumes" => {}
                 "networks" => self.not_yet(
@@ -456,7 +458,8 @@ impl<'a> Mapper<'a> {
             if SERVICE_IGNORED.contains(&key) {
                 self.ignored.push((
                     e.key_pos.clone(),
-                    format!("\"{key}\" in {place} is ignored, as docker stack deploy ignores it"),
+                    format!("\"{key}\" in {place}"),
+                    "docker stack deploy ignores it",
                 ));
                 continue;
             }

@@ -59,12 +59,13 @@ impl Converted {
     }
 }
 
-/// The warnings that name ignored keys (`"build" in services.web is ignored, ...`): their keys,
+/// The warnings that name ignored keys (`"build" in services.web is ignored: ...`): their keys,
 /// each once, in order of appearance.
 pub fn ignored_names(warnings: &[Diagnostic]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for w in warnings {
-        if w.message.contains(" is ignored")
+        if w.message.starts_with('"')
+            && w.message.contains(" is ignored: ")
             && let Some(name) = w.message.split('"').nth(1)
             && !out.iter().any(|n| n == name)
         {
@@ -160,20 +161,12 @@ pub fn convert(
     let out = mapper.document(&doc);
     errors.append(&mut mapper.errors);
     warnings.append(&mut mapper.warnings);
-    let ignored = std::mem::take(&mut mapper.ignored);
-    if opts.strict {
-        errors.extend(ignored.into_iter().map(|(p, m)| {
-            (
-                p,
-                m.replace(
-                    " is ignored, as docker stack deploy ignores it",
-                    " is not supported (--strict)",
-                )
-                .replace("\" is ignored: ", "\" is not supported (--strict): "),
-            )
-        }));
-    } else {
-        warnings.extend(ignored);
+    for (pos, what, why) in std::mem::take(&mut mapper.ignored) {
+        if opts.strict {
+            errors.push((pos, format!("{what} is refused with --strict ({why})")));
+        } else {
+            warnings.push((pos, format!("{what} is ignored: {why}")));
+        }
     }
     let sources: Vec<String> = files.iter().map(|f| f.path.display().to_string()).collect();
     let header = format!(
