@@ -186,3 +186,24 @@ fn compose_files_are_told_from_stack_files_by_extension_or_content() {
     assert!(!compose::looks_like_compose(Path::new("stack"), toml));
     assert!(!compose::looks_like_compose(Path::new("/dev/stdin"), toml));
 }
+
+/// Bad input never panics: every prefix of every corpus file (cut at every third character)
+/// converts or fails with diagnostics that have a place.
+#[test]
+fn truncated_compose_files_never_panic() {
+    let mut runs = 0;
+    for (_, paths) in cases() {
+        let text = std::fs::read_to_string(&paths[0]).unwrap();
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(3).collect();
+        for cut in cuts {
+            let files = [ComposeFile {
+                path: PathBuf::from("cut.yml"),
+                text: text[..cut].to_string(),
+            }];
+            let (out, _) = render("shop", &files, false);
+            assert!(!out.is_empty());
+            runs += 1;
+        }
+    }
+    assert!(runs > 1000, "{runs} runs");
+}
