@@ -39,6 +39,12 @@ fn toml_string(s: &str) -> String {
     quoted(s, false)
 }
 
+/// An array worth one item a line: several items, one of them a table, or many.
+fn long_array(items: &[Out]) -> bool {
+    items.len() > 1
+        && (items.len() > 3 || items.iter().any(|i| matches!(i.kind, OutKind::Table(_))))
+}
+
 fn nix_string(s: &str) -> String {
     quoted(s, true)
 }
@@ -152,8 +158,24 @@ pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
                         && !e.key.ends_with("labels")
                 });
                 for e in flat {
-                    t.key_value(e);
-                    t.text.push('\n');
+                    match &e.value.kind {
+                        OutKind::Array(items) if long_array(items) => {
+                            // One item a line, as a person writes a list of mounts.
+                            t.mark(&e.key_pos);
+                            t.text.push_str(&toml_key(&e.key));
+                            t.text.push_str(" = [\n");
+                            for item in items {
+                                t.text.push_str("  ");
+                                t.inline(item);
+                                t.text.push_str(",\n");
+                            }
+                            t.text.push_str("]\n");
+                        }
+                        _ => {
+                            t.key_value(e);
+                            t.text.push('\n');
+                        }
+                    }
                 }
                 for e in sub {
                     t.mark(&e.key_pos);
