@@ -6,6 +6,7 @@
 
 mod flags;
 mod render;
+mod stackfile;
 mod wait;
 
 use std::io::{IsTerminal, Read, Write};
@@ -909,7 +910,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
             name,
             strict,
             files,
-        } => return convert(files, name.as_deref(), output.as_deref(), *nix, *strict),
+        } => return stackfile::convert(files, name.as_deref(), output.as_deref(), *nix, *strict),
         _ => {}
     }
     let c = connect().await?;
@@ -921,7 +922,7 @@ async fn stack(cmd: StackCmd) -> Result<()> {
             wait,
             name,
         } => {
-            let text = stack_text(&files, &name, strict)?;
+            let text = stackfile::stack_text(&files, &name, strict)?;
             let report = c.deploy_stack(&name, &text).await?;
             for s in &report.removed {
                 println!("Removing service {s}");
@@ -995,86 +996,6 @@ async fn stack(cmd: StackCmd) -> Result<()> {
     Ok(())
 }
 
-/// The stack file text to send for `stack deploy -c FILE...`: a TOML stack file as it is, or
-/// Compose files converted (and validated here, so that problems name the YAML file's lines).
-fn stack_text(files: &[PathBuf], name: &str, strict: bool) -> Result<String> {
-    let mut texts = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("failed to read stack file {}", f.display()))?;
-        texts.push(text);
-    }
-    let compose = files
-        .iter()
-        .zip(&texts)
-        .any(|(f, t)| spec::compose::looks_like_compose(f, t));
-    if !compose {
-        if files.len() > 1 {
-            bail!(
-                "several -c files are merged only for Compose files; a shoal stack is one TOML file"
-            );
-        }
-        return Ok(texts.remove(0));
-    }
-    Ok(load_compose(name, files, strict)?.toml)
-}
-
-/// Converts Compose files, printing warnings as docker stack deploy does (plus each place).
-fn load_compose(name: &str, files: &[PathBuf], strict: bool) -> Result<spec::compose::Converted> {
-    match spec::compose::load(name, files, strict) {
-        Ok(c) => {
-            print_warnings(&c.warnings);
-            Ok(c)
-        }
-        Err(r) => {
-            print_warnings(&r.warnings);
-            eprintln!("{}", r.errors);
-            bail!(
-                "{} problem{} in {}",
-                r.errors.len(),
-                if r.errors.len() == 1 { "" } else { "s" },
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    }
-}
-
-fn print_warnings(warnings: &[spec::Diagnostic]) {
-    let ignored = spec::compose::ignored_names(warnings);
-    if !ignored.is_empty() {
-        eprintln!("Ignoring unsupported options: {}", ignored.join(", "));
-    }
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-}
-
-/// `stack convert`: Compose files to a TOML stack file or a NixOS attribute set.
-fn convert(
-    files: &[PathBuf],
-    name: Option<&str>,
-    output: Option<&Path>,
-    nix: bool,
-    strict: bool,
-) -> Result<()> {
-    let name = match name {
-        Some(n) => n.to_string(),
-        None => spec::compose::default_stack_name(&files[0]),
-    };
-    let converted = load_compose(&name, files, strict)?;
-    let text = if nix { converted.nix } else { converted.toml };
-    match output {
-        Some(path) => std::fs::write(path, text)
-            .with_context(|| format!("failed to write {}", path.display()))?,
-        None => print!("{text}"),
-    }
-    Ok(())
-}
-
 /// `stack validate`: parse every file with the `spec` crate, report every problem.
 fn validate(files: &[PathBuf], strict: bool) -> Result<()> {
     let mut bad = 0;
@@ -1102,11 +1023,11 @@ fn validate_file(path: &Path, strict: bool) -> std::result::Result<usize, String
         let name = spec::compose::default_stack_name(path);
         return match spec::compose::load(&name, &[path.to_path_buf()], strict) {
             Ok(c) => {
-                print_warnings(&c.warnings);
+                stackfile::print_warnings(&c.warnings);
                 Ok(c.spec.services.len())
             }
             Err(r) => {
-                print_warnings(&r.warnings);
+                stackfile::print_warnings(&r.warnings);
                 Err(r.errors.to_string())
             }
         };
