@@ -1021,7 +1021,11 @@ fn validate_file(path: &Path, strict: bool) -> std::result::Result<usize, String
         .map_err(|e| format!("{}: failed to read stack file: {e}", path.display()))?;
     if spec::compose::looks_like_compose(path, &text) {
         let name = spec::compose::default_stack_name(path);
-        return match spec::compose::load(&name, &[path.to_path_buf()], strict) {
+        let file = spec::compose::ComposeFile {
+            path: path.to_path_buf(),
+            text,
+        };
+        return match spec::compose::load(&name, &[file], strict) {
             Ok(c) => {
                 stackfile::print_warnings(&c.warnings);
                 Ok(c.spec.services.len())

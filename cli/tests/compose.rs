@@ -120,3 +120,31 @@ fn a_bad_compose_file_fails_with_every_problem_and_its_place() {
         assert!(err.contains(want), "{want} in:\n{err}");
     }
 }
+
+#[test]
+fn convert_reads_a_compose_file_from_standard_input() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["stack", "convert", "--name", "shop", "-"])
+        .current_dir(dir.path())
+        .env("TAG", "1.27")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"services:\n  web:\n    image: nginx:${TAG}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    assert!(
+        toml.contains("[services.web]\nimage = \"nginx:1.27\"\n"),
+        "{toml}"
+    );
+}

@@ -411,31 +411,19 @@ fn fix_line_refs(msg: &str, at: &Pos, lines: &LineIndex<'_>, map: &emit::SourceM
     format!("{} ({place}){}", &msg[..i], &tail[end + 1..])
 }
 
-/// Reads Compose files and converts them: variables from the process environment and from a
+/// Converts Compose files already read: variables from the process environment and from a
 /// `.env` file beside the first file (the environment wins), relative paths from the first
-/// file's folder.
-pub fn load(name: &str, paths: &[PathBuf], strict: bool) -> Result<Converted, Rejected> {
+/// file's folder (the current folder for standard input, `-`).
+pub fn load(name: &str, files: &[ComposeFile], strict: bool) -> Result<Converted, Rejected> {
     let reject = |d: Diagnostic| Rejected {
         errors: Errors(vec![d]),
         warnings: Vec::new(),
     };
-    let mut files = Vec::new();
-    for p in paths {
-        let text = std::fs::read_to_string(p).map_err(|e| {
-            reject(Diagnostic::whole_file(
-                p,
-                format!("failed to read Compose file: {e}"),
-            ))
-        })?;
-        files.push(ComposeFile {
-            path: p.clone(),
-            text,
-        });
-    }
-    let first = paths
+    let first = files
         .first()
-        .map(PathBuf::as_path)
-        .unwrap_or(Path::new("."));
+        .map(|f| f.path.as_path())
+        .filter(|p| *p != Path::new("-"))
+        .unwrap_or(Path::new("./-"));
     let dir = first
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -476,7 +464,7 @@ pub fn load(name: &str, paths: &[PathBuf], strict: bool) -> Result<Converted, Re
     let read = |p: &Path| std::fs::read_to_string(p);
     convert(
         name,
-        &files,
+        files,
         &Options {
             vars,
             base_dir,
