@@ -99,6 +99,18 @@ let
   # `settings` or `source`, checked with the daemon's own validator unless the
   # stack opts out. The stack name is the file stem, so the validator sees the
   # file under its real name and reports `<name>.toml:line:col`.
+  #
+  # A Compose `source` (a name ending in .yml or .yaml) is converted to the stack
+  # file when the system is built, by `shoal stack convert`, which validates it
+  # too (so it is converted even with `validate = false`): the daemon only reads
+  # TOML. Variables are interpolated from the build's environment, which holds
+  # none of yours, so give them defaults (`${TAG:-1.27}`) or write the values;
+  # and write host paths of bind mounts as absolute paths.
+  isCompose =
+    source:
+    source != null
+    && (lib.hasSuffix ".yml" (toString source) || lib.hasSuffix ".yaml" (toString source));
+
   stackFile =
     name: stack:
     let
@@ -109,7 +121,16 @@ let
         else
           settingsFormat.generate "shoal-stack-${name}.toml" stack.settings;
     in
-    if stack.validate then
+    if isCompose stack.source then
+      pkgs.runCommand "shoal-stack-${name}.toml"
+        {
+          nativeBuildInputs = [ cfg.package ];
+          preferLocalBuild = true;
+        }
+        ''
+          shoal stack convert --name ${lib.escapeShellArg name} ${raw} -o "$out"
+        ''
+    else if stack.validate then
       pkgs.runCommand "shoal-stack-${name}.toml"
         {
           nativeBuildInputs = [ cfg.package ];
@@ -178,8 +199,12 @@ let
           default = null;
           example = literalExpression "./stacks/shop.toml";
           description = ''
-            A hand-written stack file (TOML, or a Compose file that
-            `shoal stack validate` accepts) to use instead of `settings`. It
+            A hand-written stack file to use instead of `settings`: shoal's
+            TOML, or a Compose file (a name ending in `.yml` or `.yaml`), which
+            is converted to TOML with `shoal stack convert` when the system is
+            built (variables come from the build, which has none of yours:
+            give them defaults; write bind-mount host paths as absolute
+            paths). It
             must be a Nix path such as `./stacks/shop.toml` (or a package or
             store path), which Nix copies into the store: a string such as
             `"/srv/shop.toml"` is refused, because the build cannot read it

@@ -6,6 +6,7 @@
 
 mod flags;
 mod render;
+mod stackfile;
 mod wait;
 
 use std::io::{IsTerminal, Read, Write};
@@ -284,9 +285,13 @@ enum StackCmd {
     /// Deploy a new stack or update an existing stack
     #[command(alias = "up")]
     Deploy {
-        /// Path to the stack file (TOML)
-        #[arg(short = 'c', long = "compose-file", alias = "file")]
-        file: PathBuf,
+        /// Path to the stack file: a shoal TOML stack file, or Compose files (YAML), which are
+        /// merged in order when -c is given several times
+        #[arg(short = 'c', long = "compose-file", alias = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
         #[command(flatten)]
         wait: WaitArgs,
         name: String,
@@ -320,6 +325,27 @@ enum StackCmd {
     },
     /// Check stack files without a daemon; prints every problem as file:line:col: message
     Validate {
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the shoal TOML stack file (or, with --nix, the NixOS module's attribute set) that
+    /// Compose files convert to; several files are merged in order
+    Convert {
+        /// Write to this file instead of standard output
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Print the attribute set for services.shoal.stacks.<name>.settings
+        #[arg(long)]
+        nix: bool,
+        /// The stack name (default: the first file's name without its extension)
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the Compose keys that docker stack deploy ignores, instead of warning
+        #[arg(long)]
+        strict: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -875,16 +901,28 @@ fn default_name(image: &str) -> String {
 }
 
 async fn stack(cmd: StackCmd) -> Result<()> {
-    // Validation needs no daemon.
-    if let StackCmd::Validate { files } = &cmd {
-        return validate(files);
+    // Validation and conversion need no daemon.
+    match &cmd {
+        StackCmd::Validate { files, strict } => return validate(files, *strict),
+        StackCmd::Convert {
+            output,
+            nix,
+            name,
+            strict,
+            files,
+        } => return stackfile::convert(files, name.as_deref(), output.as_deref(), *nix, *strict),
+        _ => {}
     }
     let c = connect().await?;
     match cmd {
-        StackCmd::Validate { files } => validate(&files)?,
-        StackCmd::Deploy { file, wait, name } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("failed to read stack file {}", file.display()))?;
+        StackCmd::Validate { .. } | StackCmd::Convert { .. } => {}
+        StackCmd::Deploy {
+            files,
+            strict,
+            wait,
+            name,
+        } => {
+            let text = stackfile::stack_text(&files, &name, strict)?;
             let report = c.deploy_stack(&name, &text).await?;
             for s in &report.removed {
                 println!("Removing service {s}");
@@ -959,10 +997,10 @@ async fn stack(cmd: StackCmd) -> Result<()> {
 }
 
 /// `stack validate`: parse every file with the `spec` crate, report every problem.
-fn validate(files: &[PathBuf]) -> Result<()> {
+fn validate(files: &[PathBuf], strict: bool) -> Result<()> {
     let mut bad = 0;
     for f in files {
-        match validate_file(f) {
+        match validate_file(f, strict) {
             Ok(n) => println!("{}: ok ({n} services)", f.display()),
             Err(e) => {
                 eprintln!("{e}");
@@ -976,10 +1014,28 @@ fn validate(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// Parse one stack file; the error text has one `file:line:col: message` per line.
-fn validate_file(path: &Path) -> std::result::Result<usize, String> {
+/// Parse one stack file; the error text has one `file:line:col: message` per line. A Compose
+/// file is converted under the name `convert` would give it, and its warnings are printed.
+fn validate_file(path: &Path, strict: bool) -> std::result::Result<usize, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: failed to read stack file: {e}", path.display()))?;
+    if spec::compose::looks_like_compose(path, &text) {
+        let name = spec::compose::default_stack_name(path);
+        let file = spec::compose::ComposeFile {
+            path: path.to_path_buf(),
+            text,
+        };
+        return match spec::compose::load(&name, &[file], strict) {
+            Ok(c) => {
+                stackfile::print_warnings(&c.warnings);
+                Ok(c.spec.services.len())
+            }
+            Err(r) => {
+                stackfile::print_warnings(&r.warnings);
+                Err(r.errors.to_string())
+            }
+        };
+    }
     spec::parse_stack(path, &text)
         .map(|s| s.services.len())
         .map_err(|e| e.to_string())

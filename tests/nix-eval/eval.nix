@@ -311,6 +311,13 @@ let
       };
     };
 
+    composeSource = evalConfig {
+      services.shoal = {
+        enable = true;
+        stacks.shop.source = ./fixtures/shop.yml;
+      };
+    };
+
     stackSourceAndSettings = evalConfig {
       services.shoal = {
         enable = true;
@@ -764,6 +771,15 @@ let
       && hasInfix "-db.toml ${lib.escapeShellArg "stacks/db.toml"}\n" (src.buildCommand or "")
       && hasInfix "shoal stack validate ${lib.escapeShellArg "stacks/db.toml"}\n" (src.buildCommand or "")
     ) (show (etcSource configs.stacks "shoal/stacks/db.toml")))
+    (check "stacks: a Compose source is converted (and so validated) by shoal stack convert into the stack file" (
+      let
+        src = etcSource configs.composeSource "shoal/stacks/shop.toml";
+      in
+      hasInfix "shoal stack convert --name ${lib.escapeShellArg "shop"} ${builtins.storeDir}/" (src.buildCommand or "")
+      && hasInfix "-shop.yml -o \"$out\"" (src.buildCommand or "")
+      && outPaths (src.env.nativeBuildInputs or [ ]) == [ (toString pkgs.shoal) ]
+      && src.name == "shoal-stack-shop.toml"
+    ) (show (etcSource configs.composeSource "shoal/stacks/shop.toml")))
     (onlyAssertion "stacks: a source given as a plain string is refused" configs.stringSource "services.shoal.stacks.db.source must be a Nix path")
     (noAssertions "stacks: a source in the store (a string) is accepted" configs.storePathSource)
     (noAssertions "stacks: a source that is a package (writeText) is accepted" configs.packageSource)

@@ -15,6 +15,11 @@
 //! close), keys of the contract that are not supported yet, wrong types and invalid values. Each
 //! [`Diagnostic`] renders as `file:line:column: message`; [`Errors`] holds them all.
 //!
+//! [`compose`] reads Compose files (`docker-stack.yml`): it maps them onto a stack file and
+//! checks that with the same stack validator, reporting every problem at its place in the YAML.
+//! The daemon never reads them: the CLI converts them before deploying, the NixOS module when
+//! the system is built, and a Compose file in the stacks directory is an error.
+//!
 //! [`placement`] is the one validator of placement constraints, spread preferences and replica
 //! bounds, for stack files, CLI flags and D-Bus alike.
 //!
@@ -24,6 +29,7 @@
 //! No file here does IO except the `load_*` functions, which only read files.
 
 mod cluster;
+pub mod compose;
 mod diag;
 pub mod placement;
 mod stack;

@@ -290,7 +290,8 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
 }
 
 /// Loads every `*.toml` file of `dir`, sorted by file name, and reports the problems of all
-/// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped.
+/// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped;
+/// a Compose file (`*.yml`, `*.yaml`) is an error that says how to convert it.
 /// A missing directory holds no stacks.
 pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
     let entries = match std::fs::read_dir(dir) {
@@ -310,8 +311,15 @@ pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
             Ok(entry) => {
                 let path = entry.path();
                 let hidden = entry.file_name().to_string_lossy().starts_with('.');
-                if !hidden && path.extension().is_some_and(|e| e == "toml") && !path.is_dir() {
+                let ext = path.extension().and_then(|e| e.to_str());
+                if !hidden && ext == Some("toml") && !path.is_dir() {
                     paths.push(path);
+                } else if !hidden && matches!(ext, Some("yml" | "yaml")) && !path.is_dir() {
+                    // A Compose file here would otherwise be skipped without a word.
+                    errors.push(Diagnostic::whole_file(
+                        &path,
+                        "Compose files are not read from the stacks directory; convert it with `shoal stack convert FILE --name NAME -o NAME.toml`, or deploy it with `shoal stack deploy -c FILE NAME`",
+                    ));
                 }
             }
             Err(e) => errors.push(Diagnostic::whole_file(

@@ -841,6 +841,21 @@ fn hidden_and_non_toml_files_are_skipped() {
 }
 
 #[test]
+fn a_compose_file_in_the_stacks_directory_is_an_error_that_says_how_to_convert_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.toml"), "[services.w]\nimage = \"a\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("docker-stack.yml"),
+        "services:\n  w:\n    image: a\n",
+    )
+    .unwrap();
+    let e = load_stacks_dir(dir.path()).unwrap_err();
+    assert_eq!(e.len(), 1, "{e}");
+    assert_eq!(e.0[0].file, dir.path().join("docker-stack.yml"));
+    assert!(e.0[0].message.contains("shoal stack convert"), "{e}");
+}
+
+#[test]
 fn invalid_explicit_stack_name() {
     let e = parse_stack_named(
         Path::new("f.toml"),
