@@ -226,56 +226,6 @@ fn scale_up_and_down_stops_the_highest_slots() {
     assert_eq!((ls[0].running, ls[0].desired), (1, 1));
 }
 
-/// The parent of a process: for a container's init, the shim that runs it.
-fn parent_pid(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-#[test]
-fn the_tasks_of_a_service_share_one_shim_which_leaves_with_them() {
-    let node = Node::start();
-    let img = image(&node, "bb");
-    for (name, n) in [("a", "3"), ("b", "1")] {
-        node.shoal_ok(&[
-            "service",
-            "create",
-            "--name",
-            name,
-            "--replicas",
-            n,
-            &img,
-            "sh",
-            "-c",
-            SLEEPER,
-        ]);
-    }
-    let shims = |service: &str| -> std::collections::BTreeSet<u32> {
-        let ids: Vec<String> = node.running(service).iter().map(|t| t.id.clone()).collect();
-        node.container_tasks()
-            .iter()
-            .filter(|(cid, _)| ids.iter().any(|id| cid.contains(id.as_str())))
-            .map(|(_, pid)| parent_pid(*pid))
-            .collect()
-    };
-    let a = shims("a");
-    let b = shims("b");
-    assert_eq!(a.len(), 1, "a's three tasks run under one shim: {a:?}");
-    assert_eq!(b.len(), 1, "{b:?}");
-    assert_ne!(a, b, "each service has a shim of its own");
-    let shim = *a.iter().next().unwrap();
-    let comm = std::fs::read_to_string(format!("/proc/{shim}/comm")).unwrap();
-    assert!(comm.starts_with("containerd-shim"), "{comm}");
-    // Removing the service's tasks takes its shim away too (no shim left behind).
-    node.shoal_ok(&["service", "rm", "a"]);
-    node.wait_for("a's shim to exit", LONG, |_| {
-        !std::path::Path::new(&format!("/proc/{shim}")).exists()
-    });
-    assert_eq!(node.container_tasks().len(), 1, "b keeps running");
-}
-
 #[test]
 fn image_update_rolls_tasks_one_at_a_time() {
     let node = Node::start();

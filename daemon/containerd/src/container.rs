@@ -170,14 +170,7 @@ pub struct ContainerConfig {
     pub dns: Option<Dns>,
     /// `None` discards stdout and stderr.
     pub log: Option<LogConfig>,
-    /// Containers with the same group share one runc shim process (the OCI annotation
-    /// [`SHIM_GROUP_ANNOTATION`]), as a Kubernetes pod's containers do; `None`: a shim of its own.
-    #[serde(default)]
-    pub shim_group: Option<String>,
 }
-
-/// The annotation containerd's runc v2 shim groups containers by.
-pub const SHIM_GROUP_ANNOTATION: &str = "io.containerd.runc.v2.group";
 
 impl ContainerConfig {
     /// A container running `image` as its config says, with hostname = `id`.
@@ -198,7 +191,6 @@ impl ContainerConfig {
             hosts: Vec::new(),
             dns: None,
             log: None,
-            shim_group: None,
         }
     }
 

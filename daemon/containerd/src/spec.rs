@@ -289,9 +289,6 @@ pub(crate) fn build_spec(
     if !c.hostname.is_empty() {
         spec["hostname"] = json!(c.hostname);
     }
-    if let Some(group) = &c.shim_group {
-        spec["annotations"] = json!({ crate::container::SHIM_GROUP_ANNOTATION: group });
-    }
     Ok(spec)
 }
 

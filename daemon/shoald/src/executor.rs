@@ -174,9 +174,6 @@ impl Executor for ContainerExecutor {
         labels.insert(NODE_LABEL.into(), d.identity.node_id.clone());
         labels.insert(SLOT_LABEL.into(), task.slot.to_string());
         c.labels = labels;
-        // One shim per service on this node instead of one per task: a task start forks no
-        // long-lived shim of its own (the shim leaves when the service's last container does).
-        c.shim_group = Some(format!("shoal-{}", task.service_id));
         let driver = log_driver().map_err(|e| {
             ExecError::fatal(format!(
                 "cannot find the shoald executable for the log driver: {e}"
