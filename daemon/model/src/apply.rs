@@ -23,6 +23,7 @@ enum Undo {
     /// The fields `update_task` changed, before the change.
     TaskFields(Id, Box<TaskFields>),
     Stack(String, Option<Stack>),
+    Network(Id, Option<Box<crate::Network>>),
     Security(Option<Box<Security>>),
 }
 
@@ -125,6 +126,7 @@ impl ClusterState {
                 Undo::Node(id, old) => restore(&mut self.nodes, id, old),
                 Undo::Service(id, old) => restore(&mut self.services, id, old.map(|b| *b)),
                 Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
+                Undo::Network(id, old) => restore(&mut self.networks, id, old.map(|b| *b)),
                 Undo::Task(id, old) => {
                     self.put_task_raw(id, old.map(|b| *b));
                 }
@@ -156,6 +158,14 @@ impl ClusterState {
             None => self.services.remove(id),
         };
         log.0.push(Undo::Service(id.clone(), old.map(Box::new)));
+    }
+
+    fn set_network(&mut self, log: &mut UndoLog, id: &Id, net: Option<crate::Network>) {
+        let old = match net {
+            Some(n) => self.networks.insert(id.clone(), n),
+            None => self.networks.remove(id),
+        };
+        log.0.push(Undo::Network(id.clone(), old.map(Box::new)));
     }
 
     fn set_stack(&mut self, log: &mut UndoLog, name: &str, stack: Option<Stack>) {
@@ -511,6 +521,24 @@ impl ClusterState {
                 Ok(Applied { changed })
             }
             Command::ApplyStack(change) => self.apply_stack(change, log),
+            Command::CreateNetwork(net) => {
+                self.check_new_network(net)?;
+                self.set_network(log, &net.id, Some(net.clone()));
+                Ok(one)
+            }
+            Command::RemoveNetwork { id } => {
+                let Some(net) = self.networks.get(id) else {
+                    return Err(ApplyError::NetworkNotFound(id.clone()));
+                };
+                if let Some(svc) = self.services_on_network(net).next() {
+                    return Err(ApplyError::Precondition(format!(
+                        "network {} is in use by service {}",
+                        net.name, svc.spec.name
+                    )));
+                }
+                self.set_network(log, id, None);
+                Ok(one)
+            }
             Command::SetSettings(settings) => {
                 if self.settings == *settings {
                     return Ok(none);
@@ -723,6 +751,39 @@ impl ClusterState {
                         service: other.spec.name.clone(),
                     });
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ClusterState {
+    fn check_new_network(&self, net: &crate::Network) -> Result<(), ApplyError> {
+        if self.networks.contains_key(&net.id) || self.networks.values().any(|n| n.name == net.name)
+        {
+            return Err(ApplyError::NetworkExists(net.name.clone()));
+        }
+        if !(crate::network::VNI_FIRST..=crate::network::VNI_LAST).contains(&net.vni) {
+            return Err(ApplyError::Precondition(format!(
+                "network {}: VNI {} is outside {}..={}",
+                net.name,
+                net.vni,
+                crate::network::VNI_FIRST,
+                crate::network::VNI_LAST
+            )));
+        }
+        for other in self.networks.values() {
+            if other.vni == net.vni {
+                return Err(ApplyError::Precondition(format!(
+                    "network {}: VNI {} is taken by network {}",
+                    net.name, net.vni, other.name
+                )));
+            }
+            if other.subnet.overlaps(&net.subnet) {
+                return Err(ApplyError::Precondition(format!(
+                    "network {}: subnet {} overlaps {} of network {}",
+                    net.name, net.subnet, other.subnet, other.name
+                )));
             }
         }
         Ok(())

@@ -6,16 +6,20 @@
 
 mod apply;
 mod index;
+pub mod network;
 pub mod security;
 pub mod spec;
 pub mod state;
+pub mod subnet;
 pub mod task;
 
 pub use apply::UndoLog;
 pub use index::ServiceTasks;
+pub use network::{Network, NetworkDriver};
 pub use security::Security;
 pub use spec::*;
 pub use state::*;
+pub use subnet::Ipv4Subnet;
 pub use task::*;
 
 /// Milliseconds since the Unix epoch. The control plane receives `now` as a value of this type;

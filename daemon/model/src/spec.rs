@@ -399,7 +399,18 @@ pub struct ClusterSettings {
     pub snapshot_interval: u64,
     pub cert_expiry: Millis,
     pub autolock: bool,
+    /// Where overlay networks without `--subnet` get their subnets (Swarm's
+    /// `--default-addr-pool`).
+    pub default_addr_pool: Vec<crate::Ipv4Subnet>,
+    /// The prefix length of those subnets (Swarm's `--default-addr-pool-mask-length`).
+    pub default_subnet_size: u8,
 }
+
+/// Swarm's default address pool.
+pub const DEFAULT_ADDR_POOL: &str = "10.0.0.0/8";
+
+/// Swarm's default subnet size in that pool.
+pub const DEFAULT_SUBNET_SIZE: u8 = 24;
 
 impl Default for ClusterSettings {
     fn default() -> Self {
@@ -409,6 +420,8 @@ impl Default for ClusterSettings {
             snapshot_interval: 10_000,
             cert_expiry: 2160 * 3600 * 1000,
             autolock: false,
+            default_addr_pool: vec![DEFAULT_ADDR_POOL.parse().expect("a valid subnet")],
+            default_subnet_size: DEFAULT_SUBNET_SIZE,
         }
     }
 }

@@ -188,6 +188,8 @@ pub struct ClusterState {
     pub services: Map<Id, Service>,
     pub tasks: Map<Id, Task>,
     pub stacks: Map<String, Stack>,
+    /// Overlay networks by id.
+    pub networks: Map<Id, crate::Network>,
     #[serde(skip)]
     pub(crate) index: TaskIndex,
     /// The CA and the join secrets; `None` in a cluster made before clusters had them (the
@@ -205,6 +207,7 @@ struct StateData {
     services: Map<Id, Service>,
     tasks: Map<Id, Task>,
     stacks: Map<String, Stack>,
+    networks: Map<Id, crate::Network>,
     security: Option<Security>,
 }
 
@@ -217,6 +220,7 @@ impl From<StateData> for ClusterState {
             services: d.services,
             tasks: d.tasks,
             stacks: d.stacks,
+            networks: d.networks,
             security: d.security,
             index: TaskIndex::default(),
         };
@@ -233,6 +237,7 @@ impl PartialEq for ClusterState {
             && self.services == other.services
             && self.tasks == other.tasks
             && self.stacks == other.stacks
+            && self.networks == other.networks
     }
 }
 
@@ -332,6 +337,11 @@ pub enum Command {
     SetSchedulingError { task_ids: Vec<Id>, err: String },
     /// Create, update or remove a stack together with its services, atomically.
     ApplyStack(StackChange),
+    /// Create a network. Refused (precondition) when its name, id or VNI is taken, its VNI is
+    /// out of range, or its subnet overlaps another network's.
+    CreateNetwork(crate::Network),
+    /// Remove a network. Refused (precondition) while a service names it.
+    RemoveNetwork { id: Id },
     /// Several commands applied atomically.
     Batch(Vec<Command>),
     /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
@@ -365,6 +375,10 @@ pub struct Applied {
 pub enum ApplyError {
     #[error("service {0} already exists")]
     ServiceExists(String),
+    #[error("network {0} already exists")]
+    NetworkExists(String),
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
     #[error("service {0} not found")]
     ServiceNotFound(String),
     #[error("stack {0} not found")]
@@ -519,11 +533,11 @@ impl ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::*;
 
-    pub(super) fn svc(id: &str, name: &str, port: Option<u16>) -> Service {
+    pub(crate) fn svc(id: &str, name: &str, port: Option<u16>) -> Service {
         let mut spec = ServiceSpec {
             name: name.into(),
             ..Default::default()

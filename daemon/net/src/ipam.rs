@@ -15,9 +15,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::Ipv4Subnet;
 use crate::error::{Error, Result};
 use crate::netlink::TASK_IFNAME;
-use crate::subnet::Ipv4Subnet;
 
 const LAST_RESERVED: &str = "last_reserved_ip.0";
 

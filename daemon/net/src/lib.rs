@@ -63,7 +63,6 @@ mod legacy;
 mod netlink;
 mod netns;
 mod nft;
-mod subnet;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -78,8 +77,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::{Error, Result};
+pub use model::Ipv4Subnet;
 pub use model::Protocol;
-pub use subnet::Ipv4Subnet;
 
 use ipam::Ipam;
 use netlink::Wiring;

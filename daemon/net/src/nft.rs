@@ -22,9 +22,9 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
+use crate::Ipv4Subnet;
 use crate::PortBinding;
 use crate::error::{Error, Result};
-use crate::subnet::Ipv4Subnet;
 
 /// What the table is rendered from.
 pub(crate) struct Table<'a> {

@@ -244,6 +244,8 @@ const SETTINGS_KEYS: Keys<'static> = Keys {
         "snapshot_interval",
         "cert_expiry",
         "autolock",
+        "default_addr_pool",
+        "default_subnet_size",
     ],
     unsupported: &[],
     hints: &[],
@@ -308,12 +310,6 @@ fn section<'v, 'i>(
 }
 
 /// The prefix length of an IPv4 CIDR, when `s` is one.
-fn parse_cidr(s: &str) -> Option<u8> {
-    let (ip, prefix) = s.split_once('/')?;
-    ip.parse::<Ipv4Addr>().ok()?;
-    prefix.parse::<u8>().ok().filter(|p| *p <= 32)
-}
-
 fn abs_path(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Option<PathBuf> {
     let s = walk::string(sink, v, path)?;
     if s.starts_with('/') {
@@ -449,9 +445,11 @@ fn cluster_from_doc(sink: &mut Sink<'_>, doc: &DeTable<'_>) -> ClusterConfig {
         if let Some(v) = t.get("subnet")
             && let Some(sn) = walk::string(sink, v, "network.subnet")
         {
-            match parse_cidr(sn) {
-                Some(prefix) if (8..=28).contains(&prefix) => c.network.subnet = sn.to_string(),
-                _ => sink.error(v.span(), format!("network.subnet: \"{sn}\" is not an IPv4 subnet like 10.231.0.0/16 (prefix 8 to 28)")),
+            // The same parser the node bridge uses (`net`), so what validates also starts.
+            match sn.parse::<model::Ipv4Subnet>() {
+                Ok(subnet) if subnet.prefix_len() <= 28 => c.network.subnet = sn.to_string(),
+                Ok(_) => sink.error(v.span(), format!("network.subnet: \"{sn}\" leaves too few addresses for tasks: use a prefix of 8 to 28")),
+                Err(e) => sink.error(v.span(), format!("network.subnet: \"{sn}\": {e}")),
             }
         }
     }
@@ -647,5 +645,53 @@ fn settings(sink: &mut Sink<'_>, t: &DeTable<'_>, s: &mut ClusterSettings) {
         && let Some(b) = walk::boolean(sink, v, "cluster.settings.autolock")
     {
         s.autolock = b;
+    }
+    if let Some(v) = t.get("default_addr_pool")
+        && let Some(items) = walk::array(sink, v, "cluster.settings.default_addr_pool")
+    {
+        let mut pool = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("cluster.settings.default_addr_pool[{i}]");
+            if let Some(text) = walk::string(sink, item, &path) {
+                match text.parse::<model::Ipv4Subnet>() {
+                    Ok(sn) => pool.push(sn),
+                    Err(e) => sink.error(item.span(), format!("{path}: \"{text}\": {e}")),
+                }
+            }
+        }
+        if items.is_empty() {
+            sink.error(
+                v.span(),
+                "cluster.settings.default_addr_pool: name at least one subnet, e.g. [\"10.0.0.0/8\"]",
+            );
+        } else if pool.len() == items.len() {
+            s.default_addr_pool = pool;
+        }
+    }
+    if let Some(v) = t.get("default_subnet_size")
+        && let Some(n) = walk::uint(sink, v, "cluster.settings.default_subnet_size")
+    {
+        if (16..=28).contains(&n) {
+            s.default_subnet_size = n as u8;
+        } else {
+            sink.error(
+                v.span(),
+                "cluster.settings.default_subnet_size: must be a prefix length from 16 to 28",
+            );
+        }
+    }
+    if let Some(v) = t.get("default_subnet_size").or(t.get("default_addr_pool"))
+        && let Some(small) = s
+            .default_addr_pool
+            .iter()
+            .find(|p| p.prefix_len() > s.default_subnet_size)
+    {
+        sink.error(
+            v.span(),
+            format!(
+                "cluster.settings: the pool subnet {small} is smaller than default_subnet_size /{}",
+                s.default_subnet_size
+            ),
+        );
     }
 }

@@ -931,6 +931,8 @@ heartbeat_period = "2s"
 task_history_limit = 3
 snapshot_interval = 500
 cert_expiry = "720h"
+default_addr_pool = ["10.20.0.0/16", "10.30.0.0/16"]
+default_subnet_size = 26
 autolock = true
 
 [containerd]
@@ -975,6 +977,11 @@ stacks_dir = "/srv/stacks"
             snapshot_interval: 500,
             cert_expiry: 720 * 3600 * 1000,
             autolock: true,
+            default_addr_pool: vec![
+                "10.20.0.0/16".parse().unwrap(),
+                "10.30.0.0/16".parse().unwrap()
+            ],
+            default_subnet_size: 26,
         }
     );
     assert_eq!(c.containerd.address, PathBuf::from("/run/ctd/c.sock"));
@@ -1349,6 +1356,32 @@ preload = ["oci-archive:/var/lib/shoal/images/busybox.tar", "docker-archive:/nix
         assert!(err.contains("c.toml:3:10: network.subnet"), "{err}");
         assert!(err.contains("c.toml:5:11: paths.run_dir"), "{err}");
     }
+
+    /// The validator and the node bridge parse the subnet with the same code: a subnet with
+    /// host bits set used to validate and then stop `shoald` at start.
+    #[test]
+    fn a_bridge_subnet_that_validates_also_starts() {
+        for (subnet, what) in [
+            (
+                "10.231.0.1/16",
+                "host bits set: use the network address 10.231.0.0/16",
+            ),
+            ("10.231.0.0/30", "use a prefix of 8 to 28"),
+            ("10.231.0.0/33", "prefix length 33 is out of range"),
+        ] {
+            let text = format!("[network]\nsubnet = \"{subnet}\"\n");
+            let err = crate::parse_cluster(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("c.toml:2:10: network.subnet") && err.contains(what),
+                "{err}"
+            );
+        }
+        let ok = crate::parse_cluster(Path::new("c.toml"), "[network]\nsubnet = \"10.9.0.0/28\"\n")
+            .unwrap();
+        assert!(ok.network.subnet.parse::<model::Ipv4Subnet>().is_ok());
+    }
 }
 
 #[test]
@@ -1409,4 +1442,30 @@ placement = { constraints = ["node.ip == 1.2.3.4", 3], preferences = [{ spread =
     assert_has(&errs, "\"binpack\"");
     assert_has(&errs, "max_replicas_per_node");
     assert_eq!(errs.len(), 7, "{errs:#?}");
+}
+
+#[test]
+fn address_pool_settings_are_checked() {
+    assert_eq!(
+        cluster_errs(
+            "[cluster.settings]\ndefault_addr_pool = [\"10.0.0.0/8\", \"10.1.2.3/16\", 7]\ndefault_subnet_size = 30\n"
+        ),
+        vec![
+            "2:36: cluster.settings.default_addr_pool[1]: \"10.1.2.3/16\": 10.1.2.3 has host bits set: use the network address 10.1.0.0/16",
+            "2:51: cluster.settings.default_addr_pool[2]: expected a string, found integer",
+            "3:23: cluster.settings.default_subnet_size: must be a prefix length from 16 to 28",
+        ]
+    );
+    assert_eq!(
+        cluster_errs("[cluster.settings]\ndefault_addr_pool = [\"10.9.0.0/25\"]\n"),
+        vec![
+            "2:21: cluster.settings: the pool subnet 10.9.0.0/25 is smaller than default_subnet_size /24"
+        ]
+    );
+    assert_eq!(
+        cluster_errs("[cluster.settings]\ndefault_addr_pool = []\n"),
+        vec![
+            "2:21: cluster.settings.default_addr_pool: name at least one subnet, e.g. [\"10.0.0.0/8\"]"
+        ]
+    );
 }

@@ -1,4 +1,4 @@
-//! IPv4 subnets in CIDR notation.
+//! IPv4 subnets in CIDR notation: the node bridge's subnet and the overlay networks' subnets.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -30,6 +30,37 @@ impl Ipv4Subnet {
     /// Whether `addr` lies inside this subnet.
     pub fn contains(&self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & mask(self.prefix_len) == u32::from(self.network)
+    }
+
+    /// Whether the two subnets share an address.
+    pub fn overlaps(&self, other: &Ipv4Subnet) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
+    /// The broadcast address (host bits all one).
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | !mask(self.prefix_len))
+    }
+
+    /// The subnet of `prefix_len` at `network` (host bits are cleared), if the length is valid.
+    pub fn new(network: Ipv4Addr, prefix_len: u8) -> Option<Ipv4Subnet> {
+        (8..=30).contains(&prefix_len).then(|| Ipv4Subnet {
+            network: Ipv4Addr::from(u32::from(network) & mask(prefix_len)),
+            prefix_len,
+        })
+    }
+}
+
+impl serde::Serialize for Ipv4Subnet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Ipv4Subnet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
