@@ -212,6 +212,23 @@ fn scale_up_and_down_stops_the_highest_slots() {
         "-c",
         SLEEPER,
     ]);
+    // A network that does not exist is an error, never stored and ignored.
+    let out = node.shoal(&[
+        "service",
+        "create",
+        "--name",
+        "n",
+        "--network",
+        "backend",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("network backend not found"), "{err}");
+    assert_eq!(node.services().len(), 1, "nothing was created");
     node.shoal_ok(&["service", "scale", "s=5"]);
     assert_eq!(node.running("s").len(), 5);
     assert_eq!(node.container_tasks().len(), 5);

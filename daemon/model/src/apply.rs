@@ -336,6 +336,7 @@ impl ClusterState {
             }
             Command::CreateService(svc) => {
                 check_bounds(&svc.spec)?;
+                self.check_networks(&svc.spec, None)?;
                 if self.service_by_name(&svc.spec.name).is_some()
                     || self.services.contains_key(&svc.id)
                 {
@@ -359,6 +360,7 @@ impl ClusterState {
                     return Err(ApplyError::ServiceNotFound(id.clone()));
                 };
                 check_revision(svc, *if_revision)?;
+                self.check_networks(spec, Some(&svc.spec))?;
                 if svc.spec == *spec
                     && (image_digest.is_none() || svc.image_digest == *image_digest)
                 {
@@ -758,6 +760,22 @@ impl ClusterState {
 }
 
 impl ClusterState {
+    /// Every network a spec names exists (by id or name); a name the spec had before is not
+    /// checked again, so a service stored before networks existed can still be scaled.
+    fn check_networks(
+        &self,
+        spec: &ServiceSpec,
+        old: Option<&ServiceSpec>,
+    ) -> Result<(), ApplyError> {
+        for name in &spec.networks {
+            let had = old.is_some_and(|o| o.networks.contains(name));
+            if !had && self.find_network(name).is_none() {
+                return Err(ApplyError::NetworkNotFound(name.clone()));
+            }
+        }
+        Ok(())
+    }
+
     fn check_new_network(&self, net: &crate::Network) -> Result<(), ApplyError> {
         if self.networks.contains_key(&net.id) || self.networks.values().any(|n| n.name == net.name)
         {

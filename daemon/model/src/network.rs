@@ -248,6 +248,53 @@ mod tests {
         assert!(st.networks.is_empty());
     }
 
+    /// `service create --network` used to be stored and ignored; now a network that does not
+    /// exist is an error whichever path the spec comes by.
+    #[test]
+    fn a_service_naming_an_unknown_network_is_refused() {
+        let mut st = ClusterState::default();
+        let mut svc = crate::state::tests::svc("s", "web", None);
+        svc.spec.networks = vec!["backend".into()];
+        assert!(matches!(
+            st.apply(&Command::CreateService(svc.clone())),
+            Err(ApplyError::NetworkNotFound(n)) if n == "backend"
+        ));
+        let mut backend = net("b", "10.0.0.0/24", 4096);
+        backend.name = "backend".into();
+        st.apply(&Command::CreateNetwork(backend)).unwrap();
+        st.apply(&Command::CreateService(svc.clone())).unwrap();
+        let update = |networks: Vec<&str>| {
+            let mut spec = svc.spec.clone();
+            spec.networks = networks.into_iter().map(String::from).collect();
+            spec.mode = crate::ServiceMode::Replicated { replicas: 3 };
+            Command::UpdateService {
+                id: "s".into(),
+                spec,
+                image_digest: None,
+                now: 1,
+                if_revision: None,
+            }
+        };
+        assert!(matches!(
+            st.apply(&update(vec!["backend", "front"])),
+            Err(ApplyError::NetworkNotFound(n)) if n == "front"
+        ));
+        // A service stored before networks existed names one that is not there: it still scales.
+        let mut legacy = crate::state::tests::svc("l", "legacy", None);
+        legacy.spec.networks = vec!["gone".into()];
+        st.services.insert("l".into(), legacy.clone());
+        let mut spec = legacy.spec.clone();
+        spec.mode = crate::ServiceMode::Replicated { replicas: 2 };
+        st.apply(&Command::UpdateService {
+            id: "l".into(),
+            spec,
+            image_digest: None,
+            now: 1,
+            if_revision: None,
+        })
+        .unwrap();
+    }
+
     #[test]
     fn networks_round_trip_and_old_states_read_without_them() {
         let mut st = ClusterState::default();

@@ -36,6 +36,12 @@ fn apply_error(e: ApplyError) -> ApiError {
         ApplyError::ServiceNotFound(n) => ApiError::NotFound(format!("service {n} not found")),
         ApplyError::StackNotFound(n) => ApiError::NotFound(format!("stack {n} not found")),
         e @ ApplyError::PortInUse { .. } => ApiError::InvalidSpec(e.to_string()),
+        ApplyError::NetworkNotFound(n) => ApiError::InvalidSpec(format!(
+            "network {n} not found (overlay networks are not supported yet)"
+        )),
+        ApplyError::NetworkExists(n) => {
+            ApiError::AlreadyExists(format!("network {n} already exists"))
+        }
         e => ApiError::Failed(e.to_string()),
     }
 }
