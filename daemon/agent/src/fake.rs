@@ -522,6 +522,7 @@ mod tests {
             not_before: None,
             restart_attempt: 0,
             started_at: None,
+            networks: vec![],
         }
     }
 

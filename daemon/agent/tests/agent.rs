@@ -47,6 +47,7 @@ fn task(id: &str, slot: u64) -> Task {
         not_before: None,
         restart_attempt: 0,
         started_at: None,
+        networks: vec![],
     }
 }
 

@@ -92,6 +92,7 @@ fn main() {
                     update_status: None,
                     created_at: now,
                     updated_at: now,
+                    vips: vec![],
                 }))
                 .expect("create service");
             services += 1;

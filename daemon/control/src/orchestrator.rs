@@ -125,6 +125,7 @@ pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Ta
         not_before: None,
         restart_attempt: 0,
         started_at: None,
+        networks: vec![],
     }
 }
 

@@ -95,6 +95,7 @@ pub fn plan_stack(
                 update_status: None,
                 created_at: now,
                 updated_at: now,
+                vips: vec![],
             }),
         }
     }

@@ -68,6 +68,7 @@ impl Sim {
                 update_status: None,
                 created_at: self.now,
                 updated_at: self.now,
+                vips: vec![],
             }))
             .unwrap();
         id

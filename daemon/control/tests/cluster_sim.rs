@@ -181,6 +181,7 @@ impl World {
             update_status: None,
             created_at: self.now,
             updated_at: self.now,
+            vips: vec![],
         }));
     }
 
@@ -206,6 +207,7 @@ impl World {
             update_status: None,
             created_at: self.now,
             updated_at: self.now,
+            vips: vec![],
         }));
     }
 

@@ -105,6 +105,7 @@ impl World {
                     update_status: None,
                     created_at: self.now,
                     updated_at: self.now,
+                    vips: vec![],
                 }));
             }
             5..=9 if !svc_ids.is_empty() => {

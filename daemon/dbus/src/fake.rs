@@ -119,6 +119,7 @@ impl State {
                 update_status: None,
                 created_at: now,
                 updated_at: now,
+                vips: vec![],
             },
         );
         Ok(id)
@@ -316,6 +317,7 @@ impl State {
                     not_before: None,
                     restart_attempt: attempts,
                     started_at: None,
+                    networks: vec![],
                 };
                 changed.push((id.clone(), svc.spec.name.clone(), TaskState::New));
                 self.tasks.insert(id, task);

@@ -7,11 +7,19 @@
 //! the state as it was.
 
 use crate::index::Keys;
+use crate::network::{
+    AddressOwner, Attachment, hold_task_addresses, holds_addresses, readdress_task,
+};
 use crate::{
     Applied, ApplyError, ClusterSettings, ClusterState, Command, Id, Millis, Node, ServiceMode,
     Stack, StackChange, Task, TaskState, TaskStatus,
 };
 use crate::{Security, Service, ServiceSpec};
+
+/// A service's VIPs (none when absent).
+fn vips(svc: Option<&Service>) -> Vec<Attachment> {
+    svc.map(|s| s.vips.clone()).unwrap_or_default()
+}
 
 /// One recorded change, holding the value before it.
 #[derive(Debug, Clone)]
@@ -124,7 +132,12 @@ impl ClusterState {
                     self.settings = settings;
                 }
                 Undo::Node(id, old) => restore(&mut self.nodes, id, old),
-                Undo::Service(id, old) => restore(&mut self.services, id, old.map(|b| *b)),
+                Undo::Service(id, old) => {
+                    let now = vips(self.services.get(&id));
+                    let then = vips(old.as_deref());
+                    restore(&mut self.services, id.clone(), old.map(|b| *b));
+                    self.readdress_service(&id, &now, &then);
+                }
                 Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
                 Undo::Network(id, old) => restore(&mut self.networks, id, old.map(|b| *b)),
                 Undo::Task(id, old) => {
@@ -132,9 +145,18 @@ impl ClusterState {
                 }
                 Undo::TaskFields(id, mut old) => {
                     if let Some(t) = self.tasks.get_mut(&id) {
+                        let held = holds_addresses(t);
                         // `t` gets its old values back; `old` then holds the ones undone.
                         old.swap(t);
                         self.index.update(&id, &old.keys(t), &Keys::of(t));
+                        if held != holds_addresses(t) {
+                            let (before, after) = if held {
+                                (Some(&*t), None)
+                            } else {
+                                (None, Some(&*t))
+                            };
+                            readdress_task(&mut self.addresses, before, after);
+                        }
                     }
                 }
                 Undo::Security(old) => self.security = old.map(|b| *b),
@@ -153,10 +175,12 @@ impl ClusterState {
     }
 
     fn set_service(&mut self, log: &mut UndoLog, id: &Id, svc: Option<Service>) {
+        let after = vips(svc.as_ref());
         let old = match svc {
             Some(s) => self.services.insert(id.clone(), s),
             None => self.services.remove(id),
         };
+        self.readdress_service(id, &vips(old.as_ref()), &after);
         log.0.push(Undo::Service(id.clone(), old.map(Box::new)));
     }
 
@@ -192,6 +216,7 @@ impl ClusterState {
         let Some(t) = self.tasks.get_mut(id) else {
             return false;
         };
+        let held = holds_addresses(t);
         let old = TaskFields::of(t);
         #[cfg(debug_assertions)]
         let whole = t.clone();
@@ -208,6 +233,10 @@ impl ClusterState {
             );
         }
         self.index.update(id, &old.keys(t), &Keys::of(t));
+        if held && !holds_addresses(t) {
+            // Observed terminal: its container is gone, its addresses are free again.
+            hold_task_addresses(&mut self.addresses, t, false);
+        }
         log.0.push(Undo::TaskFields(t.id.clone(), Box::new(old)));
         true
     }
@@ -220,15 +249,18 @@ impl ClusterState {
             (Entry::Occupied(mut e), Some(t)) => {
                 self.index
                     .update(e.key(), &Keys::of(e.get()), &Keys::of(&t));
+                readdress_task(&mut self.addresses, Some(e.get()), Some(&t));
                 Some(e.insert(t))
             }
             (Entry::Occupied(e), None) => {
                 let old = e.remove();
                 self.index.remove(&old);
+                readdress_task(&mut self.addresses, Some(&old), None);
                 Some(old)
             }
             (Entry::Vacant(e), Some(t)) => {
                 self.index.insert(&t);
+                readdress_task(&mut self.addresses, None, Some(&t));
                 e.insert(t);
                 None
             }
@@ -337,6 +369,10 @@ impl ClusterState {
             Command::CreateService(svc) => {
                 check_bounds(&svc.spec)?;
                 self.check_networks(&svc.spec, None)?;
+                self.check_attachments(&AddressOwner::Vip(svc.id.clone()), &svc.vips)
+                    .map_err(|why| {
+                        ApplyError::Precondition(format!("service {}: {why}", svc.spec.name))
+                    })?;
                 if self.service_by_name(&svc.spec.name).is_some()
                     || self.services.contains_key(&svc.id)
                 {
@@ -419,6 +455,8 @@ impl ClusterState {
             }
             Command::PutTasks(tasks) => {
                 for t in tasks {
+                    self.check_attachments(&AddressOwner::Task(t.id.clone()), &t.networks)
+                        .map_err(|why| ApplyError::Precondition(format!("task {}: {why}", t.id)))?;
                     match self.tasks.get(&t.id) {
                         Some(existing) => {
                             let mut next = t.clone();
@@ -536,6 +574,13 @@ impl ClusterState {
                     return Err(ApplyError::Precondition(format!(
                         "network {} is in use by service {}",
                         net.name, svc.spec.name
+                    )));
+                }
+                let held = self.addresses.in_use(id);
+                if held > 0 {
+                    return Err(ApplyError::Precondition(format!(
+                        "network {} still has {held} addresses in use",
+                        net.name
                     )));
                 }
                 self.set_network(log, id, None);

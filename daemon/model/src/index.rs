@@ -437,6 +437,7 @@ mod tests {
             update_status: None,
             created_at: 0,
             updated_at: 0,
+            vips: vec![],
         }
     }
 
@@ -460,6 +461,7 @@ mod tests {
             not_before: None,
             restart_attempt: 0,
             started_at: None,
+            networks: vec![],
         }
     }
 

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ClusterState, Id, Ipv4Subnet, Millis};
+use crate::{ClusterState, Id, Ipv4Subnet, Map, Millis};
 
 /// The VXLAN ids shoal hands out: above 4095 (Docker's overlay starts at 4096 too, so ids never
 /// look like VLAN ids), below 2^24.
@@ -65,7 +65,185 @@ impl Network {
     }
 }
 
+/// An address on a network: a task's, or a service's virtual IP.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The network's id.
+    pub network: Id,
+    pub addr: Ipv4Addr,
+}
+
+/// Who holds an address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddressOwner {
+    Task(Id),
+    /// A service's virtual IP.
+    Vip(Id),
+}
+
+/// The addresses in use on each network: derived from the tasks that are not yet observed
+/// terminal and from the services' VIPs, never serialized, rebuilt on deserialization and kept
+/// by every change of a task or service. It is what makes "never hands one address out twice"
+/// a precondition of apply rather than a hope of the planner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AddressIndex {
+    used: Map<Id, Map<Ipv4Addr, AddressOwner>>,
+}
+
+impl AddressIndex {
+    pub(crate) fn reserve(&mut self, owner: &AddressOwner, list: &[Attachment]) {
+        for a in list {
+            self.used
+                .entry(a.network.clone())
+                .or_default()
+                .insert(a.addr, owner.clone());
+        }
+    }
+
+    /// Forget `owner`'s addresses in `list` (an address since given to someone else stays).
+    pub(crate) fn release(&mut self, owner: &AddressOwner, list: &[Attachment]) {
+        for a in list {
+            if let Some(m) = self.used.get_mut(&a.network) {
+                if m.get(&a.addr) == Some(owner) {
+                    m.remove(&a.addr);
+                }
+                if m.is_empty() {
+                    self.used.remove(&a.network);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn owner(&self, a: &Attachment) -> Option<&AddressOwner> {
+        self.used.get(&a.network).and_then(|m| m.get(&a.addr))
+    }
+
+    pub(crate) fn in_use(&self, network: &str) -> usize {
+        self.used.get(network).map_or(0, |m| m.len())
+    }
+
+    fn used_on(&self, network: &str) -> Option<&Map<Ipv4Addr, AddressOwner>> {
+        self.used.get(network)
+    }
+}
+
+/// Whether a task holds its addresses: until it is observed terminal (its container is gone).
+pub(crate) fn holds_addresses(t: &crate::Task) -> bool {
+    !t.networks.is_empty() && !t.status.state.is_terminal()
+}
+
+/// Take (`hold`) or give back a task's addresses whatever its state: for a change of the state
+/// alone (observed terminal, or the undo of that).
+pub(crate) fn hold_task_addresses(idx: &mut AddressIndex, t: &crate::Task, hold: bool) {
+    let owner = AddressOwner::Task(t.id.clone());
+    if hold {
+        idx.reserve(&owner, &t.networks);
+    } else {
+        idx.release(&owner, &t.networks);
+    }
+}
+
+/// Keep `idx` across a task change (`None`: absent). A function of the fields, not of the
+/// state, so apply can call it while it holds the task map.
+pub(crate) fn readdress_task(
+    idx: &mut AddressIndex,
+    before: Option<&crate::Task>,
+    after: Option<&crate::Task>,
+) {
+    let held = |t: Option<&crate::Task>| t.is_some_and(holds_addresses);
+    if held(before) == held(after) && before.map(|t| &t.networks) == after.map(|t| &t.networks) {
+        return;
+    }
+    if let Some(b) = before.filter(|t| holds_addresses(t)) {
+        idx.release(&AddressOwner::Task(b.id.clone()), &b.networks);
+    }
+    if let Some(a) = after.filter(|t| holds_addresses(t)) {
+        idx.reserve(&AddressOwner::Task(a.id.clone()), &a.networks);
+    }
+}
+
 impl ClusterState {
+    /// Why `list` cannot be taken by `owner`, if it cannot: an unknown network, an address
+    /// outside the subnet or reserved (network, gateway, broadcast), or one held by another.
+    pub(crate) fn check_attachments(
+        &self,
+        owner: &AddressOwner,
+        list: &[Attachment],
+    ) -> Result<(), String> {
+        for (i, a) in list.iter().enumerate() {
+            let Some(net) = self.networks.get(&a.network) else {
+                return Err(format!("network {} does not exist", a.network));
+            };
+            let reserved = [net.subnet.network(), net.gateway(), net.subnet.broadcast()];
+            if !net.subnet.contains(a.addr) || reserved.contains(&a.addr) {
+                return Err(format!(
+                    "{} is not an address for a task in {} ({})",
+                    a.addr, net.name, net.subnet
+                ));
+            }
+            if list[..i].iter().any(|b| b.network == a.network) {
+                return Err(format!("two addresses on network {}", net.name));
+            }
+            match self.addresses.owner(a) {
+                Some(o) if o != owner => {
+                    return Err(format!("{} on {} is taken", a.addr, net.name));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The lowest address of `network` no task or VIP holds and not in `exclude` (addresses
+    /// picked earlier in the same plan); `None` when the network is full or unknown.
+    pub fn free_address(
+        &self,
+        network: &str,
+        exclude: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        let net = self.networks.get(network)?;
+        let first = u32::from(net.gateway()) + 1;
+        let last = u32::from(net.subnet.broadcast()).checked_sub(1)?;
+        let used = self.addresses.used_on(network);
+        let taken = |a: Ipv4Addr| exclude.contains(&a) || used.is_some_and(|m| m.contains_key(&a));
+        // Walk the used addresses in order to the first gap: cost proportional to what is used.
+        (first..=last).map(Ipv4Addr::from).find(|a| !taken(*a))
+    }
+
+    /// Who holds `addr` on `network`.
+    pub fn address_owner(&self, network: &str, addr: Ipv4Addr) -> Option<&AddressOwner> {
+        self.addresses.owner(&Attachment {
+            network: network.into(),
+            addr,
+        })
+    }
+
+    /// Rebuild the address index from the tasks and services.
+    pub(crate) fn rebuild_addresses(&mut self) {
+        let mut idx = AddressIndex::default();
+        for t in self.tasks.values().filter(|t| holds_addresses(t)) {
+            idx.reserve(&AddressOwner::Task(t.id.clone()), &t.networks);
+        }
+        for s in self.services.values() {
+            idx.reserve(&AddressOwner::Vip(s.id.clone()), &s.vips);
+        }
+        self.addresses = idx;
+    }
+
+    /// Keep the address index across a change of service `id`'s VIPs.
+    pub(crate) fn readdress_service(
+        &mut self,
+        id: &str,
+        before: &[Attachment],
+        after: &[Attachment],
+    ) {
+        if before != after {
+            let owner = AddressOwner::Vip(id.to_string());
+            self.addresses.release(&owner, before);
+            self.addresses.reserve(&owner, after);
+        }
+    }
+
     /// A network by id, name, or unique id prefix.
     pub fn find_network(&self, key: &str) -> Option<&Network> {
         if let Some(n) = self.networks.get(key) {
@@ -293,6 +471,152 @@ mod tests {
             if_revision: None,
         })
         .unwrap();
+    }
+
+    fn task_on(id: &str, net: &str, addr: &str) -> crate::Task {
+        let mut t = crate::Task {
+            id: id.into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: None,
+            spec_version: 1,
+            spec: Default::default(),
+            image_digest: None,
+            ports: vec![],
+            desired: crate::TaskState::Running,
+            status: Default::default(),
+            created_at: 0,
+            not_before: None,
+            restart_attempt: 0,
+            started_at: None,
+            networks: vec![],
+        };
+        t.networks = vec![Attachment {
+            network: net.into(),
+            addr: addr.parse().unwrap(),
+        }];
+        t
+    }
+
+    /// A state with network `a` (10.0.0.0/29: addresses .2 to .6 for tasks) and service `s`.
+    fn small() -> ClusterState {
+        let mut st = ClusterState::default();
+        st.apply(&Command::CreateNetwork(net("a", "10.0.0.0/29", 4096)))
+            .unwrap();
+        let mut svc = crate::state::tests::svc("s", "web", None);
+        svc.spec.mode = crate::ServiceMode::Replicated { replicas: 10 };
+        svc.vips = vec![Attachment {
+            network: "a".into(),
+            addr: "10.0.0.2".parse().unwrap(),
+        }];
+        st.apply(&Command::CreateService(svc)).unwrap();
+        st
+    }
+
+    #[test]
+    fn an_address_is_never_handed_out_twice() {
+        let mut st = small();
+        let none = std::collections::BTreeSet::new();
+        // .1 is the gateway, .2 the service's VIP.
+        assert_eq!(
+            st.free_address("a", &none),
+            Some("10.0.0.3".parse().unwrap())
+        );
+        st.apply(&Command::PutTasks(vec![task_on("t1", "a", "10.0.0.3")]))
+            .unwrap();
+        assert_eq!(
+            st.address_owner("a", "10.0.0.3".parse().unwrap()),
+            Some(&AddressOwner::Task("t1".into()))
+        );
+        // A plan that picked the same address (or the VIP's, the gateway, one outside the subnet
+        // or on a network that does not exist) is refused whole.
+        for (addr, net) in [
+            ("10.0.0.3", "a"),
+            ("10.0.0.2", "a"),
+            ("10.0.0.1", "a"),
+            ("10.0.0.7", "a"),
+            ("10.0.1.4", "a"),
+            ("10.0.0.4", "zz"),
+        ] {
+            let mut t = task_on("t2", net, addr);
+            t.slot = 2;
+            let r = st.apply(&Command::PutTasks(vec![t]));
+            assert!(
+                matches!(r, Err(ApplyError::Precondition(_))),
+                "{addr} on {net}: {r:?}"
+            );
+        }
+        // Two picks in one plan: `exclude` carries the first.
+        let first = st.free_address("a", &none).unwrap();
+        let second = st.free_address("a", &[first].into()).unwrap();
+        assert_eq!(
+            (first.to_string(), second.to_string()),
+            ("10.0.0.4".into(), "10.0.0.5".into())
+        );
+        // The network cannot go while addresses are held.
+        let r = st.apply(&Command::RemoveNetwork { id: "a".into() });
+        assert!(matches!(r, Err(ApplyError::Precondition(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_terminal_task_frees_its_address_and_undo_takes_it_back() {
+        let mut st = small();
+        st.apply(&Command::PutTasks(vec![task_on("t1", "a", "10.0.0.3")]))
+            .unwrap();
+        // The task runs on n1.
+        {
+            let t = st.tasks.get_mut("t1").unwrap();
+            t.node_id = Some("n1".into());
+            t.status.state = crate::TaskState::Running;
+        }
+        st.rebuild_index();
+        let failed = Command::UpdateTaskStatus {
+            task_id: "t1".into(),
+            node_id: "n1".into(),
+            status: crate::TaskStatus {
+                state: crate::TaskState::Failed,
+                ..Default::default()
+            },
+        };
+        // Observed terminal inside a batch that fails: the address is held again afterwards.
+        let before = st.clone();
+        let r = st.apply(&Command::Batch(vec![
+            failed.clone(),
+            Command::RemoveNetwork { id: "nope".into() },
+        ]));
+        assert!(r.is_err());
+        assert_eq!(st, before);
+        assert!(st.address_owner("a", "10.0.0.3".parse().unwrap()).is_some());
+        let rebuilt = |st: &ClusterState| {
+            let mut r = st.clone();
+            r.rebuild_index();
+            r.addresses
+        };
+        assert_eq!(rebuilt(&st), st.addresses, "undo keeps the index exact");
+        // For real now: its container is gone, its address is free again.
+        assert_eq!(st.apply(&failed).unwrap().changed, 1);
+        assert_eq!(st.address_owner("a", "10.0.0.3".parse().unwrap()), None);
+        assert_eq!(rebuilt(&st), st.addresses);
+        assert_eq!(
+            st.free_address("a", &Default::default()),
+            Some("10.0.0.3".parse().unwrap())
+        );
+        // The index rebuilt from scratch (as after a restart) agrees.
+        let json = serde_json::to_string(&st).unwrap();
+        let back: ClusterState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.address_owner("a", "10.0.0.3".parse().unwrap()), None);
+        assert_eq!(
+            back.address_owner("a", "10.0.0.2".parse().unwrap()),
+            Some(&AddressOwner::Vip("s".into()))
+        );
+        // Removing the service frees its VIP; then the network can go.
+        st.apply(&Command::RemoveService { id: "s".into() })
+            .unwrap();
+        st.apply(&Command::DeleteTasks(vec!["t1".into()])).unwrap();
+        assert_eq!(st.addresses.in_use("a"), 0);
+        st.apply(&Command::RemoveNetwork { id: "a".into() })
+            .unwrap();
     }
 
     #[test]

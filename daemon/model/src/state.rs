@@ -149,6 +149,9 @@ pub struct Service {
     /// a rollback planned before a user's update cannot undo that update.
     #[serde(default)]
     pub revision: u64,
+    /// The service's virtual IP on each overlay network it attaches to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<crate::network::Attachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +193,9 @@ pub struct ClusterState {
     pub stacks: Map<String, Stack>,
     /// Overlay networks by id.
     pub networks: Map<Id, crate::Network>,
+    /// Addresses in use per network (derived; see [`crate::network`]).
+    #[serde(skip)]
+    pub(crate) addresses: crate::network::AddressIndex,
     #[serde(skip)]
     pub(crate) index: TaskIndex,
     /// The CA and the join secrets; `None` in a cluster made before clusters had them (the
@@ -223,6 +229,7 @@ impl From<StateData> for ClusterState {
             networks: d.networks,
             security: d.security,
             index: TaskIndex::default(),
+            addresses: Default::default(),
         };
         st.rebuild_index();
         st
@@ -522,13 +529,15 @@ impl ClusterState {
         self.index_fresh().then(|| self.index.service(service_id))
     }
 
-    /// Rebuild the task indexes from `tasks` (after deserialization or a direct edit).
+    /// Rebuild the task indexes and the address index from `tasks` and `services` (after
+    /// deserialization or a direct edit).
     pub fn rebuild_index(&mut self) {
         let mut index = TaskIndex::default();
         for t in self.tasks.values() {
             index.insert(t);
         }
         self.index = index;
+        self.rebuild_addresses();
     }
 }
 
@@ -562,6 +571,7 @@ pub(crate) mod tests {
             update_status: None,
             created_at: 0,
             updated_at: 0,
+            vips: vec![],
         }
     }
 
@@ -602,6 +612,7 @@ pub(crate) mod tests {
             not_before: None,
             restart_attempt: 0,
             started_at: None,
+            networks: vec![],
         };
         st.apply(&Command::PutTasks(vec![task])).unwrap();
         let report = |state| Command::UpdateTaskStatus {
@@ -790,6 +801,7 @@ mod multi_node {
             not_before: None,
             restart_attempt: 0,
             started_at: None,
+            networks: vec![],
         }
     }
 

@@ -157,6 +157,10 @@ pub struct Task {
     /// node's report (the node stays the only writer of observed state).
     #[serde(default)]
     pub started_at: Option<Millis>,
+    /// The task's address on each overlay network it attaches to, allocated by the manager;
+    /// held (in [`crate::ClusterState`]'s address index) until the task is observed terminal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::network::Attachment>,
 }
 
 impl Task {

@@ -387,6 +387,7 @@ impl Backend for DaemonBackend {
             update_status: None,
             created_at: now,
             updated_at: now,
+            vips: vec![],
         };
         let id = svc.id.clone();
         let name = svc.spec.name.clone();

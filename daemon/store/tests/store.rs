@@ -55,6 +55,7 @@ fn service(id: &str, name: &str, port: u16) -> Command {
         update_status: None,
         created_at: 0,
         updated_at: 0,
+        vips: vec![],
     })
 }
 
