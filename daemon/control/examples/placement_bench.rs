@@ -81,19 +81,12 @@ fn main() {
             }
             created += per_service.min(tasks - placed_total - created);
             state
-                .apply(&Command::CreateService(Service {
-                    id: format!("svc{services:05}"),
+                .apply(&Command::CreateService(Service::new(
+                    format!("svc{services:05}"),
                     spec,
-                    version: 1,
-                    previous_spec: None,
-                    previous_image_digest: None,
-                    revision: 0,
-                    image_digest: None,
-                    update_status: None,
-                    created_at: now,
-                    updated_at: now,
-                    vips: vec![],
-                }))
+                    None,
+                    now,
+                )))
                 .expect("create service");
             services += 1;
         }

@@ -84,19 +84,9 @@ pub fn plan_stack(
                         .push((existing.id.clone(), svc_spec.clone(), digest));
                 }
             }
-            None => change.create.push(Service {
-                id: ids.next_id(),
-                spec: svc_spec.clone(),
-                version: 1,
-                previous_spec: None,
-                previous_image_digest: None,
-                revision: 0,
-                image_digest: digest,
-                update_status: None,
-                created_at: now,
-                updated_at: now,
-                vips: vec![],
-            }),
+            None => change
+                .create
+                .push(Service::new(ids.next_id(), svc_spec.clone(), digest, now)),
         }
     }
     for svc in state.services.values() {

@@ -57,19 +57,12 @@ impl Sim {
         spec.task.stop_signal = "SIGTERM".into();
         let id = format!("svc-{name}");
         self.state
-            .apply(&Command::CreateService(Service {
-                id: id.clone(),
+            .apply(&Command::CreateService(Service::new(
+                id.clone(),
                 spec,
-                version: 1,
-                previous_spec: None,
-                previous_image_digest: None,
-                revision: 0,
-                image_digest: None,
-                update_status: None,
-                created_at: self.now,
-                updated_at: self.now,
-                vips: vec![],
-            }))
+                None,
+                self.now,
+            )))
             .unwrap();
         id
     }

@@ -170,19 +170,12 @@ impl World {
             _ => {}
         }
         self.log.push(format!("create {name} x{replicas}"));
-        self.api(Command::CreateService(Service {
-            id: format!("id-{name}"),
+        self.api(Command::CreateService(Service::new(
+            format!("id-{name}"),
             spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            revision: 0,
-            image_digest: None,
-            update_status: None,
-            created_at: self.now,
-            updated_at: self.now,
-            vips: vec![],
-        }));
+            None,
+            self.now,
+        )));
     }
 
     fn create_global(&mut self) {
@@ -196,19 +189,12 @@ impl World {
         spec.task.image = "good".into();
         spec.restart.delay = 200;
         self.log.push(format!("create global {name}"));
-        self.api(Command::CreateService(Service {
-            id: format!("id-{name}"),
+        self.api(Command::CreateService(Service::new(
+            format!("id-{name}"),
             spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            revision: 0,
-            image_digest: None,
-            update_status: None,
-            created_at: self.now,
-            updated_at: self.now,
-            vips: vec![],
-        }));
+            None,
+            self.now,
+        )));
     }
 
     fn pick<T: Clone>(&mut self, items: &[T]) -> Option<T> {

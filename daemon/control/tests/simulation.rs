@@ -94,19 +94,12 @@ impl World {
                     _ => FailureAction::Rollback,
                 };
                 self.log.push(format!("create {name} {mode:?}"));
-                let _ = self.state.apply(&Command::CreateService(Service {
-                    id: format!("id-{name}"),
+                let _ = self.state.apply(&Command::CreateService(Service::new(
+                    format!("id-{name}"),
                     spec,
-                    version: 1,
-                    previous_spec: None,
-                    previous_image_digest: None,
-                    revision: 0,
-                    image_digest: None,
-                    update_status: None,
-                    created_at: self.now,
-                    updated_at: self.now,
-                    vips: vec![],
-                }));
+                    None,
+                    self.now,
+                )));
             }
             5..=9 if !svc_ids.is_empty() => {
                 let id = &svc_ids[self.rng.random_range(0..svc_ids.len())];

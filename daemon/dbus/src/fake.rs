@@ -106,22 +106,8 @@ impl State {
         }
         let id = self.id("svc");
         let now = now_ms();
-        self.services.insert(
-            id.clone(),
-            Service {
-                id: id.clone(),
-                spec,
-                version: 1,
-                previous_spec: None,
-                previous_image_digest: None,
-                revision: 0,
-                image_digest: None,
-                update_status: None,
-                created_at: now,
-                updated_at: now,
-                vips: vec![],
-            },
-        );
+        self.services
+            .insert(id.clone(), Service::new(id.clone(), spec, None, now));
         Ok(id)
     }
 

@@ -426,19 +426,7 @@ mod tests {
             ..Default::default()
         };
         spec.task.image = "busybox".into();
-        Service {
-            id: id.into(),
-            spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            revision: 0,
-            image_digest: None,
-            update_status: None,
-            created_at: 0,
-            updated_at: 0,
-            vips: vec![],
-        }
+        Service::new(id.into(), spec, None, 0)
     }
 
     fn task(id: &str, service: &str, slot: u64) -> Task {

@@ -154,6 +154,26 @@ pub struct Service {
     pub vips: Vec<crate::network::Attachment>,
 }
 
+impl Service {
+    /// A new service at version 1, created (and last updated) at `now`, with the image digest
+    /// it resolved to, if known.
+    pub fn new(id: Id, spec: ServiceSpec, image_digest: Option<String>, now: Millis) -> Service {
+        Service {
+            id,
+            spec,
+            version: 1,
+            previous_spec: None,
+            previous_image_digest: None,
+            image_digest,
+            update_status: None,
+            created_at: now,
+            updated_at: now,
+            revision: 0,
+            vips: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StackSource {
@@ -560,19 +580,7 @@ pub(crate) mod tests {
                 mode: PublishMode::Ingress,
             });
         }
-        Service {
-            id: id.into(),
-            spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            revision: 0,
-            image_digest: None,
-            update_status: None,
-            created_at: 0,
-            updated_at: 0,
-            vips: vec![],
-        }
+        Service::new(id.into(), spec, None, 0)
     }
 
     #[test]

@@ -376,19 +376,7 @@ impl Backend for DaemonBackend {
         let digest = self.resolve(&spec.task.image).await?;
         let _guard = d.change_lock.lock().await;
         let now = now_ms();
-        let svc = Service {
-            id: identity::new_id(),
-            spec,
-            version: 1,
-            previous_spec: None,
-            previous_image_digest: None,
-            revision: 0,
-            image_digest: Some(digest),
-            update_status: None,
-            created_at: now,
-            updated_at: now,
-            vips: vec![],
-        };
+        let svc = Service::new(identity::new_id(), spec, Some(digest), now);
         let id = svc.id.clone();
         let name = svc.spec.name.clone();
         self.propose(Command::CreateService(svc)).await?;

@@ -44,19 +44,7 @@ fn service(id: &str, name: &str, port: u16) -> Command {
         protocol: Protocol::Tcp,
         mode: PublishMode::Ingress,
     });
-    Command::CreateService(Service {
-        id: id.into(),
-        spec,
-        version: 1,
-        previous_spec: None,
-        previous_image_digest: None,
-        revision: 0,
-        image_digest: None,
-        update_status: None,
-        created_at: 0,
-        updated_at: 0,
-        vips: vec![],
-    })
+    Command::CreateService(Service::new(id.into(), spec, None, 0))
 }
 
 /// Log to the test's captured output (shown when a test fails); `RUST_LOG` filters.
