@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shoal_dbus::{
     ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 
 use crate::backend::DaemonBackend;
@@ -48,6 +48,7 @@ pub enum ApiCall {
     ClusterDetails,
     LogSources(String),
     ApplyStackFiles(Vec<(String, String)>),
+    Snapshot,
 }
 
 impl ApiCall {
@@ -63,6 +64,7 @@ impl ApiCall {
                 | ApiCall::ListStacks
                 | ApiCall::ClusterDetails
                 | ApiCall::LogSources(_)
+                | ApiCall::Snapshot
         )
     }
 }
@@ -140,6 +142,7 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::ClusterDetails => reply(b.cluster_details().await),
         ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
         ApiCall::ApplyStackFiles(f) => reply(b.apply_stack_files(f).await),
+        ApiCall::Snapshot => reply(b.snapshot().await),
     };
     Response::Api { reply }
 }
@@ -271,6 +274,15 @@ impl Backend for ClusterBackend {
             .await?;
         row.is_self = row.id == self.d().identity.node_id;
         Ok(row)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        let mut s: Snapshot = self.read(ApiCall::Snapshot, self.0.snapshot()).await?;
+        let me = &self.d().identity.node_id;
+        for r in &mut s.nodes {
+            r.is_self = &r.id == me;
+        }
+        Ok(s)
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
