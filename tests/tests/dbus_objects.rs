@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use shoal_tests::dbus::{TestUser, command_as, reader_user};
 use shoal_tests::images;
-use shoal_tests::node::Node;
+use shoal_tests::node::{Node, NodeOptions};
 
 const LONG: Duration = Duration::from_secs(120);
 const BUS: &str = "org.shoal.Shoal1";
@@ -397,4 +397,92 @@ fn busctl_gdbus_and_python_explore_and_drive_the_object_tree() {
         4,
         "the refused calls changed nothing"
     );
+}
+
+#[test]
+fn a_worker_shows_the_clusters_objects_and_acts_through_the_leader() {
+    let secrets = tempfile::tempdir().unwrap();
+    let tok = secrets.path().join("join-token");
+    std::fs::write(&tok, "dbus-objects-test-provisioning-secret").unwrap();
+    let manager = Node::start_with(NodeOptions {
+        extra_config: format!(
+            "[cluster]\nbootstrap = true\ntoken_file = \"{}\"\n",
+            tok.display()
+        ),
+        ..Default::default()
+    });
+    let worker = Node::start_with(NodeOptions {
+        node_config: "role = \"worker\"".into(),
+        extra_config: format!(
+            "[cluster]\njoin = [\"127.0.0.1:{}\"]\ntoken_file = \"{}\"\n",
+            manager.node_port,
+            tok.display()
+        ),
+        ..Default::default()
+    });
+
+    // The worker holds no cluster state: its objects are the leader's, both nodes included.
+    worker.wait_for("both node objects on the worker's bus", LONG, |w| {
+        let tree = busctl(w, &["tree", "--list", BUS]);
+        String::from_utf8_lossy(&tree.stdout)
+            .lines()
+            .filter(|l| l.trim().starts_with("/org/shoal/Shoal1/node/"))
+            .count()
+            == 2
+    });
+    let me = busctl_ok(
+        &worker,
+        &[
+            "call",
+            BUS,
+            "/org/shoal/Shoal1",
+            "org.shoal.Shoal1.Manager",
+            "GetNode",
+            "s",
+            "self",
+        ],
+    );
+    let worker_path = me
+        .trim()
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_string();
+    wait_property(
+        &worker,
+        &worker_path,
+        "org.shoal.Shoal1.Node",
+        "Role",
+        "s \"worker\"",
+    );
+    wait_property(
+        &worker,
+        &worker_path,
+        "org.shoal.Shoal1.Node",
+        "Status",
+        "s \"ready\"",
+    );
+
+    // A service created on the manager appears on the worker's bus with its counts.
+    let image = secrets.path().join("bb.tar");
+    images::write_oci_archive(&image, true, "example.org/bb:1");
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        &format!("oci-archive:{}", image.display()),
+        "sleep",
+        "3600",
+    ]);
+    let web = "/org/shoal/Shoal1/service/web";
+    wait_property(&worker, web, SERVICE, "RunningReplicas", "t 2");
+
+    // Scaling through the worker's object reaches the leader.
+    busctl_ok(&worker, &["call", BUS, web, SERVICE, "Scale", "t", "3"]);
+    manager.wait_for("3 running tasks", LONG, |m| m.running("web").len() == 3);
+    wait_property(&worker, web, SERVICE, "RunningReplicas", "t 3");
+    wait_property(&manager, web, SERVICE, "RunningReplicas", "t 3");
 }

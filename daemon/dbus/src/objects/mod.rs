@@ -62,8 +62,16 @@ pub async fn run<B: Backend, T: Send + Sync>(
     let mut open = true;
     loop {
         let started = tokio::time::Instant::now();
+        tracing::debug!("object tree pass");
         match backend.snapshot().await {
             Ok(snapshot) => {
+                tracing::debug!(
+                    nodes = snapshot.nodes.len(),
+                    services = snapshot.services.len(),
+                    tasks = snapshot.tasks.len(),
+                    stacks = snapshot.stacks.len(),
+                    "object tree snapshot"
+                );
                 if let Err(e) = tree.apply(snapshot).await {
                     tracing::warn!(error = %e, "failed to update the D-Bus object tree");
                 }
