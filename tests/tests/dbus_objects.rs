@@ -53,6 +53,49 @@ fn gdbus(user: Option<TestUser>, node: &Node, args: &[&str]) -> Output {
         .expect("run gdbus (package libglib2.0-bin)")
 }
 
+/// `gdbus call` of `Service.Scale` on the `shop_web` object (gdbus types the argument from the
+/// introspection data).
+fn gdbus_scale(user: Option<TestUser>, node: &Node, replicas: u64) -> Output {
+    let n = replicas.to_string();
+    gdbus(
+        user,
+        node,
+        &[
+            "call",
+            "--dest",
+            BUS,
+            "--object-path",
+            WEB,
+            "--method",
+            "org.shoal.Shoal1.Service.Scale",
+            &n,
+        ],
+    )
+}
+
+/// The path of `node`'s own object, from `Manager.GetNode("self")`.
+fn own_node_path(node: &Node) -> String {
+    let out = busctl_ok(
+        node,
+        &[
+            "call",
+            BUS,
+            "/org/shoal/Shoal1",
+            "org.shoal.Shoal1.Manager",
+            "GetNode",
+            "s",
+            "self",
+        ],
+    );
+    let path = out
+        .trim()
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_string();
+    assert!(path.starts_with("/org/shoal/Shoal1/node/"), "{out}");
+    path
+}
+
 fn python_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python/scale_and_watch.py")
 }
@@ -203,24 +246,7 @@ fn busctl_gdbus_and_python_explore_and_drive_the_object_tree() {
     wait_property(&node, WEB, SERVICE, "RunningReplicas", "t 1");
 
     // busctl tree: every kind of object, paths escaped as systemd escapes them.
-    let me = busctl_ok(
-        &node,
-        &[
-            "call",
-            BUS,
-            "/org/shoal/Shoal1",
-            "org.shoal.Shoal1.Manager",
-            "GetNode",
-            "s",
-            "self",
-        ],
-    );
-    let node_path = me
-        .trim()
-        .trim_start_matches("o ")
-        .trim_matches('"')
-        .to_string();
-    assert!(node_path.starts_with("/org/shoal/Shoal1/node/"), "{me}");
+    let node_path = own_node_path(&node);
     let tree = busctl_ok(&node, &["tree", "--list", BUS]);
     for path in [WEB, "/org/shoal/Shoal1/stack/shop", node_path.as_str()] {
         assert!(tree.lines().any(|l| l.trim() == path), "{path} in:\n{tree}");
@@ -307,20 +333,7 @@ fn busctl_gdbus_and_python_explore_and_drive_the_object_tree() {
     assert!(xml.contains("interface org.shoal.Shoal1.Service"), "{xml}");
     assert!(xml.contains("Scale("), "{xml}");
     assert!(xml.contains("readonly t RunningReplicas"), "{xml}");
-    let out = gdbus(
-        None,
-        &node,
-        &[
-            "call",
-            "--dest",
-            BUS,
-            "--object-path",
-            WEB,
-            "--method",
-            "org.shoal.Shoal1.Service.Scale",
-            "2",
-        ],
-    );
+    let out = gdbus_scale(None, &node, 2);
     assert!(out.status.success(), "{}", text(&out));
     wait_property(&node, WEB, SERVICE, "Replicas", "t 2");
 
@@ -367,20 +380,7 @@ fn busctl_gdbus_and_python_explore_and_drive_the_object_tree() {
         "{}",
         text(&call)
     );
-    let out = gdbus(
-        Some(reader),
-        &node,
-        &[
-            "call",
-            "--dest",
-            BUS,
-            "--object-path",
-            WEB,
-            "--method",
-            "org.shoal.Shoal1.Service.Scale",
-            "1",
-        ],
-    );
+    let out = gdbus_scale(Some(reader), &node, 1);
     assert!(!out.status.success(), "gdbus as a reader: {}", text(&out));
     assert!(text(&out).contains("AccessDenied"), "{}", text(&out));
     let out = python(Some(reader), &node, "shop_web", 1);
@@ -430,23 +430,7 @@ fn a_worker_shows_the_clusters_objects_and_acts_through_the_leader() {
             .count()
             == 2
     });
-    let me = busctl_ok(
-        &worker,
-        &[
-            "call",
-            BUS,
-            "/org/shoal/Shoal1",
-            "org.shoal.Shoal1.Manager",
-            "GetNode",
-            "s",
-            "self",
-        ],
-    );
-    let worker_path = me
-        .trim()
-        .trim_start_matches("o ")
-        .trim_matches('"')
-        .to_string();
+    let worker_path = own_node_path(&worker);
     wait_property(
         &worker,
         &worker_path,

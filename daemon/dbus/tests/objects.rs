@@ -49,6 +49,19 @@ async fn setup(pacing: Pacing) -> Setup {
     }
 }
 
+async fn create_web(client: &Client, replicas: u64) {
+    client
+        .create_service(
+            "web",
+            &[
+                Property::Image("busybox:1".into()),
+                Property::Replicas(replicas),
+            ],
+        )
+        .await
+        .unwrap();
+}
+
 fn fast() -> Pacing {
     Pacing {
         coalesce: Duration::from_millis(100),
@@ -173,13 +186,7 @@ async fn objects_follow_services_tasks_stacks_and_nodes() {
 
     let mut added = signals(&s.conn, "InterfacesAdded").await;
     let mut removed = signals(&s.conn, "InterfacesRemoved").await;
-    s.client
-        .create_service(
-            "web",
-            &[Property::Image("busybox:1".into()), Property::Replicas(2)],
-        )
-        .await
-        .unwrap();
+    create_web(&s.client, 2).await;
     let objects = wait_objects(&s.conn, "2 running tasks of web", |o| {
         let t = tasks_of(o, "web");
         t.len() == 2 && t.iter().all(|(_, st)| running(st))
@@ -316,13 +323,7 @@ async fn task_signals_are_coalesced() {
         poll: Duration::from_millis(100),
     };
     let s = setup(pacing).await;
-    s.client
-        .create_service(
-            "web",
-            &[Property::Image("busybox:1".into()), Property::Replicas(1)],
-        )
-        .await
-        .unwrap();
+    create_web(&s.client, 1).await;
     wait_objects(&s.conn, "1 running task", |o| {
         tasks_of(o, "web").iter().any(|(_, st)| running(st))
     })
@@ -411,13 +412,7 @@ fn text(o: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_holds_for_every_object() {
     let s = setup(fast()).await;
-    s.client
-        .create_service(
-            "web",
-            &[Property::Image("busybox:1".into()), Property::Replicas(1)],
-        )
-        .await
-        .unwrap();
+    create_web(&s.client, 1).await;
     wait_objects(&s.conn, "the service object", |o| {
         prop(o, WEB, "org.shoal.Shoal1.Service", "Name").is_some()
     })
