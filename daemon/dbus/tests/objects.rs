@@ -639,3 +639,58 @@ async fn the_api_reference_matches_live_introspection() {
         "the interface version is in the introspection docs: {xml}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_update_and_rollback_through_the_object() {
+    let s = setup(fast()).await;
+    create_web(&s.client, 1).await;
+    wait_objects(&s.conn, "the service object", |o| {
+        prop(o, WEB, "org.shoal.Shoal1.Service", "Name").is_some()
+    })
+    .await;
+    let svc = zbus::Proxy::new(&s.conn, BUS_NAME, WEB, "org.shoal.Shoal1.Service")
+        .await
+        .unwrap();
+    let changes: HashMap<&str, zbus::Variant> = HashMap::from([
+        ("Image", zbus::Variant::from("busybox:2")),
+        ("Env", zbus::Variant::from(HashMap::from([("A", "1")]))),
+    ]);
+    let version: u64 = svc.call("Update", &(changes,)).await.unwrap();
+    assert_eq!(version, 2);
+    let objects = wait_objects(&s.conn, "the new image and CanRollback", |o| {
+        prop(o, WEB, "org.shoal.Shoal1.Service", "Image")
+            .and_then(|v| v.downcast_ref::<&str>().ok())
+            == Some("busybox:2")
+            && prop(o, WEB, "org.shoal.Shoal1.Service", "CanRollback")
+                .and_then(|v| v.downcast_ref::<bool>().ok())
+                == Some(true)
+    })
+    .await;
+    let spec: HashMap<String, OwnedVariant> =
+        prop(&objects, WEB, "org.shoal.Shoal1.Service", "Spec")
+            .unwrap()
+            .try_clone()
+            .unwrap()
+            .try_into()
+            .unwrap();
+    let env: HashMap<String, String> = spec["Env"].try_clone().unwrap().try_into().unwrap();
+    assert_eq!(env.get("A").map(String::as_str), Some("1"));
+
+    // A property the spec does not know is refused with the API's named error.
+    let bad: HashMap<&str, zbus::Variant> = HashMap::from([("Colour", zbus::Variant::from("red"))]);
+    let err = svc.call::<_, _, u64>("Update", &(bad,)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("org.shoal.Shoal1.Error.InvalidSpec"),
+        "{err}"
+    );
+
+    let version: u64 = svc.call("Rollback", &()).await.unwrap();
+    assert_eq!(version, 3);
+    wait_objects(&s.conn, "the old image back", |o| {
+        prop(o, WEB, "org.shoal.Shoal1.Service", "Image")
+            .and_then(|v| v.downcast_ref::<&str>().ok())
+            == Some("busybox:1")
+    })
+    .await;
+}
