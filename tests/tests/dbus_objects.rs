@@ -503,12 +503,13 @@ fn a_worker_shows_the_clusters_objects_and_acts_through_the_leader() {
         "Availability",
         "s \"drain\"",
     );
-    manager.wait_for("3 running tasks on the manager", LONG, |m| {
-        let running = m.running("web");
-        running.len() == 3
-            && running
-                .iter()
-                .all(|t| t.node != "" && !worker_path.ends_with(&t.node))
-            && m.container_tasks().len() == 3
-    });
+    manager.wait_for(
+        "3 running tasks on the manager, none on the worker",
+        LONG,
+        |m| {
+            m.running("web").len() == 3
+                && m.container_tasks().len() == 3
+                && worker.container_tasks().is_empty()
+        },
+    );
 }
