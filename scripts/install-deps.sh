@@ -33,6 +33,8 @@ PACKAGES=(
   containernetworking-plugins busybox-static
   # tests: registry for pull tests, image copying, NixOS module evaluation, systemd hosts
   docker-registry skopeo nix-bin debootstrap
+  # tests: D-Bus clients that are not ours (busctl, gdbus, Python's dbus with a GLib main loop)
+  systemd libglib2.0-bin python3-dbus python3-gi
 )
 if [[ $WITH_BENCH -eq 1 ]]; then
   PACKAGES+=(docker.io)

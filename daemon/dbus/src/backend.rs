@@ -23,6 +23,16 @@ pub struct ServiceDetail {
     pub desired: u64,
 }
 
+/// Everything the object tree under `/org/shoal/Shoal1` shows, read at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeRow>,
+    pub services: Vec<ServiceDetail>,
+    /// Every task, history included.
+    pub tasks: Vec<TaskRow>,
+    pub stacks: Vec<StackRow>,
+}
+
 /// The change an `UpdateService` call asks for: properties to apply onto the current spec.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SpecPatch(pub Vec<Property>);
@@ -260,6 +270,33 @@ pub trait Backend: Send + Sync + 'static {
             Err(ApiError::Failed(
                 "UpdateCluster is not supported by this backend".into(),
             ))
+        }
+    }
+
+    /// The state the object tree shows (nodes, services with their counts, tasks, stacks), as
+    /// the listings would show it on this node. Called for every pass of
+    /// [`objects::run`](crate::objects::run), so a backend that can read it at once should;
+    /// the default asks the listings one after the other.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot, ApiError>> + Send {
+        async {
+            let nodes = self.list_nodes().await?;
+            let mut services = Vec::new();
+            for row in self.list_services().await? {
+                match self.inspect_service(&row.id).await {
+                    Ok(d) => services.push(d),
+                    // Removed in between.
+                    Err(ApiError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let tasks = self.list_tasks(TaskFilter::default()).await?;
+            let stacks = self.list_stacks().await?;
+            Ok(Snapshot {
+                nodes,
+                services,
+                tasks,
+                stacks,
+            })
         }
     }
 

@@ -4,6 +4,8 @@
 //!   the system bus and answers calls with a [`Backend`] the daemon implements; [`Events`]
 //!   emits its signals.
 //! - Client: [`Client`] (used by the `shoal` CLI) wraps the generated proxy.
+//! - [`objects`]: one object per node, service, stack and task under `/org/shoal/Shoal1`, with
+//!   an `org.freedesktop.DBus.ObjectManager` and coalesced `PropertiesChanged` signals.
 //! - [`props`]: service specs as systemd-style `a(sv)` property lists, both ways.
 //!
 //! Reading is open to every local user; changing needs root or the `shoal` group. The D-Bus
@@ -12,11 +14,12 @@
 pub mod backend;
 pub mod client;
 mod error;
+pub mod objects;
 pub mod props;
 mod server;
 pub mod types;
 
-pub use backend::{Backend, ServiceDetail, SpecPatch};
+pub use backend::{Backend, ServiceDetail, Snapshot, SpecPatch};
 pub use client::{Client, ClientError, ServiceInspect, TaskEvent};
 pub use error::ApiError;
 pub use props::{InvalidSpec, Property, apply_properties, spec_to_properties};

@@ -5,11 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use model::TaskState;
+use zbus::OwnedObjectPath;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, Variant, interface};
 
 use crate::backend::{Backend, SpecPatch};
 use crate::error::ApiError;
+use crate::objects::path::{Kind, object_path};
 use crate::props::{self, PropertyList};
 use crate::types::{
     ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
@@ -59,6 +61,29 @@ impl<B: Backend> Manager<B> {
     /// Everything the properties hold, in one call.
     async fn get_info(&self) -> Result<(ClusterInfo,), ApiError> {
         Ok((self.backend.info().await?,))
+    }
+
+    /// The object of a node (by id, id prefix, host name, or "self").
+    async fn get_node(&self, node: &str) -> Result<OwnedObjectPath, ApiError> {
+        let row = self.backend.inspect_node(node).await?;
+        Ok(object_path(Kind::Node, &row.id))
+    }
+
+    /// The object of a service (by name, id or unique id prefix).
+    async fn get_service(&self, service: &str) -> Result<OwnedObjectPath, ApiError> {
+        let d = self.backend.inspect_service(service).await?;
+        Ok(object_path(Kind::Service, &d.service.spec.name))
+    }
+
+    /// The object of a stack (by name).
+    async fn get_stack(&self, stack: &str) -> Result<OwnedObjectPath, ApiError> {
+        let stacks = self.backend.list_stacks().await?;
+        if !stacks.iter().any(|s| s.name == stack) {
+            return Err(ApiError::NotFound(format!(
+                "stack {stack} not found (see `shoal stack ls`)"
+            )));
+        }
+        Ok(object_path(Kind::Stack, stack))
     }
 
     /// Every node of the cluster.
@@ -353,7 +378,8 @@ impl<B: Backend> Manager<B> {
 }
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides the default socket), serve
-/// the API at [`OBJECT_PATH`] and own [`BUS_NAME`]. The connection serves calls until it is
+/// the API at [`OBJECT_PATH`] (the manager interface and an `org.freedesktop.DBus.ObjectManager`
+/// for the objects [`objects::run`](crate::objects::run) puts below it) and own [`BUS_NAME`]. The connection serves calls until it is
 /// dropped. Owning the name needs the D-Bus policy file (root only).
 pub async fn serve<B: Backend>(backend: Arc<B>) -> Result<Connection, ServerError> {
     serve_with(zbus::connection::Builder::system(), backend).await
@@ -373,6 +399,7 @@ async fn serve_with<B: Backend>(
 ) -> Result<Connection, ServerError> {
     builder
         .serve_at(OBJECT_PATH, Manager::new(backend))
+        .serve_at(OBJECT_PATH, zbus::fdo::ObjectManager)
         .name(BUS_NAME)
         .build()
         .await

@@ -10,7 +10,7 @@ use model::{
 };
 use shoal_dbus::{
     ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 use tracing::{error, info};
 
@@ -620,6 +620,27 @@ impl Backend for DaemonBackend {
         self.propose(Command::ApplyStack(change)).await?;
         info!(stack = %name, "stack deployed");
         Ok(report)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        // The listings read the state on their own; the services are read here from the same
+        // state as their counts.
+        let st = self.d().state();
+        let services = st
+            .services
+            .values()
+            .map(|s| ServiceDetail {
+                service: s.clone(),
+                running: running_count(&st, s),
+                desired: desired_count(&st, s),
+            })
+            .collect();
+        Ok(Snapshot {
+            nodes: self.list_nodes().await?,
+            services,
+            tasks: self.list_tasks(TaskFilter::default()).await?,
+            stacks: self.list_stacks().await?,
+        })
     }
 
     async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {

@@ -71,6 +71,9 @@ pub struct Daemon {
     pub leaving: std::sync::atomic::AtomicBool,
     /// The agent's assignments, once it runs.
     pub agent_tx: std::sync::Mutex<Option<watch::Sender<Vec<model::Task>>>>,
+    /// On a node that asks the leader for the D-Bus object tree's state: the last answer and
+    /// its fingerprint, so that an unchanged state is not sent again.
+    pub objects_seen: std::sync::Mutex<Option<(u64, shoal_dbus::Snapshot)>>,
 }
 
 /// What this node knows of the cluster besides the replicated state (all a worker knows).
@@ -521,6 +524,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         node_port_started: std::sync::atomic::AtomicBool::new(false),
         leaving: std::sync::atomic::AtomicBool::new(false),
         agent_tx: std::sync::Mutex::new(None),
+        objects_seen: std::sync::Mutex::new(None),
     });
     if let Some(cert) = cert {
         daemon.install_cert(&cert)?;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shoal_dbus::{
     ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 
 use crate::backend::DaemonBackend;
@@ -48,6 +48,9 @@ pub enum ApiCall {
     ClusterDetails,
     LogSources(String),
     ApplyStackFiles(Vec<(String, String)>),
+    /// The state of the D-Bus object tree; the fingerprint of the state the caller has (0 for
+    /// none) spares sending it again unchanged.
+    Snapshot(u64),
 }
 
 impl ApiCall {
@@ -63,6 +66,7 @@ impl ApiCall {
                 | ApiCall::ListStacks
                 | ApiCall::ClusterDetails
                 | ApiCall::LogSources(_)
+                | ApiCall::Snapshot(_)
         )
     }
 }
@@ -140,8 +144,35 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::ClusterDetails => reply(b.cluster_details().await),
         ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
         ApiCall::ApplyStackFiles(f) => reply(b.apply_stack_files(f).await),
+        ApiCall::Snapshot(known) => reply(b.snapshot().await.map(|s| SnapshotReply::new(s, known))),
     };
     Response::Api { reply }
+}
+
+/// The leader's answer to [`ApiCall::Snapshot`]: the state, left out when its fingerprint is the
+/// one the caller already has.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotReply {
+    fingerprint: u64,
+    snapshot: Option<Snapshot>,
+}
+
+impl SnapshotReply {
+    fn new(snapshot: Snapshot, known: u64) -> SnapshotReply {
+        let fingerprint = fingerprint(&snapshot);
+        SnapshotReply {
+            fingerprint,
+            snapshot: (fingerprint != known).then_some(snapshot),
+        }
+    }
+}
+
+/// A hash of the snapshot's wire form; never 0, which stands for "nothing known".
+fn fingerprint(s: &Snapshot) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(s).unwrap_or_default().hash(&mut h);
+    h.finish().max(1)
 }
 
 /// The D-Bus backend of every node: local on the leader, forwarded elsewhere.
@@ -271,6 +302,53 @@ impl Backend for ClusterBackend {
             .await?;
         row.is_self = row.id == self.d().identity.node_id;
         Ok(row)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        let d = self.d();
+        let mut s = if self.local() {
+            self.0.snapshot().await?
+        } else {
+            let known = d
+                .objects_seen
+                .lock()
+                .ok()
+                .and_then(|c| c.as_ref().map(|(f, _)| *f))
+                .unwrap_or(0);
+            match self.call::<SnapshotReply>(ApiCall::Snapshot(known)).await {
+                Ok(SnapshotReply {
+                    fingerprint,
+                    snapshot: Some(s),
+                }) => {
+                    if let Ok(mut c) = d.objects_seen.lock() {
+                        *c = Some((fingerprint, s.clone()));
+                    }
+                    s
+                }
+                Ok(SnapshotReply {
+                    fingerprint,
+                    snapshot: None,
+                }) => d
+                    .objects_seen
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.clone())
+                    .filter(|(f, _)| *f == fingerprint)
+                    .map(|(_, s)| s)
+                    .ok_or_else(|| {
+                        ApiError::Failed("the leader's state changed meanwhile".into())
+                    })?,
+                Err(ApiError::NotLeader(_)) if d.role() == NodeRole::Manager => {
+                    self.0.snapshot().await?
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let me = &d.identity.node_id;
+        for r in &mut s.nodes {
+            r.is_self = &r.id == me;
+        }
+        Ok(s)
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceRow>, ApiError> {
@@ -490,5 +568,28 @@ impl crate::logs::Fetch for LogFetch {
 
     fn me(&self) -> String {
         self.backend.d().identity.node_id.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_snapshot_is_not_sent_again() {
+        let mut s = Snapshot::default();
+        s.stacks.push(shoal_dbus::StackRow {
+            name: "shop".into(),
+            ..Default::default()
+        });
+        let first = SnapshotReply::new(s.clone(), 0);
+        assert!(first.snapshot.is_some(), "nothing known: the state is sent");
+        let again = SnapshotReply::new(s.clone(), first.fingerprint);
+        assert_eq!(again.fingerprint, first.fingerprint);
+        assert!(again.snapshot.is_none(), "known and unchanged: left out");
+        s.stacks[0].services = 1;
+        let changed = SnapshotReply::new(s, first.fingerprint);
+        assert_ne!(changed.fingerprint, first.fingerprint);
+        assert!(changed.snapshot.is_some(), "changed: sent");
     }
 }

@@ -161,6 +161,14 @@ async fn run(args: Args) -> Result<()> {
     if let Ok(mut e) = d.events.lock() {
         *e = Some(shoal_dbus::Events::new(&conn));
     }
+    // One object per node, service, stack and task, following the replicated state (a worker,
+    // which holds none, asks the leader on every poll).
+    tokio::spawn(shoal_dbus::objects::run(
+        conn.clone(),
+        backend.clone(),
+        d.store.subscribe(),
+        shoal_dbus::objects::Pacing::default(),
+    ));
 
     // READY once the store is open and the bus name is owned; the stacks directory is applied
     // right after, in the background, so that a slow first image pull never runs into the
