@@ -10,6 +10,7 @@
 //! which event woke the caller. Running `reconcile` on a converged state returns no commands.
 
 mod liveness;
+mod networks;
 mod orchestrator;
 mod reaper;
 mod scheduler;
@@ -72,6 +73,8 @@ pub(crate) struct Pass<'a> {
     pub now: Millis,
     pub ids: &'a mut dyn IdSource,
     pub plan: Plan,
+    /// Addresses picked for tasks built in this pass (see `networks::task_addresses`).
+    pub picked: networks::Picked,
 }
 
 impl Pass<'_> {
@@ -103,9 +106,11 @@ pub fn reconcile_in_place(state: &mut ClusterState, now: Millis, ids: &mut dyn I
         now,
         ids,
         plan: Plan::default(),
+        picked: Default::default(),
     };
     let service_ids: Vec<Id> = pass.state.services.keys().cloned().collect();
     for id in &service_ids {
+        networks::ensure_vips(&mut pass, id);
         updater::update_service(&mut pass, id);
         orchestrator::reconcile_service(&mut pass, id);
     }

@@ -93,13 +93,15 @@ pub(crate) fn tasks_by_slot<'a>(
     slots
 }
 
-/// Build a new task of `svc` for `slot`, pending (replicated) or preassigned (global).
-pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Task {
+/// Build a new task of `svc` for `slot`, pending (replicated) or preassigned (global), with an
+/// address on each network of the service; `None` when a network has no free address.
+pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Option<Task> {
+    let networks = crate::networks::task_addresses(pass, svc)?;
     let (slot_no, node_id, state) = match slot {
         SlotKey::Slot(n) => (*n, None, TaskState::Pending),
         SlotKey::Node(node) => (0, Some(node.clone()), TaskState::Assigned),
     };
-    Task {
+    Some(Task {
         id: pass.ids.next_id(),
         service_id: svc.id.clone(),
         service_name: svc.spec.name.clone(),
@@ -125,8 +127,8 @@ pub(crate) fn new_task(pass: &mut Pass<'_>, svc: &Service, slot: &SlotKey) -> Ta
         not_before: None,
         restart_attempt: 0,
         started_at: None,
-        networks: vec![],
-    }
+        networks,
+    })
 }
 
 /// A runnable replicated task whose node is gone, down, drained, or no longer satisfies the
@@ -279,14 +281,16 @@ pub(crate) fn reconcile_service(pass: &mut Pass<'_>, service_id: &Id) {
         let tasks = d
             .create
             .into_iter()
-            .map(|(slot, not_before, attempt)| {
-                let mut t = new_task(pass, &svc, &slot);
+            .filter_map(|(slot, not_before, attempt)| {
+                let mut t = new_task(pass, &svc, &slot)?;
                 t.not_before = not_before;
                 t.restart_attempt = attempt;
-                t
+                Some(t)
             })
-            .collect();
-        pass.push(Command::PutTasks(tasks));
+            .collect::<Vec<_>>();
+        if !tasks.is_empty() {
+            pass.push(Command::PutTasks(tasks));
+        }
     }
 }
 

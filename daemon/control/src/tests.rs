@@ -179,6 +179,23 @@ impl Sim {
                 assert!(t.node_id.is_some(), "task {} runs without node", t.id);
             }
         }
+        // An address is never held twice: tasks not yet terminal, and VIPs.
+        let mut held = std::collections::BTreeSet::new();
+        let holders = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+            .flat_map(|t| t.networks.iter())
+            .chain(self.state.services.values().flat_map(|s| s.vips.iter()));
+        for a in holders {
+            assert!(
+                held.insert(a.clone()),
+                "{} on {} is held twice",
+                a.addr,
+                a.network
+            );
+        }
         // A replicated slot never has two runnable tasks of the same version.
         let mut seen = BTreeMap::new();
         for t in self
@@ -908,4 +925,103 @@ fn a_rollback_planned_before_a_user_update_is_refused() {
     });
     let st = sim.state.services[&svc].update_status.clone().unwrap();
     assert_eq!(st.state, UpdateState::Completed, "{st:?}");
+}
+
+fn overlay(sim: &mut Sim, id: &str, subnet: &str) {
+    sim.state
+        .apply(&Command::CreateNetwork(Network {
+            id: id.into(),
+            name: id.into(),
+            driver: NetworkDriver::Overlay,
+            subnet: subnet.parse().unwrap(),
+            vni: 4096 + sim.state.networks.len() as u32,
+            attachable: false,
+            ingress: false,
+            stack: None,
+            labels: BTreeMap::new(),
+            created_at: sim.now,
+        }))
+        .unwrap();
+}
+
+/// Addresses of a service's runnable tasks on `net`.
+fn task_addrs(sim: &Sim, svc: &str, net: &str) -> Vec<std::net::Ipv4Addr> {
+    sim.state
+        .tasks_of(svc)
+        .filter(|t| t.is_runnable())
+        .flat_map(|t| {
+            t.networks
+                .iter()
+                .filter(|a| a.network == net)
+                .map(|a| a.addr)
+        })
+        .collect()
+}
+
+#[test]
+fn a_service_on_a_network_gets_a_vip_and_every_task_its_own_address() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    overlay(&mut sim, "backend", "10.0.5.0/24");
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "v1");
+    sim.update(&svc, |s| s.networks = vec!["backend".into()]);
+    sim.run_until("3 on the network", |s| {
+        s.converged(&svc, 3) && task_addrs(s, &svc, "backend").len() == 3
+    });
+    let vips = sim.state.services[&svc].vips.clone();
+    assert_eq!(vips.len(), 1);
+    let vip = vips[0].addr;
+    let mut addrs = task_addrs(&sim, &svc, "backend");
+    addrs.push(vip);
+    let distinct: std::collections::BTreeSet<_> = addrs.iter().collect();
+    assert_eq!(distinct.len(), 4, "{addrs:?}");
+    let subnet: Ipv4Subnet = "10.0.5.0/24".parse().unwrap();
+    assert!(
+        addrs
+            .iter()
+            .all(|a| subnet.contains(*a) && *a != subnet.gateway())
+    );
+
+    // A crashed task's address is free again once it is terminal; the replacement gets one.
+    let t = sim.running(&svc)[0].id.clone();
+    sim.crash(&t);
+    sim.run_until("replaced", |s| s.converged(&svc, 3));
+    let after = task_addrs(&sim, &svc, "backend");
+    assert_eq!(after.len(), 3);
+    assert!(!after.contains(&vip));
+
+    // Leaving the network releases the VIP, and the tasks made after carry no address.
+    sim.update(&svc, |s| {
+        s.networks.clear();
+        s.task.image = "v2".into();
+    });
+    sim.run_until("off the network", |s| {
+        s.converged(&svc, 3)
+            && s.state.services[&svc].vips.is_empty()
+            && task_addrs(s, &svc, "backend").is_empty()
+    });
+    assert_eq!(sim.state.address_owner("backend", vip), None);
+}
+
+#[test]
+fn a_full_network_holds_back_new_tasks_and_never_shares_an_address() {
+    let mut sim = Sim::new(&["n1"]);
+    // A /29: .2 to .6 for the VIP and tasks, so 4 tasks at most.
+    overlay(&mut sim, "tiny", "10.0.9.0/29");
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "v1");
+    sim.update(&svc, |s| {
+        s.networks = vec!["tiny".into()];
+        s.mode = ServiceMode::Replicated { replicas: 6 };
+    });
+    for _ in 0..100 {
+        sim.step();
+    }
+    let addrs = task_addrs(&sim, &svc, "tiny");
+    let distinct: std::collections::BTreeSet<_> = addrs.iter().collect();
+    assert_eq!(addrs.len(), 4, "{addrs:?}");
+    assert_eq!(distinct.len(), 4);
+    assert_eq!(sim.running(&svc).len(), 4, "two slots wait for addresses");
+    // Scaling down frees addresses; the service settles at what fits.
+    sim.update(&svc, |s| s.mode = ServiceMode::Replicated { replicas: 2 });
+    sim.run_until("2", |s| s.converged(&svc, 2));
+    assert_eq!(task_addrs(&sim, &svc, "tiny").len(), 2);
 }

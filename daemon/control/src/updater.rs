@@ -393,7 +393,10 @@ fn start_batch(
     let mut tasks = Vec::new();
     let mut stop = Vec::new();
     for (slot, old) in batch {
-        let mut t = new_task(pass, svc, &slot);
+        let Some(mut t) = new_task(pass, svc, &slot) else {
+            // No free address on one of its networks: this slot waits for the next pass.
+            continue;
+        };
         if config.order == UpdateOrder::StopFirst {
             t.desired = TaskState::Ready;
             stop.extend(old);

@@ -566,6 +566,22 @@ impl ClusterState {
                 self.set_network(log, &net.id, Some(net.clone()));
                 Ok(one)
             }
+            Command::SetVips { service_id, vips } => {
+                let Some(svc) = self.services.get(service_id) else {
+                    return Err(ApplyError::ServiceNotFound(service_id.clone()));
+                };
+                if svc.vips == *vips {
+                    return Ok(none);
+                }
+                self.check_attachments(&AddressOwner::Vip(service_id.clone()), vips)
+                    .map_err(|why| {
+                        ApplyError::Precondition(format!("service {}: {why}", svc.spec.name))
+                    })?;
+                let mut svc = svc.clone();
+                svc.vips = vips.clone();
+                self.set_service(log, service_id, Some(svc));
+                Ok(one)
+            }
             Command::RemoveNetwork { id } => {
                 let Some(net) = self.networks.get(id) else {
                     return Err(ApplyError::NetworkNotFound(id.clone()));

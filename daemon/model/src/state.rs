@@ -369,6 +369,13 @@ pub enum Command {
     CreateNetwork(crate::Network),
     /// Remove a network. Refused (precondition) while a service names it.
     RemoveNetwork { id: Id },
+    /// The orchestrator's choice of a service's virtual IPs (one per network it attaches to).
+    /// Refused (precondition) when an address is outside its network, reserved or held by
+    /// another.
+    SetVips {
+        service_id: Id,
+        vips: Vec<crate::network::Attachment>,
+    },
     /// Several commands applied atomically.
     Batch(Vec<Command>),
     /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
