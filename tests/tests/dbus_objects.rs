@@ -336,8 +336,13 @@ fn busctl_gdbus_and_python_explore_and_drive_the_object_tree() {
     assert_eq!(report["service_path"], WEB, "{report}");
     assert_eq!(report["running"], 4, "{report}");
     assert!(report["objects"].as_u64().unwrap() >= 6, "{report}");
+    // The new tasks reach python by signals only: PropertiesChanged as they move through their
+    // states, or, when the coalescing pass ran only after they had started (a loaded machine),
+    // InterfacesAdded announcing them already running. That every state change of a task
+    // object is sent is checked deterministically in daemon/dbus/tests/objects.rs.
     assert!(
-        report["properties_changed"].as_u64().unwrap() >= 1,
+        report["properties_changed"].as_u64().unwrap() >= 1
+            || report["interfaces_added"].as_u64().unwrap() >= 2,
         "{report}"
     );
     let states = report["states"].as_object().unwrap();
