@@ -162,6 +162,96 @@ pub(crate) fn readdress_task(
     }
 }
 
+/// What one node needs to carry its tasks' overlay traffic: every network a task of the node
+/// holds an address on and, for each, the addresses held by tasks on other nodes with the
+/// underlay address of the node each runs on. Workers hold no cluster state; this reaches them
+/// with their assignments, and the data plane is programmed from it alone (nothing is learned
+/// by flooding).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeNetworks {
+    pub networks: Vec<NetworkPlan>,
+}
+
+impl NodeNetworks {
+    /// The plan of network `id`, if a task of the node is on it.
+    pub fn get(&self, id: &str) -> Option<&NetworkPlan> {
+        self.networks.iter().find(|n| n.id == id)
+    }
+}
+
+/// One network as a node programs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    pub id: Id,
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Subnet,
+    /// Addresses held by tasks on other nodes, sorted by address.
+    pub peers: Vec<Peer>,
+}
+
+/// A task's address on another node, and where that node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Peer {
+    pub addr: Ipv4Addr,
+    /// The underlay address of the node the task runs on (its advertise address).
+    pub node_ip: Ipv4Addr,
+}
+
+/// The IPv4 address of a node's advertise address (`IP:PORT`, or a bare IP).
+pub fn node_ip(addr: &str) -> Option<Ipv4Addr> {
+    addr.parse::<std::net::SocketAddrV4>()
+        .map(|a| *a.ip())
+        .or_else(|_| addr.parse::<Ipv4Addr>())
+        .ok()
+}
+
+impl ClusterState {
+    /// The overlay plan of node `node` (see [`NodeNetworks`]). Cost: the node's tasks plus the
+    /// addresses held on its networks.
+    pub fn node_networks(&self, node: &str) -> NodeNetworks {
+        let mut ids: std::collections::BTreeSet<&str> = Default::default();
+        for t in self.tasks_on(node).filter(|t| holds_addresses(t)) {
+            ids.extend(t.networks.iter().map(|a| a.network.as_str()));
+        }
+        let networks = ids
+            .into_iter()
+            .filter_map(|id| self.networks.get(id))
+            .map(|net| {
+                let mut peers: Vec<Peer> = self
+                    .addresses
+                    .used_on(&net.id)
+                    .into_iter()
+                    .flat_map(|m| m.iter())
+                    .filter_map(|(addr, owner)| {
+                        let AddressOwner::Task(task) = owner else {
+                            return None;
+                        };
+                        let on = self.tasks.get(task)?.node_id.as_deref()?;
+                        if on == node {
+                            return None;
+                        }
+                        let node_ip = node_ip(&self.nodes.get(on)?.addr)?;
+                        Some(Peer {
+                            addr: *addr,
+                            node_ip,
+                        })
+                    })
+                    .collect();
+                peers.sort();
+                NetworkPlan {
+                    id: net.id.clone(),
+                    name: net.name.clone(),
+                    vni: net.vni,
+                    subnet: net.subnet,
+                    peers,
+                }
+            })
+            .collect();
+        NodeNetworks { networks }
+    }
+}
+
 impl ClusterState {
     /// Why `list` cannot be taken by `owner`, if it cannot: an unknown network, an address
     /// outside the subnet or reserved (network, gateway, broadcast), or one held by another.
@@ -557,6 +647,87 @@ mod tests {
         // The network cannot go while addresses are held.
         let r = st.apply(&Command::RemoveNetwork { id: "a".into() });
         assert!(matches!(r, Err(ApplyError::Precondition(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_node_plans_the_networks_of_its_tasks_with_the_peers_on_other_nodes() {
+        let mut st = small();
+        st.apply(&Command::CreateNetwork(net("b", "10.0.1.0/24", 4097)))
+            .unwrap();
+        for (id, addr) in [("n1", "192.168.1.1:4600"), ("n2", "192.168.1.2:4600")] {
+            st.nodes.insert(
+                id.into(),
+                crate::Node {
+                    id: id.into(),
+                    raft_id: 1,
+                    name: id.into(),
+                    role: crate::NodeRole::Worker,
+                    availability: crate::Availability::Active,
+                    status: crate::NodeStatus::Ready,
+                    labels: Default::default(),
+                    addr: addr.into(),
+                    last_heartbeat: 0,
+                    version: String::new(),
+                    status_message: String::new(),
+                },
+            );
+        }
+        let mut tasks = vec![
+            ("t1", "a", "10.0.0.3", "n1"),
+            ("t2", "a", "10.0.0.4", "n2"),
+            ("t3", "a", "10.0.0.5", "n2"),
+            ("t4", "b", "10.0.1.2", "n2"),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, net, addr, node))| {
+            let mut t = task_on(id, net, addr);
+            t.slot = i as u64 + 1;
+            t.node_id = Some(node.into());
+            t
+        })
+        .collect::<Vec<_>>();
+        tasks[2].status.state = crate::TaskState::Running;
+        st.apply(&Command::PutTasks(tasks)).unwrap();
+        let plan = st.node_networks("n1");
+        // n1 is only on `a`; its peers are n2's tasks there (not its own, not the VIP, nothing
+        // of `b`).
+        assert_eq!(plan.networks.len(), 1, "{plan:?}");
+        let a = plan.get("a").unwrap();
+        assert_eq!((a.vni, a.subnet.to_string()), (4096, "10.0.0.0/29".into()));
+        let n2: Ipv4Addr = "192.168.1.2".parse().unwrap();
+        assert_eq!(
+            a.peers,
+            vec![
+                Peer {
+                    addr: "10.0.0.4".parse().unwrap(),
+                    node_ip: n2
+                },
+                Peer {
+                    addr: "10.0.0.5".parse().unwrap(),
+                    node_ip: n2
+                },
+            ]
+        );
+        // n2 sees t1 on n1 and has both networks.
+        let plan = st.node_networks("n2");
+        assert_eq!(plan.networks.len(), 2);
+        assert_eq!(plan.get("a").unwrap().peers.len(), 1);
+        assert!(plan.get("b").unwrap().peers.is_empty());
+        // A peer observed terminal is gone from the plan; a node with no task has no network.
+        st.apply(&Command::UpdateTaskStatus {
+            task_id: "t3".into(),
+            node_id: "n2".into(),
+            status: crate::TaskStatus {
+                state: crate::TaskState::Failed,
+                ..Default::default()
+            },
+        })
+        .unwrap();
+        assert_eq!(st.node_networks("n1").get("a").unwrap().peers.len(), 1);
+        assert_eq!(st.node_networks("n3"), NodeNetworks::default());
+        assert_eq!(node_ip("10.1.2.3"), Some("10.1.2.3".parse().unwrap()));
+        assert_eq!(node_ip("host.example:4600"), None);
     }
 
     #[test]

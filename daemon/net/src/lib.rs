@@ -63,8 +63,9 @@ mod legacy;
 mod netlink;
 mod netns;
 mod nft;
+mod overlay;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
@@ -79,6 +80,7 @@ use serde_json::Value;
 pub use error::{Error, Result};
 pub use model::Ipv4Subnet;
 pub use model::Protocol;
+pub use overlay::{OVERLAY_MTU, Repairs, VXLAN_PORT, mac_of};
 
 use ipam::Ipam;
 use netlink::Wiring;
@@ -165,6 +167,53 @@ struct Record {
     /// The `bridge` plugin's ADD result, in records written by the CNI implementation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cni_result: Option<Value>,
+    /// The task's interfaces on overlay networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    overlays: Vec<OverlayLink>,
+}
+
+/// A task's interface on an overlay network, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OverlayLink {
+    host_ifname: String,
+    ifname: String,
+    vni: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+}
+
+impl OverlayLink {
+    fn kernel(&self) -> overlay::Link {
+        overlay::Link {
+            host_ifname: self.host_ifname.clone(),
+            ifname: self.ifname.clone(),
+            vni: self.vni,
+            addr: self.addr,
+            prefix_len: self.prefix_len,
+        }
+    }
+}
+
+/// An overlay network as this node carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayNetwork {
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The node's underlay address: the VXLAN device's `local` address.
+    pub local: Ipv4Addr,
+    /// Overlay address → underlay address of its node, for every task of the network on
+    /// another node.
+    pub peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+/// A task's address on an overlay network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayAddress {
+    pub vni: u32,
+    pub subnet: Ipv4Subnet,
+    /// The node's underlay address (the network's devices are made if missing).
+    pub local: Ipv4Addr,
+    pub addr: Ipv4Addr,
 }
 
 impl Record {
@@ -188,6 +237,13 @@ fn veth_name(bridge: &str, task_id: &str) -> String {
     format!("shv{hex}")
 }
 
+/// The node end of a task's interface on overlay network `vni`: `shw` and 12 hex digits.
+fn overlay_veth_name(vni: u32, task_id: &str) -> String {
+    let mut name = veth_name(&format!("overlay-{vni}"), task_id);
+    name.replace_range(..3, "shw");
+    name
+}
+
 const TASK_LOCKS: usize = 64;
 
 struct Inner {
@@ -198,6 +254,8 @@ struct Inner {
     task_locks: [Mutex<()>; TASK_LOCKS],
     /// Serializes changes to the nftables table.
     nft_lock: Mutex<()>,
+    /// Serializes changes to overlay devices (a sync never removes what an attach just made).
+    overlay_lock: Mutex<()>,
     /// Set once the bridge, its address and the nftables table are known to exist; until then
     /// attaches make them, one at a time.
     bridge_ready: AtomicBool,
@@ -261,6 +319,7 @@ impl Network {
                 ipam,
                 task_locks: std::array::from_fn(|_| Mutex::new(())),
                 nft_lock: Mutex::new(()),
+                overlay_lock: Mutex::new(()),
                 bridge_ready: AtomicBool::new(false),
                 bridge_lock: Mutex::new(()),
                 dirs_ready: AtomicBool::new(false),
@@ -341,6 +400,33 @@ impl Network {
                 None
             }
         }
+    }
+
+    /// Gives the attached task `task_id` an interface on each overlay network of `addresses`,
+    /// named `eth1`, `eth2`, ... in that order, with the address and the MAC derived from it;
+    /// each network's bridge and VXLAN device are made when missing. The forwarding entries of
+    /// the network's other tasks come from [`Network::sync_overlays`]. Idempotent: interfaces
+    /// of an earlier try are replaced. A task with interfaces keeps its networks' devices alive
+    /// until it is detached.
+    pub async fn attach_overlays(
+        &self,
+        task_id: &str,
+        addresses: Vec<OverlayAddress>,
+    ) -> Result<()> {
+        let id = task_id.to_owned();
+        self.blocking(move |inner| inner.attach_overlays(&id, &addresses))
+            .await
+    }
+
+    /// Brings this node's overlay networks to exactly `networks` (level-triggered: pass them all
+    /// every time): makes missing devices, recreates ones that differ (another VNI, `local`
+    /// address or port), writes the forwarding and neighbour entries of each network's peers and
+    /// removes every other entry; puts back task interfaces that were taken off their bridge or
+    /// deleted; and removes the devices of networks neither listed nor used by an attached task.
+    /// Returns what it had to change, empty when everything was as it should be.
+    pub async fn sync_overlays(&self, networks: Vec<OverlayNetwork>) -> Result<Repairs> {
+        self.blocking(move |inner| inner.sync_overlays(&networks))
+            .await
     }
 
     /// Publishes exactly `bindings`, replacing whatever was published before in one atomic
@@ -552,6 +638,7 @@ impl Inner {
             attachment: attachment.clone(),
             host_ifname: Some(host_ifname),
             cni_result: None,
+            overlays: Vec::new(),
         })?;
         Ok(attachment)
     }
@@ -613,8 +700,15 @@ impl Inner {
         // end (a legacy record without it), delete eth0 inside the namespace instead.
         let enter = (known.is_none() && rec.is_some() && mounted).then_some(path);
         let host_ifname = known.unwrap_or_else(|| veth_name(bridge, task_id));
+        let overlays: Vec<String> = rec
+            .as_ref()
+            .map(|r| r.overlays.iter().map(|l| l.host_ifname.clone()).collect())
+            .unwrap_or_default();
         netlink::run(enter, move |h| async move {
             netlink::delete_link(&h.host, &host_ifname).await?;
+            for name in &overlays {
+                netlink::delete_link(&h.host, name).await?;
+            }
             if let Some(task) = &h.task {
                 netlink::delete_link(&task.handle, netlink::TASK_IFNAME).await?;
             }
@@ -683,6 +777,117 @@ impl Inner {
             let _ = fs::remove_file(&tmp);
             Error::io("write attachment record", &path, e)
         })
+    }
+
+    fn attach_overlays(&self, task_id: &str, addresses: &[OverlayAddress]) -> Result<()> {
+        validate_task_id(task_id)?;
+        let _task = self.lock_task(task_id);
+        let path = self.netns_dir().join(task_id);
+        let mut rec = self
+            .read_record(task_id)?
+            .filter(|_| netns::is_mounted(&path))
+            .ok_or_else(|| Error::NotAttached {
+                task: task_id.to_owned(),
+                reason: "attach it to the node network first",
+            })?;
+        let links: Vec<OverlayLink> = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, a)| OverlayLink {
+                host_ifname: overlay_veth_name(a.vni, task_id),
+                ifname: format!("eth{}", i + 1),
+                vni: a.vni,
+                addr: a.addr,
+                prefix_len: a.subnet.prefix_len(),
+            })
+            .collect();
+        // Recorded first, so a crash in between leaves nothing the record does not name.
+        rec.overlays = links.clone();
+        self.write_record(&rec)?;
+        let devices: Vec<(u32, Ipv4Addr)> = addresses.iter().map(|a| (a.vni, a.local)).collect();
+        let kernel: Vec<overlay::Link> = links.iter().map(OverlayLink::kernel).collect();
+        let _overlays = self.lock_overlays();
+        netlink::run(Some(&path), move |h| async move {
+            let mut rep = Repairs::default();
+            for (vni, local) in devices {
+                overlay::ensure(&h.host, vni, local, &mut rep).await?;
+            }
+            for link in &kernel {
+                overlay::wire(&h, link).await?;
+            }
+            Ok(())
+        })?;
+        tracing::info!(
+            task = task_id,
+            networks = links.len(),
+            "task attached to its overlay networks"
+        );
+        Ok(())
+    }
+
+    /// The overlay interfaces of every attached task, by task.
+    fn overlay_links(&self) -> Vec<(String, Vec<OverlayLink>)> {
+        let ids = self.attachments().unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|id| {
+                let rec = self.read_record(&id).ok().flatten()?;
+                (!rec.overlays.is_empty()).then_some((id, rec.overlays))
+            })
+            .collect()
+    }
+
+    fn sync_overlays(&self, networks: &[OverlayNetwork]) -> Result<Repairs> {
+        let _overlays = self.lock_overlays();
+        let links = self.overlay_links();
+        let mut keep: BTreeSet<u32> = networks.iter().map(|n| n.vni).collect();
+        keep.extend(links.iter().flat_map(|(_, l)| l.iter().map(|l| l.vni)));
+        let nets = networks.to_vec();
+        let (mut rep, broken) = netlink::run(None, move |h| async move {
+            let mut rep = Repairs::default();
+            for n in &nets {
+                let index = overlay::ensure(&h.host, n.vni, n.local, &mut rep).await?;
+                overlay::sync_peers(&h.host, index, &n.peers, &mut rep).await?;
+            }
+            for vni in overlay::present(&h.host).await? {
+                if !keep.contains(&vni) {
+                    rep.devices += overlay::remove(&h.host, vni).await?;
+                }
+            }
+            // Task interfaces off their bridge are put back; missing ones are wired again below.
+            let mut broken = Vec::new();
+            for (task, list) in &links {
+                for l in list {
+                    match overlay::port_of(&h.host, &l.kernel()).await? {
+                        overlay::Port::Ok => {}
+                        overlay::Port::Fixed => rep.devices += 1,
+                        overlay::Port::Missing => broken.push((task.clone(), l.clone())),
+                    }
+                }
+            }
+            Ok((rep, broken))
+        })?;
+        for (task, link) in broken {
+            let path = self.netns_dir().join(&task);
+            if !netns::is_mounted(&path) {
+                continue;
+            }
+            let Some(local) = networks.iter().find(|n| n.vni == link.vni).map(|n| n.local) else {
+                continue;
+            };
+            let kernel = link.kernel();
+            netlink::run(Some(&path), move |h| async move {
+                let mut r = Repairs::default();
+                overlay::ensure(&h.host, kernel.vni, local, &mut r).await?;
+                overlay::wire(&h, &kernel).await
+            })?;
+            tracing::warn!(task = %task, interface = %link.ifname, "overlay interface was missing; wired again");
+            rep.devices += 1;
+        }
+        Ok(rep)
+    }
+
+    fn lock_overlays(&self) -> MutexGuard<'_, ()> {
+        self.overlay_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn sync_ports(&self, bindings: &[PortBinding]) -> Result<()> {
@@ -869,6 +1074,7 @@ mod tests {
             },
             host_ifname: Some(veth_name("shoal0", "t1")),
             cni_result: None,
+            overlays: Vec::new(),
         };
         let text = serde_json::to_string(&rec).unwrap();
         assert!(!text.contains("cni_result"), "{text}");
