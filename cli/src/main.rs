@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
 mod flags;
+mod network;
 mod render;
 mod stackfile;
 mod wait;
@@ -54,6 +55,9 @@ enum Cmd {
     /// Manage stacks
     #[command(subcommand)]
     Stack(StackCmd),
+    /// Manage overlay networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -451,6 +455,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Node(cmd) => node(cmd).await,
         Cmd::Service(cmd) => service(cmd).await,
         Cmd::Stack(cmd) => stack(cmd).await,
+        Cmd::Network(cmd) => network::run(&connect().await?, cmd).await,
     }
 }
 

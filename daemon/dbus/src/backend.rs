@@ -307,4 +307,40 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<BTreeMap<String, String>, ApiError>> + Send {
         async { Ok(BTreeMap::new()) }
     }
+
+    /// `CreateNetwork`: create an overlay network named `name`; `options` as in
+    /// `spec::network::NETWORK_OPTIONS`. Returns its id. The subnet (unless given) and the
+    /// VXLAN id come from the cluster's address pool.
+    fn create_network(
+        &self,
+        name: &str,
+        options: BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send {
+        let _ = (name, options);
+        async {
+            Err(ApiError::Failed(
+                "CreateNetwork is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `ListNetworks`: every network, sorted by name, as named strings (`Id`, `Name`, `Driver`,
+    /// `Scope`, `Subnet`, `Gateway`, `Vni`, `Attachable`, `Ingress`, `Stack`, `Services`,
+    /// `Label.<key>`; new keys may appear).
+    fn list_networks(
+        &self,
+    ) -> impl Future<Output = Result<Vec<BTreeMap<String, String>>, ApiError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// `RemoveNetwork`: remove a network; refused while a service names it or a task holds an
+    /// address on it.
+    fn remove_network(&self, network: &str) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = network;
+        async {
+            Err(ApiError::Failed(
+                "RemoveNetwork is not supported by this backend".into(),
+            ))
+        }
+    }
 }

@@ -49,6 +49,13 @@ pub trait Manager {
     fn cluster_leave(&self, force: bool) -> Result<(), ApiError>;
     fn update_cluster(&self, settings: &BTreeMap<String, String>) -> Result<(), ApiError>;
     fn get_cluster_details(&self) -> Result<BTreeMap<String, String>, ApiError>;
+    fn create_network(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<String, ApiError>;
+    fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError>;
+    fn remove_network(&self, network: &str) -> Result<(), ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -367,6 +374,22 @@ impl Client {
 
     pub async fn cluster_details(&self) -> Result<BTreeMap<String, String>, ClientError> {
         Ok(self.proxy.get_cluster_details().await?)
+    }
+
+    pub async fn create_network(
+        &self,
+        name: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<String, ClientError> {
+        Ok(self.proxy.create_network(name, options).await?)
+    }
+
+    pub async fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ClientError> {
+        Ok(self.proxy.list_networks().await?)
+    }
+
+    pub async fn remove_network(&self, network: &str) -> Result<(), ClientError> {
+        Ok(self.proxy.remove_network(network).await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

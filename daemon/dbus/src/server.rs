@@ -215,6 +215,27 @@ impl<B: Backend> Manager<B> {
         self.backend.cluster_details().await
     }
 
+    /// Create an overlay network; `options`: `Driver`, `Subnet`, `Attachable`, `Label.<key>`.
+    /// Returns its id.
+    async fn create_network(
+        &self,
+        name: &str,
+        options: BTreeMap<String, String>,
+    ) -> Result<String, ApiError> {
+        self.backend.create_network(name, options).await
+    }
+
+    /// Every network, as named strings (`Id`, `Name`, `Driver`, `Scope`, `Subnet`, `Gateway`,
+    /// `Vni`, `Attachable`, `Ingress`, `Stack`, `Services`, `Label.<key>`; new keys may appear).
+    async fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+        self.backend.list_networks().await
+    }
+
+    /// Remove a network that no service uses.
+    async fn remove_network(&self, network: &str) -> Result<(), ApiError> {
+        self.backend.remove_network(network).await
+    }
+
     /// Set the replica count of a replicated service.
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
         self.backend.scale_service(service, replicas).await

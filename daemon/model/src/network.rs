@@ -162,6 +162,94 @@ pub(crate) fn readdress_task(
     }
 }
 
+/// A new overlay network named `name`: `subnet` if given (refused when it overlaps a network
+/// or `avoid`), else the next free one of the cluster's pool in `default_subnet_size` steps;
+/// the lowest free VNI. Apply checks the same again, so a race loses cleanly.
+pub fn new_network(
+    st: &ClusterState,
+    id: Id,
+    name: &str,
+    subnet: Option<Ipv4Subnet>,
+    avoid: &[Ipv4Subnet],
+    now: Millis,
+) -> Result<Network, String> {
+    let subnet = match subnet {
+        Some(s) => {
+            if let Some(n) = st.networks.values().find(|n| n.subnet.overlaps(&s)) {
+                return Err(format!(
+                    "subnet {s} overlaps network {} ({})",
+                    n.name, n.subnet
+                ));
+            }
+            if let Some(a) = avoid.iter().find(|a| a.overlaps(&s)) {
+                return Err(format!(
+                    "subnet {s} overlaps {a}, a node's bridge or address: choose another"
+                ));
+            }
+            s
+        }
+        None => st
+            .free_subnet(
+                &st.settings.default_addr_pool,
+                st.settings.default_subnet_size,
+                avoid,
+            )
+            .ok_or_else(|| {
+                format!(
+                    "no free /{} subnet left in the cluster's address pool ({}): remove a network or widen default_addr_pool",
+                    st.settings.default_subnet_size,
+                    st.settings
+                        .default_addr_pool
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?,
+    };
+    let vni = st
+        .free_vni()
+        .ok_or_else(|| "no free VXLAN id left".to_string())?;
+    Ok(Network {
+        id,
+        name: name.to_owned(),
+        driver: NetworkDriver::Overlay,
+        subnet,
+        vni,
+        attachable: false,
+        ingress: false,
+        stack: None,
+        labels: BTreeMap::new(),
+        created_at: now,
+    })
+}
+
+/// A network as `ListNetworks` shows it: named strings, new keys may appear.
+pub fn network_row(st: &ClusterState, n: &Network) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("Id".into(), n.id.clone());
+    m.insert("Name".into(), n.name.clone());
+    m.insert("Driver".into(), n.driver.as_str().into());
+    m.insert("Scope".into(), "swarm".into());
+    m.insert("Subnet".into(), n.subnet.to_string());
+    m.insert("Gateway".into(), n.gateway().to_string());
+    m.insert("Vni".into(), n.vni.to_string());
+    m.insert("Attachable".into(), n.attachable.to_string());
+    m.insert("Ingress".into(), n.ingress.to_string());
+    m.insert("Stack".into(), n.stack.clone().unwrap_or_default());
+    m.insert("Created".into(), n.created_at.to_string());
+    let services: Vec<&str> = st
+        .services_on_network(n)
+        .map(|s| s.spec.name.as_str())
+        .collect();
+    m.insert("Services".into(), services.join(","));
+    m.insert("Addresses".into(), st.addresses.in_use(&n.id).to_string());
+    for (k, v) in &n.labels {
+        m.insert(format!("Label.{k}"), v.clone());
+    }
+    m
+}
+
 /// What one node needs to carry its tasks' overlay traffic: every network a task of the node
 /// holds an address on and, for each, the addresses held by tasks on other nodes with the
 /// underlay address of the node each runs on. Workers hold no cluster state; this reaches them

@@ -103,6 +103,9 @@ pub struct AssignmentSet {
     /// Changes whenever the set does.
     pub version: String,
     pub tasks: Vec<Task>,
+    /// What the node needs to carry its tasks' overlay traffic (absent from older managers).
+    #[serde(default)]
+    pub networks: model::network::NodeNetworks,
 }
 
 /// An answer.

@@ -37,7 +37,7 @@ fn apply_error(e: ApplyError) -> ApiError {
         ApplyError::StackNotFound(n) => ApiError::NotFound(format!("stack {n} not found")),
         e @ ApplyError::PortInUse { .. } => ApiError::InvalidSpec(e.to_string()),
         ApplyError::NetworkNotFound(n) => ApiError::InvalidSpec(format!(
-            "network {n} not found (overlay networks are not supported yet)"
+            "network {n} not found: create it with `shoal network create {n}` (see `shoal network ls`)"
         )),
         ApplyError::NetworkExists(n) => {
             ApiError::AlreadyExists(format!("network {n} already exists"))
@@ -74,6 +74,20 @@ fn find_service<'a>(state: &'a ClusterState, key: &str) -> Result<&'a Service, A
 impl DaemonBackend {
     fn d(&self) -> &Daemon {
         &self.0
+    }
+
+    /// Subnets a new network must not overlap: this node's bridge, and every node's underlay
+    /// address (a task could not reach a node whose address is inside one of its networks).
+    fn avoided_subnets(&self, st: &model::ClusterState) -> Vec<model::Ipv4Subnet> {
+        let mut avoid = vec![self.d().net.subnet()];
+        avoid.extend(
+            st.nodes
+                .values()
+                .filter_map(|n| model::network::node_ip(&n.addr))
+                .chain(self.d().underlay_ip())
+                .filter_map(|ip| model::Ipv4Subnet::new(ip, 32)),
+        );
+        avoid
     }
 
     async fn propose(&self, cmd: Command) -> Result<model::Applied, ApiError> {
@@ -901,6 +915,81 @@ impl Backend for DaemonBackend {
         self.propose(Command::SetSettings(parsed.cluster.settings))
             .await?;
         info!(?settings, "cluster settings updated");
+        Ok(())
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        options: std::collections::BTreeMap<String, String>,
+    ) -> Result<String, ApiError> {
+        let req = spec::network::network_request(name, &options).map_err(ApiError::InvalidSpec)?;
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        let st = d.state();
+        if st.find_network(name).is_some_and(|n| n.name == name) {
+            return Err(ApiError::InvalidSpec(format!(
+                "network {name} already exists (see `shoal network ls`)"
+            )));
+        }
+        let network = model::network::new_network(
+            &st,
+            identity::new_id(),
+            &req.name,
+            req.subnet,
+            &self.avoided_subnets(&st),
+            now_ms(),
+        )
+        .map_err(ApiError::InvalidSpec)?;
+        let network = model::Network {
+            attachable: req.attachable,
+            labels: req.labels,
+            driver: req.driver,
+            ..network
+        };
+        let id = network.id.clone();
+        let subnet = network.subnet;
+        self.propose(Command::CreateNetwork(network)).await?;
+        info!(network = %name, %subnet, "network created");
+        Ok(id)
+    }
+
+    async fn list_networks(
+        &self,
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, ApiError> {
+        let st = self.d().state();
+        let mut rows: Vec<_> = st
+            .networks
+            .values()
+            .map(|n| model::network::network_row(&st, n))
+            .collect();
+        rows.sort_by(|a, b| a.get("Name").cmp(&b.get("Name")));
+        Ok(rows)
+    }
+
+    async fn remove_network(&self, network: &str) -> Result<(), ApiError> {
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        let st = d.state();
+        let Some(net) = st.find_network(network) else {
+            return Err(ApiError::NotFound(format!(
+                "network {network} not found (see `shoal network ls`)"
+            )));
+        };
+        let users: Vec<&str> = st
+            .services_on_network(net)
+            .map(|s| s.spec.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::Failed(format!(
+                "network {} is in use by service {}: remove the service or its --network first",
+                net.name,
+                users.join(", ")
+            )));
+        }
+        let (id, name) = (net.id.clone(), net.name.clone());
+        self.propose(Command::RemoveNetwork { id }).await?;
+        info!(network = %name, "network removed");
         Ok(())
     }
 

@@ -112,6 +112,21 @@ impl Daemon {
     }
 
     /// This node's role: what its certificate says, or the cluster file before it has one.
+    /// This node's address on the underlay (the IP of its advertise address): the `local`
+    /// address of its VXLAN devices, and where other nodes send this node's overlay traffic.
+    pub fn underlay_ip(&self) -> Option<std::net::Ipv4Addr> {
+        model::network::node_ip(&self.addr)
+    }
+
+    /// This node's overlay plan, from its latest assignment set.
+    pub fn overlay_plan(&self) -> model::network::NodeNetworks {
+        self.assignments
+            .borrow()
+            .as_ref()
+            .map(|s| s.networks.clone())
+            .unwrap_or_default()
+    }
+
     pub fn role(&self) -> NodeRole {
         self.tls()
             .and_then(|t| rpc::pki::cert_info(&t.cert().cert_pem).ok())
@@ -650,6 +665,59 @@ pub async fn run_ports(d: Arc<Daemon>) {
         }
     }
 }
+
+/// Keep this node's overlay networks as its assignment set plans them: devices, forwarding and
+/// neighbour entries, task interfaces on their bridges. Level-triggered: on every new set and
+/// every few seconds, so what something else deletes or flushes comes back (with a warning).
+/// Nothing happens before the first set: what this node carries is not known until then.
+pub async fn run_overlays(d: Arc<Daemon>) {
+    let mut rx = d.assignments.subscribe();
+    let mut applied: Option<model::network::NodeNetworks> = None;
+    loop {
+        let plan = rx.borrow_and_update().as_ref().map(|s| s.networks.clone());
+        if let (Some(plan), Some(local)) = (plan, d.underlay_ip()) {
+            let networks = plan
+                .networks
+                .iter()
+                .map(|n| net::OverlayNetwork {
+                    vni: n.vni,
+                    local,
+                    peers: n.peers.iter().map(|p| (p.addr, p.node_ip)).collect(),
+                })
+                .collect();
+            match d.net.sync_overlays(networks).await {
+                Ok(rep) if rep.is_empty() => {}
+                Ok(rep) if applied.as_ref() == Some(&plan) => warn!(
+                    devices = rep.devices,
+                    added = rep.added,
+                    removed = rep.removed,
+                    "overlay networks had drifted from the cluster state (devices or entries deleted or changed by something else); repaired"
+                ),
+                Ok(rep) => info!(
+                    networks = plan.networks.len(),
+                    devices = rep.devices,
+                    added = rep.added,
+                    removed = rep.removed,
+                    "overlay networks updated"
+                ),
+                Err(e) => {
+                    error!(error = %e, "failed to update the overlay networks");
+                    applied = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            applied = Some(plan);
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(OVERLAY_RECHECK) => {}
+        }
+    }
+}
+
+/// How often the overlay networks are checked against their plan when nothing changes.
+const OVERLAY_RECHECK: Duration = Duration::from_secs(3);
 
 /// The agent's report queue, as seen by shutdown.
 pub struct ReportQueue {

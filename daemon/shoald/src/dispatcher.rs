@@ -65,15 +65,24 @@ impl Dispatcher {
 /// The node port handler of this daemon.
 pub struct NodePort(pub Arc<Daemon>);
 
-fn set_of(tasks: Vec<Task>) -> AssignmentSet {
-    let bytes = serde_json::to_vec(&tasks).unwrap_or_default();
+fn set_of(tasks: Vec<Task>, networks: model::network::NodeNetworks) -> AssignmentSet {
+    let bytes = serde_json::to_vec(&(&tasks, &networks)).unwrap_or_default();
     let version = hex::encode(&Sha256::digest(&bytes)[..12]);
-    AssignmentSet { version, tasks }
+    AssignmentSet {
+        version,
+        tasks,
+        networks,
+    }
 }
 
 /// Every task assigned to `node` (history included: the agent stops what it must stop).
 pub fn assigned_to(state: &model::ClusterState, node: &str) -> Vec<Task> {
     state.tasks_on(node).cloned().collect()
+}
+
+/// The assignment set of `node`: its tasks and its overlay plan.
+pub fn assignment_set(state: &model::ClusterState, node: &str) -> AssignmentSet {
+    set_of(assigned_to(state, node), state.node_networks(node))
 }
 
 impl NodePort {
@@ -299,7 +308,7 @@ impl NodePort {
             // Clone the Arc first: holding the watch borrow while serializing would block the
             // state machine from publishing the next state.
             let state = rx.borrow_and_update().clone();
-            let set = set_of(assigned_to(&state, node));
+            let set = assignment_set(&state, node);
             if set.version != known || !d.store.is_leader() {
                 return Response::Assignments(set);
             }

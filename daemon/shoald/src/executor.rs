@@ -117,6 +117,38 @@ fn signal_number(name: &str) -> Result<i32, ExecError> {
         .map_err(|_| ExecError::fatal(format!("unknown stop signal {name}")))
 }
 
+impl ContainerExecutor {
+    /// The task's addresses on overlay networks, with what the node needs to carry them.
+    fn overlay_addresses(&self, task: &Task) -> Result<Vec<net::OverlayAddress>, ExecError> {
+        let local = self.d.underlay_ip().ok_or_else(|| {
+            ExecError::fatal(format!(
+                "this node's advertise address {} is not an IPv4 address; overlay networks need one",
+                self.d.addr
+            ))
+        })?;
+        let plan = self.d.overlay_plan();
+        task.networks
+            .iter()
+            .map(|a| {
+                let n = plan.get(&a.network).ok_or_else(|| {
+                    // The plan comes with the same assignment set as the task: only a set from
+                    // an older manager lacks it.
+                    ExecError::temporary(format!(
+                        "network {} is not in this node's plan yet",
+                        a.network
+                    ))
+                })?;
+                Ok(net::OverlayAddress {
+                    vni: n.vni,
+                    subnet: n.subnet,
+                    local,
+                    addr: a.addr,
+                })
+            })
+            .collect()
+    }
+}
+
 impl Executor for ContainerExecutor {
     async fn prepare(&self, task: &Task) -> Result<Prepared, ExecError> {
         let d = &self.d;
@@ -126,6 +158,17 @@ impl Executor for ContainerExecutor {
         let att = d.net.attach(&task.id).await.map_err(|e| {
             ExecError::fatal(format!("failed to attach task to the node network: {e}"))
         })?;
+        if !task.networks.is_empty() {
+            let addresses = self.overlay_addresses(task)?;
+            d.net
+                .attach_overlays(&task.id, addresses)
+                .await
+                .map_err(|e| {
+                    ExecError::fatal(format!(
+                        "failed to attach task to its overlay networks: {e}"
+                    ))
+                })?;
+        }
         let t_net = t0.elapsed();
         let cid = task.container_id();
         let spec = &task.spec;

@@ -46,6 +46,9 @@ pub enum ApiCall {
     JoinToken(String, bool),
     UpdateCluster(BTreeMap<String, String>),
     ClusterDetails,
+    CreateNetwork(String, BTreeMap<String, String>),
+    ListNetworks,
+    RemoveNetwork(String),
     LogSources(String),
     ApplyStackFiles(Vec<(String, String)>),
     /// The state of the D-Bus object tree; the fingerprint of the state the caller has (0 for
@@ -65,6 +68,7 @@ impl ApiCall {
                 | ApiCall::ListTasks(_)
                 | ApiCall::ListStacks
                 | ApiCall::ClusterDetails
+                | ApiCall::ListNetworks
                 | ApiCall::LogSources(_)
                 | ApiCall::Snapshot(_)
         )
@@ -142,6 +146,9 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::JoinToken(r, rotate) => reply(b.join_token(&r, rotate).await),
         ApiCall::UpdateCluster(m) => reply(b.update_cluster(m).await),
         ApiCall::ClusterDetails => reply(b.cluster_details().await),
+        ApiCall::CreateNetwork(n, o) => reply(b.create_network(&n, o).await),
+        ApiCall::ListNetworks => reply(b.list_networks().await),
+        ApiCall::RemoveNetwork(n) => reply(b.remove_network(&n).await),
         ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
         ApiCall::ApplyStackFiles(f) => reply(b.apply_stack_files(f).await),
         ApiCall::Snapshot(known) => reply(b.snapshot().await.map(|s| SnapshotReply::new(s, known))),
@@ -422,6 +429,31 @@ impl Backend for ClusterBackend {
 
     async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
         self.read(ApiCall::ListStacks, self.0.list_stacks()).await
+    }
+
+    async fn create_network(
+        &self,
+        name: &str,
+        options: BTreeMap<String, String>,
+    ) -> Result<String, ApiError> {
+        write_call!(
+            self,
+            ApiCall::CreateNetwork(name.into(), options.clone()),
+            self.0.create_network(name, options)
+        )
+    }
+
+    async fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+        self.read(ApiCall::ListNetworks, self.0.list_networks())
+            .await
+    }
+
+    async fn remove_network(&self, network: &str) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::RemoveNetwork(network.into()),
+            self.0.remove_network(network)
+        )
     }
 
     async fn remove_stack(&self, name: &str) -> Result<Vec<String>, ApiError> {

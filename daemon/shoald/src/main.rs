@@ -152,6 +152,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(dispatcher::run_liveness(d.clone()));
     tokio::spawn(dispatcher::run_membership(d.clone()));
     tokio::spawn(daemon::run_ports(d.clone()));
+    tokio::spawn(daemon::run_overlays(d.clone()));
     tokio::spawn(daemon::run_log_gc(d.clone()));
 
     let backend = Arc::new(forward::ClusterBackend(backend::DaemonBackend(d.clone())));

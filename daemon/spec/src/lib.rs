@@ -31,6 +31,7 @@
 mod cluster;
 pub mod compose;
 mod diag;
+pub mod network;
 pub mod placement;
 mod stack;
 pub mod units;

@@ -1,0 +1,261 @@
+//! Overlay networks on real nodes: two hosts (each its own network namespace on a shared LAN
+//! bridge, with its own containerd, D-Bus bus and `shoald`) form a cluster; a network made with
+//! `shoal network create` carries a service's tasks on both hosts, which reach each other over
+//! VXLAN with forwarding entries written from the cluster state.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use shoal_tests::images;
+use shoal_tests::lan::Lan;
+use shoal_tests::node::{Node, NodeOptions};
+
+const SECRET: &str = "overlay-test-provisioning-secret-42";
+
+fn cluster(lan: &Lan, dir: &std::path::Path) -> (Node, Node) {
+    let tok = dir.join("join-token");
+    std::fs::write(&tok, SECRET).unwrap();
+    let tok = tok.display().to_string();
+    let manager = Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        host: Some(lan.host()),
+        ..Default::default()
+    });
+    let worker = Node::start_with(NodeOptions {
+        node_config: "role = \"worker\"".into(),
+        extra_config: format!(
+            "[cluster]\njoin = [\"{}\"]\ntoken_file = \"{tok}\"\n",
+            manager.addr
+        ),
+        host: Some(lan.host()),
+        ..Default::default()
+    });
+    manager.wait_for("two ready nodes", Duration::from_secs(60), |m| {
+        let out = m.shoal(&["node", "ls", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.len() == 2 && rows.iter().all(|r| r["status"] == "ready")
+    });
+    (manager, worker)
+}
+
+/// Runs `args` inside the network namespace of the process `pid` (a task's container).
+fn in_task(pid: u32, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(args)
+        .output()
+        .expect("run nsenter")
+}
+
+/// The IPv4 address of `ifname` in the container of `pid`.
+fn address(pid: u32, ifname: &str) -> Option<String> {
+    let out = in_task(pid, &["ip", "-o", "-4", "addr", "show", ifname]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let word = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?;
+    Some(word.split('/').next()?.to_string())
+}
+
+/// One HTTP/1.0 `GET http://addr:8080/` from a thread inside the network namespace of the
+/// container of `pid`.
+fn get_once(pid: u32, addr: &str) -> Result<String, String> {
+    let addr: std::net::SocketAddr = format!("{addr}:8080").parse().unwrap();
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.contains(" 200 ") => Ok(body.trim().to_string()),
+            _ => Err(format!("unexpected answer {text:?}")),
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+/// [`get_once`], retried for a while.
+fn fetch_from(pid: u32, addr: &str) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        match get_once(pid, addr) {
+            Ok(body) => return Ok(body),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+/// The overlay devices and entries of each host, and what the daemons logged about them.
+fn debug(nodes: &[&Node]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        let ns = &n.host.as_ref().unwrap().ns;
+        for args in [
+            vec!["ip", "-n", ns, "-d", "link", "show"],
+            vec!["bridge", "-n", ns, "fdb", "show"],
+            vec!["ip", "-n", ns, "neigh", "show"],
+        ] {
+            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            out += &format!(
+                "$ {}\n{}\n",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+        for l in n
+            .log()
+            .lines()
+            .filter(|l| l.contains("overlay") || l.contains("ERROR"))
+        {
+            out += l;
+            out += "\n";
+        }
+    }
+    out
+}
+
+fn network_rows(node: &Node) -> Vec<serde_json::Value> {
+    let out = node.shoal_ok(&["network", "ls", "--format", "json"]);
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
+    let lan = Lan::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, worker) = cluster(&lan, dir.path());
+
+    // A network from the worker's CLI (forwarded to the leader), with a subnet larger than a /24.
+    let id = worker.shoal_ok(&["network", "create", "--subnet", "10.96.0.0/20", "appnet"]);
+    let id = id.trim();
+    assert!(!id.is_empty());
+    let rows = network_rows(&manager);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["Name"], "appnet");
+    assert_eq!(rows[0]["Id"], id);
+    assert_eq!(rows[0]["Driver"], "overlay");
+    assert_eq!(rows[0]["Subnet"], "10.96.0.0/20");
+    let table = manager.shoal_ok(&["network", "ls"]);
+    assert!(
+        table.starts_with("NETWORK ID") && table.contains("appnet") && table.contains("overlay"),
+        "{table}"
+    );
+    // A name taken, and an overlapping subnet, are refused with what to do.
+    let again = manager.shoal(&["network", "create", "appnet"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+    let overlap = manager.shoal(&["network", "create", "--subnet", "10.96.4.0/24", "other"]);
+    assert!(
+        String::from_utf8_lossy(&overlap.stderr).contains("overlaps network appnet"),
+        "{overlap:?}"
+    );
+    // A second network without a subnet gets one from the pool (not the first's).
+    manager.shoal_ok(&["network", "create", "spare"]);
+
+    // A service on the network, one task per host, each serving its own host name.
+    let image = dir.path().join("bb.tar");
+    images::write_oci_archive(&image, false, "example.org/bb:1");
+    let image = format!("oci-archive:{}", image.display());
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "--network",
+        "appnet",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    manager.wait_for("a task on each host", Duration::from_secs(90), |m| {
+        m.running("web").len() == 2
+            && m.container_tasks().len() == 1
+            && worker.container_tasks().len() == 1
+    });
+    let pid_m = manager.container_tasks()[0].1;
+    let pid_w = worker.container_tasks()[0].1;
+    let addr_m = address(pid_m, "eth1").expect("the manager's task has eth1");
+    let addr_w = address(pid_w, "eth1").expect("the worker's task has eth1");
+    assert!(
+        addr_m.starts_with("10.96.") && addr_w.starts_with("10.96.") && addr_m != addr_w,
+        "{addr_m} {addr_w}"
+    );
+    // Each task reaches the other across the hosts, over the overlay.
+    let from_m = fetch_from(pid_m, &addr_w).unwrap_or_else(|e| {
+        panic!(
+            "manager's task does not reach the worker's: {e}\n{}",
+            debug(&[&manager, &worker])
+        )
+    });
+    let from_w = fetch_from(pid_w, &addr_m).expect("worker's task reaches the manager's");
+    assert_ne!(from_m, from_w, "the two answers come from two tasks");
+
+    // The network cannot go while the service names it.
+    let busy = manager.shoal(&["network", "rm", "appnet"]);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("in use by service web"),
+        "{busy:?}"
+    );
+
+    // Something flushes the worker's VXLAN entries: within seconds they are back, with a log
+    // line saying so.
+    let vni = rows[0]["Vni"].as_str().unwrap().to_string();
+    let flush = worker.host.as_ref().unwrap().run_in({
+        let dev = format!("shvx-{vni}");
+        move || {
+            Command::new("ip")
+                .args(["neigh", "flush", "dev", &dev, "nud", "permanent"])
+                .status()
+                .unwrap()
+                .success()
+        }
+    });
+    assert!(flush);
+    let from_w = fetch_from(pid_w, &addr_m).expect("repaired after a flush");
+    assert!(!from_w.is_empty());
+    worker.wait_for("the repair in the log", Duration::from_secs(20), |w| {
+        w.log().contains("overlay networks had drifted")
+    });
+
+    // Removing the service, then the networks, leaves no overlay device on either host.
+    manager.shoal_ok(&["service", "rm", "web"]);
+    manager.wait_for("no containers", Duration::from_secs(60), |m| {
+        m.container_tasks().is_empty() && worker.container_tasks().is_empty()
+    });
+    manager.wait_for("the network free", Duration::from_secs(60), |m| {
+        m.shoal(&["network", "rm", "appnet"]).status.success()
+    });
+    manager.shoal_ok(&["network", "rm", "spare"]);
+    assert!(network_rows(&manager).is_empty());
+    for node in [&manager, &worker] {
+        node.wait_for("no overlay devices", Duration::from_secs(20), |n| {
+            let links = n.host.as_ref().unwrap().run_in(|| {
+                let out = Command::new("ip")
+                    .args(["-o", "link", "show"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            });
+            !links.contains("shvx-") && !links.contains("shbr-") && !links.contains(" shw")
+        });
+    }
+}
