@@ -6,6 +6,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
 use shoal_tests::images;
 use shoal_tests::lan::Lan;
 use shoal_tests::node::{Node, NodeOptions};
@@ -77,6 +79,48 @@ fn get_once(pid: u32, addr: &str) -> Result<String, String> {
             Some((head, body)) if head.contains(" 200 ") => Ok(body.trim().to_string()),
             _ => Err(format!("unexpected answer {text:?}")),
         }
+    })
+    .join()
+    .unwrap()
+}
+
+/// Asks the DNS server in `/etc/resolv.conf` of the container of `pid` for the A records of
+/// `name`, from inside the container's network namespace: the response code and the addresses.
+fn resolve(pid: u32, name: &str) -> (ResponseCode, Vec<String>) {
+    let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap();
+    let server = resolv
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .expect("a nameserver")
+        .trim()
+        .to_string();
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(
+            Name::from_ascii(&name).unwrap(),
+            RecordType::A,
+        ));
+        sock.send_to(&q.to_vec().unwrap(), format!("{server}:53"))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let n = sock.recv(&mut buf).expect("a DNS answer");
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        let mut addrs: Vec<String> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        addrs.sort();
+        (m.metadata.response_code, addrs)
     })
     .join()
     .unwrap()
@@ -207,6 +251,42 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
     });
     let from_w = fetch_from(pid_w, &addr_m).expect("worker's task reaches the manager's");
     assert_ne!(from_m, from_w, "the two answers come from two tasks");
+
+    // Service discovery: the tasks ask the node's DNS server; the service's name (full, or
+    // short within its stack... here a plain service) gives its VIP, tasks.NAME every running
+    // task's address, another name goes to the host's resolvers, and a service on a network
+    // the task is not on is not answered.
+    let mut both = vec![addr_m.clone(), addr_w.clone()];
+    both.sort();
+    for pid in [pid_m, pid_w] {
+        let (code, addrs) = resolve(pid, "tasks.web");
+        assert_eq!((code, &addrs), (ResponseCode::NoError, &both), "tasks.web");
+        let (code, vip) = resolve(pid, "web");
+        assert_eq!(code, ResponseCode::NoError);
+        assert_eq!(vip.len(), 1, "{vip:?}");
+        assert!(
+            vip[0].starts_with("10.96.") && !both.contains(&vip[0]),
+            "{vip:?}"
+        );
+    }
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "hidden",
+        "--network",
+        "spare",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    manager.wait_for("hidden runs", Duration::from_secs(60), |m| {
+        m.running("hidden").len() == 1
+    });
+    assert_eq!(resolve(pid_m, "hidden").0, ResponseCode::NXDomain);
+    assert_eq!(resolve(pid_m, "tasks.hidden").0, ResponseCode::NXDomain);
+    manager.shoal_ok(&["service", "rm", "hidden"]);
 
     // The network cannot go while the service names it.
     let busy = manager.shoal(&["network", "rm", "appnet"]);

@@ -116,6 +116,7 @@ pub fn reconcile_in_place(state: &mut ClusterState, now: Millis, ids: &mut dyn I
     }
     scheduler::schedule(&mut pass);
     reaper::reap(&mut pass);
+    networks::collect_stack_networks(&mut pass);
     let Pass {
         state, undo, plan, ..
     } = pass;

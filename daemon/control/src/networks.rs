@@ -83,3 +83,32 @@ pub(crate) fn task_addresses(pass: &mut Pass<'_>, svc: &Service) -> Option<Vec<A
 
 /// Addresses picked during a pass, per network, for tasks built but maybe not yet pushed.
 pub(crate) type Picked = BTreeMap<Id, BTreeSet<Ipv4Addr>>;
+
+/// Remove the networks of stacks that no longer declare them (or are gone), once no service
+/// names them and no task holds an address on them: a removed stack leaves no network behind,
+/// and its tasks keep their addresses until their containers are gone.
+pub(crate) fn collect_stack_networks(pass: &mut Pass<'_>) {
+    let orphans: Vec<Id> = pass
+        .state
+        .networks
+        .values()
+        .filter(|n| {
+            let Some(stack) = n.stack.as_deref() else {
+                return false;
+            };
+            let declared = pass.state.stacks.get(stack).is_some_and(|s| {
+                s.spec
+                    .networks
+                    .iter()
+                    .any(|(short, spec)| !spec.external && format!("{stack}_{short}") == n.name)
+            });
+            !declared
+                && pass.state.services_on_network(n).next().is_none()
+                && pass.state.addresses_in_use(&n.id) == 0
+        })
+        .map(|n| n.id.clone())
+        .collect();
+    for id in orphans {
+        pass.push(Command::RemoveNetwork { id });
+    }
+}

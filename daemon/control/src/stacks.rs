@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use model::{ClusterState, Command, Millis, Service, Stack, StackChange, StackSource, StackSpec};
+use model::{
+    ClusterState, Command, Ipv4Subnet, Millis, Network, Service, Stack, StackChange, StackSource,
+    StackSpec,
+};
 
 use crate::IdSource;
 
@@ -41,6 +44,16 @@ pub enum PlanError {
         "stack {0} was deployed with `shoal stack deploy`; remove it with `shoal stack rm {0}` before managing it from a file"
     )]
     OwnedByCli(String),
+    #[error(
+        "stack {stack}: network {network} already exists outside the stack; remove it or rename the stack's network"
+    )]
+    NetworkOwnedElsewhere { stack: String, network: String },
+    #[error(
+        "network {network} exists with subnet {subnet}; a network's subnet cannot change in place: remove the stack first, or leave the subnet as it is"
+    )]
+    NetworkChanged { network: String, subnet: String },
+    #[error("network {network}: {reason}")]
+    Network { network: String, reason: String },
 }
 
 /// Plan one stack deploy (from a file or the CLI). `digests` maps each image reference of the
@@ -65,8 +78,10 @@ pub fn plan_stack(
         create: Vec::new(),
         update: Vec::new(),
         remove: Vec::new(),
+        networks: Vec::new(),
         now,
     };
+    change.networks = plan_networks(state, spec, now, ids)?;
     for svc_spec in &spec.services {
         let digest = digests.get(&svc_spec.task.image).cloned();
         match state.service_by_name(&svc_spec.name) {
@@ -99,6 +114,7 @@ pub fn plan_stack(
         s.spec == *spec && Some(&s.source) == change.stack.as_ref().map(|c| &c.source)
     });
     if unchanged_stack
+        && change.networks.is_empty()
         && change.create.is_empty()
         && change.update.is_empty()
         && change.remove.is_empty()
@@ -106,6 +122,55 @@ pub fn plan_stack(
         return Ok(None);
     }
     Ok(Some(change))
+}
+
+/// The stack's networks that do not exist yet, each with a subnet (its own, or the next free
+/// one of the cluster's pool avoiding the nodes' addresses) and a VNI. A declared network that
+/// exists with another subnet, or belongs to something else, is an error: networks are not
+/// changed in place (as in Swarm).
+fn plan_networks(
+    state: &ClusterState,
+    spec: &StackSpec,
+    now: Millis,
+    ids: &mut dyn IdSource,
+) -> Result<Vec<Network>, PlanError> {
+    let mut scratch = state.clone();
+    let avoid = scratch.node_subnets();
+    let mut out = Vec::new();
+    for (short, net) in &spec.networks {
+        if net.external {
+            continue;
+        }
+        let full = format!("{}_{short}", spec.name);
+        let subnet: Option<Ipv4Subnet> = net.subnet.as_deref().and_then(|s| s.parse().ok());
+        if let Some(existing) = state.networks.values().find(|n| n.name == full) {
+            if existing.stack.as_deref() != Some(spec.name.as_str()) {
+                return Err(PlanError::NetworkOwnedElsewhere {
+                    stack: spec.name.clone(),
+                    network: full,
+                });
+            }
+            if subnet.is_some_and(|s| s != existing.subnet) {
+                return Err(PlanError::NetworkChanged {
+                    network: full,
+                    subnet: existing.subnet.to_string(),
+                });
+            }
+            continue;
+        }
+        let mut n =
+            model::network::new_network(&scratch, ids.next_id(), &full, subnet, &avoid, now)
+                .map_err(|reason| PlanError::Network {
+                    network: full.clone(),
+                    reason,
+                })?;
+        n.attachable = net.attachable;
+        n.labels = net.labels.clone();
+        n.stack = Some(spec.name.clone());
+        scratch.networks.insert(n.id.clone(), n.clone());
+        out.push(n);
+    }
+    Ok(out)
 }
 
 /// Plan the removal of a stack and all its services.
@@ -125,6 +190,7 @@ pub fn plan_stack_removal(state: &ClusterState, name: &str, now: Millis) -> Opti
         create: vec![],
         update: vec![],
         remove,
+        networks: vec![],
         now,
     })
 }
@@ -141,6 +207,8 @@ pub fn plan_reload(
     let mut plan = ReloadPlan::default();
     let mut changes = Vec::new();
     let mut errors = Vec::new();
+    // Networks planned for earlier stacks of the reload: the next stack's must not overlap them.
+    let mut scratch = state.clone();
     for f in files {
         let existing = state.stacks.get(&f.name);
         if let Some(Stack {
@@ -159,8 +227,11 @@ pub fn plan_reload(
             plan.unchanged.push(f.name.clone());
             continue;
         }
-        match plan_stack(state, &f.spec, source, digests, now, ids) {
+        match plan_stack(&scratch, &f.spec, source, digests, now, ids) {
             Ok(Some(change)) => {
+                for n in &change.networks {
+                    scratch.networks.insert(n.id.clone(), n.clone());
+                }
                 if existing.is_some() {
                     plan.changed.push(f.name.clone());
                 } else {

@@ -684,6 +684,84 @@ mod stacks {
         );
     }
 
+    /// `stack(...)` with every service on the stack's default network, as the parser makes it.
+    fn networked(name: &str, services: &[(&str, &str)]) -> StackSpec {
+        let mut s = stack(name, services);
+        for svc in &mut s.services {
+            svc.networks = vec![format!("{name}_default")];
+        }
+        s.networks
+            .insert("default".into(), model::NetworkSpec::default());
+        s
+    }
+
+    #[test]
+    fn stack_networks_come_with_the_stack_and_go_once_nothing_uses_them() {
+        let mut sim = Sim::new(&["n1"]);
+        let mut ids = SeqIds::new("s");
+        let d = BTreeMap::new();
+        // Two stacks in one reload: each gets its own network, with distinct subnets and VNIs.
+        let p = plan_reload(
+            &sim.state,
+            &[
+                file("a", "h1", networked("a", &[("web", "bb")])),
+                file("b", "h1", networked("b", &[("web", "bb")])),
+            ],
+            &d,
+            1,
+            &mut ids,
+        )
+        .unwrap();
+        apply(&mut sim.state, &p);
+        let nets: Vec<&Network> = sim.state.networks.values().collect();
+        assert_eq!(nets.len(), 2);
+        assert_ne!(nets[0].subnet, nets[1].subnet);
+        assert_ne!(nets[0].vni, nets[1].vni);
+        let a_net = sim.state.find_network("a_default").unwrap().clone();
+        assert_eq!(a_net.stack.as_deref(), Some("a"));
+        let web = sim.state.service_by_name("a_web").unwrap().id.clone();
+        sim.run_until("a_web runs on its network", |s| {
+            s.converged(&web, 1) && task_addrs(s, &web, &a_net.id).len() == 1
+        });
+        // Deploying the same again plans nothing (the network exists).
+        assert!(
+            plan_stack(
+                &sim.state,
+                &networked("a", &[("web", "bb")]),
+                StackSource::File {
+                    path: "/etc/shoal/stacks/a.toml".into(),
+                    hash: "h1".into()
+                },
+                &d,
+                2,
+                &mut ids
+            )
+            .unwrap()
+            .is_none()
+        );
+        // The stack's file goes: its service goes at once, its network once the task is gone.
+        let p = plan_reload(
+            &sim.state,
+            &[file("b", "h1", networked("b", &[("web", "bb")]))],
+            &d,
+            3,
+            &mut ids,
+        )
+        .unwrap();
+        apply(&mut sim.state, &p);
+        assert!(
+            sim.state.networks.contains_key(&a_net.id),
+            "addresses still held"
+        );
+        sim.run_until("a's network removed", |s| {
+            !s.state.networks.contains_key(&a_net.id)
+        });
+        assert!(
+            sim.state.find_network("b_default").is_some(),
+            "b keeps its own"
+        );
+    }
+
     #[test]
     fn digest_change_alone_updates_the_service() {
         let mut st = ClusterState::default();

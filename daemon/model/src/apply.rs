@@ -731,6 +731,11 @@ impl ClusterState {
         log: &mut UndoLog,
     ) -> Result<Applied, ApplyError> {
         let mut changed = 0;
+        for net in &change.networks {
+            changed += self
+                .apply_inner(&Command::CreateNetwork(net.clone()), false, log)?
+                .changed;
+        }
         for id in &change.remove {
             changed += self
                 .apply_inner(&Command::RemoveService { id: id.clone() }, false, log)?

@@ -276,6 +276,21 @@ pub struct NetworkPlan {
     pub subnet: Ipv4Subnet,
     /// Addresses held by tasks on other nodes, sorted by address.
     pub peers: Vec<Peer>,
+    /// The services on the network, for the node's DNS (sorted by name).
+    #[serde(default)]
+    pub services: Vec<ServiceRecord>,
+}
+
+/// A service as DNS answers for it on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The full name (`STACK_SERVICE` for a stack's service).
+    pub name: String,
+    pub stack: Option<String>,
+    /// The service's virtual IP on this network.
+    pub vip: Option<Ipv4Addr>,
+    /// The addresses on this network of the service's running tasks, sorted.
+    pub tasks: Vec<Ipv4Addr>,
 }
 
 /// A task's address on another node, and where that node is.
@@ -295,6 +310,16 @@ pub fn node_ip(addr: &str) -> Option<Ipv4Addr> {
 }
 
 impl ClusterState {
+    /// Every node's underlay address as a /32: what a new network's subnet must not contain
+    /// (a task could not reach a node whose address is inside one of its networks).
+    pub fn node_subnets(&self) -> Vec<Ipv4Subnet> {
+        self.nodes
+            .values()
+            .filter_map(|n| node_ip(&n.addr))
+            .filter_map(|ip| Ipv4Subnet::new(ip, 32))
+            .collect()
+    }
+
     /// The overlay plan of node `node` (see [`NodeNetworks`]). Cost: the node's tasks plus the
     /// addresses held on its networks.
     pub fn node_networks(&self, node: &str) -> NodeNetworks {
@@ -327,12 +352,37 @@ impl ClusterState {
                     })
                     .collect();
                 peers.sort();
+                let mut services: Vec<ServiceRecord> = self
+                    .services_on_network(net)
+                    .map(|svc| {
+                        let on_net = |list: &[Attachment]| {
+                            list.iter().find(|a| a.network == net.id).map(|a| a.addr)
+                        };
+                        let mut tasks: Vec<Ipv4Addr> = self
+                            .tasks_of(&svc.id)
+                            .filter(|t| {
+                                t.status.state == crate::TaskState::Running
+                                    && t.desired == crate::TaskState::Running
+                            })
+                            .filter_map(|t| on_net(&t.networks))
+                            .collect();
+                        tasks.sort();
+                        ServiceRecord {
+                            name: svc.spec.name.clone(),
+                            stack: svc.spec.stack.clone(),
+                            vip: on_net(&svc.vips),
+                            tasks,
+                        }
+                    })
+                    .collect();
+                services.sort_by(|a, b| a.name.cmp(&b.name));
                 NetworkPlan {
                     id: net.id.clone(),
                     name: net.name.clone(),
                     vni: net.vni,
                     subnet: net.subnet,
                     peers,
+                    services,
                 }
             })
             .collect();
@@ -386,6 +436,11 @@ impl ClusterState {
         let taken = |a: Ipv4Addr| exclude.contains(&a) || used.is_some_and(|m| m.contains_key(&a));
         // Walk the used addresses in order to the first gap: cost proportional to what is used.
         (first..=last).map(Ipv4Addr::from).find(|a| !taken(*a))
+    }
+
+    /// How many addresses of `network` tasks and VIPs hold.
+    pub fn addresses_in_use(&self, network: &str) -> usize {
+        self.addresses.in_use(network)
     }
 
     /// Who holds `addr` on `network`.

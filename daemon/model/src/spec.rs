@@ -388,6 +388,11 @@ pub struct StackSpec {
 pub struct NetworkSpec {
     pub driver: String,
     pub labels: BTreeMap<String, String>,
+    /// `None`: the next free subnet of the cluster's pool.
+    pub subnet: Option<String>,
+    pub attachable: bool,
+    /// Made outside the stack (`shoal network create`); used under its own name.
+    pub external: bool,
 }
 
 /// Cluster-wide settings, taken at bootstrap.

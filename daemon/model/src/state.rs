@@ -395,6 +395,10 @@ pub struct StackChange {
     pub update: Vec<(Id, ServiceSpec, Option<String>)>,
     /// Services to remove.
     pub remove: Vec<Id>,
+    /// The stack's networks to create (before its services). Networks it no longer declares
+    /// are removed by the reconciler once nothing uses them.
+    #[serde(default)]
+    pub networks: Vec<crate::Network>,
     pub now: Millis,
 }
 

@@ -57,6 +57,7 @@
 //! Every call that changes the kernel is `async` and runs on tokio's blocking pool (which hands
 //! namespace work to dedicated threads); the cheap lookups of files on disk are plain functions.
 
+pub mod dns;
 mod error;
 mod ipam;
 mod legacy;

@@ -79,13 +79,12 @@ impl DaemonBackend {
     /// Subnets a new network must not overlap: this node's bridge, and every node's underlay
     /// address (a task could not reach a node whose address is inside one of its networks).
     fn avoided_subnets(&self, st: &model::ClusterState) -> Vec<model::Ipv4Subnet> {
-        let mut avoid = vec![self.d().net.subnet()];
+        let mut avoid = st.node_subnets();
+        avoid.push(self.d().net.subnet());
         avoid.extend(
-            st.nodes
-                .values()
-                .filter_map(|n| model::network::node_ip(&n.addr))
-                .chain(self.d().underlay_ip())
-                .filter_map(|ip| model::Ipv4Subnet::new(ip, 32)),
+            self.d()
+                .underlay_ip()
+                .and_then(|ip| model::Ipv4Subnet::new(ip, 32)),
         );
         avoid
     }

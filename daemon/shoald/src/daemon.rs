@@ -65,6 +65,8 @@ pub struct Daemon {
     pub dispatcher: Dispatcher,
     /// The last assignment set the dispatcher sent this node.
     pub assignments: watch::Sender<Option<rpc::AssignmentSet>>,
+    /// What the DNS server for tasks answers (see `dns`).
+    pub dns_names: watch::Sender<Arc<net::dns::Names>>,
     view: std::sync::Mutex<View>,
     node_port_started: std::sync::atomic::AtomicBool,
     /// Set by `cluster leave`: the session stops handing assignments to the agent.
@@ -527,6 +529,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         tls: OnceLock::new(),
         dispatcher: Dispatcher::default(),
         assignments: watch::channel(None).0,
+        dns_names: watch::channel(Arc::new(net::dns::Names::default())).0,
         view: std::sync::Mutex::new(View {
             cluster_id: joined
                 .as_ref()
@@ -675,6 +678,7 @@ pub async fn run_overlays(d: Arc<Daemon>) {
     let mut applied: Option<model::network::NodeNetworks> = None;
     loop {
         let plan = rx.borrow_and_update().as_ref().map(|s| s.networks.clone());
+        crate::dns::refresh(&d);
         if let (Some(plan), Some(local)) = (plan, d.underlay_ip()) {
             let networks = plan
                 .networks

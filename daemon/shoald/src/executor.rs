@@ -168,6 +168,8 @@ impl Executor for ContainerExecutor {
                         "failed to attach task to its overlay networks: {e}"
                     ))
                 })?;
+            // The task can ask for names as soon as it starts.
+            crate::dns::refresh(d);
         }
         let t_net = t0.elapsed();
         let cid = task.container_id();
@@ -210,6 +212,14 @@ impl Executor for ContainerExecutor {
         };
         c.read_only_rootfs = spec.read_only;
         c.network = ctd::NetworkMode::Path(att.netns_path.clone());
+        if !task.networks.is_empty() {
+            // Service names resolve through this node's DNS server (which forwards the rest).
+            c.dns = Some(ctd::Dns {
+                nameservers: vec![std::net::IpAddr::V4(crate::dns::server_addr(d))],
+                search: Vec::new(),
+                options: vec!["ndots:0".into()],
+            });
+        }
         let mut labels: BTreeMap<String, String> = spec.labels.clone();
         labels.insert(TASK_LABEL.into(), task.id.clone());
         labels.insert(SERVICE_ID_LABEL.into(), task.service_id.clone());

@@ -8,6 +8,7 @@ mod backend;
 mod certs;
 mod daemon;
 mod dispatcher;
+mod dns;
 mod executor;
 mod forward;
 mod identity;
@@ -153,6 +154,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(dispatcher::run_membership(d.clone()));
     tokio::spawn(daemon::run_ports(d.clone()));
     tokio::spawn(daemon::run_overlays(d.clone()));
+    tokio::spawn(dns::run(d.clone()));
     tokio::spawn(daemon::run_log_gc(d.clone()));
 
     let backend = Arc::new(forward::ClusterBackend(backend::DaemonBackend(d.clone())));

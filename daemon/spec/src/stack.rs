@@ -22,15 +22,21 @@
 //! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1) }` | no limits |
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
+//! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
 //!
 //! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
 //! (as in Swarm); a `restart.delay` above the default `max_delay` raises `max_delay` to match;
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
 //! protocol in a file; random published ports, anonymous volumes and host-address bindings are
-//! refused. `healthcheck`, `networks`, `secrets`, `configs`, `depends_on` and the
-//! top-level `networks`, `secrets`, `configs` and `volumes` tables are refused as not supported
-//! yet, never ignored.
+//! refused. `healthcheck`, `secrets`, `configs`, `depends_on` and the top-level `secrets`,
+//! `configs` and `volumes` tables are refused as not supported yet, never ignored.
+//!
+//! Networks: `[networks.NAME]` declares an overlay network of the stack, `STACK_NAME` in the
+//! cluster (`driver = "overlay"`, `subnet`, `attachable`, `labels`, checked by the same
+//! validator as `shoal network create`), or with `external = true` one made with `shoal network
+//! create`, used under its own name. A service's `networks = ["NAME", ...]` must name declared
+//! networks; a service that names none is on `STACK_default`, declared implicitly (as Swarm does).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -65,12 +71,8 @@ pub struct LoadedStack {
 }
 
 const STACK_KEYS: Keys<'static> = Keys {
-    known: &["services"],
+    known: &["services", "networks"],
     unsupported: &[
-        (
-            "networks",
-            "services use the node's default network for now",
-        ),
         ("secrets", ""),
         ("configs", ""),
         (
@@ -105,13 +107,10 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "update",
         "rollback",
         "placement",
+        "networks",
     ],
     unsupported: &[
         ("healthcheck", ""),
-        (
-            "networks",
-            "services use the node's default network for now",
-        ),
         ("secrets", ""),
         ("configs", ""),
         ("depends_on", "services of a stack start together"),
@@ -188,6 +187,15 @@ const PREFERENCE_KEYS: Keys<'static> = Keys {
     known: &["spread"],
     unsupported: &[],
     hints: &[],
+};
+
+const NETWORK_KEYS: Keys<'static> = Keys {
+    known: &["driver", "subnet", "attachable", "labels", "external"],
+    unsupported: &[("driver_opts", ""), ("internal", ""), ("enable_ipv6", "")],
+    hints: &[(
+        "ipam",
+        "write the subnet directly: subnet = \"10.10.0.0/16\"",
+    )],
 };
 
 const RESTART_KEYS: Keys<'static> = Keys {
@@ -371,6 +379,16 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
             "stack has no services; add a [services.NAME] table with at least an image",
         );
     }
+    if let Some(v) = doc.get("networks")
+        && let Some(t) = walk::table(sink, v, "networks")
+    {
+        for (key, value) in walk::entries(t) {
+            let short: &str = key.get_ref();
+            if let Some(net) = network_from_value(sink, name, short, key.span(), value) {
+                spec.networks.insert(short.to_string(), net);
+            }
+        }
+    }
     let mut ports: BTreeMap<(u16, &'static str), PortUse> = BTreeMap::new();
     for (key, value) in walk::entries(services) {
         let short: &str = key.get_ref();
@@ -390,7 +408,8 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
         let Some(table) = walk::table(sink, value, &path) else {
             continue;
         };
-        let service = service_from_table(sink, &path, value.span(), table, &mut ports);
+        let mut service = service_from_table(sink, &path, value.span(), table, &mut ports);
+        service.networks = service_networks(sink, name, &path, table, &mut spec.networks);
         spec.services.push(ServiceSpec {
             name: full,
             stack: Some(name.to_string()),
@@ -398,6 +417,117 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
         });
     }
     spec
+}
+
+/// The network every service of a stack is on when it names none (`STACK_default`).
+pub const DEFAULT_NETWORK: &str = "default";
+
+/// One `[networks.NAME]` table, checked by the same validator as `shoal network create`.
+fn network_from_value(
+    sink: &mut Sink<'_>,
+    stack: &str,
+    short: &str,
+    key_span: Range<usize>,
+    value: &Value<'_>,
+) -> Option<model::NetworkSpec> {
+    let path = format!("networks.{short}");
+    let t = walk::table(sink, value, &path)?;
+    walk::check_keys(sink, t, &format!("[{path}]"), &NETWORK_KEYS);
+    let p = |k: &str| format!("{path}.{k}");
+    let mut net = model::NetworkSpec::default();
+    let mut options = BTreeMap::new();
+    if let Some(v) = t.get("external") {
+        net.external = walk::boolean(sink, v, &p("external")).unwrap_or(false);
+    }
+    if let Some(v) = t.get("driver")
+        && let Some(d) = walk::string(sink, v, &p("driver"))
+    {
+        net.driver = d.to_string();
+        options.insert("Driver".to_string(), d.to_string());
+    }
+    if let Some(v) = t.get("subnet")
+        && let Some(sub) = walk::string(sink, v, &p("subnet"))
+    {
+        net.subnet = Some(sub.to_string());
+        options.insert("Subnet".to_string(), sub.to_string());
+    }
+    if let Some(v) = t.get("attachable")
+        && let Some(b) = walk::boolean(sink, v, &p("attachable"))
+    {
+        net.attachable = b;
+        options.insert("Attachable".to_string(), b.to_string());
+    }
+    if let Some(v) = t.get("labels")
+        && let Some(labels) = walk::string_map(sink, v, &p("labels"), "label")
+    {
+        for (k, v) in &labels {
+            options.insert(format!("Label.{k}"), v.clone());
+        }
+        net.labels = labels;
+    }
+    if net.external {
+        // The network exists already, under its own name; nothing else may be set.
+        for k in ["driver", "subnet", "attachable", "labels"] {
+            if let Some(span) = walk::key_span(t, k) {
+                sink.error(
+                    span,
+                    format!(
+                        "{}: not allowed with external = true (the network exists already)",
+                        p(k)
+                    ),
+                );
+            }
+        }
+        if let Err(e) = units::validate_name("network", short) {
+            sink.error(key_span, e);
+        }
+    } else if let Err(e) = crate::network::network_request(&format!("{stack}_{short}"), &options) {
+        for line in e.lines() {
+            sink.error(key_span.clone(), format!("[{path}]: {line}"));
+        }
+    }
+    Some(net)
+}
+
+/// The cluster names of the networks a service is on: its `networks` (declared in the stack's
+/// `[networks]`, or `default`), each `STACK_NAME` unless external; `STACK_default` when it names
+/// none (declared implicitly, as Swarm does).
+fn service_networks(
+    sink: &mut Sink<'_>,
+    stack: &str,
+    path: &str,
+    t: &DeTable<'_>,
+    declared: &mut BTreeMap<String, model::NetworkSpec>,
+) -> Vec<String> {
+    let names = match t.get("networks") {
+        None => vec![DEFAULT_NETWORK.to_string()],
+        Some(v) => walk::string_list(sink, v, &format!("{path}.networks")).unwrap_or_default(),
+    };
+    let mut out = Vec::new();
+    for n in names {
+        if n == DEFAULT_NETWORK && !declared.contains_key(DEFAULT_NETWORK) {
+            declared.insert(DEFAULT_NETWORK.to_string(), model::NetworkSpec::default());
+        }
+        let Some(net) = declared.get(&n) else {
+            let span = walk::key_span(t, "networks").unwrap_or(0..0);
+            sink.error(
+                span,
+                format!(
+                    "{path}.networks: network \"{n}\" is not declared; add a [networks.{n}] table (or external = true for a network made with `shoal network create`)"
+                ),
+            );
+            continue;
+        };
+        let full = if net.external {
+            n.clone()
+        } else {
+            format!("{stack}_{n}")
+        };
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    out
 }
 
 fn service_from_table(

@@ -86,7 +86,13 @@ fn minimal_service_gets_every_default() {
     assert_eq!(web.restart.max_delay, 30_000);
     assert_eq!(web.update, UpdateConfig::default());
     assert_eq!(web.rollback, UpdateConfig::default());
-    assert!(web.networks.is_empty());
+    // Every service of a stack is on the stack's default network unless it names others.
+    assert_eq!(web.networks, vec!["shop_default".to_string()]);
+    assert_eq!(
+        s.networks.keys().collect::<Vec<_>>(),
+        vec!["default"],
+        "the default network is declared implicitly"
+    );
 }
 
 #[test]
@@ -380,7 +386,6 @@ fn unsupported_keys_are_refused_not_ignored() {
     let text = r#"
 [services.web]
 image = "a"
-networks = ["backend"]
 secrets = ["s"]
 configs = ["c"]
 depends_on = ["db"]
@@ -388,27 +393,94 @@ healthcheck = { test = ["CMD", "true"] }
 
 [networks.backend]
 driver = "overlay"
+internal = true
 "#;
     let errs = stack_errs(text);
     for key in [
-        "networks\" in [services.web]",
         "secrets\" in [services.web]",
         "configs\" in [services.web]",
         "depends_on\" in [services.web]",
         "healthcheck\" in [services.web]",
-        "\"networks\" in the stack file",
+        "\"internal\" in [networks.backend]",
     ] {
         assert_has(&errs, key);
     }
-    assert_eq!(errs.len(), 6, "{errs:#?}");
+    assert_eq!(errs.len(), 5, "{errs:#?}");
     assert!(
         errs.iter().all(|e| e.contains("not supported yet")),
         "{errs:#?}"
     );
+}
+
+#[test]
+fn stack_networks_are_declared_named_after_the_stack_and_checked() {
+    let s = stack_ok(
+        r#"
+[services.web]
+image = "a"
+networks = ["front", "back", "shared"]
+
+[services.db]
+image = "b"
+networks = ["back"]
+
+[services.cron]
+image = "c"
+
+[networks.front]
+[networks.back]
+subnet = "10.50.0.0/16"
+attachable = true
+labels = { tier = "data" }
+[networks.shared]
+external = true
+"#,
+    );
+    assert_eq!(
+        svc(&s, "shop_web").networks,
+        vec!["shop_front", "shop_back", "shared"]
+    );
+    assert_eq!(svc(&s, "shop_db").networks, vec!["shop_back"]);
+    assert_eq!(svc(&s, "shop_cron").networks, vec!["shop_default"]);
+    let back = &s.networks["back"];
+    assert_eq!(back.subnet.as_deref(), Some("10.50.0.0/16"));
+    assert!(back.attachable && !back.external);
+    assert_eq!(back.labels["tier"], "data");
+    assert!(s.networks["shared"].external);
+    assert!(s.networks.contains_key("default"));
+
+    let errs = stack_errs(
+        r#"
+[services.web]
+image = "a"
+networks = ["nowhere"]
+
+[networks.bad]
+subnet = "10.0.0.0/30"
+driver = "macvlan"
+
+[networks.ext]
+external = true
+subnet = "10.1.0.0/16"
+"#,
+    );
     assert_has(
         &errs,
-        "10:2: \"networks\" in the stack file is not supported yet",
+        "4:1: services.web.networks: network \"nowhere\" is not declared",
     );
+    assert_has(
+        &errs,
+        "[networks.bad]: subnet 10.0.0.0/30: the prefix length",
+    );
+    assert_has(
+        &errs,
+        "[networks.bad]: network driver \"macvlan\" is not supported yet",
+    );
+    assert_has(
+        &errs,
+        "networks.ext.subnet: not allowed with external = true",
+    );
+    assert_eq!(errs.len(), 4, "{errs:#?}");
 }
 
 #[test]
