@@ -21,16 +21,8 @@ use hickory_proto::rr::{RData, Record, RecordType, rdata::A};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
-/// A service as one network's DNS knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceName {
-    /// The full name (`STACK_SERVICE` in a stack).
-    pub name: String,
-    pub stack: Option<String>,
-    pub vip: Option<Ipv4Addr>,
-    /// Running tasks' addresses on the network.
-    pub tasks: Vec<Ipv4Addr>,
-}
+/// A service as one network's DNS knows it: its name, stack, VIP and running tasks' addresses.
+pub use model::network::ServiceRecord as ServiceName;
 
 /// A task that may ask: the networks it is on and its stack.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

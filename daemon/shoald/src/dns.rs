@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use net::dns::{Asker, Names, ServiceName};
+use net::dns::{Asker, Names};
 use tracing::{info, warn};
 
 use crate::daemon::Daemon;
@@ -21,18 +21,9 @@ pub fn refresh(d: &Daemon) {
         };
         let mut names = Names::default();
         for plan in &set.networks.networks {
-            names.networks.insert(
-                plan.id.clone(),
-                plan.services
-                    .iter()
-                    .map(|s| ServiceName {
-                        name: s.name.clone(),
-                        stack: s.stack.clone(),
-                        vip: s.vip,
-                        tasks: s.tasks.clone(),
-                    })
-                    .collect(),
-            );
+            names
+                .networks
+                .insert(plan.id.clone(), plan.services.clone());
         }
         for t in set
             .tasks
