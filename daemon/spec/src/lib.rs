@@ -32,6 +32,7 @@ mod cluster;
 pub mod compose;
 mod diag;
 pub mod placement;
+pub mod sandbox;
 mod stack;
 pub mod units;
 mod walk;
