@@ -386,12 +386,16 @@ pub(crate) fn build_spec(
                 .map_err(|_| invalid(format!("unknown capability {name}")))
         })
         .collect::<Result<_>>()?;
-    let capabilities = LinuxCapabilitiesBuilder::default()
+    let mut capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
         .build()
         .map_err(oci)?;
+    // The builder fills what is not set from oci-spec's defaults; a container has no
+    // inheritable or ambient capabilities (as Docker's), so a non-root process gets none.
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
 
     let mut rlimits: Vec<PosixRlimit> = Vec::new();
     for (name, (soft, hard)) in &c.rlimits {
@@ -568,6 +572,13 @@ mod tests {
         want.sort();
         for set in ["bounding", "effective", "permitted"] {
             assert_eq!(strings(&process["capabilities"][set]), want, "{set}");
+        }
+        for set in ["inheritable", "ambient"] {
+            assert!(
+                process["capabilities"].get(set).is_none(),
+                "no {set} capabilities: {}",
+                process["capabilities"]
+            );
         }
         let seccomp = &spec["linux"]["seccomp"];
         assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
