@@ -19,7 +19,13 @@
 //! | `stop_signal` | signal name, `SIG` optional | `SIGTERM` |
 //! | `stop_grace_period` | duration (`"10s"`, `"1m30s"`, `"100ms"`) | 10s |
 //! | `read_only` | bool | false |
-//! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1) }` | no limits |
+//! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1), reservations = { cpus, memory } }` (reservations are counted by the scheduler) | no limits, no reservations |
+//! | `cap_add`, `cap_drop` | capability names, `NET_ADMIN` or `CAP_NET_ADMIN`, or `ALL` | Docker's default set |
+//! | `security_opt` | `"no-new-privileges[:true\|false]"`, `"seccomp=unconfined"` | Docker's seccomp profile, privileges can be gained |
+//! | `init` | bool: tini as PID 1 (the node needs `/usr/bin/tini-static`) | false |
+//! | `ulimits` | `{ nofile = { soft = 1024, hard = 2048 }, nproc = 512 }` (`-1`: unlimited) | containerd's |
+//! | `sysctls` | table or `["K=V"]`; only `net.*`, `fs.mqueue.*`, IPC `kernel.*` | |
+//! | `tmpfs` | `["/run", "/tmp:size=64m,ro"]` (tmpfs mounts, like `volumes` entries of type tmpfs) | |
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
