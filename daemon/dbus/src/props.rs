@@ -915,6 +915,12 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     if let Err(e) = sandbox::check_reservations(&next.task) {
         errors.push(e);
     }
+    // Every count, size and duration within its bound: the checker the stack files use.
+    errors.extend(
+        model::limits::violations(&next)
+            .iter()
+            .map(ToString::to_string),
+    );
     if next.restart.max_delay < next.restart.delay {
         errors.push(format!(
             "restart max delay ({} ms) is shorter than the restart delay ({} ms)",
@@ -1272,6 +1278,98 @@ mod tests {
         assert_eq!(spec.task.cap_add, vec!["CAP_SYS_TIME"]);
         assert!(spec.task.no_new_privileges);
         assert_eq!(spec.task.reservations.nano_cpus, Some(500_000_000));
+    }
+
+    /// One case per class of bound (counts, sizes, durations): the same bad input through a
+    /// stack file and through D-Bus properties gets the same message.
+    #[test]
+    fn bounds_give_the_same_message_from_a_file_and_from_dbus() {
+        use model::MAX_REPLICAS;
+        use model::limits::*;
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        let many_env: BTreeMap<String, String> = (0..=MAX_MAP_ENTRIES)
+            .map(|i| (format!("V{i}"), "1".to_string()))
+            .collect();
+        let env_toml = many_env
+            .keys()
+            .map(|k| format!("{k} = \"1\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ports: Vec<String> = (0..=MAX_PORTS)
+            .map(|i| format!("{}:80", 10000 + i))
+            .collect();
+        let cases: Vec<(Vec<Property>, String, &str)> = vec![
+            (
+                vec![Property::RestartWindowUSec(25 * 3600 * 1_000_000)],
+                "restart = { window = \"25h\" }".into(),
+                "restart.window: 25h is above the limit of 24h",
+            ),
+            (
+                vec![Property::StopGracePeriodUSec(48 * 3600 * 1_000_000)],
+                "stop_grace_period = \"48h\"".into(),
+                "stop_grace_period: 48h is above the limit of 24h",
+            ),
+            (
+                vec![Property::UpdateMonitorUSec(100 * 3600 * 1_000_000)],
+                "update = { monitor = \"100h\" }".into(),
+                "update.monitor: 100h is above the limit of 24h",
+            ),
+            (
+                vec![Property::UpdateParallelism(MAX_REPLICAS + 1)],
+                format!("update = {{ parallelism = {} }}", MAX_REPLICAS + 1),
+                "update.parallelism: 100001 is above the limit of 100000",
+            ),
+            (
+                vec![Property::RestartMaxAttempts(MAX_RESTART_ATTEMPTS + 1)],
+                format!(
+                    "restart = {{ max_attempts = {} }}",
+                    MAX_RESTART_ATTEMPTS + 1
+                ),
+                "restart.max_attempts: 1000001 is above the limit of 1000000 (0 means no limit)",
+            ),
+            (
+                vec![Property::Env(many_env)],
+                format!("env = {{ {env_toml} }}"),
+                "env: 1001 variables is above the limit of 1000",
+            ),
+            (
+                vec![Property::Command(vec![big.clone()])],
+                format!("command = [\"{big}\"]"),
+                "command: argument 0 (32769 bytes) is above the limit of 32768 bytes",
+            ),
+            (
+                vec![Property::Ports(
+                    (0..=MAX_PORTS as u16)
+                        .map(|i| PortRow {
+                            published: 10000 + i,
+                            target: 80,
+                            protocol: "tcp".into(),
+                            mode: "ingress".into(),
+                        })
+                        .collect(),
+                )],
+                format!("ports = {:?}", ports),
+                "ports: 1001 ports is above the limit of 1000",
+            ),
+        ];
+        for (props, toml, want) in cases {
+            let mut spec = default_spec("web");
+            let dbus = apply_properties(&mut spec, &props).unwrap_err().0;
+            assert_eq!(dbus, vec![want.to_string()], "D-Bus");
+            let text = format!("[services.web]\nimage = \"x\"\n{toml}\n");
+            let file: Vec<String> = match spec::parse_stack(std::path::Path::new("s.toml"), &text) {
+                Ok(_) => panic!("{toml} is refused"),
+                Err(e) => e.iter().map(|d| d.message.clone()).collect(),
+            };
+            assert_eq!(file, vec![format!("services.web.{want}")], "the file");
+        }
+        // Replicas: the same validator for files, D-Bus and `service scale`.
+        let mut spec = default_spec("web");
+        let e = apply_properties(&mut spec, &[Property::Replicas(30_000_000_000)]).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec!["30000000000 replicas is more than the limit of 100000".to_string()]
+        );
     }
 
     #[test]

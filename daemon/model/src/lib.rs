@@ -6,6 +6,7 @@
 
 mod apply;
 mod index;
+pub mod limits;
 pub mod network;
 pub mod sandbox;
 pub mod security;

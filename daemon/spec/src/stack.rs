@@ -279,6 +279,14 @@ fn parse(
     if let Some(e) = name_error {
         sink.whole_file(e);
     }
+    if text.len() > model::limits::MAX_STACK_FILE_BYTES {
+        sink.whole_file(format!(
+            "stack file of {} bytes is above the limit of {} bytes",
+            text.len(),
+            model::limits::MAX_STACK_FILE_BYTES
+        ));
+        return Err(Errors(sink.finish()));
+    }
     let spec =
         walk::parse_document(&mut sink, text).map(|doc| stack_from_doc(&mut sink, name, &doc));
     match spec {
@@ -395,6 +403,17 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
             services_value.span(),
             "stack has no services; add a [services.NAME] table with at least an image",
         );
+    }
+    if services.len() > model::limits::MAX_SERVICES_PER_STACK {
+        sink.error(
+            services_value.span(),
+            format!(
+                "{} services is above the limit of {} per stack; split the stack",
+                services.len(),
+                model::limits::MAX_SERVICES_PER_STACK
+            ),
+        );
+        return spec;
     }
     let mut ports: BTreeMap<(u16, &'static str), PortUse> = BTreeMap::new();
     for (key, value) in walk::entries(services) {
@@ -606,7 +625,33 @@ fn service_from_table(
     {
         svc.placement = placement_table(sink, &p("placement"), pt);
     }
+    // Every count, size and duration within its bound (one checker, shared with D-Bus).
+    for v in model::limits::violations(&svc) {
+        let at = field_span(t, &v.field).unwrap_or(span.clone());
+        sink.error(at, format!("{path}.{v}"));
+    }
     svc
+}
+
+/// Where the key `field` (`restart.delay`) of a service table is, or its nearest parent.
+fn field_span(t: &DeTable<'_>, field: &str) -> Option<Range<usize>> {
+    let (head, rest) = match field.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (field, None),
+    };
+    let head = if head == "volumes" && !t.contains_key("volumes") {
+        ["mounts", "tmpfs"]
+            .into_iter()
+            .find(|k| t.contains_key(*k))
+            .unwrap_or(head)
+    } else {
+        head
+    };
+    let here = walk::key_span(t, head);
+    match (rest, t.get(head).map(|v| v.get_ref())) {
+        (Some(rest), Some(DeValue::Table(inner))) => field_span(inner, rest).or(here),
+        _ => here,
+    }
 }
 
 /// `[services.X.placement]`: `constraints = [...]`, `preferences = [{ spread = "..." }]`,

@@ -1582,3 +1582,25 @@ resources = { memory = "128M", reservations = { memory = "256M", gpus = 1 } }
         );
     }
 }
+
+#[test]
+fn stack_files_and_stacks_are_bounded() {
+    let big = format!(
+        "[services.a]\nimage = \"x\"\n# {}\n",
+        "x".repeat(model::limits::MAX_STACK_FILE_BYTES)
+    );
+    assert_has(&stack_errs(&big), "above the limit of 1048576 bytes");
+    let many: String = (0..=model::limits::MAX_SERVICES_PER_STACK)
+        .map(|i| format!("[services.s{i}]\nimage = \"x\"\n"))
+        .collect();
+    assert_has(
+        &stack_errs(&many),
+        "1001 services is above the limit of 1000 per stack; split the stack",
+    );
+    // A bound is reported at its key.
+    let errs = stack_errs("[services.a]\nimage = \"x\"\n[services.a.update]\ndelay = \"30h\"\n");
+    assert_eq!(
+        errs,
+        vec!["4:1: services.a.update.delay: 30h is above the limit of 24h"]
+    );
+}
