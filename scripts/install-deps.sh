@@ -31,6 +31,8 @@ PACKAGES=(
   # run: container runtime, system bus, networking
   containerd runc dbus dbus-daemon dbus-bin iproute2 nftables iptables
   containernetworking-plugins busybox-static
+  # run: the init of services with init = true (/usr/bin/tini-static)
+  tini
   # tests: registry for pull tests, image copying, NixOS module evaluation, systemd hosts
   docker-registry skopeo nix-bin debootstrap
   # tests: D-Bus clients that are not ours (busctl, gdbus, Python's dbus with a GLib main loop)

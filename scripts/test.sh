@@ -10,9 +10,11 @@
 #
 # The tests start the services they need themselves (their own containerd, dbus-daemon,
 # registry), so nothing has to be running. Ends with one line
-#   shoal tests: N passed, M failed
-# summed from cargo's "test result:" lines and the suites' "NAME: N passed, M failed" lines (a
-# suite script printing neither counts as one test), and exits non-zero when anything failed.
+#   shoal tests: N passed, M failed, K skipped (REASON; REASON)
+# summed from cargo's "test result:" lines and the suites' "NAME: N passed, M failed[, K
+# skipped]" lines (a suite script printing neither counts as one test), and exits non-zero when
+# anything failed. Every skip is counted and named: cargo's ignored tests (by name), a suite's
+# "SKIPPED reason" lines, a suite that is missing, cargo test not run after a failed build.
 # Never prompts; CI runs it through .ci/run.
 set -uo pipefail
 
@@ -42,7 +44,9 @@ if [[ -x $HOME/.cargo/bin/cargo ]]; then PATH=$HOME/.cargo/bin:$PATH; fi
 
 PASSED=0
 FAILED=0
+SKIPPED=0
 declare -a PROBLEMS=()
+declare -a SKIPS=()
 
 declare -a TIMINGS=()
 
@@ -57,26 +61,33 @@ took() {
 # count LOGFILE STATUS LABEL: adds the log's "test result:" counts; a non-zero STATUS with no
 # failed test in the log (build error, crash, script failure) counts as one failure.
 count() {
-  local log=$1 status=$2 label=$3 p f seen
-  # cargo: "test result: ok. 3 passed; 0 failed; ..." (summed); other suites may end with a
-  # summary line "NAME: 3 passed, 0 failed[, ...]" (the last one counts).
-  read -r p f seen < <(awk '
+  local log=$1 status=$2 label=$3 p f k seen reason
+  # cargo: "test result: ok. 3 passed; 0 failed; 1 ignored; ..." (summed); other suites may end
+  # with a summary line "NAME: 3 passed, 0 failed[, 1 skipped]" (the last one counts).
+  read -r p f k seen < <(awk '
     /test result:/ {
       for (i = 1; i <= NF; i++) {
         if ($(i) ~ /^passed;?$/) p += $(i - 1)
         if ($(i) ~ /^failed;?$/) f += $(i - 1)
+        if ($(i) ~ /^ignored;?$/) k += $(i - 1)
       }
       seen = 1
     }
     /^[A-Za-z0-9_. -]+: [0-9]+ passed, [0-9]+ failed/ {
       split($0, parts, ": ")
       split(parts[2], words, /[ ,]+/)
-      sp = words[1]; sf = words[3]; summary = 1
+      sp = words[1]; sf = words[3]; sk = (words[6] ~ /^skipped/) ? words[5] : 0; summary = 1
     }
     END {
-      if (!seen && summary) { p = sp; f = sf; seen = 1 }
-      printf "%d %d %d\n", p, f, seen
+      if (!seen && summary) { p = sp; f = sf; k = sk; seen = 1 }
+      printf "%d %d %d %d\n", p, f, k, seen
     }' "$log")
+  SKIPPED=$((SKIPPED + k))
+  # Why: the names of cargo'"'"'s ignored tests, and the suites'"'"' "SKIPPED reason" lines.
+  while IFS= read -r reason; do
+    [[ -n $reason ]] && SKIPS+=("$label: $reason")
+  done < <(sed -n -e 's/^test \(.*\) \.\.\. ignored.*$/ignored test \1/p' \
+    -e 's/^SKIPPED \(.*\)$/\1/p' "$log")
   if [[ $seen -eq 0 ]]; then
     # A suite script without cargo-style output: the script is the test.
     if [[ $status -eq 0 ]]; then p=1; f=0; else p=0; f=1; fi
@@ -91,7 +102,7 @@ count() {
 phase "dependencies"
 if ! bash scripts/install-deps.sh </dev/null; then
   echo "test: scripts/install-deps.sh failed; nothing was tested" >&2
-  echo "shoal tests: 0 passed, 1 failed"
+  echo "shoal tests: 0 passed, 1 failed, 0 skipped"
   exit 1
 fi
 
@@ -106,6 +117,8 @@ took "cargo build" "$t0"
 if [[ $build_status -ne 0 ]]; then
   FAILED=$((FAILED + 1))
   PROBLEMS+=("cargo build (exit $build_status, log $LOGDIR/build.log); cargo test skipped")
+  SKIPPED=$((SKIPPED + 1))
+  SKIPS+=("cargo test: not run, the build failed")
 else
   phase "cargo test --workspace --no-fail-fast"
   t0=$SECONDS
@@ -142,6 +155,9 @@ for suite in tests/nix-eval/run.sh tests/systemd/run.sh tests/systemd/cluster.sh
     bash "$suite" </dev/null 2>&1 | tee "$LOGDIR/$name.log"
     count "$LOGDIR/$name.log" "${PIPESTATUS[0]}" "$suite"
     took "$suite" "$t0"
+  else
+    SKIPPED=$((SKIPPED + 1))
+    SKIPS+=("$suite: the file is missing")
   fi
 done
 
@@ -154,5 +170,14 @@ if [[ ${#PROBLEMS[@]} -gt 0 ]]; then
 else
   rm -rf "$LOGDIR"
 fi
-echo "shoal tests: $PASSED passed, $FAILED failed"
+if [[ ${#SKIPS[@]} -gt 0 ]]; then
+  echo "skipped:"
+  printf '  %s\n' "${SKIPS[@]}"
+fi
+summary="shoal tests: $PASSED passed, $FAILED failed, $SKIPPED skipped"
+if [[ ${#SKIPS[@]} -gt 0 ]]; then
+  reasons=$(printf '%s; ' "${SKIPS[@]}")
+  summary="$summary (${reasons%; })"
+fi
+echo "$summary"
 [[ $FAILED -eq 0 && ${#PROBLEMS[@]} -eq 0 ]]

@@ -81,6 +81,31 @@ pub struct CommonFlags {
     /// Maximum number of tasks per node (default 0 = unlimited)
     #[arg(long)]
     pub replicas_max_per_node: Option<u64>,
+    /// Add Linux capabilities (NET_ADMIN, CAP_SYS_TIME or ALL); on update, replaces the list
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities (CHOWN, ALL); on update, replaces the list
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Security options: no-new-privileges[=true|false], seccomp=unconfined; on update,
+    /// replaces the list
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Run an init (tini) inside the container that forwards signals and reaps processes
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub init: Option<bool>,
+    /// Ulimit options (e.g. nofile=1024:2048, nproc=512, core=-1); on update, replaces the list
+    #[arg(long = "ulimit")]
+    pub ulimit: Vec<String>,
+    /// Namespaced kernel parameters (e.g. net.core.somaxconn=1024); on update, replaces the list
+    #[arg(long = "sysctl")]
+    pub sysctl: Vec<String>,
+    /// Reserve CPUs on the node (e.g. 0.5; 0 for none)
+    #[arg(long)]
+    pub reserve_cpu: Option<f64>,
+    /// Reserve memory on the node (e.g. 256M; 0 for none)
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
 }
 
 /// `service create` only.
@@ -450,6 +475,49 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
     if let Some(b) = f.read_only {
         push(Ok(Property::ReadOnly(b)));
     }
+    // The daemon checks every value with the validator the stack files use.
+    if !f.cap_add.is_empty() {
+        push(Ok(Property::CapAdd(f.cap_add.clone())));
+    }
+    if !f.cap_drop.is_empty() {
+        push(Ok(Property::CapDrop(f.cap_drop.clone())));
+    }
+    if !f.security_opt.is_empty() {
+        push(Ok(Property::SecurityOpt(f.security_opt.clone())));
+    }
+    if let Some(b) = f.init {
+        push(Ok(Property::Init(b)));
+    }
+    if !f.ulimit.is_empty() {
+        let mut limits = BTreeMap::new();
+        let mut bad = Vec::new();
+        for u in &f.ulimit {
+            match spec::sandbox::parse_ulimit(u) {
+                Ok((name, l)) => {
+                    limits.insert(name, (l.soft, l.hard));
+                }
+                Err(e) => bad.push(format!("--ulimit: {e}")),
+            }
+        }
+        if bad.is_empty() {
+            push(Ok(Property::Ulimits(limits)));
+        } else {
+            push(Err(bad.join("; ")));
+        }
+    }
+    if !f.sysctl.is_empty() {
+        push(key_values("sysctl", &f.sysctl, false).map(Property::Sysctls));
+    }
+    if let Some(c) = f.reserve_cpu {
+        push(Ok(Property::CPUsReservation(c)));
+    }
+    if let Some(s) = &f.reserve_memory {
+        push(
+            memory_bytes(s)
+                .map(Property::MemoryReservation)
+                .map_err(|e| e.replace("--limit-memory", "--reserve-memory")),
+        );
+    }
     if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
@@ -744,6 +812,44 @@ mod tests {
         // And the daemon side accepts the list.
         let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
         assert_eq!(spec.task.resources.nano_cpus, Some(500_000_000));
+    }
+
+    #[test]
+    fn sandbox_flags_become_properties_the_daemon_accepts() {
+        let common = CommonFlags {
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["ALL".into()],
+            security_opt: vec!["no-new-privileges".into()],
+            init: Some(true),
+            ulimit: vec!["nofile=1024:2048".into(), "core=-1".into()],
+            sysctl: vec!["net.core.somaxconn=1024".into()],
+            reserve_cpu: Some(0.5),
+            reserve_memory: Some("128M".into()),
+            ..Default::default()
+        };
+        let props = create_properties("busybox", &[], &common, &CreateFlags::default()).unwrap();
+        let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
+        let t = &spec.task;
+        assert_eq!(t.cap_add, vec!["CAP_NET_ADMIN"]);
+        assert_eq!(t.cap_drop, vec!["ALL"]);
+        assert!(t.no_new_privileges && t.init);
+        assert_eq!(t.ulimits["nofile"].soft, 1024);
+        assert_eq!(t.ulimits["core"].hard, u64::MAX);
+        assert_eq!(t.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(t.reservations.nano_cpus, Some(500_000_000));
+        assert_eq!(t.reservations.memory_bytes, Some(128 << 20));
+
+        let bad = CommonFlags {
+            ulimit: vec!["nofile=9:1".into()],
+            reserve_memory: Some("lots".into()),
+            ..Default::default()
+        };
+        let errs = create_properties("busybox", &[], &bad, &CreateFlags::default()).unwrap_err();
+        assert!(
+            errs[0].starts_with("--ulimit: ulimit nofile: the soft limit 9"),
+            "{errs:?}"
+        );
+        assert!(errs[1].starts_with("--reserve-memory"), "{errs:?}");
     }
 
     #[test]

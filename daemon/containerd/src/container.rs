@@ -170,6 +170,26 @@ pub struct ContainerConfig {
     pub dns: Option<Dns>,
     /// `None` discards stdout and stderr.
     pub log: Option<LogConfig>,
+    /// Capabilities added to / dropped from Docker's default set (`CAP_X` or `ALL`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// The process cannot gain privileges through setuid binaries or file capabilities.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// No seccomp filter (otherwise Docker's default profile).
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
+    /// A static init (tini) on the host, mounted read-only and run as PID 1 before `args`.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Resource limits by name without `RLIMIT_` (`nofile`): (soft, hard).
+    #[serde(default)]
+    pub rlimits: BTreeMap<String, (u64, u64)>,
+    /// Namespaced sysctls.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl ContainerConfig {
@@ -191,6 +211,13 @@ impl ContainerConfig {
             hosts: Vec::new(),
             dns: None,
             log: None,
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            no_new_privileges: false,
+            seccomp_unconfined: false,
+            init: None,
+            rlimits: BTreeMap::new(),
+            sysctls: BTreeMap::new(),
         }
     }
 

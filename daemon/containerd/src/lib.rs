@@ -50,6 +50,7 @@ mod events;
 mod image;
 pub mod logger;
 mod reference;
+mod seccomp;
 mod spec;
 mod time;
 
@@ -78,7 +79,9 @@ pub use events::ExitEvent;
 pub use image::{ImageConfig, ImageInfo, PullOptions};
 pub use logger::run_logger;
 pub use reference::{ImageSource, RegistryRef};
-pub use spec::{merge_env, resolve_process};
+pub use spec::{
+    INIT_CANDIDATES, INIT_PATH, MASKED_PATHS, READONLY_PATHS, find_init, merge_env, resolve_process,
+};
 
 /// The snapshotter every image and container uses.
 pub const SNAPSHOTTER: &str = "overlayfs";

@@ -43,6 +43,7 @@ fn main() {
                 last_heartbeat: 0,
                 version: String::new(),
                 status_message: String::new(),
+                resources: Default::default(),
             }))
             .expect("add node");
     }

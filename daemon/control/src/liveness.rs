@@ -49,6 +49,7 @@ pub fn liveness(
             addr: None,
             version: None,
             message: Some(message.into()),
+            resources: None,
         });
     }
     out

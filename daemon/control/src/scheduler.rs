@@ -2,7 +2,7 @@
 //!
 //! Per service, as Swarm's pipeline: filters first (the node is ready and active; it satisfies
 //! the placement constraints; it runs fewer than `max_replicas_per_node` runnable tasks of the
-//! service), then the spread preferences (hierarchical: the label value with the fewest tasks of
+//! service; it has room for the task's reservations), then the spread preferences (hierarchical: the label value with the fewest tasks of
 //! the service first, ties by value), then fewest tasks of the service, then fewest tasks in
 //! total, then node id (deterministic).
 //!
@@ -11,16 +11,23 @@
 //! pass (a node joining, becoming active, or a label change), and the error is written only
 //! when it changes, so a stuck task does not make a converged state plan anything.
 //!
+//! Reservations (`resources.reservations`) are counted against the CPUs and memory each node
+//! reports: a node fits when its total minus the reservations of the runnable tasks assigned to
+//! it leaves room for the task's; a node that has reported nothing has no room. A task that
+//! fits nowhere gets Swarm's "insufficient resources on N nodes" with what it reserves and the
+//! most any node has free.
+//!
 //! Cost: one pass reads the unassigned tasks (an index), every node's runnable-task count (kept
 //! by the index), and, per service with pending tasks, its runnable tasks per node (also kept by
 //! the index) and every node once for the filters; each placement is then `O(log nodes)` plus
 //! the number of spread groups. The counts placed in this pass are carried from one placement
 //! (and one service) to the next. Nothing reads the tasks already placed, so the cost of a
-//! placement does not grow with them.
+//! placement does not grow with them. The exception is reservations: the first service with
+//! reservations in a pass reads the runnable tasks of every eligible node once, to sum theirs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use model::{ClusterState, Command, Id, Node, PlacementPreference, Service, Task};
+use model::{ClusterState, Command, Id, Node, PlacementPreference, Reservations, Service, Task};
 
 use crate::Pass;
 
@@ -55,14 +62,62 @@ fn plan(state: &ClusterState) -> (Assignments, Errors) {
         .keys()
         .map(|n| (n.as_str(), state.runnable_on(n)))
         .collect();
+    let mut reserved: Option<Reserved> = None;
     for (service_id, tasks) in pending {
         let Some(svc) = state.services.get(service_id) else {
             continue;
         };
-        let placed = schedule_service(state, svc, &tasks, &mut total, &mut errors);
+        let placed = schedule_service(state, svc, &tasks, &mut total, &mut reserved, &mut errors);
         assignments.extend(placed);
     }
     (assignments, errors)
+}
+
+/// CPUs and memory reserved on each node by its runnable tasks, kept up to date as this pass
+/// places tasks.
+type Reserved<'a> = HashMap<&'a str, (u64, u64)>;
+
+fn reserved_on<'a>(state: &'a ClusterState) -> Reserved<'a> {
+    let mut out = Reserved::new();
+    for node in state.nodes.values().filter(|n| n.is_eligible()) {
+        let mut sum = (0u64, 0u64);
+        for t in state.tasks_on(&node.id).filter(|t| t.is_runnable()) {
+            let r = &t.spec.reservations;
+            sum.0 = sum.0.saturating_add(r.nano_cpus.unwrap_or(0));
+            sum.1 = sum.1.saturating_add(r.memory_bytes.unwrap_or(0));
+        }
+        out.insert(node.id.as_str(), sum);
+    }
+    out
+}
+
+/// Whether `node`, with `used` already reserved, has room for `want`; else what it has free.
+fn fits(node: &Node, used: (u64, u64), want: &Reservations) -> Result<(), (u64, u64)> {
+    let free = (
+        node.resources.nano_cpus.saturating_sub(used.0),
+        node.resources.memory_bytes.saturating_sub(used.1),
+    );
+    if want.nano_cpus.unwrap_or(0) <= free.0 && want.memory_bytes.unwrap_or(0) <= free.1 {
+        Ok(())
+    } else {
+        Err(free)
+    }
+}
+
+fn show_cpus(nano: u64) -> String {
+    let cpus = nano as f64 / 1e9;
+    format!("{} CPU{}", cpus, if cpus == 1.0 { "" } else { "s" })
+}
+
+fn show_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if b >= size {
+            let x = b as f64 / size as f64;
+            return format!("{} {unit}", (x * 10.0).round() / 10.0);
+        }
+    }
+    format!("{b} bytes")
 }
 
 /// Why nodes were filtered out, in pipeline order.
@@ -71,6 +126,10 @@ struct Filtered {
     not_ready: u64,
     constraints: u64,
     max_replicas: u64,
+    resources: u64,
+    /// What a task reserves, and the most CPU and memory any filtered node had free.
+    want: Reservations,
+    most_free: (u64, u64),
 }
 
 impl Filtered {
@@ -99,6 +158,24 @@ impl Filtered {
         }
         if self.max_replicas > 0 {
             parts.push("max replicas per node limit exceed".to_string());
+        }
+        if self.resources > 0 {
+            let mut want = Vec::new();
+            let mut free = Vec::new();
+            if let Some(c) = self.want.nano_cpus {
+                want.push(show_cpus(c));
+                free.push(show_cpus(self.most_free.0));
+            }
+            if let Some(m) = self.want.memory_bytes {
+                want.push(format!("{} of memory", show_bytes(m)));
+                free.push(format!("{} of memory", show_bytes(self.most_free.1)));
+            }
+            parts.push(format!(
+                "insufficient resources on {}: a task reserves {}, the most free on a node is {}",
+                nodes(self.resources),
+                want.join(" and "),
+                free.join(" and ")
+            ));
         }
         if parts.is_empty() {
             "no suitable node".to_string()
@@ -158,9 +235,16 @@ fn schedule_service<'a>(
     svc: &'a Service,
     tasks: &[&'a Task],
     total: &mut HashMap<&'a str, u64>,
+    reserved: &mut Option<Reserved<'a>>,
     errors: &mut Errors,
 ) -> Assignments {
     let placement = &svc.spec.placement;
+    let want = &svc.spec.task.reservations;
+    let mut reserved = if want.is_empty() {
+        None
+    } else {
+        Some(reserved.get_or_insert_with(|| reserved_on(state)))
+    };
     // Runnable tasks of the service per node: from the index (one entry per node), or by
     // reading the service's tasks when the index is stale.
     let mut mine: HashMap<&str, u64> = HashMap::new();
@@ -177,7 +261,10 @@ fn schedule_service<'a>(
         }
     }
     let max = placement.max_replicas_per_node;
-    let mut filtered = Filtered::default();
+    let mut filtered = Filtered {
+        want: want.clone(),
+        ..Filtered::default()
+    };
     let mut cands = Candidates {
         groups: BTreeMap::new(),
         spread: HashMap::new(),
@@ -196,6 +283,15 @@ fn schedule_service<'a>(
         if max.is_some_and(|max| m >= max) {
             filtered.max_replicas += 1;
             continue;
+        }
+        if let Some(reserved) = &reserved {
+            let used = reserved.get(node.id.as_str()).copied().unwrap_or_default();
+            if let Err(free) = fits(node, used, want) {
+                filtered.resources += 1;
+                filtered.most_free.0 = filtered.most_free.0.max(free.0);
+                filtered.most_free.1 = filtered.most_free.1.max(free.1);
+                continue;
+            }
         }
         let path = spread_path(node, &placement.preferences);
         for l in 1..=path.len() {
@@ -229,8 +325,25 @@ fn schedule_service<'a>(
         for l in 1..=path.len() {
             *cands.spread.entry(path[..l].to_vec()).or_default() += 1;
         }
+        let full = match reserved.as_deref_mut() {
+            None => None,
+            Some(reserved) => {
+                let used = reserved.entry(node).or_default();
+                used.0 = used.0.saturating_add(want.nano_cpus.unwrap_or(0));
+                used.1 = used.1.saturating_add(want.memory_bytes.unwrap_or(0));
+                let used = *used;
+                state
+                    .nodes
+                    .get(node)
+                    .map_or(Some((0, 0)), |n| fits(n, used, want).err())
+            }
+        };
         if max.is_some_and(|max| m + 1 >= max) {
             filtered.max_replicas += 1;
+        } else if let Some(free) = full {
+            filtered.resources += 1;
+            filtered.most_free.0 = filtered.most_free.0.max(free.0);
+            filtered.most_free.1 = filtered.most_free.1.max(free.1);
         } else {
             group.insert((m + 1, t + 1, node));
         }

@@ -36,6 +36,7 @@ impl Sim {
                     last_heartbeat: 0,
                     version: String::new(),
                     status_message: String::new(),
+                    resources: Default::default(),
                 }))
                 .unwrap();
         }

@@ -92,6 +92,7 @@ impl World {
                     last_heartbeat: 0,
                     version: String::new(),
                     status_message: String::new(),
+                    resources: Default::default(),
                 }))
                 .unwrap();
             agents.insert(id, Agent::default());

@@ -406,6 +406,7 @@ impl FakeBackend {
             last_heartbeat: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             status_message: String::new(),
+            resources: Default::default(),
         }
     }
 

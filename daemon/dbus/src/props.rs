@@ -32,11 +32,19 @@
 //! | `Constraints` | `as` | placement constraints, e.g. `node.labels.zone == a`, `node.role != manager`, `node.labels.zone in (a, b)`; replaced whole |
 //! | `PlacementPreferences` | `as` | spread preferences, `spread=node.labels.KEY`; replaced whole |
 //! | `MaxReplicasPerNode` | `t` | at most this many tasks of the service per node; 0: no limit |
+//! | `CapAdd` / `CapDrop` | `as` | capabilities added to / dropped from Docker's default set (`NET_ADMIN`, `CAP_NET_ADMIN` or `ALL`); replaced whole |
+//! | `SecurityOpt` | `as` | `no-new-privileges[=true\|false]`, `seccomp=unconfined`; replaced whole |
+//! | `Init` | `b` | run `tini` as PID 1 (the node needs `/usr/bin/tini-static`) |
+//! | `Ulimits` | `a{s(tt)}` | name (`nofile`, `nproc`, ...) to (soft, hard); `u64::MAX` is unlimited; replaced whole |
+//! | `Sysctls` | `a{ss}` | namespaced sysctls (`net.*`, `fs.mqueue.*`, IPC `kernel.*`); replaced whole |
+//! | `CPUsReservation` | `d` | CPUs the scheduler reserves on the node; 0: none |
+//! | `MemoryReservation` | `t` | bytes the scheduler reserves on the node; 0: none |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
 //! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
 //! `Replicas`, `MaxReplicasPerNode`, `Constraints` and `PlacementPreferences` are checked by the
-//! shared validator in `spec::placement`, the one stack files and CLI flags use.
+//! shared validator in `spec::placement`, the one stack files and CLI flags use; the sandbox
+//! properties by `spec::sandbox`.
 
 use std::collections::BTreeMap;
 
@@ -45,7 +53,7 @@ use model::{
     ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use serde::{Deserialize, Serialize};
-use spec::placement;
+use spec::{placement, sandbox};
 use zbus::{OwnedVariant, Variant};
 
 use crate::types::PortRow;
@@ -120,6 +128,14 @@ pub enum Property {
     PlacementPreferences(Vec<String>),
     MaxReplicasPerNode(u64),
     ForceUpdate(bool),
+    CapAdd(Vec<String>),
+    CapDrop(Vec<String>),
+    SecurityOpt(Vec<String>),
+    Init(bool),
+    Ulimits(BTreeMap<String, (u64, u64)>),
+    Sysctls(BTreeMap<String, String>),
+    CPUsReservation(f64),
+    MemoryReservation(u64),
 }
 
 fn ov<'a, T: Into<Variant<'a>>>(v: T) -> OwnedVariant {
@@ -138,7 +154,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 41] = [
+    pub const NAMES: [&'static str; 49] = [
         "Image",
         "Mode",
         "Replicas",
@@ -180,6 +196,14 @@ impl Property {
         "PlacementPreferences",
         "MaxReplicasPerNode",
         "ForceUpdate",
+        "CapAdd",
+        "CapDrop",
+        "SecurityOpt",
+        "Init",
+        "Ulimits",
+        "Sysctls",
+        "CPUsReservation",
+        "MemoryReservation",
     ];
 
     /// The D-Bus name.
@@ -227,6 +251,14 @@ impl Property {
             PlacementPreferences(_) => "PlacementPreferences",
             MaxReplicasPerNode(_) => "MaxReplicasPerNode",
             ForceUpdate(_) => "ForceUpdate",
+            CapAdd(_) => "CapAdd",
+            CapDrop(_) => "CapDrop",
+            SecurityOpt(_) => "SecurityOpt",
+            Init(_) => "Init",
+            Ulimits(_) => "Ulimits",
+            Sysctls(_) => "Sysctls",
+            CPUsReservation(_) => "CPUsReservation",
+            MemoryReservation(_) => "MemoryReservation",
         }
     }
 
@@ -259,11 +291,18 @@ impl Property {
             | RollbackMonitorUSec(n)
             | MemoryMax(n)
             | PidsMax(n)
-            | MaxReplicasPerNode(n) => ov(*n),
-            Command(v) | Entrypoint(v) | Networks(v) | Constraints(v) | PlacementPreferences(v) => {
-                ov(v.clone())
-            }
-            Env(m) | Labels(m) | ContainerLabels(m) => ov(m.clone()),
+            | MaxReplicasPerNode(n)
+            | MemoryReservation(n) => ov(*n),
+            Command(v)
+            | Entrypoint(v)
+            | Networks(v)
+            | Constraints(v)
+            | PlacementPreferences(v)
+            | CapAdd(v)
+            | CapDrop(v)
+            | SecurityOpt(v) => ov(v.clone()),
+            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) => ov(m.clone()),
+            Ulimits(m) => ov(m.clone()),
             Ports(p) => ov(p
                 .iter()
                 .map(|p| (p.published, p.target, p.protocol.clone(), p.mode.clone()))
@@ -280,8 +319,11 @@ impl Property {
                     )
                 })
                 .collect::<Vec<_>>()),
-            UpdateMaxFailureRatio(d) | RollbackMaxFailureRatio(d) | CPUs(d) => ov(*d),
-            ReadOnly(b) | ForceUpdate(b) => ov(*b),
+            UpdateMaxFailureRatio(d)
+            | RollbackMaxFailureRatio(d)
+            | CPUs(d)
+            | CPUsReservation(d) => ov(*d),
+            ReadOnly(b) | ForceUpdate(b) | Init(b) => ov(*b),
         }
     }
 
@@ -372,6 +414,14 @@ impl Property {
             "PlacementPreferences" => PlacementPreferences(get!(Vec<String>, "as")),
             "MaxReplicasPerNode" => MaxReplicasPerNode(get!(u64, "t")),
             "ForceUpdate" => ForceUpdate(get!(bool, "b")),
+            "CapAdd" => CapAdd(get!(Vec<String>, "as")),
+            "CapDrop" => CapDrop(get!(Vec<String>, "as")),
+            "SecurityOpt" => SecurityOpt(get!(Vec<String>, "as")),
+            "Init" => Init(get!(bool, "b")),
+            "Ulimits" => Ulimits(get!(BTreeMap<String, (u64, u64)>, "a{s(tt)}")),
+            "Sysctls" => Sysctls(get!(BTreeMap<String, String>, "a{ss}")),
+            "CPUsReservation" => CPUsReservation(get!(f64, "d")),
+            "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             other => {
                 return Err(format!(
                     "unknown property {other:?}: expected one of {}",
@@ -777,6 +827,62 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                         t.force_update = t.force_update.wrapping_add(1);
                     }
                 }
+                CapAdd(v) => match sandbox::parse_capabilities(v) {
+                    Ok(caps) => t.cap_add = caps,
+                    Err(e) => e
+                        .into_iter()
+                        .for_each(|e| check(Err(format!("CapAdd: {e}")))),
+                },
+                CapDrop(v) => match sandbox::parse_capabilities(v) {
+                    Ok(caps) => t.cap_drop = caps,
+                    Err(e) => e
+                        .into_iter()
+                        .for_each(|e| check(Err(format!("CapDrop: {e}")))),
+                },
+                SecurityOpt(v) => {
+                    if let Err(e) = sandbox::apply_security_opts(v, t) {
+                        e.into_iter()
+                            .for_each(|e| check(Err(format!("SecurityOpt: {e}"))));
+                    }
+                }
+                Init(b) => t.init = *b,
+                Ulimits(m) => {
+                    let mut out = BTreeMap::new();
+                    for (name, (soft, hard)) in m {
+                        let u = model::Ulimit {
+                            soft: *soft,
+                            hard: *hard,
+                        };
+                        match sandbox::check_ulimit(name, u) {
+                            Ok(()) => {
+                                out.insert(name.clone(), u);
+                            }
+                            Err(e) => check(Err(format!("Ulimits: {e}"))),
+                        }
+                    }
+                    t.ulimits = out;
+                }
+                Sysctls(m) => {
+                    for (k, v) in m {
+                        if let Err(e) = sandbox::check_sysctl(k, v) {
+                            check(Err(format!("Sysctls: {e}")));
+                        }
+                    }
+                    t.sysctls = m.clone();
+                }
+                CPUsReservation(c) => {
+                    if *c == 0.0 {
+                        t.reservations.nano_cpus = None;
+                    } else {
+                        match spec::units::cpus_to_nano(*c) {
+                            Ok(n) => t.reservations.nano_cpus = Some(n),
+                            Err(e) => check(Err(format!("CPUsReservation: {e}"))),
+                        }
+                    }
+                }
+                MemoryReservation(n) => {
+                    t.reservations.memory_bytes = if *n == 0 { None } else { Some(*n) }
+                }
             }
         }
     }
@@ -806,6 +912,15 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
         },
         (None, None) => {}
     }
+    if let Err(e) = sandbox::check_reservations(&next.task) {
+        errors.push(e);
+    }
+    // Every count, size and duration within its bound: the checker the stack files use.
+    errors.extend(
+        model::limits::violations(&next)
+            .iter()
+            .map(ToString::to_string),
+    );
     if next.restart.max_delay < next.restart.delay {
         errors.push(format!(
             "restart max delay ({} ms) is shorter than the restart delay ({} ms)",
@@ -895,6 +1010,24 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
                 .collect(),
         ),
         MaxReplicasPerNode(spec.placement.max_replicas_per_node.unwrap_or(0)),
+        CapAdd(t.cap_add.clone()),
+        CapDrop(t.cap_drop.clone()),
+        SecurityOpt(sandbox::security_opts(t)),
+        Init(t.init),
+        Ulimits(
+            t.ulimits
+                .iter()
+                .map(|(k, u)| (k.clone(), (u.soft, u.hard)))
+                .collect(),
+        ),
+        Sysctls(t.sysctls.clone()),
+        CPUsReservation(
+            t.reservations
+                .nano_cpus
+                .map(|n| n as f64 / 1e9)
+                .unwrap_or(0.0),
+        ),
+        MemoryReservation(t.reservations.memory_bytes.unwrap_or(0)),
     ]);
     // An empty stop signal is not a valid property value; leave it out so that applying the
     // list keeps the default of the receiving spec.
@@ -1000,6 +1133,21 @@ mod tests {
         t.stop_grace_period = 30_000;
         t.labels.insert("c".into(), "1".into());
         t.read_only = true;
+        t.cap_add = vec!["CAP_NET_ADMIN".into()];
+        t.cap_drop = vec!["CAP_CHOWN".into()];
+        t.no_new_privileges = true;
+        t.seccomp_unconfined = true;
+        t.init = true;
+        t.ulimits.insert(
+            "nofile".into(),
+            model::Ulimit {
+                soft: 1024,
+                hard: 2048,
+            },
+        );
+        t.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        t.reservations.nano_cpus = Some(250_000_000);
+        t.reservations.memory_bytes = Some(128 << 20);
         spec.placement = spec::placement::parse_placement(
             &[
                 "node.labels.zone in (a, b)".into(),
@@ -1056,6 +1204,172 @@ mod tests {
         }
         apply_properties(&mut spec, &[Property::ForceUpdate(true)]).unwrap();
         assert_eq!(spec.task.force_update, 1);
+    }
+
+    /// The sandbox properties go through the validator the stack files use, so the same bad
+    /// value gets the same message both ways.
+    #[test]
+    fn sandbox_properties_use_the_shared_validator() {
+        let toml_errors = |service: &str| -> Vec<String> {
+            let text = format!("[services.web]\nimage = \"x\"\n{service}\n");
+            match spec::parse_stack(std::path::Path::new("s.toml"), &text) {
+                Ok(_) => panic!("{service} is refused"),
+                Err(e) => e.iter().map(|d| d.message.clone()).collect(),
+            }
+        };
+        let cases: Vec<(Property, &str)> = vec![
+            (
+                Property::CapAdd(vec!["NET_ADMN".into()]),
+                "cap_add = [\"NET_ADMN\"]",
+            ),
+            (
+                Property::CapDrop(vec!["bogus".into()]),
+                "cap_drop = [\"bogus\"]",
+            ),
+            (
+                Property::SecurityOpt(vec!["apparmor=x".into()]),
+                "security_opt = [\"apparmor=x\"]",
+            ),
+            (
+                Property::Ulimits(BTreeMap::from([("nofile".to_string(), (10, 5))])),
+                "ulimits = { nofile = { soft = 10, hard = 5 } }",
+            ),
+            (
+                Property::Sysctls(BTreeMap::from([(
+                    "vm.swappiness".to_string(),
+                    "1".to_string(),
+                )])),
+                "sysctls = { \"vm.swappiness\" = \"1\" }",
+            ),
+        ];
+        for (prop, toml) in cases {
+            let mut spec = default_spec("web");
+            let dbus = apply_properties(&mut spec, std::slice::from_ref(&prop))
+                .unwrap_err()
+                .0;
+            assert_eq!(dbus.len(), 1, "{dbus:?}");
+            let (name, message) = dbus[0].split_once(": ").unwrap();
+            assert_eq!(name, prop.name());
+            let from_file = toml_errors(toml);
+            assert!(
+                from_file.iter().any(|e| e.ends_with(message)),
+                "D-Bus says {message:?}, the file says {from_file:?}"
+            );
+        }
+        let mut spec = default_spec("web");
+        let e = apply_properties(
+            &mut spec,
+            &[
+                Property::MemoryMax(64 << 20),
+                Property::MemoryReservation(128 << 20),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("above the memory limit"), "{e}");
+        apply_properties(
+            &mut spec,
+            &[
+                Property::CapAdd(vec!["sys_time".into(), "SYS_TIME".into()]),
+                Property::SecurityOpt(vec!["no-new-privileges".into()]),
+                Property::CPUsReservation(0.5),
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.task.cap_add, vec!["CAP_SYS_TIME"]);
+        assert!(spec.task.no_new_privileges);
+        assert_eq!(spec.task.reservations.nano_cpus, Some(500_000_000));
+    }
+
+    /// One case per class of bound (counts, sizes, durations): the same bad input through a
+    /// stack file and through D-Bus properties gets the same message.
+    #[test]
+    fn bounds_give_the_same_message_from_a_file_and_from_dbus() {
+        use model::MAX_REPLICAS;
+        use model::limits::*;
+        let big = "x".repeat(MAX_VALUE_BYTES + 1);
+        let many_env: BTreeMap<String, String> = (0..=MAX_MAP_ENTRIES)
+            .map(|i| (format!("V{i}"), "1".to_string()))
+            .collect();
+        let env_toml = many_env
+            .keys()
+            .map(|k| format!("{k} = \"1\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ports: Vec<String> = (0..=MAX_PORTS)
+            .map(|i| format!("{}:80", 10000 + i))
+            .collect();
+        let cases: Vec<(Vec<Property>, String, &str)> = vec![
+            (
+                vec![Property::RestartWindowUSec(25 * 3600 * 1_000_000)],
+                "restart = { window = \"25h\" }".into(),
+                "restart.window: 25h is above the limit of 24h",
+            ),
+            (
+                vec![Property::StopGracePeriodUSec(48 * 3600 * 1_000_000)],
+                "stop_grace_period = \"48h\"".into(),
+                "stop_grace_period: 48h is above the limit of 24h",
+            ),
+            (
+                vec![Property::UpdateMonitorUSec(100 * 3600 * 1_000_000)],
+                "update = { monitor = \"100h\" }".into(),
+                "update.monitor: 100h is above the limit of 24h",
+            ),
+            (
+                vec![Property::UpdateParallelism(MAX_REPLICAS + 1)],
+                format!("update = {{ parallelism = {} }}", MAX_REPLICAS + 1),
+                "update.parallelism: 100001 is above the limit of 100000",
+            ),
+            (
+                vec![Property::RestartMaxAttempts(MAX_RESTART_ATTEMPTS + 1)],
+                format!(
+                    "restart = {{ max_attempts = {} }}",
+                    MAX_RESTART_ATTEMPTS + 1
+                ),
+                "restart.max_attempts: 1000001 is above the limit of 1000000 (0 means no limit)",
+            ),
+            (
+                vec![Property::Env(many_env)],
+                format!("env = {{ {env_toml} }}"),
+                "env: 1001 variables is above the limit of 1000",
+            ),
+            (
+                vec![Property::Command(vec![big.clone()])],
+                format!("command = [\"{big}\"]"),
+                "command: argument 0 (32769 bytes) is above the limit of 32768 bytes",
+            ),
+            (
+                vec![Property::Ports(
+                    (0..=MAX_PORTS as u16)
+                        .map(|i| PortRow {
+                            published: 10000 + i,
+                            target: 80,
+                            protocol: "tcp".into(),
+                            mode: "ingress".into(),
+                        })
+                        .collect(),
+                )],
+                format!("ports = {:?}", ports),
+                "ports: 1001 ports is above the limit of 1000",
+            ),
+        ];
+        for (props, toml, want) in cases {
+            let mut spec = default_spec("web");
+            let dbus = apply_properties(&mut spec, &props).unwrap_err().0;
+            assert_eq!(dbus, vec![want.to_string()], "D-Bus");
+            let text = format!("[services.web]\nimage = \"x\"\n{toml}\n");
+            let file: Vec<String> = match spec::parse_stack(std::path::Path::new("s.toml"), &text) {
+                Ok(_) => panic!("{toml} is refused"),
+                Err(e) => e.iter().map(|d| d.message.clone()).collect(),
+            };
+            assert_eq!(file, vec![format!("services.web.{want}")], "the file");
+        }
+        // Replicas: the same validator for files, D-Bus and `service scale`.
+        let mut spec = default_spec("web");
+        let e = apply_properties(&mut spec, &[Property::Replicas(30_000_000_000)]).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec!["30000000000 replicas is more than the limit of 100000".to_string()]
+        );
     }
 
     #[test]

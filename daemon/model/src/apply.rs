@@ -327,8 +327,12 @@ impl ClusterState {
                 addr,
                 version,
                 message,
+                resources,
             } => {
                 let mut node = self.node(id)?.clone();
+                if let Some(r) = resources {
+                    node.resources = *r;
+                }
                 if let Some(s) = status {
                     node.status = *s;
                 }

@@ -416,6 +416,7 @@ mod tests {
             last_heartbeat: 0,
             version: String::new(),
             status_message: String::new(),
+            resources: Default::default(),
         }
     }
 

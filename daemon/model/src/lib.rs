@@ -6,7 +6,9 @@
 
 mod apply;
 mod index;
+pub mod limits;
 pub mod network;
+pub mod sandbox;
 pub mod security;
 pub mod spec;
 pub mod state;
@@ -16,6 +18,7 @@ pub mod task;
 pub use apply::UndoLog;
 pub use index::ServiceTasks;
 pub use network::{Network, NetworkDriver};
+pub use sandbox::{NodeResources, Reservations, Ulimit};
 pub use security::Security;
 pub use spec::*;
 pub use state::*;

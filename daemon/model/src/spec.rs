@@ -205,6 +205,24 @@ pub struct TaskSpec {
     pub read_only: bool,
     /// Bumped by `service update --force` so that identical specs still roll.
     pub force_update: u64,
+    /// Capabilities added to Docker's default set: `CAP_X` names, or `ALL`.
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from it: `CAP_X` names, or `ALL`.
+    pub cap_drop: Vec<String>,
+    /// `security_opt = ["no-new-privileges"]`: the process cannot gain privileges (setuid
+    /// binaries, file capabilities). Off by default, as Docker's.
+    pub no_new_privileges: bool,
+    /// `security_opt = ["seccomp=unconfined"]`: no seccomp filter at all.
+    pub seccomp_unconfined: bool,
+    /// Run a tiny init (the node's `tini-static`) as PID 1, which reaps zombies and forwards
+    /// signals to the command.
+    pub init: bool,
+    /// Resource limits of the processes by name without `RLIMIT_` (`nofile`, `nproc`, ...).
+    pub ulimits: BTreeMap<String, crate::Ulimit>,
+    /// Namespaced kernel parameters (`net.*`, `fs.mqueue.*`, the IPC `kernel.*` ones).
+    pub sysctls: BTreeMap<String, String>,
+    /// What the task reserves on its node (the scheduler counts it).
+    pub reservations: crate::Reservations,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

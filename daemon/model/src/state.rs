@@ -83,6 +83,9 @@ pub struct Node {
     /// Why the node has its status ("heartbeat failure"), written with the status.
     #[serde(default)]
     pub status_message: String,
+    /// CPUs and memory the node has for tasks, as its agent reports them in heartbeats.
+    #[serde(default)]
+    pub resources: crate::NodeResources,
 }
 
 impl Node {
@@ -304,6 +307,9 @@ pub enum Command {
         addr: Option<String>,
         version: Option<String>,
         message: Option<String>,
+        /// The node's CPUs and memory, from its heartbeats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resources: Option<crate::NodeResources>,
     },
     /// Create a service; fails if the name is taken.
     CreateService(Service),
@@ -797,6 +803,7 @@ mod multi_node {
             last_heartbeat: 0,
             version: String::new(),
             status_message: String::new(),
+            resources: Default::default(),
         }
     }
 
@@ -892,6 +899,7 @@ mod multi_node {
             addr: Some("10.0.0.1:4600".into()),
             version: None,
             message: Some("heartbeat failure".into()),
+            resources: None,
         })
         .unwrap();
         let n = &st.nodes["n1"];
@@ -916,6 +924,7 @@ mod multi_node {
             addr: None,
             version: None,
             message: None,
+            resources: None,
         };
         assert_eq!(
             st.apply(&missing).unwrap_err(),
@@ -1134,6 +1143,7 @@ mod multi_node {
                 addr: None,
                 version: Some("1".into()),
                 message: Some("heartbeat failure".into()),
+                resources: None,
             },
             Command::SetSchedulingError {
                 task_ids: vec!["t".into()],

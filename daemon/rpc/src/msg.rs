@@ -82,6 +82,9 @@ pub struct Heartbeat {
     /// Unix seconds at which the node's certificate expires.
     pub cert_not_after: i64,
     pub cert_not_before: i64,
+    /// The node's CPUs and memory (absent from nodes of an older version).
+    #[serde(default)]
+    pub resources: Option<model::NodeResources>,
 }
 
 /// The dispatcher's answer to a heartbeat.

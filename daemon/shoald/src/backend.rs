@@ -463,6 +463,8 @@ impl Backend for DaemonBackend {
                 svc.spec.name
             )));
         }
+        let replicas = spec::placement::check_replicas(replicas)
+            .map_err(|e| ApiError::InvalidSpec(format!("replicas: {e}")))?;
         let mut spec = svc.spec.clone();
         spec.mode = ServiceMode::Replicated { replicas };
         self.propose(Command::UpdateService {

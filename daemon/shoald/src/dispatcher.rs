@@ -220,6 +220,7 @@ impl NodePort {
             last_heartbeat: now_ms(),
             version: j.version.clone(),
             status_message: "joined; waiting for its first heartbeat".into(),
+            resources: Default::default(),
         };
         let mut cmds = vec![Command::AddNode(node)];
         if st.nodes.contains_key(&j.node_id) {
@@ -261,7 +262,10 @@ impl NodePort {
             if let Some(r) = cert_role {
                 seen.cert_role.insert(node.to_string(), r);
             }
-            let stale = n.status != NodeStatus::Ready || n.addr != h.addr || n.version != h.version;
+            let stale = n.status != NodeStatus::Ready
+                || n.addr != h.addr
+                || n.version != h.version
+                || h.resources.is_some_and(|r| r != n.resources);
             let recently = seen
                 .pending
                 .get(node)
@@ -283,6 +287,7 @@ impl NodePort {
                 addr: Some(h.addr.clone()),
                 version: Some(h.version.clone()),
                 message: Some(String::new()),
+                resources: h.resources,
             };
             let d = self.0.clone();
             tokio::spawn(async move {

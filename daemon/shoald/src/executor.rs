@@ -152,6 +152,17 @@ impl ContainerExecutor {
 impl Executor for ContainerExecutor {
     async fn prepare(&self, task: &Task) -> Result<Prepared, ExecError> {
         let d = &self.d;
+        let init = if task.spec.init {
+            Some(ctd::find_init().ok_or_else(|| {
+                ExecError::fatal(format!(
+                    "init = true needs a static tini on node {}, which has none of {}; install Debian's tini package or set init = false",
+                    d.node_name,
+                    ctd::INIT_CANDIDATES.join(", ")
+                ))
+            })?)
+        } else {
+            None
+        };
         let t0 = std::time::Instant::now();
         let image = self.image(task).await?;
         let t_image = t0.elapsed();
@@ -211,6 +222,17 @@ impl Executor for ContainerExecutor {
             pids: spec.resources.pids,
         };
         c.read_only_rootfs = spec.read_only;
+        c.cap_add = spec.cap_add.clone();
+        c.cap_drop = spec.cap_drop.clone();
+        c.no_new_privileges = spec.no_new_privileges;
+        c.seccomp_unconfined = spec.seccomp_unconfined;
+        c.init = init;
+        c.rlimits = spec
+            .ulimits
+            .iter()
+            .map(|(k, u)| (k.clone(), (u.soft, u.hard)))
+            .collect();
+        c.sysctls = spec.sysctls.clone();
         c.network = ctd::NetworkMode::Path(att.netns_path.clone());
         if !task.networks.is_empty() {
             // Service names resolve through this node's DNS server (which forwards the rest).

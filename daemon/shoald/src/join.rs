@@ -265,6 +265,7 @@ async fn ensure_records(d: &Arc<Daemon>) -> Result<()> {
             last_heartbeat: now_ms(),
             version: env!("CARGO_PKG_VERSION").into(),
             status_message: String::new(),
+            resources: Default::default(),
         }))
         .await?;
     }

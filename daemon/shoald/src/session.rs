@@ -182,6 +182,7 @@ async fn run_heartbeats(d: Arc<Daemon>) {
             version: env!("CARGO_PKG_VERSION").into(),
             cert_not_after: info.as_ref().map_or(0, |i| i.not_after),
             cert_not_before: info.as_ref().map_or(0, |i| i.not_before),
+            resources: Some(node_resources()),
         };
         match dispatch(&d, Request::Heartbeat(hb), period * 3).await {
             Ok(Response::Heartbeat(reply)) => {
@@ -235,5 +236,29 @@ async fn renew(d: &Arc<Daemon>, role: NodeRole) {
         }
         Ok(other) => warn!(answer = ?other, "certificate renewal refused"),
         Err(e) => warn!(error = %e, "certificate renewal failed"),
+    }
+}
+
+/// This node's CPUs (those this process may run on) and total memory, for the scheduler's
+/// reservations. A value that cannot be read is 0, which no reservation fits.
+pub(crate) fn node_resources() -> model::NodeResources {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024));
+    model::NodeResources {
+        nano_cpus: cpus.saturating_mul(1_000_000_000),
+        memory_bytes: memory,
     }
 }

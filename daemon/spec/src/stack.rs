@@ -19,7 +19,13 @@
 //! | `stop_signal` | signal name, `SIG` optional | `SIGTERM` |
 //! | `stop_grace_period` | duration (`"10s"`, `"1m30s"`, `"100ms"`) | 10s |
 //! | `read_only` | bool | false |
-//! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1) }` | no limits |
+//! | `resources` | `{ cpus = 0.5, memory = "256M" or bytes (≥ 4M), pids = n (≥ 1), reservations = { cpus, memory } }` (reservations are counted by the scheduler) | no limits, no reservations |
+//! | `cap_add`, `cap_drop` | capability names, `NET_ADMIN` or `CAP_NET_ADMIN`, or `ALL` | Docker's default set |
+//! | `security_opt` | `"no-new-privileges[:true\|false]"`, `"seccomp=unconfined"` | Docker's seccomp profile, privileges can be gained |
+//! | `init` | bool: tini as PID 1 (the node needs `/usr/bin/tini-static`) | false |
+//! | `ulimits` | `{ nofile = { soft = 1024, hard = 2048 }, nproc = 512 }` (`-1`: unlimited) | containerd's |
+//! | `sysctls` | table or `["K=V"]`; only `net.*`, `fs.mqueue.*`, IPC `kernel.*` | |
+//! | `tmpfs` | `["/run", "/tmp:size=64m,ro"]` (tmpfs mounts, like `volumes` entries of type tmpfs) | |
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
@@ -44,15 +50,15 @@ use std::path::{Path, PathBuf};
 
 use model::{
     FailureAction, Millis, Mount, MountKind, Placement, PortSpec, Protocol, PublishMode,
-    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, StackSpec, TaskSpec, UpdateConfig,
-    UpdateOrder,
+    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, StackSpec, TaskSpec, Ulimit,
+    UpdateConfig, UpdateOrder,
 };
 use sha2::{Digest, Sha256};
 use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Errors, Sink};
 use crate::walk::{self, Keys, Value};
-use crate::{placement, units};
+use crate::{placement, sandbox, units};
 
 /// The signal sent to stop a task when `stop_signal` is not set.
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
@@ -108,6 +114,13 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "rollback",
         "placement",
         "networks",
+        "cap_add",
+        "cap_drop",
+        "security_opt",
+        "init",
+        "ulimits",
+        "sysctls",
+        "tmpfs",
     ],
     unsupported: &[
         ("healthcheck", ""),
@@ -134,10 +147,10 @@ const SERVICE_KEYS: Keys<'static> = Keys {
             "container_name",
             "task containers are named by shoal; remove it",
         ),
-        (
-            "tmpfs",
-            "write tmpfs mounts in \"volumes\" as { type = \"tmpfs\", target = \"/path\" }",
-        ),
+        ("capabilities", "did you mean \"cap_add\" or \"cap_drop\"?"),
+        ("ulimit", "did you mean \"ulimits\"?"),
+        ("sysctl", "did you mean \"sysctls\"?"),
+        ("security_opts", "did you mean \"security_opt\"?"),
     ],
 };
 
@@ -169,12 +182,24 @@ const TMPFS_KEYS: Keys<'static> = Keys {
 };
 
 const RESOURCES_KEYS: Keys<'static> = Keys {
-    known: &["cpus", "memory", "pids"],
-    unsupported: &[("reservations", "shoal enforces limits only")],
+    known: &["cpus", "memory", "pids", "reservations"],
+    unsupported: &[],
     hints: &[(
         "limits",
         "write cpus, memory and pids directly in resources, e.g. resources = { cpus = 0.5, memory = \"256M\" }",
     )],
+};
+
+const RESERVATIONS_KEYS: Keys<'static> = Keys {
+    known: &["cpus", "memory"],
+    unsupported: &[("generic_resources", ""), ("devices", "")],
+    hints: &[],
+};
+
+const ULIMIT_KEYS: Keys<'static> = Keys {
+    known: &["soft", "hard"],
+    unsupported: &[],
+    hints: &[],
 };
 
 const PLACEMENT_KEYS: Keys<'static> = Keys {
@@ -261,6 +286,14 @@ fn parse(
     let mut sink = Sink::new(path, text);
     if let Some(e) = name_error {
         sink.whole_file(e);
+    }
+    if text.len() > model::limits::MAX_STACK_FILE_BYTES {
+        sink.whole_file(format!(
+            "stack file of {} bytes is above the limit of {} bytes",
+            text.len(),
+            model::limits::MAX_STACK_FILE_BYTES
+        ));
+        return Err(Errors(sink.finish()));
     }
     let spec =
         walk::parse_document(&mut sink, text).map(|doc| stack_from_doc(&mut sink, name, &doc));
@@ -378,6 +411,17 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
             services_value.span(),
             "stack has no services; add a [services.NAME] table with at least an image",
         );
+    }
+    if services.len() > model::limits::MAX_SERVICES_PER_STACK {
+        sink.error(
+            services_value.span(),
+            format!(
+                "{} services is above the limit of {} per stack; split the stack",
+                services.len(),
+                model::limits::MAX_SERVICES_PER_STACK
+            ),
+        );
+        return spec;
     }
     if let Some(v) = doc.get("networks")
         && let Some(t) = walk::table(sink, v, "networks")
@@ -681,7 +725,16 @@ fn service_from_table(
         && let Some(rt) = walk::table(sink, v, &p("resources"))
     {
         resources(sink, &p("resources"), rt, &mut svc.task.resources);
+        if let Some(rv) = rt.get("reservations")
+            && let Some(rr) = walk::table(sink, rv, &p("resources.reservations"))
+        {
+            svc.task.reservations = reservations(sink, &p("resources.reservations"), rr);
+            if let Err(e) = sandbox::check_reservations(&svc.task) {
+                sink.error(rv.span(), format!("{}: {e}", p("resources.reservations")));
+            }
+        }
     }
+    sandbox_keys(sink, path, t, &mut svc.task);
     if let Some(v) = t.get("restart")
         && let Some(rt) = walk::table(sink, v, &p("restart"))
     {
@@ -702,7 +755,33 @@ fn service_from_table(
     {
         svc.placement = placement_table(sink, &p("placement"), pt);
     }
+    // Every count, size and duration within its bound (one checker, shared with D-Bus).
+    for v in model::limits::violations(&svc) {
+        let at = field_span(t, &v.field).unwrap_or(span.clone());
+        sink.error(at, format!("{path}.{v}"));
+    }
     svc
+}
+
+/// Where the key `field` (`restart.delay`) of a service table is, or its nearest parent.
+fn field_span(t: &DeTable<'_>, field: &str) -> Option<Range<usize>> {
+    let (head, rest) = match field.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (field, None),
+    };
+    let head = if head == "volumes" && !t.contains_key("volumes") {
+        ["mounts", "tmpfs"]
+            .into_iter()
+            .find(|k| t.contains_key(*k))
+            .unwrap_or(head)
+    } else {
+        head
+    };
+    let here = walk::key_span(t, head);
+    match (rest, t.get(head).map(|v| v.get_ref())) {
+        (Some(rest), Some(DeValue::Table(inner))) => field_span(inner, rest).or(here),
+        _ => here,
+    }
 }
 
 /// `[services.X.placement]`: `constraints = [...]`, `preferences = [{ spread = "..." }]`,
@@ -1112,25 +1191,12 @@ fn memory(sink: &mut Sink<'_>, v: &Value<'_>, path: &str, enforce_min: bool) -> 
 
 fn resources(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, out: &mut model::Resources) {
     walk::check_keys(sink, t, &format!("[{path}]"), &RESOURCES_KEYS);
-    if let Some(v) = t.get("cpus") {
-        let cpus = match v.get_ref() {
-            DeValue::String(s) => match s.trim().parse::<f64>() {
-                Ok(x) => Some(x),
-                Err(_) => {
-                    sink.error(
-                        v.span(),
-                        format!("{path}.cpus: \"{s}\" is not a number; write e.g. cpus = 0.5"),
-                    );
-                    None
-                }
-            },
-            _ => walk::number(sink, v, &format!("{path}.cpus")),
-        };
-        if let Some(cpus) = cpus {
-            match units::cpus_to_nano(cpus) {
-                Ok(n) => out.nano_cpus = Some(n),
-                Err(e) => sink.error(v.span(), format!("{path}.cpus: {e}")),
-            }
+    if let Some(v) = t.get("cpus")
+        && let Some(cpus) = cpus_value(sink, v, &format!("{path}.cpus"))
+    {
+        match units::cpus_to_nano(cpus) {
+            Ok(n) => out.nano_cpus = Some(n),
+            Err(e) => sink.error(v.span(), format!("{path}.cpus: {e}")),
         }
     }
     if let Some(v) = t.get("memory") {
@@ -1147,6 +1213,167 @@ fn resources(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, out: &mut model::
                 format!("{path}.pids: must be at least 1 (leave it out for no limit)"),
             );
         }
+    }
+}
+
+/// `cap_add`, `cap_drop`, `security_opt`, `init`, `ulimits`, `sysctls` and `tmpfs`, each
+/// checked by the shared validator in [`sandbox`].
+fn sandbox_keys(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, task: &mut TaskSpec) {
+    let p = |key: &str| format!("{path}.{key}");
+    for (key, out) in [
+        ("cap_add", &mut task.cap_add),
+        ("cap_drop", &mut task.cap_drop),
+    ] {
+        let Some(v) = t.get(key) else { continue };
+        let Some(items) = walk::array(sink, v, &p(key)) else {
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{}[{i}]", p(key));
+            if let Some(s) = walk::string(sink, item, &ipath) {
+                match sandbox::parse_capability(s) {
+                    Ok(c) if !out.contains(&c) => out.push(c),
+                    Ok(_) => {}
+                    Err(e) => sink.error(item.span(), format!("{ipath}: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(v) = t.get("security_opt")
+        && let Some(items) = walk::array(sink, v, &p("security_opt"))
+    {
+        let mut list = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{}[{i}]", p("security_opt"));
+            if let Some(s) = walk::string(sink, item, &ipath) {
+                match sandbox::parse_security_opt(s) {
+                    Ok(_) => list.push(s.to_string()),
+                    Err(e) => sink.error(item.span(), format!("{ipath}: {e}")),
+                }
+            }
+        }
+        // Every entry parsed above, so this cannot fail.
+        let _ = sandbox::apply_security_opts(&list, task);
+    }
+    if let Some(v) = t.get("init")
+        && let Some(b) = walk::boolean(sink, v, &p("init"))
+    {
+        task.init = b;
+    }
+    if let Some(v) = t.get("ulimits")
+        && let Some(ut) = walk::table(sink, v, &p("ulimits"))
+    {
+        for (k, item) in walk::entries(ut) {
+            let name: &str = k.get_ref();
+            let ipath = format!("{}.{name}", p("ulimits"));
+            let limit = match item.get_ref() {
+                DeValue::Integer(_) => walk::integer(sink, item, &ipath).and_then(|n| {
+                    sandbox::limit_value(n)
+                        .map_err(|e| sink.error(item.span(), format!("{ipath}: {e}")))
+                        .ok()
+                        .map(|n| Ulimit { soft: n, hard: n })
+                }),
+                DeValue::Table(lt) => {
+                    walk::check_keys(sink, lt, &format!("[{ipath}]"), &ULIMIT_KEYS);
+                    let one = |key: &str, sink: &mut Sink<'_>| -> Option<u64> {
+                        let Some(lv) = lt.get(key) else {
+                            sink.error(
+                                item.span(),
+                                format!("{ipath}: missing key \"{key}\", e.g. {{ soft = 1024, hard = 2048 }}"),
+                            );
+                            return None;
+                        };
+                        let n = walk::integer(sink, lv, &format!("{ipath}.{key}"))?;
+                        sandbox::limit_value(n)
+                            .map_err(|e| sink.error(lv.span(), format!("{ipath}.{key}: {e}")))
+                            .ok()
+                    };
+                    let soft = one("soft", sink);
+                    let hard = one("hard", sink);
+                    soft.zip(hard).map(|(soft, hard)| Ulimit { soft, hard })
+                }
+                other => {
+                    sink.error(
+                        item.span(),
+                        format!(
+                            "{ipath}: expected a number or a table like {{ soft = 1024, hard = 2048 }}, found {}",
+                            other.type_str()
+                        ),
+                    );
+                    None
+                }
+            };
+            if let Some(u) = limit {
+                match sandbox::check_ulimit(name, u) {
+                    Ok(()) => {
+                        task.ulimits.insert(name.to_string(), u);
+                    }
+                    Err(e) => sink.error(item.span(), format!("{ipath}: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(v) = t.get("sysctls")
+        && let Some(map) = walk::string_map(sink, v, &p("sysctls"), "sysctl")
+    {
+        for (key, value) in &map {
+            if let Err(e) = sandbox::check_sysctl(key, value) {
+                sink.error(v.span(), format!("{}: {e}", p("sysctls")));
+            }
+        }
+        task.sysctls = map;
+    }
+    if let Some(v) = t.get("tmpfs")
+        && let Some(items) = walk::array(sink, v, &p("tmpfs"))
+    {
+        for (i, item) in items.iter().enumerate() {
+            let ipath = format!("{}[{i}]", p("tmpfs"));
+            let Some(s) = walk::string(sink, item, &ipath) else {
+                continue;
+            };
+            match units::parse_tmpfs_short(s) {
+                Ok(m) if task.mounts.iter().any(|o| o.target == m.target) => sink.error(
+                    item.span(),
+                    format!("{ipath}: target \"{}\" is already mounted", m.target),
+                ),
+                Ok(m) => task.mounts.push(m),
+                Err(e) => sink.error(item.span(), format!("{ipath}: {e}")),
+            }
+        }
+    }
+}
+
+/// `resources.reservations = { cpus, memory }`.
+fn reservations(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>) -> model::Reservations {
+    walk::check_keys(sink, t, &format!("[{path}]"), &RESERVATIONS_KEYS);
+    let mut out = model::Reservations::default();
+    if let Some(v) = t.get("cpus")
+        && let Some(cpus) = cpus_value(sink, v, &format!("{path}.cpus"))
+    {
+        match units::cpus_to_nano(cpus) {
+            Ok(n) => out.nano_cpus = Some(n),
+            Err(e) => sink.error(v.span(), format!("{path}.cpus: {e}")),
+        }
+    }
+    if let Some(v) = t.get("memory") {
+        out.memory_bytes = memory(sink, v, &format!("{path}.memory"), true);
+    }
+    out
+}
+
+fn cpus_value(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Option<f64> {
+    match v.get_ref() {
+        DeValue::String(s) => match s.trim().parse::<f64>() {
+            Ok(x) => Some(x),
+            Err(_) => {
+                sink.error(
+                    v.span(),
+                    format!("{path}: \"{s}\" is not a number; write e.g. cpus = 0.5"),
+                );
+                None
+            }
+        },
+        _ => walk::number(sink, v, path),
     }
 }
 

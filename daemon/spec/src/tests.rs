@@ -1541,3 +1541,138 @@ fn address_pool_settings_are_checked() {
         ]
     );
 }
+
+#[test]
+fn sandbox_keys_are_parsed() {
+    let s = stack_ok(
+        r#"
+[services.web]
+image = "nginx"
+cap_add = ["net_admin", "CAP_SYS_TIME"]
+cap_drop = ["ALL"]
+security_opt = ["no-new-privileges:true", "seccomp=unconfined"]
+init = true
+read_only = true
+user = "1000:1000"
+ulimits = { nofile = { soft = 1024, hard = 2048 }, nproc = 512, core = -1 }
+sysctls = { "net.core.somaxconn" = 1024 }
+tmpfs = ["/run/app:size=64m", "/tmp"]
+resources = { memory = "1G", cpus = 2, reservations = { cpus = 0.5, memory = "256M" } }
+"#,
+    );
+    let t = &svc(&s, "shop_web").task;
+    assert_eq!(t.cap_add, vec!["CAP_NET_ADMIN", "CAP_SYS_TIME"]);
+    assert_eq!(t.cap_drop, vec!["ALL"]);
+    assert!(t.no_new_privileges && t.seccomp_unconfined && t.init && t.read_only);
+    assert_eq!(t.user.as_deref(), Some("1000:1000"));
+    assert_eq!(
+        t.ulimits["nofile"],
+        model::Ulimit {
+            soft: 1024,
+            hard: 2048
+        }
+    );
+    assert_eq!(t.ulimits["nproc"].hard, 512);
+    assert_eq!(t.ulimits["core"].soft, u64::MAX);
+    assert_eq!(t.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(t.mounts.len(), 2);
+    assert_eq!(t.mounts[0].kind, MountKind::Tmpfs);
+    assert_eq!(t.mounts[0].target, "/run/app");
+    assert_eq!(t.mounts[0].size, Some(64 << 20));
+    assert_eq!(t.reservations.nano_cpus, Some(500_000_000));
+    assert_eq!(t.reservations.memory_bytes, Some(256 << 20));
+    assert_eq!(t.resources.memory_bytes, Some(1 << 30));
+
+    // Nothing set: Docker's defaults, which the runtime spec fills in.
+    let s = stack_ok("[services.a]\nimage = \"x\"\n");
+    let t = &svc(&s, "shop_a").task;
+    assert!(t.cap_add.is_empty() && t.cap_drop.is_empty() && t.ulimits.is_empty());
+    assert!(!t.no_new_privileges && !t.seccomp_unconfined && !t.init);
+}
+
+#[test]
+fn sandbox_keys_are_checked_with_positions() {
+    let errs = stack_errs(
+        r#"[services.a]
+image = "x"
+cap_add = ["NET_ADMN"]
+cap_drop = [3]
+security_opt = ["apparmor=unconfined", "seccomp=/p.json"]
+init = "yes"
+ulimits = { nofile = { soft = 4096, hard = 1024 }, nofiles = 3, nproc = { soft = 1 } }
+sysctls = { "kernel.panic" = "1" }
+tmpfs = ["/t:exec"]
+resources = { memory = "128M", reservations = { memory = "256M", gpus = 1 } }
+"#,
+    );
+    for (needle, line) in [
+        (
+            "services.a.cap_add[0]: unknown capability \"NET_ADMN\" (did you mean NET_ADMIN?)",
+            3,
+        ),
+        ("services.a.cap_drop[0]: expected a string", 4),
+        (
+            "services.a.security_opt[0]: security option \"apparmor=unconfined\" is not supported",
+            5,
+        ),
+        (
+            "services.a.security_opt[1]: security option \"seccomp=/p.json\" is not supported: custom seccomp profiles",
+            5,
+        ),
+        ("services.a.init: expected true or false, found string", 6),
+        (
+            "services.a.ulimits.nofile: ulimit nofile: the soft limit 4096 is above the hard limit 1024",
+            7,
+        ),
+        (
+            "services.a.ulimits.nofiles: unknown ulimit \"nofiles\" (did you mean nofile?)",
+            7,
+        ),
+        ("services.a.ulimits.nproc: missing key \"hard\"", 7),
+        (
+            "services.a.sysctls: sysctl \"kernel.panic\" is not allowed",
+            8,
+        ),
+        (
+            "services.a.tmpfs[0]: invalid tmpfs \"/t:exec\": option \"exec\" is not supported",
+            9,
+        ),
+        (
+            "unknown key \"gpus\" in [services.a.resources.reservations]",
+            10,
+        ),
+        (
+            "services.a.resources.reservations: memory reservation (268435456 bytes) is above the memory limit (134217728 bytes)",
+            10,
+        ),
+    ] {
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{line}:")) && e.contains(needle)),
+            "no error at line {line} contains {needle:?}; errors:\n{}",
+            errs.join("\n")
+        );
+    }
+}
+
+#[test]
+fn stack_files_and_stacks_are_bounded() {
+    let big = format!(
+        "[services.a]\nimage = \"x\"\n# {}\n",
+        "x".repeat(model::limits::MAX_STACK_FILE_BYTES)
+    );
+    assert_has(&stack_errs(&big), "above the limit of 1048576 bytes");
+    let many: String = (0..=model::limits::MAX_SERVICES_PER_STACK)
+        .map(|i| format!("[services.s{i}]\nimage = \"x\"\n"))
+        .collect();
+    assert_has(
+        &stack_errs(&many),
+        "1001 services is above the limit of 1000 per stack; split the stack",
+    );
+    // A bound is reported at its key.
+    let errs = stack_errs("[services.a]\nimage = \"x\"\n[services.a.update]\ndelay = \"30h\"\n");
+    assert_eq!(
+        errs,
+        vec!["4:1: services.a.update.delay: 30h is above the limit of 24h"]
+    );
+}

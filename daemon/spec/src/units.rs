@@ -388,6 +388,40 @@ pub fn parse_mount_short(s: &str) -> Result<Mount, String> {
     Ok(mount)
 }
 
+/// Parses Docker's `--tmpfs` form: `"/run"` or `"/run:size=64m,ro"`. Options: `size`, `ro`,
+/// `rw`, and `noexec`, `nosuid`, `nodev` (always set).
+pub fn parse_tmpfs_short(s: &str) -> Result<Mount, String> {
+    let (target, options) = match s.split_once(':') {
+        Some((t, o)) => (t, o),
+        None => (s, ""),
+    };
+    let mut mount = Mount {
+        kind: MountKind::Tmpfs,
+        source: String::new(),
+        target: target.to_string(),
+        read_only: false,
+        size: None,
+    };
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some(("size", v)) => {
+                mount.size =
+                    Some(parse_memory(v).map_err(|e| format!("invalid tmpfs \"{s}\": {e}"))?)
+            }
+            None if option == "ro" => mount.read_only = true,
+            None if option == "rw" => mount.read_only = false,
+            None if matches!(option, "noexec" | "nosuid" | "nodev") => {}
+            _ => {
+                return Err(format!(
+                    "invalid tmpfs \"{s}\": option \"{option}\" is not supported (use size=, ro or rw; tmpfs mounts are always noexec, nosuid, nodev)"
+                ));
+            }
+        }
+    }
+    validate_mount(&mount).map_err(|e| format!("invalid tmpfs \"{s}\": {e}"))?;
+    Ok(mount)
+}
+
 /// Checks a mount's source and target for its kind.
 pub fn validate_mount(m: &Mount) -> Result<(), String> {
     if !m.target.starts_with('/') {

@@ -122,6 +122,7 @@ mod tests {
             last_heartbeat: 42,
             version: "0.1.0".into(),
             status_message: String::new(),
+            resources: Default::default(),
         })
     }
 

@@ -20,6 +20,7 @@ fn big_node(i: u64) -> Command {
         last_heartbeat: i,
         version: String::new(),
         status_message: String::new(),
+        resources: Default::default(),
     })
 }
 

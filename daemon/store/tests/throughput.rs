@@ -21,6 +21,7 @@ fn node(i: u64) -> Command {
         last_heartbeat: i,
         version: String::new(),
         status_message: String::new(),
+        resources: Default::default(),
     })
 }
 

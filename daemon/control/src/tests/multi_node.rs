@@ -15,6 +15,7 @@ fn status(sim: &mut Sim, node: &str, s: NodeStatus) {
             addr: None,
             version: None,
             message: None,
+            resources: None,
         })
         .unwrap();
 }
@@ -428,4 +429,69 @@ fn fewest_tasks_overall_counts_earlier_passes_and_earlier_placements_of_the_same
         .map(|(s, n)| (s.to_string(), n.to_string()))
         .collect();
     assert_eq!(placed, expect);
+}
+
+fn resources(sim: &mut Sim, node: &str, cpus: u64, memory: u64) {
+    sim.state
+        .apply(&Command::UpdateNodeStatus {
+            id: node.into(),
+            status: None,
+            addr: None,
+            version: None,
+            message: None,
+            resources: Some(NodeResources {
+                nano_cpus: cpus * 1_000_000_000,
+                memory_bytes: memory,
+            }),
+        })
+        .unwrap();
+}
+
+#[test]
+fn reservations_fill_nodes_and_the_rest_wait_saying_why() {
+    let mut sim = Sim::new(&["n1", "n2", "n3"]);
+    resources(&mut sim, "n1", 2, 1 << 30);
+    resources(&mut sim, "n2", 2, 1 << 30);
+    // n3 has reported nothing: no room for anything that reserves.
+    let svc = sim.create("db", ServiceMode::Replicated { replicas: 5 }, "bb");
+    sim.update(&svc, |s| {
+        s.task.reservations = Reservations {
+            nano_cpus: Some(1_000_000_000),
+            memory_bytes: Some(512 << 20),
+        };
+    });
+    sim.run_until("four placed, one waiting", |s| {
+        s.running(&svc).len() == 4 && pending_errors(s, &svc).len() == 1
+    });
+    assert_eq!(on_node(&sim, &svc, "n1").len(), 2);
+    assert_eq!(on_node(&sim, &svc, "n2").len(), 2);
+    assert_eq!(
+        pending_errors(&sim, &svc),
+        vec![
+            "no suitable node (insufficient resources on 3 nodes: a task reserves 1 CPU and 512 MiB of memory, the most free on a node is 0 CPUs and 0 bytes of memory)"
+        ]
+    );
+    // Converged apart from the waiting task: nothing more is planned.
+    let plan = reconcile(&sim.state, sim.now, &mut SeqIds::new("x"));
+    assert!(plan.commands.is_empty(), "{:?}", plan.commands);
+    // A node with room appears: the last task goes there.
+    resources(&mut sim, "n3", 4, 4 << 30);
+    sim.run_until("all placed", |s| s.converged(&svc, 5));
+    assert_eq!(on_node(&sim, &svc, "n3").len(), 1);
+
+    // A reservation larger than any node waits with the reason, whatever else runs.
+    let big = sim.create("big", ServiceMode::Replicated { replicas: 1 }, "bb");
+    sim.update(&big, |s| {
+        s.task.reservations.memory_bytes = Some(64 << 30);
+    });
+    sim.step();
+    assert_eq!(
+        pending_errors(&sim, &big),
+        vec![
+            "no suitable node (insufficient resources on 3 nodes: a task reserves 64 GiB of memory, the most free on a node is 3.5 GiB of memory)"
+        ]
+    );
+    // Tasks without reservations are not affected.
+    let free = sim.create("free", ServiceMode::Replicated { replicas: 3 }, "bb");
+    sim.run_until("unreserved placed", |s| s.converged(&free, 3));
 }

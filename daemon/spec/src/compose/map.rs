@@ -77,6 +77,12 @@ const SERVICE_KEYS: &[&str] = &[
     "working_dir",
     "hostname",
     "read_only",
+    "init",
+    "cap_add",
+    "cap_drop",
+    "ulimits",
+    "sysctls",
+    "security_opt",
 ];
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
@@ -92,11 +98,6 @@ const SERVICE_NOT_YET: &[(&str, &str)] = &[
         "networks",
         "services use the node's default network for now",
     ),
-    ("init", ""),
-    ("cap_add", ""),
-    ("cap_drop", ""),
-    ("ulimits", ""),
-    ("sysctls", ""),
     ("extra_hosts", ""),
     ("dns", ""),
     ("dns_search", ""),
@@ -138,7 +139,6 @@ const SERVICE_IGNORED: &[&str] = &[
     "pid",
     "privileged",
     "restart",
-    "security_opt",
     "shm_size",
     "userns_mode",
 ];
@@ -476,7 +476,8 @@ impl<'a> Mapper<'a> {
             }
             match key {
                 "image" | "command" | "entrypoint" | "stop_grace_period" | "stop_signal"
-                | "user" | "working_dir" | "hostname" | "read_only" => {
+                | "user" | "working_dir" | "hostname" | "read_only" | "init" | "cap_add"
+                | "cap_drop" | "ulimits" | "sysctls" | "security_opt" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push(key, e.key_pos.clone(), v);
                     }
@@ -604,6 +605,10 @@ impl<'a> Mapper<'a> {
         let Some(entries) = self.expect_map(&e.value, dpath) else {
             return;
         };
+        // `limits` become the stack file's `resources`, `reservations` its
+        // `resources.reservations`.
+        let mut limits: Option<(Pos, Out)> = None;
+        let mut reservations: Option<(Pos, Out)> = None;
         for r in entries {
             match r.key.as_str() {
                 k if k.starts_with("x-") => {}
@@ -611,12 +616,31 @@ impl<'a> Mapper<'a> {
                     let lpath = format!("{dpath}.limits");
                     if let Some(v) = self.value(&r.value, &lpath) {
                         self.rename(format!("{path}.resources"), lpath);
-                        out.push(("resources".into(), r.key_pos.clone(), v));
+                        limits = Some((r.key_pos.clone(), v));
                     }
                 }
-                "reservations" => self.not_yet(r, dpath, "shoal enforces limits only"),
+                "reservations" => {
+                    let rpath = format!("{dpath}.reservations");
+                    if let Some(v) = self.value(&r.value, &rpath) {
+                        self.rename(format!("{path}.resources.reservations"), rpath);
+                        reservations = Some((r.key_pos.clone(), v));
+                    }
+                }
                 _ => self.unknown(r, dpath, &["limits", "reservations"]),
             }
+        }
+        let table = match (limits, reservations) {
+            (None, None) => None,
+            (Some(l), None) => Some(l),
+            (limits, Some((rpos, rv))) => {
+                let (pos, mut table) =
+                    limits.unwrap_or_else(|| (rpos.clone(), Out::table(rpos.clone())));
+                table.push("reservations", rpos, rv);
+                Some((pos, table))
+            }
+        };
+        if let Some((pos, v)) = table {
+            out.push(("resources".into(), pos, v));
         }
     }
 }
