@@ -258,6 +258,7 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
     // the task is not on is not answered.
     let mut both = vec![addr_m.clone(), addr_w.clone()];
     both.sort();
+    let mut vips = Vec::new();
     for pid in [pid_m, pid_w] {
         let (code, addrs) = resolve(pid, "tasks.web");
         assert_eq!((code, &addrs), (ResponseCode::NoError, &both), "tasks.web");
@@ -268,6 +269,19 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
             vip[0].starts_with("10.96.") && !both.contains(&vip[0]),
             "{vip:?}"
         );
+        vips.push(vip[0].clone());
+    }
+    assert_eq!(vips[0], vips[1], "one VIP, whichever node asks");
+    let vip = vips[0].clone();
+
+    // The VIP spreads connections over both tasks, from either host.
+    for pid in [pid_m, pid_w] {
+        let answers: std::collections::BTreeSet<String> = (0..6)
+            .map(|_| fetch_from(pid, &vip).expect("the VIP answers"))
+            .collect();
+        let expected: std::collections::BTreeSet<String> =
+            [from_m.clone(), from_w.clone()].into_iter().collect();
+        assert_eq!(answers, expected, "connections to the VIP reach both tasks");
     }
     manager.shoal_ok(&[
         "service",
@@ -315,6 +329,24 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
     worker.wait_for("the repair in the log", Duration::from_secs(20), |w| {
         w.log().contains("overlay networks had drifted")
     });
+
+    // One task stops: new connections to the VIP go to the other at once (as soon as the node
+    // hears of it), never to the stopped one.
+    manager.shoal_ok(&["service", "scale", "--detach", "web=1"]);
+    manager.wait_for("one task left", Duration::from_secs(60), |m| {
+        m.running("web").len() == 1
+            && m.container_tasks().len() + worker.container_tasks().len() == 1
+    });
+    let survivor_pid = manager
+        .container_tasks()
+        .first()
+        .or(worker.container_tasks().first())
+        .map(|t| t.1)
+        .unwrap();
+    let survivor = fetch_from(survivor_pid, "127.0.0.1").expect("the survivor serves");
+    for _ in 0..6 {
+        assert_eq!(fetch_from(survivor_pid, &vip).unwrap(), survivor);
+    }
 
     // Removing the service, then the networks, leaves no overlay device on either host.
     manager.shoal_ok(&["service", "rm", "web"]);

@@ -812,6 +812,7 @@ mod tests {
                     last_heartbeat: 0,
                     version: String::new(),
                     status_message: String::new(),
+                    resources: Default::default(),
                 },
             );
         }

@@ -207,6 +207,13 @@ pub struct OverlayNetwork {
     pub peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
+/// A service's virtual IP as one task sees it: the running tasks behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    pub vip: Ipv4Addr,
+    pub backends: Vec<Ipv4Addr>,
+}
+
 /// A task's address on an overlay network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayAddress {
@@ -257,6 +264,8 @@ struct Inner {
     nft_lock: Mutex<()>,
     /// Serializes changes to overlay devices (a sync never removes what an attach just made).
     overlay_lock: Mutex<()>,
+    /// The VIP table last written into each task's namespace.
+    vips_applied: Mutex<std::collections::HashMap<String, String>>,
     /// Set once the bridge, its address and the nftables table are known to exist; until then
     /// attaches make them, one at a time.
     bridge_ready: AtomicBool,
@@ -321,6 +330,7 @@ impl Network {
                 task_locks: std::array::from_fn(|_| Mutex::new(())),
                 nft_lock: Mutex::new(()),
                 overlay_lock: Mutex::new(()),
+                vips_applied: Mutex::new(Default::default()),
                 bridge_ready: AtomicBool::new(false),
                 bridge_lock: Mutex::new(()),
                 dirs_ready: AtomicBool::new(false),
@@ -427,6 +437,15 @@ impl Network {
     /// Returns what it had to change, empty when everything was as it should be.
     pub async fn sync_overlays(&self, networks: Vec<OverlayNetwork>) -> Result<Repairs> {
         self.blocking(move |inner| inner.sync_overlays(&networks))
+            .await
+    }
+
+    /// Makes connections from task `task_id` to each VIP of `vips` go to its backends, spread
+    /// round-robin, and refuses those to a VIP without backends at once: an nftables table in the
+    /// task's own namespace, replaced atomically, and only when it changes. Idempotent.
+    pub async fn sync_task_vips(&self, task_id: &str, vips: Vec<Vip>) -> Result<()> {
+        let id = task_id.to_owned();
+        self.blocking(move |inner| inner.sync_task_vips(&id, &vips))
             .await
     }
 
@@ -681,6 +700,10 @@ impl Inner {
     fn detach(&self, task_id: &str) -> Result<()> {
         validate_task_id(task_id)?;
         let _task = self.lock_task(task_id);
+        self.vips_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task_id);
         let path = self.netns_dir().join(task_id);
         self.release(task_id, &path)?;
         tracing::info!(task = task_id, "task detached");
@@ -885,6 +908,43 @@ impl Inner {
             rep.devices += 1;
         }
         Ok(rep)
+    }
+
+    fn sync_task_vips(&self, task_id: &str, vips: &[Vip]) -> Result<()> {
+        validate_task_id(task_id)?;
+        let script = nft::vip_script(vips);
+        let mut applied = self.vips_applied.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.get(task_id) == Some(&script) {
+            return Ok(());
+        }
+        let path = self.netns_dir().join(task_id);
+        if !netns::is_mounted(&path) {
+            return Err(Error::NotAttached {
+                task: task_id.to_owned(),
+                reason: "its network namespace is not mounted",
+            });
+        }
+        let file =
+            fs::File::open(&path).map_err(|e| Error::io("open network namespace", &path, e))?;
+        let text = script.clone();
+        // `nft` runs as a child of a thread inside the task's namespace, so it inherits it.
+        std::thread::Builder::new()
+            .name("shoal-vip".into())
+            .spawn(move || -> Result<()> {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |source| Error::Netns {
+                        action: "join",
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                nft::apply("balance VIPs in", nft::VIP_TABLE, &text)
+            })
+            .map_err(|e| Error::Worker(format!("cannot spawn a thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Worker("VIP thread panicked".into()))??;
+        applied.insert(task_id.to_owned(), script);
+        Ok(())
     }
 
     fn lock_overlays(&self) -> MutexGuard<'_, ()> {

@@ -214,11 +214,80 @@ pub(crate) fn apply(action: &'static str, table: &str, script: &str) -> Result<(
     }
 }
 
+/// The table in each task's own namespace that spreads connections to a service's VIP over the
+/// service's running tasks.
+pub(crate) const VIP_TABLE: &str = "shoal_vip";
+
+/// The script that atomically replaces the VIP table of a task's namespace: in `output` (the
+/// task's own connections), each VIP is DNAT-ed to its backends round-robin (`numgen inc`); a VIP
+/// without backends is refused at once (ICMP unreachable) rather than left to time out.
+pub(crate) fn vip_script(vips: &[crate::Vip]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "table ip {VIP_TABLE}");
+    let _ = writeln!(s, "delete table ip {VIP_TABLE}");
+    let _ = writeln!(s, "table ip {VIP_TABLE} {{");
+    s.push_str("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n");
+    for v in vips.iter().filter(|v| !v.backends.is_empty()) {
+        let map: Vec<String> = v
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| format!("{i} : {b}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {} dnat to numgen inc mod {} map {{ {} }}",
+            v.vip,
+            v.backends.len(),
+            map.join(", ")
+        );
+    }
+    s.push_str("\t}\n");
+    s.push_str("\tchain refuse {\n\t\ttype filter hook output priority 0; policy accept;\n");
+    for v in vips.iter().filter(|v| v.backends.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\t\tip daddr {} reject with icmp type host-unreachable",
+            v.vip
+        );
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use model::Protocol;
     use std::net::Ipv4Addr;
+
+    #[test]
+    fn vips_are_balanced_round_robin_and_a_vip_without_tasks_is_refused() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let script = vip_script(&[
+            crate::Vip {
+                vip: ip("10.0.0.2"),
+                backends: vec![ip("10.0.0.3"), ip("10.0.0.4")],
+            },
+            crate::Vip {
+                vip: ip("10.0.0.9"),
+                backends: vec![],
+            },
+        ]);
+        assert!(
+            script.contains(
+                "ip daddr 10.0.0.2 dnat to numgen inc mod 2 map { 0 : 10.0.0.3, 1 : 10.0.0.4 }"
+            ),
+            "{script}"
+        );
+        assert!(
+            script.contains("ip daddr 10.0.0.9 reject with icmp type host-unreachable"),
+            "{script}"
+        );
+        assert!(!script.contains("10.0.0.9 dnat"), "{script}");
+        // Replaced whole in one transaction.
+        assert!(script.starts_with("table ip shoal_vip\ndelete table ip shoal_vip\n"));
+    }
 
     fn table() -> Table<'static> {
         Table {

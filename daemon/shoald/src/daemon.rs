@@ -679,6 +679,7 @@ pub async fn run_overlays(d: Arc<Daemon>) {
     loop {
         let plan = rx.borrow_and_update().as_ref().map(|s| s.networks.clone());
         crate::dns::refresh(&d);
+        crate::dns::sync_vips(&d).await;
         if let (Some(plan), Some(local)) = (plan, d.underlay_ip()) {
             let networks = plan
                 .networks

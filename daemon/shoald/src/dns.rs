@@ -60,6 +60,58 @@ pub fn refresh(d: &Daemon) {
     });
 }
 
+/// The VIPs each local task on a network sees: for every service on its networks, the
+/// service's VIP there and its running tasks' addresses.
+fn vips_by_task(d: &Daemon) -> Vec<(String, Vec<net::Vip>)> {
+    let set = d.assignments.borrow();
+    let Some(set) = set.as_ref() else {
+        return Vec::new();
+    };
+    set.tasks
+        .iter()
+        .filter(|t| !t.networks.is_empty() && !t.status.state.is_terminal())
+        .map(|t| {
+            let vips = t
+                .networks
+                .iter()
+                .filter_map(|a| set.networks.get(&a.network))
+                .flat_map(|plan| &plan.services)
+                .filter_map(|s| {
+                    Some(net::Vip {
+                        vip: s.vip?,
+                        backends: s.tasks.clone(),
+                    })
+                })
+                .collect();
+            (t.id.clone(), vips)
+        })
+        .collect()
+}
+
+/// Brings every local task's VIP table to what the plan says (only the changed ones are
+/// written). A task whose namespace is not there yet (still being prepared) is skipped; its
+/// executor writes it once attached.
+pub async fn sync_vips(d: &Daemon) {
+    for (task, vips) in vips_by_task(d) {
+        if d.net.attachment(&task).is_none() {
+            continue;
+        }
+        if let Err(e) = d.net.sync_task_vips(&task, vips).await {
+            warn!(task = %task, error = %e, "failed to update the task's VIP balancing");
+        }
+    }
+}
+
+/// Writes the VIP table of one task (right after it is attached).
+pub async fn sync_task_vips(d: &Daemon, task_id: &str) -> Result<(), net::Error> {
+    let vips = vips_by_task(d)
+        .into_iter()
+        .find(|(t, _)| t == task_id)
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    d.net.sync_task_vips(task_id, vips).await
+}
+
 /// The address tasks send their DNS queries to: the node bridge's gateway.
 pub fn server_addr(d: &Daemon) -> Ipv4Addr {
     d.net.gateway()

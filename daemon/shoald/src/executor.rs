@@ -179,8 +179,11 @@ impl Executor for ContainerExecutor {
                         "failed to attach task to its overlay networks: {e}"
                     ))
                 })?;
-            // The task can ask for names as soon as it starts.
+            // The task can ask for names and reach VIPs as soon as it starts.
             crate::dns::refresh(d);
+            crate::dns::sync_task_vips(d, &task.id).await.map_err(|e| {
+                ExecError::fatal(format!("failed to set up the task's VIP balancing: {e}"))
+            })?;
         }
         let t_net = t0.elapsed();
         let cid = task.container_id();
