@@ -43,6 +43,7 @@ services:
       - "${{PORT}}:80"
     volumes:
       - content:/content:ro
+    networks: [front, back]
     deploy:
       replicas: 1
   writer:
@@ -50,6 +51,8 @@ services:
     command: ["sh", "-c", "echo hello from $$GREETING > /content/index.html; {SLEEPER}"]
     environment:
       - GREETING=compose
+    networks:
+      back: {{}}
     volumes:
       - type: volume
         source: content
@@ -60,6 +63,10 @@ services:
         condition: on-failure
 volumes:
   content:
+networks:
+  front:
+  back:
+    driver: overlay
 "#
         ),
     )
@@ -113,12 +120,22 @@ volumes:
     assert_eq!(body.unwrap().trim(), "hello from compose");
     let inspect = node.shoal_ok(&["service", "inspect", "shop_web"]);
     assert!(inspect.contains("shop_content"), "{inspect}");
+    // The two networks exist under the stack's name, and the web tasks are on both.
+    let nets = node.shoal_ok(&["network", "ls"]);
+    assert!(
+        nets.contains("shop_front") && nets.contains("shop_back"),
+        "{nets}"
+    );
+    assert!(
+        inspect.contains("shop_front") && inspect.contains("shop_back"),
+        "{inspect}"
+    );
 
     // What the service model lacks is refused with its place, and nothing changes.
     let bad = app.join("bad.yml");
     std::fs::write(
         &bad,
-        "services:\n  web:\n    image: x:1\n    networks: [front]\n    healthcheck:\n      test: [CMD, 'true']\nnetworks:\n  front:\n",
+        "services:\n  web:\n    image: x:1\n    networks: [front]\n    healthcheck:\n      test: [CMD, 'true']\n",
     )
     .unwrap();
     let out = node.shoal(&["stack", "deploy", "-c", bad.to_str().unwrap(), "shop"]);
@@ -126,15 +143,11 @@ volumes:
     assert!(!out.status.success());
     for want in [
         format!(
-            "{}:4:5: \"networks\" in services.web is not supported yet",
+            "{}:4:5: services.web.networks: network \"front\" is not declared",
             bad.display()
         ),
         format!(
             "{}:5:5: \"healthcheck\" in services.web is not supported yet",
-            bad.display()
-        ),
-        format!(
-            "{}:7:1: \"networks\" in the Compose file is not supported yet",
             bad.display()
         ),
     ] {

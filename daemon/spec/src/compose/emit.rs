@@ -124,7 +124,8 @@ impl Toml {
 }
 
 /// The stack file: one `[services.NAME]` table per service, with `restart`, `update`,
-/// `rollback`, `placement` and `resources` as sub-tables; everything else inline.
+/// `rollback`, `placement` and `resources` as sub-tables, everything else inline; then one
+/// `[networks.NAME]` table per network.
 pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
     let mut t = Toml {
         text: String::new(),
@@ -192,6 +193,23 @@ pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
         } else {
             t.key_value(services);
             t.text.push('\n');
+        }
+    }
+    let networks = match &doc.kind {
+        OutKind::Table(entries) => entries.iter().find(|e| e.key == "networks"),
+        _ => None,
+    };
+    if let Some(OutKind::Table(list)) = networks.map(|n| &n.value.kind) {
+        for n in list {
+            t.mark(&n.key_pos);
+            t.text
+                .push_str(&format!("\n[networks.{}]\n", toml_key(&n.key)));
+            if let OutKind::Table(keys) = &n.value.kind {
+                for k in keys {
+                    t.key_value(k);
+                    t.text.push('\n');
+                }
+            }
         }
     }
     let marks = t.marks;

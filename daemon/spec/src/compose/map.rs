@@ -62,6 +62,7 @@ impl Out {
 
 const SERVICE_KEYS: &[&str] = &[
     "image",
+    "networks",
     "command",
     "entrypoint",
     "environment",
@@ -93,10 +94,6 @@ const SERVICE_NOT_YET: &[(&str, &str)] = &[
     (
         "depends_on",
         "services of a stack start together (docker stack deploy ignores it too)",
-    ),
-    (
-        "networks",
-        "services use the node's default network for now",
     ),
     ("extra_hosts", ""),
     ("dns", ""),
@@ -266,11 +263,11 @@ impl<'a> Mapper<'a> {
                     "the stack is named on the command line",
                 )),
                 "services" | "volumes" => {}
-                "networks" => self.not_yet(
-                    e,
-                    "the Compose file",
-                    "services use the node's default network for now",
-                ),
+                "networks" => {
+                    if let Some(nets) = self.top_networks(&e.value) {
+                        out.push("networks", e.key_pos.clone(), nets);
+                    }
+                }
                 "secrets" | "configs" => self.not_yet(e, "the Compose file", ""),
                 _ => self.unknown(e, "the Compose file", TOP_KEYS),
             }
@@ -341,6 +338,132 @@ impl<'a> Mapper<'a> {
                 }
             }
         }
+    }
+
+    /// The top-level `networks`: each becomes a `[networks.NAME]` of the stack (`driver`,
+    /// `external`, `attachable`, `labels`, and `ipam.config[0].subnet` as `subnet`).
+    fn top_networks(&mut self, v: &Node) -> Option<Out> {
+        if v.is_null() {
+            return None;
+        }
+        let nets = self.expect_map(v, "networks")?;
+        let mut out = Out::table(v.pos.clone());
+        for net in nets {
+            if net.key.starts_with("x-") {
+                continue;
+            }
+            let place = format!("networks.{}", net.key);
+            let mut table = Out::table(net.value.pos.clone());
+            if !net.value.is_null()
+                && let Some(keys) = self.expect_map(&net.value, &place)
+            {
+                for k in keys {
+                    let kpath = format!("{place}.{}", k.key);
+                    match k.key.as_str() {
+                        x if x.starts_with("x-") => {}
+                        "driver" | "external" | "attachable" => {
+                            if let Some(val) = self.value(&k.value, &kpath) {
+                                table.push(&k.key, k.key_pos.clone(), val);
+                            }
+                        }
+                        "labels" => {
+                            if let Some(val) = self.string_map(&k.value, &kpath) {
+                                table.push("labels", k.key_pos.clone(), val);
+                            }
+                        }
+                        "ipam" => self.network_ipam(k, &kpath, &mut table),
+                        "name" | "driver_opts" | "internal" | "enable_ipv6" => {
+                            self.not_yet(k, &place, "")
+                        }
+                        _ => self.unknown(
+                            k,
+                            &place,
+                            &[
+                                "driver",
+                                "driver_opts",
+                                "external",
+                                "attachable",
+                                "labels",
+                                "ipam",
+                                "internal",
+                                "enable_ipv6",
+                                "name",
+                            ],
+                        ),
+                    }
+                }
+            }
+            out.push(&net.key, net.key_pos.clone(), table);
+        }
+        Some(out)
+    }
+
+    /// `ipam: { config: [ { subnet: CIDR } ] }`: one subnet, the rest not supported yet.
+    fn network_ipam(&mut self, e: &Entry, path: &str, table: &mut Out) {
+        let Some(keys) = self.expect_map(&e.value, path) else {
+            return;
+        };
+        for k in keys {
+            match k.key.as_str() {
+                "config" => {
+                    let Some(items) = k.value.seq() else {
+                        self.error(&k.value.pos, format!("{path}.config: expected a list"));
+                        continue;
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let ipath = format!("{path}.config[{i}]");
+                        let Some(fields) = self.expect_map(item, &ipath) else {
+                            continue;
+                        };
+                        for f in fields {
+                            match (f.key.as_str(), i) {
+                                ("subnet", 0) => {
+                                    if let Some(v) =
+                                        self.value(&f.value, &format!("{ipath}.subnet"))
+                                    {
+                                        self.rename(
+                                            format!("{}.subnet", path.trim_end_matches(".ipam")),
+                                            format!("{ipath}.subnet"),
+                                        );
+                                        table.push("subnet", f.key_pos.clone(), v);
+                                    }
+                                }
+                                ("subnet", _) => self.error(
+                                    &f.key_pos,
+                                    format!("{ipath}: one subnet per network is supported"),
+                                ),
+                                _ => self.not_yet(f, &ipath, ""),
+                            }
+                        }
+                    }
+                }
+                _ => self.not_yet(k, path, ""),
+            }
+        }
+    }
+
+    /// A service's `networks`: a list of names, or a mapping of names (whose per-network
+    /// settings, such as `aliases`, are not supported yet).
+    fn service_networks(&mut self, e: &Entry, path: &str) -> Option<Out> {
+        if let Some(entries) = e.value.map() {
+            let mut names = Vec::new();
+            for n in entries {
+                if let Some(settings) = n.value.map() {
+                    for k in settings {
+                        self.not_yet(k, &format!("{path}.{}", n.key), "");
+                    }
+                }
+                names.push(Out {
+                    kind: OutKind::Str(n.key.clone()),
+                    pos: n.key_pos.clone(),
+                });
+            }
+            return Some(Out {
+                kind: OutKind::Array(names),
+                pos: e.value.pos.clone(),
+            });
+        }
+        self.value(&e.value, path)
     }
 
     /// `depends_on` is refused as not supported yet, but its names and cycles are checked too,
@@ -494,6 +617,11 @@ impl<'a> Mapper<'a> {
                     if let Some(v) = self.string_map(&e.value, &cpath) {
                         self.rename(format!("{path}.container_labels"), cpath.clone());
                         out.push("container_labels", e.key_pos.clone(), v);
+                    }
+                }
+                "networks" => {
+                    if let Some(v) = self.service_networks(e, &cpath) {
+                        out.push("networks", e.key_pos.clone(), v);
                     }
                 }
                 "ports" => {
