@@ -78,7 +78,7 @@ pub enum Error {
         "failed to set sysctl {name} to 1: {source}: run shoald as root with a writable /proc/sys"
     )]
     Sysctl {
-        name: &'static str,
+        name: String,
         #[source]
         source: io::Error,
     },

@@ -358,8 +358,8 @@ impl Network {
         self.inner.netns_dir().join(task_id)
     }
 
-    /// Prepares the node, idempotently: enables `net.ipv4.ip_forward` and
-    /// `net.ipv4.conf.all.route_localnet` (so `localhost` can reach published ports), creates the
+    /// Prepares the node, idempotently: enables `net.ipv4.ip_forward` and `route_localnet` on
+    /// the bridge only (so `localhost` can reach published ports), creates the
     /// directories and the bridge (with the gateway address, up), and creates the nftables table
     /// or refreshes its fixed chains. Ports already published stay served and attached tasks stay
     /// connected, so calling it after a daemon restart interrupts nothing.
@@ -464,6 +464,14 @@ impl Network {
             .await
     }
 
+    /// Whether shoal's nftables table is there with all its chains (something may have flushed
+    /// the ruleset, as the NixOS nftables service does on reload). Cheap: one `nft list`.
+    pub async fn ports_table_intact(&self) -> bool {
+        self.blocking(|inner| Ok(nft::table_intact(&inner.cfg.nft_table)))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Stops publishing every port: rewrites shoal's nftables table without any published port.
     /// The table itself stays, since it also masquerades the tasks' outbound traffic;
     /// [`Network::destroy`] removes it. Idempotent.
@@ -529,7 +537,6 @@ impl Inner {
 
     fn setup(&self) -> Result<()> {
         enable_sysctl("net.ipv4.ip_forward")?;
-        enable_sysctl("net.ipv4.conf.all.route_localnet")?;
         self.create_dirs()?;
         self.ensure_bridge(true)?;
         tracing::info!(
@@ -573,6 +580,11 @@ impl Inner {
                 .await
                 .map(drop)
         })?;
+        // `localhost` reaches published ports: packets from 127.0.0.1, DNAT-ed to a task, leave
+        // through the bridge. Allowed on the bridge only, never for every interface, so a packet
+        // for 127.0.0.0/8 arriving from the network stays a martian even while shoal's rules
+        // are missing.
+        enable_sysctl(&format!("net.ipv4.conf.{}.route_localnet", self.cfg.bridge))?;
         {
             let _nft = self.lock_nft();
             nft::apply(
@@ -1056,12 +1068,22 @@ fn check_name(
 }
 
 /// Sets a boolean sysctl to 1, writing only when it is not already set.
-fn enable_sysctl(name: &'static str) -> Result<()> {
-    let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+fn enable_sysctl(name: &str) -> Result<()> {
+    // `conf.<interface>.` keeps its dots: interface names may contain them.
+    let path = match name.strip_prefix("net.ipv4.conf.") {
+        Some(rest) => {
+            let (dev, key) = rest.rsplit_once('.').unwrap_or((rest, ""));
+            Path::new("/proc/sys/net/ipv4/conf").join(dev).join(key)
+        }
+        None => Path::new("/proc/sys").join(name.replace('.', "/")),
+    };
     if fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
         return Ok(());
     }
-    fs::write(&path, "1").map_err(|source| Error::Sysctl { name, source })?;
+    fs::write(&path, "1").map_err(|source| Error::Sysctl {
+        name: name.to_owned(),
+        source,
+    })?;
     tracing::info!(sysctl = name, "enabled");
     Ok(())
 }

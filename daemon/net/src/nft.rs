@@ -214,6 +214,23 @@ pub(crate) fn apply(action: &'static str, table: &str, script: &str) -> Result<(
     }
 }
 
+/// Whether `table ip <name>` exists with every chain shoal writes into it (the chain names
+/// are enough: the table is only ever replaced whole, so a present chain is shoal's).
+pub(crate) fn table_intact(name: &str) -> bool {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "table", "ip", name])
+        .stdin(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success()
+        && ["published", "prerouting", "output", "postrouting", "input"]
+            .iter()
+            .all(|c| text.contains(&format!("chain {c} {{")))
+}
+
 /// The table in each task's own namespace that spreads connections to a service's VIP over the
 /// service's running tasks.
 pub(crate) const VIP_TABLE: &str = "shoal_vip";

@@ -12,8 +12,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{in_netns, ping_from, run_in};
-use net::{NetConfig, Network, OverlayAddress, OverlayNetwork, Repairs};
+use common::{http_get_eventually, httpd, in_netns, ping_from, run_in};
+use net::{NetConfig, Network, OverlayAddress, OverlayNetwork, PortBinding, Protocol, Repairs};
 
 /// A host: a named network namespace and the directories of its node network.
 struct Host {
@@ -77,7 +77,12 @@ struct Lan {
 impl Lan {
     fn new() -> Lan {
         let dir = tempfile::tempdir().unwrap();
-        let pid = std::process::id();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pid = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let hosts = [1u8, 2].map(|i| {
             let root = dir.path().join(format!("h{i}"));
             Host {
@@ -272,4 +277,59 @@ fn tasks_on_two_hosts_reach_each_other_over_vxlan_with_entries_from_the_plan() {
         !links.contains("shbr-") && !links.contains("shvx-") && !links.contains("shw"),
         "{links}"
     );
+}
+
+/// `localhost` reaches a published port with `route_localnet` on the bridge alone: shoal never
+/// turns it on for every interface (which would let packets for 127.0.0.0/8 from the network in
+/// whenever its drop rule is missing).
+#[test]
+fn localhost_reaches_published_ports_with_route_localnet_on_the_bridge_only() {
+    let lan = Lan::new();
+    let h = &lan.hosts[0];
+    let www = lan._dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from web").unwrap();
+    // New namespaces may inherit the host's `all` setting: start from 0.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &h.ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.all.route_localnet=0",
+    ]);
+    let netns = h.run(|net| async move {
+        net.setup().await.unwrap();
+        net.attach("web").await.unwrap().netns_path
+    });
+    let _server = httpd(&netns, &www);
+    let ip = h.run(|net| async move { net.attachment("web").unwrap().ip });
+    h.run(move |net| async move {
+        net.sync_ports(&[PortBinding {
+            published: 8080,
+            protocol: Protocol::Tcp,
+            backends: vec![(ip, 80)],
+        }])
+        .await
+        .unwrap()
+    });
+    let body = in_netns(&h.ns_path(), || {
+        http_get_eventually("127.0.0.1:8080".parse().unwrap())
+    });
+    assert_eq!(body, "hello from web");
+    let sysctl = |dev: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &h.ns, "cat"])
+            .arg(format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        sysctl("all"),
+        "0",
+        "route_localnet turned on for every interface"
+    );
+    assert_eq!(sysctl("shoal0"), "1");
 }

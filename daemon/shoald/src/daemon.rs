@@ -663,8 +663,30 @@ pub async fn run_ports(d: Arc<Daemon>) {
                 }
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        // Level-triggered: the table is written again when something removed it or its chains
+        // (a `flush ruleset`), not only when the bindings change.
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = tokio::time::sleep(OVERLAY_RECHECK) => {
+                    if !d.net.ports_table_intact().await {
+                        warn!(
+                            table = %d.net.config().nft_table,
+                            "shoal's nftables table was removed or changed by something else (a flush of the ruleset?); writing it again"
+                        );
+                        if let Err(e) = d.net.setup().await {
+                            error!(error = %e, "failed to restore the node network");
+                        }
+                        last = None;
+                        break;
+                    }
+                }
+            }
         }
     }
 }
