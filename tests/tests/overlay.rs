@@ -374,6 +374,80 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
             && w.log().contains("nftables table was removed or changed")
     });
 
+    // Two stacks, each on its own default network: a task finds its stack's service by its
+    // short name, and neither reaches nor resolves the other stack's.
+    let server = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+    for name in ["a", "b"] {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "[services.web]\nimage = \"{image}\"\ncommand = [\"sh\", \"-c\", \"{server}\"]\n"
+            ),
+        )
+        .unwrap();
+        manager.shoal_ok(&[
+            "stack",
+            "deploy",
+            "--detach",
+            "-c",
+            file.to_str().unwrap(),
+            name,
+        ]);
+    }
+    manager.wait_for("both stacks running", Duration::from_secs(90), |m| {
+        m.running("a_web").len() == 1 && m.running("b_web").len() == 1
+    });
+    let names = network_rows(&manager);
+    assert!(
+        ["a_default", "b_default"]
+            .iter()
+            .all(|n| names.iter().any(|r| r["Name"] == *n)),
+        "{names:?}"
+    );
+    // Which container is whose: its eth1 is in its stack's subnet.
+    let subnet_of = |n: &str| {
+        names.iter().find(|r| r["Name"] == n).unwrap()["Subnet"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let prefix = |cidr: &str| cidr.rsplit_once('.').unwrap().0.to_string() + ".";
+    let (pa, pb) = (
+        prefix(&subnet_of("a_default")),
+        prefix(&subnet_of("b_default")),
+    );
+    let mut a_task = None;
+    let mut b_task = None;
+    for pid in manager
+        .container_tasks()
+        .into_iter()
+        .chain(worker.container_tasks())
+        .map(|t| t.1)
+    {
+        match address(pid, "eth1") {
+            Some(a) if a.starts_with(&pa) => a_task = Some((pid, a)),
+            Some(a) if a.starts_with(&pb) => b_task = Some((pid, a)),
+            _ => {}
+        }
+    }
+    let (a_pid, _) = a_task.expect("a's task");
+    let (_, b_addr) = b_task.expect("b's task");
+    let (code, a_vip) = resolve(a_pid, "web");
+    assert_eq!(code, ResponseCode::NoError);
+    assert!(a_vip.len() == 1 && a_vip[0].starts_with(&pa), "{a_vip:?}");
+    assert!(
+        fetch_from(a_pid, &a_vip[0]).is_ok(),
+        "a reaches its own service"
+    );
+    let (_, other) = resolve(a_pid, "b_web");
+    assert!(other.is_empty(), "b_web resolved from stack a: {other:?}");
+    assert!(
+        get_once(a_pid, &b_addr).is_err(),
+        "stack a reached stack b's task at {b_addr}"
+    );
+    manager.shoal_ok(&["stack", "rm", "a", "b"]);
+
     // Removing the service, then the networks, leaves no overlay device on either host.
     manager.shoal_ok(&["service", "rm", "web"]);
     manager.wait_for("no containers", Duration::from_secs(60), |m| {
@@ -383,7 +457,10 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
         m.shoal(&["network", "rm", "appnet"]).status.success()
     });
     manager.shoal_ok(&["network", "rm", "spare"]);
-    assert!(network_rows(&manager).is_empty());
+    // The stacks' networks go by themselves once their tasks are gone.
+    manager.wait_for("no network left", Duration::from_secs(60), |m| {
+        network_rows(m).is_empty()
+    });
     for node in [&manager, &worker] {
         node.wait_for("no overlay devices", Duration::from_secs(20), |n| {
             let links = n.host.as_ref().unwrap().run_in(|| {
