@@ -136,6 +136,10 @@ pub struct CreateFlags {
     /// Network attachments
     #[arg(long = "network")]
     pub network: Vec<String>,
+    /// How the service is reached on its networks: "vip" (one virtual IP, the default) or
+    /// "dnsrr" (its name resolves to its tasks' addresses)
+    #[arg(long = "endpoint-mode")]
+    pub endpoint_mode: Option<String>,
     /// Placement constraints (e.g. node.labels.zone==a, node.role!=manager,
     /// "node.labels.zone in (a, b)")
     #[arg(long = "constraint")]
@@ -579,6 +583,12 @@ pub fn create_properties(
     }
     if !create.network.is_empty() {
         out.push(Property::Networks(create.network.clone()));
+    }
+    if let Some(m) = &create.endpoint_mode {
+        match model::EndpointMode::parse(m) {
+            Ok(mode) => out.push(Property::EndpointMode(mode.as_str().into())),
+            Err(e) => errs.push(format!("--endpoint-mode: {e}")),
+        }
     }
     if !create.constraint.is_empty() {
         let c = parse_each(

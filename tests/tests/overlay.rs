@@ -309,6 +309,39 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
     }
     manager.shoal_ok(&["service", "rm", "hidden"]);
 
+    // A DNS round-robin service: its name gives its tasks' addresses, and it has no VIP.
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "rr",
+        "--replicas",
+        "2",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "appnet",
+        &image,
+        "sleep",
+        "3600",
+    ]);
+    manager.wait_for(
+        "rr resolves to its two tasks",
+        Duration::from_secs(60),
+        |_| {
+            let (code, addrs) = resolve(pid_m, "rr");
+            code == ResponseCode::NoError && addrs.len() == 2
+        },
+    );
+    let (_, rr) = resolve(pid_m, "rr");
+    assert_eq!(resolve(pid_m, "tasks.rr").1, rr);
+    assert!(
+        rr.iter().all(|a| a.starts_with("10.96.") && *a != vip),
+        "{rr:?}"
+    );
+    manager.shoal_ok(&["service", "rm", "rr"]);
+
     // The network cannot go while the service names it.
     let busy = manager.shoal(&["network", "rm", "appnet"]);
     assert!(!busy.status.success());

@@ -34,7 +34,11 @@ pub(crate) fn ensure_vips(pass: &mut Pass<'_>, service_id: &Id) {
         return;
     }
     let svc = svc.clone();
-    let wanted = networks_of(pass, &svc);
+    // A DNS round-robin service is reached by its tasks' addresses: it holds no VIP.
+    let wanted = match svc.spec.endpoint_mode {
+        model::EndpointMode::Vip => networks_of(pass, &svc),
+        model::EndpointMode::Dnsrr => Vec::new(),
+    };
     let mut vips: Vec<Attachment> = svc
         .vips
         .iter()

@@ -1048,6 +1048,16 @@ fn a_service_on_a_network_gets_a_vip_and_every_task_its_own_address() {
     });
     let vips = sim.state.services[&svc].vips.clone();
     assert_eq!(vips.len(), 1);
+    // A DNS round-robin service holds no VIP (and gives back the one it had).
+    let rr = sim.create("rr", ServiceMode::Replicated { replicas: 1 }, "v1");
+    sim.update(&rr, |s| {
+        s.networks = vec!["backend".into()];
+        s.endpoint_mode = model::EndpointMode::Dnsrr;
+    });
+    sim.run_until("rr on the network", |s| {
+        task_addrs(s, &rr, "backend").len() == 1
+    });
+    assert!(sim.state.services[&rr].vips.is_empty());
     let vip = vips[0].addr;
     let mut addrs = task_addrs(&sim, &svc, "backend");
     addrs.push(vip);

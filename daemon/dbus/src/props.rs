@@ -14,6 +14,7 @@
 //! | `Ports` | `a(qqss)` | published, target, `tcp`/`udp`, `ingress`/`host` |
 //! | `Mounts` | `a(sssbt)` | kind (`bind`/`volume`/`tmpfs`), source, target, read-only, tmpfs size in bytes (0: default) |
 //! | `Networks` | `as` | networks the tasks attach to |
+//! | `EndpointMode` | `s` | `vip` (default) or `dnsrr` |
 //! | `Workdir` / `User` / `Hostname` | `s` | empty: the image's default |
 //! | `StopSignal` | `s` | e.g. `SIGTERM` |
 //! | `StopGracePeriodUSec` | `t` | microseconds, like systemd's `*USec` |
@@ -98,6 +99,7 @@ pub enum Property {
     Ports(Vec<PortRow>),
     Mounts(Vec<MountRow>),
     Networks(Vec<String>),
+    EndpointMode(String),
     Workdir(String),
     User(String),
     Hostname(String),
@@ -154,7 +156,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 49] = [
+    pub const NAMES: [&'static str; 50] = [
         "Image",
         "Mode",
         "Replicas",
@@ -166,6 +168,7 @@ impl Property {
         "Ports",
         "Mounts",
         "Networks",
+        "EndpointMode",
         "Workdir",
         "User",
         "Hostname",
@@ -221,6 +224,7 @@ impl Property {
             Ports(_) => "Ports",
             Mounts(_) => "Mounts",
             Networks(_) => "Networks",
+            EndpointMode(_) => "EndpointMode",
             Workdir(_) => "Workdir",
             User(_) => "User",
             Hostname(_) => "Hostname",
@@ -272,6 +276,7 @@ impl Property {
             | User(s)
             | Hostname(s)
             | StopSignal(s)
+            | EndpointMode(s)
             | RestartCondition(s)
             | UpdateOrder(s)
             | UpdateFailureAction(s)
@@ -384,6 +389,7 @@ impl Property {
                     .collect(),
             ),
             "Networks" => Networks(get!(Vec<String>, "as")),
+            "EndpointMode" => EndpointMode(get!(String, "s")),
             "Workdir" => Workdir(get!(String, "s")),
             "User" => User(get!(String, "s")),
             "Hostname" => Hostname(get!(String, "s")),
@@ -710,6 +716,10 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     t.mounts = mounts;
                 }
                 Networks(v) => next.networks = v.clone(),
+                EndpointMode(s) => match model::EndpointMode::parse(s) {
+                    Ok(m) => next.endpoint_mode = m,
+                    Err(e) => check(Err(e)),
+                },
                 Workdir(s) => {
                     if !s.is_empty() && !s.starts_with('/') {
                         check(Err(format!(
@@ -977,6 +987,7 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         Ports(spec.ports.iter().map(PortRow::from).collect()),
         Mounts(t.mounts.iter().map(mount_to_row).collect()),
         Networks(spec.networks.clone()),
+        EndpointMode(spec.endpoint_mode.as_str().into()),
         Workdir(t.workdir.clone().unwrap_or_default()),
         User(t.user.clone().unwrap_or_default()),
         Hostname(t.hostname.clone().unwrap_or_default()),

@@ -12,6 +12,37 @@ use crate::{Millis, Node};
 /// planning never allocates in proportion to an unchecked number.
 pub const MAX_REPLICAS: u64 = 100_000;
 
+/// How other tasks reach a service on its networks (Swarm's `endpoint_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// Its name resolves to one virtual IP, balanced over its running tasks in the kernel.
+    #[default]
+    Vip,
+    /// Its name resolves to its running tasks' addresses; it gets no VIP.
+    Dnsrr,
+}
+
+impl EndpointMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndpointMode::Vip => "vip",
+            EndpointMode::Dnsrr => "dnsrr",
+        }
+    }
+
+    /// The one parser of the names, for files, flags and D-Bus.
+    pub fn parse(s: &str) -> Result<EndpointMode, String> {
+        match s {
+            "vip" | "" => Ok(EndpointMode::Vip),
+            "dnsrr" => Ok(EndpointMode::Dnsrr),
+            other => Err(format!(
+                "endpoint mode {other:?} is not one of \"vip\", \"dnsrr\""
+            )),
+        }
+    }
+}
+
 /// A service as the user declared it. `name` is the full name (`STACK_SERVICE` for stack services).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -24,6 +55,8 @@ pub struct ServiceSpec {
     pub task: TaskSpec,
     pub ports: Vec<PortSpec>,
     pub networks: Vec<String>,
+    /// How the service is reached on its networks: a virtual IP (default) or DNS round-robin.
+    pub endpoint_mode: EndpointMode,
     pub restart: RestartPolicy,
     pub update: UpdateConfig,
     pub rollback: UpdateConfig,

@@ -29,6 +29,7 @@
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
+//! | `endpoint_mode` | `"vip"` (one virtual IP) or `"dnsrr"` (the name resolves to the tasks) | `"vip"` |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
 //!
 //! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
@@ -114,6 +115,7 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "rollback",
         "placement",
         "networks",
+        "endpoint_mode",
         "cap_add",
         "cap_drop",
         "security_opt",
@@ -720,6 +722,14 @@ fn service_from_table(
         && let Some(b) = walk::boolean(sink, v, &p("read_only"))
     {
         svc.task.read_only = b;
+    }
+    if let Some(v) = t.get("endpoint_mode")
+        && let Some(s) = walk::string(sink, v, &p("endpoint_mode"))
+    {
+        match model::EndpointMode::parse(s) {
+            Ok(m) => svc.endpoint_mode = m,
+            Err(e) => sink.error(v.span(), format!("{}: {e}", p("endpoint_mode"))),
+        }
     }
     if let Some(v) = t.get("resources")
         && let Some(rt) = walk::table(sink, v, &p("resources"))

@@ -448,6 +448,16 @@ external = true
     assert_eq!(back.labels["tier"], "data");
     assert!(s.networks["shared"].external);
     assert!(s.networks.contains_key("default"));
+    assert_eq!(svc(&s, "shop_web").endpoint_mode, model::EndpointMode::Vip);
+    let rr = stack_ok("[services.db]\nimage = \"b\"\nendpoint_mode = \"dnsrr\"\n");
+    assert_eq!(
+        svc(&rr, "shop_db").endpoint_mode,
+        model::EndpointMode::Dnsrr
+    );
+    assert_has(
+        &stack_errs("[services.db]\nimage = \"b\"\nendpoint_mode = \"dns\"\n"),
+        "3:17: services.db.endpoint_mode: endpoint mode \"dns\" is not one of",
+    );
 
     let errs = stack_errs(
         r#"

@@ -698,7 +698,7 @@ impl<'a> Mapper<'a> {
             let dpath = format!("{cpath}.{key}");
             let target = match key {
                 k if k.starts_with("x-") => continue,
-                "mode" | "replicas" | "placement" => key,
+                "mode" | "replicas" | "placement" | "endpoint_mode" => key,
                 "restart_policy" => "restart",
                 "update_config" => "update",
                 "rollback_config" => "rollback",
@@ -711,10 +711,6 @@ impl<'a> Mapper<'a> {
                 }
                 "resources" => {
                     self.resources(e, &dpath, path, out);
-                    continue;
-                }
-                "endpoint_mode" => {
-                    self.not_yet(e, &place, "service discovery comes with cluster networking");
                     continue;
                 }
                 _ => {
