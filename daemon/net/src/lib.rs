@@ -841,12 +841,13 @@ impl Inner {
         rec.overlays = links.clone();
         self.write_record(&rec)?;
         let devices: Vec<(u32, Ipv4Addr)> = addresses.iter().map(|a| (a.vni, a.local)).collect();
+        let owner = self.overlay_owner();
         let kernel: Vec<overlay::Link> = links.iter().map(OverlayLink::kernel).collect();
         let _overlays = self.lock_overlays();
         netlink::run(Some(&path), move |h| async move {
             let mut rep = Repairs::default();
             for (vni, local) in devices {
-                overlay::ensure(&h.host, vni, local, &mut rep).await?;
+                overlay::ensure(&h.host, vni, local, &owner, &mut rep).await?;
             }
             for link in &kernel {
                 overlay::wire(&h, link).await?;
@@ -878,13 +879,14 @@ impl Inner {
         let mut keep: BTreeSet<u32> = networks.iter().map(|n| n.vni).collect();
         keep.extend(links.iter().flat_map(|(_, l)| l.iter().map(|l| l.vni)));
         let nets = networks.to_vec();
+        let owner = self.overlay_owner();
         let (mut rep, broken) = netlink::run(None, move |h| async move {
             let mut rep = Repairs::default();
             for n in &nets {
-                let index = overlay::ensure(&h.host, n.vni, n.local, &mut rep).await?;
+                let index = overlay::ensure(&h.host, n.vni, n.local, &owner, &mut rep).await?;
                 overlay::sync_peers(&h.host, index, &n.peers, &mut rep).await?;
             }
-            for vni in overlay::present(&h.host).await? {
+            for vni in overlay::present(&h.host, &owner).await? {
                 if !keep.contains(&vni) {
                     rep.devices += overlay::remove(&h.host, vni).await?;
                 }
@@ -911,9 +913,10 @@ impl Inner {
                 continue;
             };
             let kernel = link.kernel();
+            let owner = self.overlay_owner();
             netlink::run(Some(&path), move |h| async move {
                 let mut r = Repairs::default();
-                overlay::ensure(&h.host, kernel.vni, local, &mut r).await?;
+                overlay::ensure(&h.host, kernel.vni, local, &owner, &mut r).await?;
                 overlay::wire(&h, &kernel).await
             })?;
             tracing::warn!(task = %task, interface = %link.ifname, "overlay interface was missing; wired again");
@@ -957,6 +960,11 @@ impl Inner {
             .map_err(|_| Error::Worker("VIP thread panicked".into()))??;
         applied.insert(task_id.to_owned(), script);
         Ok(())
+    }
+
+    /// The alias of this network's overlay devices (see `overlay::ensure`).
+    fn overlay_owner(&self) -> String {
+        format!("shoal:{}", self.cfg.bridge)
     }
 
     fn lock_overlays(&self) -> MutexGuard<'_, ()> {

@@ -116,10 +116,15 @@ impl Repairs {
 
 /// Makes the bridge and VXLAN device of network `vni` exist as they should (a VXLAN device with
 /// another id, `local` address or port is recreated). Returns the VXLAN device's index.
+///
+/// `owner` (`shoal:<node bridge>`) is set as the devices' alias, so that a daemon only ever
+/// removes devices it made (two daemons sharing a network namespace, as tests do, never take
+/// each other's down).
 pub(crate) async fn ensure(
     h: &Handle,
     vni: u32,
     local: Ipv4Addr,
+    owner: &str,
     rep: &mut Repairs,
 ) -> Result<u32> {
     let br_name = bridge_name(vni);
@@ -130,17 +135,22 @@ pub(crate) async fn ensure(
                 delete_link(h, &br_name).await?;
             }
             let add = LinkBridge::new(&br_name).mtu(OVERLAY_MTU).up().build();
-            match h.link().add(add).execute().await {
-                Ok(()) => rep.devices += 1,
-                Err(e) if errno(&e) == Some(EEXIST) => {}
+            let created = match h.link().add(add).execute().await {
+                Ok(()) => true,
+                Err(e) if errno(&e) == Some(EEXIST) => false,
                 Err(e) => return Err(nl_err(format!("create bridge {br_name}"))(e)),
-            }
-            link_by_name(h, &br_name)
+            };
+            let link = link_by_name(h, &br_name)
                 .await?
                 .ok_or_else(|| Error::Netlink {
                     action: format!("find bridge {br_name}"),
                     message: "it vanished right after it was created".into(),
-                })?
+                })?;
+            if created {
+                rep.devices += 1;
+                set_alias(h, link.header.index, owner, &br_name).await?;
+            }
+            link
         }
     };
     if !bridge
@@ -177,21 +187,26 @@ pub(crate) async fn ensure(
                 .controller(bridge.header.index)
                 .up()
                 .build();
-            match h.link().add(add).execute().await {
-                Ok(()) => rep.devices += 1,
-                Err(e) if errno(&e) == Some(EEXIST) => {}
+            let created = match h.link().add(add).execute().await {
+                Ok(()) => true,
+                Err(e) if errno(&e) == Some(EEXIST) => false,
                 Err(e) => {
                     return Err(nl_err(format!(
                         "create VXLAN device {vx_name} (id {vni}, local {local}, port {VXLAN_PORT})"
                     ))(e));
                 }
-            }
-            link_by_name(h, &vx_name)
+            };
+            let link = link_by_name(h, &vx_name)
                 .await?
                 .ok_or_else(|| Error::Netlink {
                     action: format!("find VXLAN device {vx_name}"),
                     message: "it vanished right after it was created".into(),
-                })?
+                })?;
+            if created {
+                rep.devices += 1;
+                set_alias(h, link.header.index, owner, &vx_name).await?;
+            }
+            link
         }
     };
     let index = vx.header.index;
@@ -216,6 +231,15 @@ pub(crate) async fn ensure(
     Ok(index)
 }
 
+/// Marks a device this daemon made as its own (the kernel ignores an alias given at creation).
+async fn set_alias(h: &Handle, index: u32, owner: &str, what: &str) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).alias(owner).build())
+        .execute()
+        .await
+        .map_err(nl_err(format!("set the alias of {what}")))
+}
+
 async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
@@ -235,8 +259,8 @@ pub(crate) async fn remove(h: &Handle, vni: u32) -> Result<usize> {
     Ok(n)
 }
 
-/// The VNIs of every overlay network that has a device on this node.
-pub(crate) async fn present(h: &Handle) -> Result<BTreeSet<u32>> {
+/// The VNIs of every overlay network that has a device of `owner` on this node.
+pub(crate) async fn present(h: &Handle, owner: &str) -> Result<BTreeSet<u32>> {
     let links: Vec<_> = h
         .link()
         .get()
@@ -246,6 +270,11 @@ pub(crate) async fn present(h: &Handle) -> Result<BTreeSet<u32>> {
         .map_err(nl_err("list links"))?;
     Ok(links
         .iter()
+        .filter(|l| {
+            l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::IfAlias(x) if x == owner))
+        })
         .filter_map(|l| {
             l.attributes.iter().find_map(|a| match a {
                 LinkAttribute::IfName(n) => n

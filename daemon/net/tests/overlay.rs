@@ -267,11 +267,19 @@ fn tasks_on_two_hosts_reach_each_other_over_vxlan_with_entries_from_the_plan() {
         a.ip(&["link", "show", &format!("shbr-{VNI}")])
             .contains("shbr-")
     );
+    // A device of the same kind that another daemon made (another owner) is never touched.
+    a.ip(&["link", "add", "shbr-4343", "type", "bridge"]);
     let rep = a.run(move |net| async move {
         net.detach("task-a").await.unwrap();
         net.sync_overlays(vec![]).await.unwrap()
     });
     assert_eq!(rep.devices, 2, "{rep:?}");
+    let links = a.ip(&["-o", "link", "show"]);
+    assert!(
+        links.contains("shbr-4343"),
+        "another's device removed: {links}"
+    );
+    a.ip(&["link", "del", "shbr-4343"]);
     let links = a.ip(&["-o", "link", "show"]);
     assert!(
         !links.contains("shbr-") && !links.contains("shvx-") && !links.contains("shw"),
