@@ -732,11 +732,15 @@ fn a_full_disk_stops_shoald_with_a_message_and_a_restart_keeps_the_state() {
         ..Default::default()
     });
     let img = image(&node, "full");
-    let big = format!("BIG={}", "x".repeat(100_000));
+    // About 300 KB of environment per service, in values under the bound of one entry
+    // (model::limits::MAX_VALUE_BYTES).
+    let envs: Vec<String> = (0..10)
+        .map(|i| format!("BIG{i}={}", "x".repeat(30_000)))
+        .collect();
     let mut created = Vec::new();
     for i in 0..60 {
         let name = format!("fill{i}");
-        let out = node.shoal(&[
+        let mut args: Vec<&str> = vec![
             "service",
             "create",
             "--detach",
@@ -744,14 +748,12 @@ fn a_full_disk_stops_shoald_with_a_message_and_a_restart_keeps_the_state() {
             "0",
             "--name",
             &name,
-            "--env",
-            &big,
-            "--env",
-            &big.replacen("BIG", "BIG2", 1),
-            "--env",
-            &big.replacen("BIG", "BIG3", 1),
-            &img,
-        ]);
+        ];
+        for e in &envs {
+            args.extend(["--env", e.as_str()]);
+        }
+        args.push(&img);
+        let out = node.shoal(&args);
         if !out.status.success() {
             break;
         }

@@ -63,22 +63,11 @@ fn address(pid: u32, ifname: &str) -> Option<String> {
 /// One HTTP/1.0 `GET http://addr:8080/` from a thread inside the network namespace of the
 /// container of `pid`.
 fn get_once(pid: u32, addr: &str) -> Result<String, String> {
-    let addr: std::net::SocketAddr = format!("{addr}:8080").parse().unwrap();
+    let ip: std::net::Ipv4Addr = addr.parse().unwrap();
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
     std::thread::spawn(move || {
-        use std::io::{Read, Write};
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")
-            .map_err(|e| e.to_string())?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.contains(" 200 ") => Ok(body.trim().to_string()),
-            _ => Err(format!("unexpected answer {text:?}")),
-        }
+        http_get_from_here(ip, 8080)
     })
     .join()
     .unwrap()
@@ -124,6 +113,22 @@ fn resolve(pid: u32, name: &str) -> (ResponseCode, Vec<String>) {
     })
     .join()
     .unwrap()
+}
+
+/// One HTTP/1.0 GET of `http://ip:port/` from the calling thread's namespace.
+fn http_get_from_here(ip: std::net::Ipv4Addr, port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.contains(" 200 ") => Ok(body.trim().to_string()),
+        _ => Err(format!("unexpected answer {text:?}")),
+    }
 }
 
 /// [`get_once`], retried for a while.
@@ -407,9 +412,51 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
             && w.log().contains("nftables table was removed or changed")
     });
 
+    let server = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+    // The routing mesh: a port published by a service whose one task runs on the worker
+    // answers on both hosts, reached from a third host of the LAN that runs nothing.
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "pub",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "18080:8080",
+        &image,
+        "sh",
+        "-c",
+        server,
+    ]);
+    manager.wait_for("pub runs on the worker", Duration::from_secs(60), |m| {
+        m.running("pub").len() == 1
+    });
+    let client = lan.host();
+    for node in [&manager, &worker] {
+        let ip = node.host.as_ref().unwrap().addr;
+        let body = client.run_in(move || {
+            let start = Instant::now();
+            loop {
+                match http_get_from_here(ip, 18080) {
+                    Ok(b) => return Ok(b),
+                    Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(300)),
+                }
+            }
+        });
+        assert!(
+            body.as_ref().is_ok_and(|b| !b.is_empty()),
+            "published port on {ip}: {body:?}\n{}",
+            debug(&[&manager, &worker])
+        );
+    }
+    manager.shoal_ok(&["service", "rm", "pub"]);
+
     // Two stacks, each on its own default network: a task finds its stack's service by its
     // short name, and neither reaches nor resolves the other stack's.
-    let server = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
     for name in ["a", "b"] {
         let file = dir.path().join(format!("{name}.toml"));
         std::fs::write(

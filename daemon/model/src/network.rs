@@ -258,6 +258,22 @@ pub fn network_row(st: &ClusterState, n: &Network) -> BTreeMap<String, String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NodeNetworks {
     pub networks: Vec<NetworkPlan>,
+    /// Every published port of the cluster as this node serves it (the routing mesh).
+    #[serde(default)]
+    pub ports: Vec<PortPlan>,
+}
+
+/// A published port as one node serves it: to its own running tasks when it has some, else
+/// (ingress mode) forwarded to the nodes that have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPlan {
+    pub published: u16,
+    pub protocol: crate::Protocol,
+    /// This node's running tasks: their node-bridge address and target port.
+    pub local: Vec<(Ipv4Addr, u16)>,
+    /// The underlay addresses of the other ready nodes running a task of the service (empty in
+    /// host mode).
+    pub remote: Vec<Ipv4Addr>,
 }
 
 impl NodeNetworks {
@@ -386,7 +402,72 @@ impl ClusterState {
                 }
             })
             .collect();
-        NodeNetworks { networks }
+        NodeNetworks {
+            networks,
+            ports: self.node_ports(node),
+        }
+    }
+
+    /// Every published port of every service as node `node` serves it (see [`PortPlan`]).
+    pub fn node_ports(&self, node: &str) -> Vec<PortPlan> {
+        let mut out = Vec::new();
+        for svc in self.services.values() {
+            if svc.spec.ports.is_empty() {
+                continue;
+            }
+            let running: Vec<&crate::Task> = self
+                .tasks_of(&svc.id)
+                .filter(|t| {
+                    t.status.state == crate::TaskState::Running
+                        && t.desired <= crate::TaskState::Running
+                })
+                .collect();
+            for p in &svc.spec.ports {
+                let mut local: Vec<(Ipv4Addr, u16)> = running
+                    .iter()
+                    .filter(|t| t.node_id.as_deref() == Some(node))
+                    .filter_map(|t| {
+                        let ip: Ipv4Addr = t
+                            .status
+                            .address
+                            .as_deref()?
+                            .split('/')
+                            .next()?
+                            .parse()
+                            .ok()?;
+                        // The task's own copy of the ports says which target it listens on.
+                        let target = t
+                            .ports
+                            .iter()
+                            .find(|q| q.published == p.published && q.protocol == p.protocol)
+                            .map_or(p.target, |q| q.target);
+                        Some((ip, target))
+                    })
+                    .collect();
+                local.sort();
+                let mut remote: Vec<Ipv4Addr> = Vec::new();
+                if p.mode == crate::PublishMode::Ingress {
+                    remote = running
+                        .iter()
+                        .filter_map(|t| t.node_id.as_deref())
+                        .filter(|n| *n != node)
+                        .filter_map(|n| self.nodes.get(n))
+                        .filter(|n| n.status == crate::NodeStatus::Ready)
+                        .filter_map(|n| node_ip(&n.addr))
+                        .collect();
+                    remote.sort();
+                    remote.dedup();
+                }
+                out.push(PortPlan {
+                    published: p.published,
+                    protocol: p.protocol,
+                    local,
+                    remote,
+                });
+            }
+        }
+        out.sort_by_key(|b| (b.published, b.protocol.as_str()));
+        out
     }
 }
 

@@ -153,8 +153,12 @@ pub struct PortBinding {
     /// Transport protocol.
     pub protocol: Protocol,
     /// Task address and target port of every task serving the port. New connections are spread
-    /// over them round-robin; an empty list means the port is not served.
+    /// over them round-robin.
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// Other nodes to forward to (same port) when no local task serves it: the routing mesh.
+    /// Forwarded connections are masqueraded behind this node's address, so the reply comes
+    /// back through it. Without backends and remote nodes the port is not served.
+    pub remote: Vec<Ipv4Addr>,
 }
 
 /// The attachment record kept on disk.

@@ -73,6 +73,22 @@ pub(crate) fn replace_script(table: &Table<'_>, bindings: &[&PortBinding]) -> St
         }
     }
     s.push_str("\t}\n");
+    // Connections forwarded to another node leave with this node's address, so that the reply
+    // comes back through it (the client's own address is lost on that path).
+    s.push_str("\tchain mesh {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    for b in bindings.iter().filter(|b| b.backends.is_empty()) {
+        if !b.remote.is_empty() {
+            let nodes: Vec<String> = b.remote.iter().map(|n| n.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "\t\tct status dnat ip daddr {{ {} }} {} dport {} masquerade",
+                nodes.join(", "),
+                b.protocol.as_str(),
+                b.published
+            );
+        }
+    }
+    s.push_str("\t}\n");
     for (chain, rules) in base_chains(table) {
         let _ = writeln!(s, "\tchain {chain} {{");
         for line in rules {
@@ -159,7 +175,20 @@ fn dnat_rule(b: &PortBinding) -> Option<String> {
     let proto = b.protocol.as_str();
     let port = b.published;
     match b.backends.as_slice() {
-        [] => None,
+        [] if b.remote.is_empty() => None,
+        [] => {
+            let elements = b
+                .remote
+                .iter()
+                .enumerate()
+                .map(|(i, ip)| format!("{i} : {ip} . {port}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some(format!(
+                "{proto} dport {port} dnat to numgen inc mod {} map {{ {elements} }}",
+                b.remote.len()
+            ))
+        }
         [(ip, target)] => Some(format!("{proto} dport {port} dnat to {ip}:{target}")),
         backends => {
             let elements = backends
@@ -316,6 +345,7 @@ mod tests {
 
     fn binding(published: u16, protocol: Protocol, backends: &[(u8, u16)]) -> PortBinding {
         PortBinding {
+            remote: Vec::new(),
             published,
             protocol,
             backends: backends
@@ -346,7 +376,37 @@ mod tests {
         assert!(s.contains(
             "ip saddr 10.231.0.0/16 ip daddr != { 10.231.0.0/16, 224.0.0.0/4 } masquerade"
         ));
-        assert_eq!(s.matches("policy accept").count(), 4);
+        assert_eq!(s.matches("policy accept").count(), 5);
+    }
+
+    #[test]
+    fn a_port_with_no_local_task_is_forwarded_to_the_nodes_that_have_one() {
+        let mut b = binding(8080, Protocol::Tcp, &[]);
+        b.remote = vec![
+            "192.168.1.2".parse().unwrap(),
+            "192.168.1.3".parse().unwrap(),
+        ];
+        let local = binding(9090, Protocol::Tcp, &[(2, 80)]);
+        let ordered = validate(std::slice::from_ref(&b)).unwrap();
+        let s = replace_script(&table(), &ordered);
+        assert!(
+            s.contains(
+                "tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 192.168.1.2 . 8080, 1 : 192.168.1.3 . 8080 }"
+            ),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "ct status dnat ip daddr { 192.168.1.2, 192.168.1.3 } tcp dport 8080 masquerade"
+            ),
+            "{s}"
+        );
+        // Local tasks win: a port served here is never forwarded (the client keeps its address).
+        let mut both = local.clone();
+        both.remote = vec!["192.168.1.2".parse().unwrap()];
+        let s = replace_script(&table(), &validate(&[both]).unwrap());
+        assert!(s.contains("tcp dport 9090 dnat to 10.231.0.2:80"), "{s}");
+        assert!(!s.contains("192.168.1.2"), "{s}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use net::{Error, NetConfig, Network, PortBinding, Protocol};
 
 fn tcp(published: u16, backends: &[(Ipv4Addr, u16)]) -> PortBinding {
     PortBinding {
+        remote: Vec::new(),
         published,
         protocol: Protocol::Tcp,
         backends: backends.to_vec(),
@@ -233,6 +234,7 @@ async fn published_udp_port_reaches_a_task() {
 
         let port = random_port();
         net.sync_ports(&[PortBinding {
+            remote: Vec::new(),
             published: port,
             protocol: Protocol::Udp,
             backends: vec![(task.ip, 7000)],

@@ -315,6 +315,7 @@ fn localhost_reaches_published_ports_with_route_localnet_on_the_bridge_only() {
     let ip = h.run(|net| async move { net.attachment("web").unwrap().ip });
     h.run(move |net| async move {
         net.sync_ports(&[PortBinding {
+            remote: Vec::new(),
             published: 8080,
             protocol: Protocol::Tcp,
             backends: vec![(ip, 80)],

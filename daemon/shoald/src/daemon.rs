@@ -22,8 +22,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::dispatcher::{Dispatcher, NodePort};
 use crate::identity::{self, Identity};
+use crate::notify;
 use crate::transport::RpcTransport;
-use crate::{notify, ports};
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -637,21 +637,24 @@ pub async fn run_control_loop(d: Arc<Daemon>) {
 
 /// Keep the published ports in line with the running tasks of this node.
 pub async fn run_ports(d: Arc<Daemon>) {
-    let mut rx = d.store.subscribe();
-    let mut last: Option<Vec<ports::Binding>> = None;
+    let mut rx = d.assignments.subscribe();
+    let mut last: Option<Vec<model::network::PortPlan>> = None;
     loop {
-        let state = rx.borrow_and_update().clone();
-        let want = ports::bindings(&state, &d.identity.node_id);
-        if last.as_ref() != Some(&want) {
+        // Nothing is published before the first assignment set: what to serve is not known.
+        let want = rx
+            .borrow_and_update()
+            .as_ref()
+            .map(|s| s.networks.ports.clone());
+        if let Some(want) = want
+            && last.as_ref() != Some(&want)
+        {
             let bindings: Vec<net::PortBinding> = want
                 .iter()
                 .map(|b| net::PortBinding {
                     published: b.published,
-                    protocol: match b.protocol {
-                        model::Protocol::Tcp => net::Protocol::Tcp,
-                        model::Protocol::Udp => net::Protocol::Udp,
-                    },
-                    backends: b.backends.clone(),
+                    protocol: b.protocol,
+                    backends: b.local.clone(),
+                    remote: b.remote.clone(),
                 })
                 .collect();
             match d.net.sync_ports(&bindings).await {

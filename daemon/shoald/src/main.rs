@@ -15,7 +15,6 @@ mod identity;
 mod join;
 mod logs;
 mod notify;
-mod ports;
 mod session;
 mod transport;
 
