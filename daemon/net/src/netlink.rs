@@ -37,7 +37,7 @@ const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
 const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 
 /// The positive errno of a netlink error reply, if it is one.
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
         rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
         _ => None,
@@ -45,7 +45,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Maps a netlink failure to [`Error::Netlink`], naming what was being done.
-fn nl_err(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+pub(crate) fn nl_err(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
     let action = action.into();
     move |e| Error::Netlink {
         action,
@@ -134,11 +134,11 @@ pub(crate) async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMe
     }
 }
 
-fn is_up(link: &LinkMessage) -> bool {
+pub(crate) fn is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(LinkFlags::Up)
 }
 
-fn controller(link: &LinkMessage) -> Option<u32> {
+pub(crate) fn controller(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Controller(i) => Some(*i),
         _ => None,
@@ -154,7 +154,7 @@ fn is_bridge(link: &LinkMessage) -> bool {
     })
 }
 
-async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
+pub(crate) async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
     h.link()
         .set(LinkUnspec::new_with_index(index).up().build())
         .execute()

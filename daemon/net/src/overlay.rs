@@ -27,7 +27,9 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 
 use crate::error::{Error, Result};
-use crate::netlink::{Handles, delete_link, link_by_name};
+use crate::netlink::{
+    Handles, controller, delete_link, errno, is_up, link_by_name, nl_err, set_up,
+};
 
 /// The VXLAN UDP port (IANA).
 pub const VXLAN_PORT: u16 = 4789;
@@ -53,24 +55,6 @@ pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x42, o[0], o[1], o[2], o[3]]
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
-        _ => None,
-    }
-}
-
-fn nl_err(action: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
-    let action = action.into();
-    move |e| Error::Netlink {
-        action,
-        message: match &e {
-            rtnetlink::Error::NetlinkError(msg) => msg.to_io().to_string(),
-            other => other.to_string(),
-        },
-    }
-}
-
 fn vxlan_info(link: &rtnetlink::packet_route::link::LinkMessage) -> Option<&Vec<InfoVxlan>> {
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
@@ -87,13 +71,6 @@ fn is_kind(link: &rtnetlink::packet_route::link::LinkMessage, kind: &InfoKind) -
             .iter()
             .any(|i| matches!(i, LinkInfo::Kind(k) if k == kind)),
         _ => false,
-    })
-}
-
-fn controller(link: &rtnetlink::packet_route::link::LinkMessage) -> Option<u32> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Controller(i) => Some(*i),
-        _ => None,
     })
 }
 
@@ -238,14 +215,6 @@ async fn set_alias(h: &Handle, index: u32, owner: &str, what: &str) -> Result<()
         .execute()
         .await
         .map_err(nl_err(format!("set the alias of {what}")))
-}
-
-async fn set_up(h: &Handle, index: u32, what: &str) -> Result<()> {
-    h.link()
-        .set(LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(nl_err(format!("bring up {what}")))
 }
 
 /// Deletes network `vni`'s devices (a missing one is fine). Returns how many existed.
@@ -495,11 +464,7 @@ pub(crate) async fn port_of(h: &Handle, link: &Link) -> Result<Port> {
     let Some(bridge) = link_by_name(h, &br_name).await? else {
         return Ok(Port::Missing);
     };
-    let up = end
-        .header
-        .flags
-        .contains(rtnetlink::packet_route::link::LinkFlags::Up);
-    if controller(&end) == Some(bridge.header.index) && up {
+    if controller(&end) == Some(bridge.header.index) && is_up(&end) {
         return Ok(Port::Ok);
     }
     h.link()
