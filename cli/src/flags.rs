@@ -286,7 +286,8 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
         }
     }
     let target = target.ok_or_else(|| format!("--publish {s}: target is required"))?;
-    let published = published.ok_or_else(|| format!("--publish {s}: published is required"))?;
+    // No published port: the cluster picks one of 30000-32767.
+    let published = published.unwrap_or(0);
     Ok(vec![port_row(&PortSpec {
         published,
         target,

@@ -312,6 +312,26 @@ fn image_update_rolls_tasks_one_at_a_time() {
 }
 
 #[test]
+fn a_port_without_a_published_number_is_published_on_one_of_30000_to_32767() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service", "create", "--name", "auto", "-p", "80", &img, "sh", "-c", HTTPD,
+    ]);
+    let inspect = node.shoal_ok(&["service", "inspect", "auto"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let text = v.to_string();
+    let port = text
+        .split("\"published\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no published port in {inspect}"));
+    assert!((30000..=32767).contains(&port), "{port}");
+    node.wait_for("the automatic port", LONG, |_| http_get(port).is_some());
+}
+
+#[test]
 fn restarting_shoald_keeps_and_adopts_the_same_containers() {
     let mut node = Node::start();
     let img = image(&node, "bb");

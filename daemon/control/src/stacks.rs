@@ -93,10 +93,11 @@ pub fn plan_stack(
             }
             Some(existing) => {
                 let same_digest = digest.is_none() || existing.image_digest == digest;
-                if existing.spec != *svc_spec || !same_digest {
-                    change
-                        .update
-                        .push((existing.id.clone(), svc_spec.clone(), digest));
+                // Ports published without a number keep the ones they were given.
+                let mut desired = svc_spec.clone();
+                model::keep_published_ports(&mut desired, &existing.spec);
+                if existing.spec != desired || !same_digest {
+                    change.update.push((existing.id.clone(), desired, digest));
                 }
             }
             None => change

@@ -557,12 +557,6 @@ fn port_from_row(p: &PortRow) -> Result<PortSpec, String> {
     if p.target == 0 {
         return Err("invalid port: the target (container) port must not be 0".into());
     }
-    if p.published == 0 {
-        return Err(format!(
-            "port {}: a published port is required (dynamic published ports are not supported yet)",
-            p.target
-        ));
-    }
     Ok(PortSpec {
         published: p.published,
         target: p.target,
@@ -1408,8 +1402,8 @@ mod tests {
                 Property::RestartCondition("sometimes".into()),
                 Property::UpdateOrder("random".into()),
                 Property::Ports(vec![PortRow {
-                    published: 0,
-                    target: 80,
+                    published: 8080,
+                    target: 0,
                     protocol: "tcp".into(),
                     mode: "ingress".into(),
                 }]),
@@ -1419,7 +1413,10 @@ mod tests {
         assert_eq!(err.0.len(), 3, "{err}");
         assert!(err.to_string().contains("sometimes"));
         assert!(err.to_string().contains("random"));
-        assert!(err.to_string().contains("published port is required"));
+        assert!(
+            err.to_string()
+                .contains("target (container) port must not be 0")
+        );
         assert_eq!(spec, before);
     }
 

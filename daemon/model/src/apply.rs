@@ -371,6 +371,9 @@ impl ClusterState {
                 Ok(one)
             }
             Command::CreateService(svc) => {
+                let mut svc = svc.clone();
+                self.assign_published_ports(&mut svc.spec, None)?;
+                let svc = &svc;
                 check_bounds(&svc.spec)?;
                 self.check_networks(&svc.spec, None)?;
                 self.check_attachments(&AddressOwner::Vip(svc.id.clone()), &svc.vips)
@@ -395,10 +398,13 @@ impl ClusterState {
                 now,
                 if_revision,
             } => {
-                check_bounds(spec)?;
                 let Some(svc) = self.services.get(id) else {
                     return Err(ApplyError::ServiceNotFound(id.clone()));
                 };
+                let mut filled = spec.clone();
+                self.assign_published_ports(&mut filled, Some((id, &svc.spec)))?;
+                let spec = &filled;
+                check_bounds(spec)?;
                 check_revision(svc, *if_revision)?;
                 self.check_networks(spec, Some(&svc.spec))?;
                 if svc.spec == *spec
@@ -830,6 +836,53 @@ impl ClusterState {
 }
 
 impl ClusterState {
+    /// Gives each port of `spec` with no published port (0) one of [`crate::AUTO_PORTS`]: the one
+    /// the service's current spec (`previous`) gives the same target, protocol and mode, else
+    /// the lowest that no other service publishes. Deterministic, so every manager agrees.
+    fn assign_published_ports(
+        &self,
+        spec: &mut ServiceSpec,
+        previous: Option<(&Id, &ServiceSpec)>,
+    ) -> Result<(), ApplyError> {
+        if spec.ports.iter().all(|p| p.published != 0) {
+            return Ok(());
+        }
+        if let Some((_, prev)) = previous {
+            crate::spec::keep_published_ports(spec, prev);
+        }
+        let except = previous.map(|(id, _)| id);
+        for i in 0..spec.ports.len() {
+            if spec.ports[i].published != 0 {
+                continue;
+            }
+            let protocol = spec.ports[i].protocol;
+            let taken = |port: u16| {
+                spec.ports
+                    .iter()
+                    .any(|q| q.published == port && q.protocol == protocol)
+                    || self.services.values().any(|o| {
+                        Some(&o.id) != except
+                            && o.spec.name != spec.name
+                            && o.spec
+                                .ports
+                                .iter()
+                                .any(|q| q.published == port && q.protocol == protocol)
+                    })
+            };
+            let mut range = crate::AUTO_PORTS;
+            let Some(port) = range.find(|p| !taken(*p)) else {
+                return Err(ApplyError::Precondition(format!(
+                    "service {}: no free published port left in {}-{}",
+                    spec.name,
+                    crate::AUTO_PORTS.start(),
+                    crate::AUTO_PORTS.end()
+                )));
+            };
+            spec.ports[i].published = port;
+        }
+        Ok(())
+    }
+
     /// Every network a spec names exists (by id or name); a name the spec had before is not
     /// checked again, so a service stored before networks existed can still be scaled.
     fn check_networks(

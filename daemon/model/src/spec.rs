@@ -12,6 +12,28 @@ use crate::{Millis, Node};
 /// planning never allocates in proportion to an unchecked number.
 pub const MAX_REPLICAS: u64 = 100_000;
 
+/// Where a port published without a number gets one (Swarm's range).
+pub const AUTO_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Gives each port of `spec` with no published port the one `previous` gives the same target,
+/// protocol and mode, if any: a redeploy of a spec with automatic ports keeps them (and so
+/// compares equal to what is stored).
+pub fn keep_published_ports(spec: &mut ServiceSpec, previous: &ServiceSpec) {
+    let mut used: Vec<u16> = Vec::new();
+    for p in spec.ports.iter_mut().filter(|p| p.published == 0) {
+        if let Some(q) = previous.ports.iter().find(|q| {
+            q.target == p.target
+                && q.protocol == p.protocol
+                && q.mode == p.mode
+                && AUTO_PORTS.contains(&q.published)
+                && !used.contains(&q.published)
+        }) {
+            p.published = q.published;
+            used.push(q.published);
+        }
+    }
+}
+
 /// How other tasks reach a service on its networks (Swarm's `endpoint_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -601,6 +601,56 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_port_without_a_published_number_gets_a_free_one_of_the_range_and_keeps_it() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::CreateService(svc("taken", "taken", Some(30000))))
+            .unwrap();
+        st.apply(&Command::CreateService(svc("a", "a", Some(0))))
+            .unwrap();
+        st.apply(&Command::CreateService(svc("b", "b", Some(0))))
+            .unwrap();
+        let published = |st: &ClusterState, id: &str| st.services[id].spec.ports[0].published;
+        assert_eq!((published(&st, "a"), published(&st, "b")), (30001, 30002));
+        // An update that still asks for "any port" keeps the one given, and is no change at all.
+        let mut spec = st.services["a"].spec.clone();
+        spec.ports[0].published = 0;
+        let update = Command::UpdateService {
+            id: "a".into(),
+            spec: spec.clone(),
+            image_digest: None,
+            now: 1,
+            if_revision: None,
+        };
+        assert_eq!(st.apply(&update).unwrap().changed, 0);
+        assert_eq!(published(&st, "a"), 30001);
+        // A second automatic port of the same service gets another one; an explicit port
+        // already taken by another service is still refused.
+        spec.ports.push(PortSpec {
+            published: 0,
+            target: 81,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+        });
+        st.apply(&Command::UpdateService {
+            id: "a".into(),
+            spec,
+            image_digest: None,
+            now: 2,
+            if_revision: None,
+        })
+        .unwrap();
+        let ports: Vec<u16> = st.services["a"]
+            .spec
+            .ports
+            .iter()
+            .map(|p| p.published)
+            .collect();
+        assert_eq!(ports, vec![30001, 30003]);
+        let r = st.apply(&Command::CreateService(svc("c", "c", Some(30002))));
+        assert!(matches!(r, Err(ApplyError::PortInUse { .. })), "{r:?}");
+    }
+
+    #[test]
     fn batch_is_atomic() {
         let mut st = ClusterState::default();
         st.apply(&Command::CreateService(svc("a", "web", Some(8080))))

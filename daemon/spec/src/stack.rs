@@ -35,8 +35,8 @@
 //! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
 //! (as in Swarm); a `restart.delay` above the default `max_delay` raises `max_delay` to match;
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
-//! protocol in a file; random published ports, anonymous volumes and host-address bindings are
-//! refused. `healthcheck`, `secrets`, `configs`, `depends_on` and the top-level `secrets`,
+//! protocol in a file; a port without a published number is published on a free port of
+//! 30000-32767 the cluster picks; anonymous volumes and host-address bindings are refused. `healthcheck`, `secrets`, `configs`, `depends_on` and the top-level `secrets`,
 //! `configs` and `volumes` tables are refused as not supported yet, never ignored.
 //!
 //! Networks: `[networks.NAME]` declares an overlay network of the stack, `STACK_NAME` in the
@@ -914,15 +914,20 @@ fn port_list(
                     continue;
                 }
             },
-            DeValue::Integer(_) => {
-                sink.error(
-                    item.span(),
-                    format!(
-                        "{ipath}: a published port is required, like \"8080:80\" or {{ published = 8080, target = 80 }} (shoal does not pick random ports yet)"
-                    ),
-                );
-                continue;
-            }
+            DeValue::Integer(_) => match walk::integer(sink, item, &ipath).map(units::check_port) {
+                // A target alone: published on a port the cluster picks.
+                Some(Ok(target)) => vec![PortSpec {
+                    published: 0,
+                    target,
+                    protocol: Protocol::Tcp,
+                    mode: PublishMode::Ingress,
+                }],
+                Some(Err(e)) => {
+                    sink.error(item.span(), format!("{ipath}: {e}"));
+                    continue;
+                }
+                None => continue,
+            },
             DeValue::Table(pt) => match port_long(sink, &ipath, item.span(), pt) {
                 Some(port) => vec![port],
                 None => continue,
@@ -940,6 +945,11 @@ fn port_list(
         };
         for port in parsed {
             let key = (port.published, port.protocol.as_str());
+            // Ports the cluster numbers never clash here.
+            if port.published == 0 {
+                out.push(port);
+                continue;
+            }
             if let Some(first) = seen.get(&key) {
                 sink.error(
                     item.span(),
@@ -977,13 +987,10 @@ fn port_long(
     let mut ok = true;
     let port_number = |key: &str, sink: &mut Sink<'_>| -> Option<u16> {
         match t.get(key) {
+            // No published port: the cluster picks one (published 0 here).
+            None if key == "published" => Some(0),
             None => {
-                let hint = if key == "published" {
-                    " (shoal does not pick random ports yet)"
-                } else {
-                    ""
-                };
-                sink.error(span.clone(), format!("{path}: missing key \"{key}\"{hint}"));
+                sink.error(span.clone(), format!("{path}: missing key \"{key}\""));
                 None
             }
             Some(v) => {

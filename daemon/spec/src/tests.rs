@@ -588,10 +588,6 @@ ports = [
     );
     assert_has(
         &errs,
-        "4:3: services.a.ports[0]: invalid port \"80\": a published port is required",
-    );
-    assert_has(
-        &errs,
         "5:3: services.a.ports[1]: invalid port \"1.2.3.4:80:80\": binding a published port to a host address is not supported yet",
     );
     assert_has(
@@ -602,11 +598,6 @@ ports = [
         &errs,
         "7:3: services.a.ports[3]: invalid port \"x:80\": \"x\" is not a port number",
     );
-    assert_has(
-        &errs,
-        "8:3: services.a.ports[4]: a published port is required",
-    );
-    assert_has(&errs, "9:3: services.a.ports[5]: missing key \"published\"");
     assert_has(
         &errs,
         "10:17: services.a.ports[6].published: port 0 is out of range 1-65535",
@@ -627,7 +618,12 @@ ports = [
         &errs,
         "14:3: services.a.ports[10]: expected a string like \"8080:80\"",
     );
-    assert_eq!(errs.len(), 11, "{errs:#?}");
+    // A target alone ("80", 80, { target = 80 }) is published on a port the cluster picks.
+    assert_eq!(errs.len(), 8, "{errs:#?}");
+    let s = stack_ok("[services.a]\nimage = \"a\"\nports = [\"80\", 81, { target = 82 }]\n");
+    let ports = &svc(&s, "shop_a").ports;
+    assert_eq!(ports.len(), 3);
+    assert!(ports.iter().all(|p| p.published == 0), "{ports:?}");
 }
 
 #[test]

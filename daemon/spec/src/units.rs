@@ -248,8 +248,10 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a short port: `"8080:80"`, `"8080:80/udp"`, or a range `"8000-8002:9000-9002/tcp"`.
-/// Every port is published in `ingress` mode.
+/// Parses a short port: `"8080:80"`, `"8080:80/udp"`, a range `"8000-8002:9000-9002/tcp"`, or a
+/// target alone (`"80"`, `"80/udp"`), which is published on a free port of
+/// [`model::AUTO_PORTS`] chosen by the cluster (published 0 here). Every port is published in
+/// `ingress` mode.
 pub fn parse_port_short(s: &str) -> Result<Vec<PortSpec>, String> {
     let (ports, protocol) = match s.rsplit_once('/') {
         Some((p, proto)) => (p, parse_protocol(proto)?),
@@ -258,10 +260,16 @@ pub fn parse_port_short(s: &str) -> Result<Vec<PortSpec>, String> {
     let parts: Vec<&str> = ports.split(':').collect();
     let (published, target) = match parts.as_slice() {
         [published, target] => (*published, *target),
-        [_] => {
-            return Err(format!(
-                "invalid port \"{s}\": a published port is required, like \"8080:{ports}\" (shoal does not pick random ports yet)"
-            ));
+        [target] => {
+            return Ok(parse_port_range(s, target)?
+                .into_iter()
+                .map(|target| PortSpec {
+                    published: 0,
+                    target,
+                    protocol,
+                    mode: PublishMode::Ingress,
+                })
+                .collect());
         }
         [_, _, _] => {
             return Err(format!(
