@@ -184,6 +184,12 @@ if ! wait_for 120 curl -fsS --max-time 5 "$URL"; then
   exit 1
 fi
 curl -fsS --max-time 5 "$URL"
+# The front end asks the api by name over the stack's overlay network.
+if wait_for 60 curl -fsS --max-time 5 "${URL%/}/cgi-bin/api"; then
+  curl -fsS --max-time 5 "${URL%/}/cgi-bin/api"
+else
+  echo "up: ${URL%/}/cgi-bin/api did not answer within 60s (the api service)" >&2
+fi
 
 service=$(sed -n 's/^\[services\.\([A-Za-z0-9_-]*\)\]$/\1/p' /etc/shoal/stacks/demo.toml 2>/dev/null | head -1)
 service=demo_${service:-web}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use model::{PortSpec, Protocol, PublishMode};
 use shoal_dbus::props::{MountRow, mount_to_row};
-use shoal_dbus::{PortRow, Property, ServiceInspect};
+use shoal_dbus::{Property, ServiceInspect, port_properties};
 use spec::placement;
 
 /// Flags shared by `service create` and `service update`.
@@ -241,17 +241,13 @@ fn key_values(
     items.iter().map(|s| key_value(flag, s, from_env)).collect()
 }
 
-fn port_row(p: &PortSpec) -> PortRow {
-    PortRow::from(p)
-}
-
-/// `8080:80[/udp]`, a range, or docker's long form `published=8080,target=80,protocol=udp,mode=host`.
-pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
+/// `8080:80[/udp]`, a range, `127.0.0.1:8080:80` (served on that address only), or docker's
+/// long form `published=8080,target=80,protocol=udp,mode=host[,host_ip=127.0.0.1]`.
+pub fn parse_publish(s: &str) -> Result<Vec<PortSpec>, String> {
     if !s.contains('=') {
-        return spec::units::parse_port_short(s)
-            .map(|v| v.iter().map(port_row).collect())
-            .map_err(|e| format!("--publish {s}: {e}"));
+        return spec::units::parse_port_short(s).map_err(|e| format!("--publish {s}: {e}"));
     }
+    let mut host_ip = None;
     let mut published = None;
     let mut target = None;
     let mut protocol = Protocol::Tcp;
@@ -278,9 +274,13 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
                     _ => return Err(format!("--publish {s}: mode must be ingress or host")),
                 }
             }
+            "host_ip" => {
+                host_ip =
+                    Some(spec::units::parse_host_ip(v).map_err(|e| format!("--publish {s}: {e}"))?)
+            }
             other => {
                 return Err(format!(
-                    "--publish {s}: unknown key {other:?} (use published, target, protocol, mode)"
+                    "--publish {s}: unknown key {other:?} (use published, target, protocol, mode, host_ip)"
                 ));
             }
         }
@@ -288,12 +288,13 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortRow>, String> {
     let target = target.ok_or_else(|| format!("--publish {s}: target is required"))?;
     // No published port: the cluster picks one of 30000-32767.
     let published = published.unwrap_or(0);
-    Ok(vec![port_row(&PortSpec {
+    Ok(vec![PortSpec {
         published,
         target,
         protocol,
         mode,
-    })])
+        host_ip,
+    }])
 }
 
 /// Docker's `--mount type=bind,source=/a,target=/b,readonly` or the short `/a:/b:ro`.
@@ -552,7 +553,7 @@ pub fn create_properties(
                 Err(e) => errs.push(e),
             }
         }
-        out.push(Property::Ports(ports));
+        out.extend(port_properties(&ports));
     }
     if !create.env.is_empty() {
         match key_values("env", &create.env, true) {
@@ -677,15 +678,16 @@ pub fn update_properties(
             out.push(Property::Labels(labels));
         }
         if !u.publish_add.is_empty() || !u.publish_rm.is_empty() {
-            let mut ports: Vec<PortRow> = spec.ports.iter().map(PortRow::from).collect();
+            let mut ports: Vec<PortSpec> = spec.ports.clone();
             for r in &u.publish_rm {
                 let (num, proto) = match r.split_once('/') {
                     Some((n, p)) => (n, Some(p)),
                     None => (r.as_str(), None),
                 };
                 match num.parse::<u16>() {
-                    Ok(n) => ports
-                        .retain(|p| !(p.published == n && proto.is_none_or(|x| x == p.protocol))),
+                    Ok(n) => ports.retain(|p| {
+                        !(p.published == n && proto.is_none_or(|x| x == p.protocol.as_str()))
+                    }),
                     Err(_) => errs.push(format!("--publish-rm {r}: expected a port number")),
                 }
             }
@@ -702,7 +704,7 @@ pub fn update_properties(
                     Err(e) => errs.push(e),
                 }
             }
-            out.push(Property::Ports(ports));
+            out.extend(port_properties(&ports));
         }
         if !u.mount_add.is_empty() || !u.mount_rm.is_empty() {
             let mut mounts: Vec<MountRow> = spec.task.mounts.iter().map(mount_to_row).collect();

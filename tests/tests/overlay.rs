@@ -117,11 +117,20 @@ fn resolve(pid: u32, name: &str) -> (ResponseCode, Vec<String>) {
 
 /// One HTTP/1.0 GET of `http://ip:port/` from the calling thread's namespace.
 fn http_get_from_here(ip: std::net::Ipv4Addr, port: u16) -> Result<String, String> {
+    http_get_path_from_here(ip, port, "/")
+}
+
+/// One HTTP/1.0 GET of `http://ip:port{path}` from the calling thread's namespace.
+fn http_get_path_from_here(
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    path: &str,
+) -> Result<String, String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(2))
         .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
@@ -552,5 +561,349 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
             });
             !links.contains("shvx-") && !links.contains("shbr-") && !links.contains(" shw")
         });
+    }
+}
+
+/// Runs `cmd` with `args` inside the network namespace `ns` (`ip netns exec`); its stdout.
+fn in_ns(ns: &str, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a host's kernel networking looks like: links, addresses, routes, nftables (without
+/// counters) and the iptables filter table. Interface indexes and the carrier state, which the
+/// kernel changes by itself, are left out.
+fn snapshot(ns: &str) -> String {
+    let links: Vec<String> = in_ns(ns, "ip", &["-o", "link", "show"])
+        .lines()
+        .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        .collect();
+    let addrs: Vec<String> = in_ns(ns, "ip", &["-o", "-4", "addr", "show"])
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    format!(
+        "links: {links:?}\naddrs: {addrs:?}\nroutes:\n{}\nnft:\n{}\niptables:\n{}",
+        // A bridge whose last port went away says `linkdown`; one that never had a port not.
+        // IPv4 only: shoal has no IPv6 routes, and the kernel adds link-local ones by itself.
+        in_ns(ns, "ip", &["-4", "route", "show", "table", "all"]).replace(" linkdown", ""),
+        in_ns(ns, "nft", &["-s", "list", "ruleset"]),
+        in_ns(ns, "iptables", &["-w", "-S"]),
+    )
+}
+
+/// The rules Docker writes into iptables' filter table (FORWARD policy DROP, its DOCKER-USER
+/// and isolation chains), bridge netfilter on, and a strict reverse-path filter (the NixOS
+/// firewall's default), on host `ns`.
+fn docker_and_strict_rp_filter(ns: &str) {
+    for args in [
+        &["-N", "DOCKER"][..],
+        &["-N", "DOCKER-ISOLATION-STAGE-1"],
+        &["-N", "DOCKER-ISOLATION-STAGE-2"],
+        &["-N", "DOCKER-USER"],
+        &["-A", "DOCKER-USER", "-j", "RETURN"],
+        &["-A", "DOCKER-ISOLATION-STAGE-1", "-j", "RETURN"],
+        &["-A", "DOCKER-ISOLATION-STAGE-2", "-j", "RETURN"],
+        &["-A", "FORWARD", "-j", "DOCKER-USER"],
+        &["-A", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1"],
+        &["-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"],
+        &["-P", "FORWARD", "DROP"],
+    ] {
+        in_ns(ns, "iptables", &[&["-w"], args].concat());
+    }
+    in_ns(
+        ns,
+        "sh",
+        &[
+            "-c",
+            "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables && \
+             sysctl -qw net.ipv4.conf.all.rp_filter=1 net.ipv4.conf.default.rp_filter=1 \
+             net.ipv4.conf.eth0.rp_filter=1",
+        ],
+    );
+}
+
+/// Docker's tutorial, then the example stack of `configs/`, on three hosts that have Docker's
+/// iptables rules and a strict reverse-path filter: an overlay network, a published port
+/// answered on every node, a front end reaching its API by name, a port bound to one address,
+/// tasks that move when a node is drained (DNS and the mesh follow), and after removing
+/// everything each host's links, addresses, routes and rules as they were before.
+#[test]
+fn the_tutorial_and_the_example_stack_work_across_three_hosts_with_docker_rules() {
+    let lan = Lan::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("join-token");
+    std::fs::write(&tok, SECRET).unwrap();
+    let tok = tok.display().to_string();
+    let host = || {
+        let h = lan.host();
+        docker_and_strict_rp_filter(&h.ns);
+        h
+    };
+    let manager = Node::start_with(NodeOptions {
+        extra_config: format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        host: Some(host()),
+        ..Default::default()
+    });
+    let workers: Vec<Node> = (0..2)
+        .map(|_| {
+            Node::start_with(NodeOptions {
+                node_config: "role = \"worker\"".into(),
+                extra_config: format!(
+                    "[cluster]\njoin = [\"{}\"]\ntoken_file = \"{tok}\"\n",
+                    manager.addr
+                ),
+                host: Some(host()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let nodes: Vec<&Node> = std::iter::once(&manager).chain(&workers).collect();
+    manager.wait_for("three ready nodes", Duration::from_secs(90), |m| {
+        let out = m.shoal(&["node", "ls", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.len() == 3 && rows.iter().all(|r| r["status"] == "ready")
+    });
+    let ns = |n: &Node| n.host.as_ref().unwrap().ns.clone();
+    // Each node accepts its traffic in Docker's DOCKER-USER chain, ahead of Docker's DROP.
+    for n in &nodes {
+        n.wait_for(
+            "shoal's rules in DOCKER-USER",
+            Duration::from_secs(30),
+            |n| {
+                in_ns(&ns(n), "iptables", &["-w", "-S", "DOCKER-USER"])
+                    .lines()
+                    .nth(1)
+                    .is_some_and(|l| l.contains("--comment shoal"))
+            },
+        );
+    }
+    let before: Vec<String> = nodes.iter().map(|n| snapshot(&ns(n))).collect();
+
+    let image = dir.path().join("bb.tar");
+    images::write_oci_archive(&image, false, "example.org/bb:1");
+    let image = format!("oci-archive:{}", image.display());
+    let client = lan.host();
+    let get = |node: &Node, port: u16, path: &str| {
+        let ip = node.host.as_ref().unwrap().addr;
+        let path = path.to_string();
+        client.run_in(move || {
+            let start = Instant::now();
+            loop {
+                match http_get_path_from_here(ip, port, &path) {
+                    Ok(b) => return Ok(b),
+                    Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(300)),
+                }
+            }
+        })
+    };
+
+    // The tutorial: an overlay network and a published service on it, two replicas on three
+    // nodes, answered on every node (one of them runs no task).
+    manager.shoal_ok(&["network", "create", "-d", "overlay", "nginx_net"]);
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "my-web",
+        "--publish",
+        "published=8080,target=80",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "--network",
+        "nginx_net",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    manager.wait_for("my-web runs", Duration::from_secs(90), |m| {
+        m.running("my-web").len() == 2
+    });
+    for n in &nodes {
+        let body = get(n, 8080, "/");
+        assert!(
+            body.as_ref().is_ok_and(|b| !b.is_empty()),
+            "my-web on {}: {body:?}\n{}",
+            n.addr,
+            debug(&nodes)
+        );
+    }
+    manager.shoal_ok(&["service", "rm", "my-web"]);
+    manager.wait_for("nginx_net free", Duration::from_secs(60), |m| {
+        m.shoal(&["network", "rm", "nginx_net"]).status.success()
+    });
+
+    // The example stack of configs/, with the image at hand.
+    let stack = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/stacks/demo.toml"),
+    )
+    .unwrap()
+    .replace("oci-archive:/var/lib/shoal/images/busybox.tar", &image);
+    let file = dir.path().join("demo.toml");
+    std::fs::write(&file, stack).unwrap();
+    manager.shoal_ok(&[
+        "stack",
+        "deploy",
+        "--detach",
+        "-c",
+        file.to_str().unwrap(),
+        "demo",
+    ]);
+    manager.wait_for("demo runs", Duration::from_secs(120), |m| {
+        m.running("demo_web").len() == 2 && m.running("demo_api").len() == 2
+    });
+    // Every node's published port reaches the API through the front end.
+    let api_through_every_node = |when: &str| {
+        for n in &nodes {
+            let body = get(n, 8080, "/cgi-bin/api");
+            assert!(
+                body.as_ref()
+                    .is_ok_and(|b| b.contains("asked the api: hello from api")),
+                "{when}, on {}: {body:?}\n{}",
+                n.addr,
+                debug(&nodes)
+            );
+        }
+    };
+    api_through_every_node("deployed");
+
+    // A port bound to 127.0.0.1, its one task on the last worker: not answered on the LAN,
+    // answered on 127.0.0.1 of the node that runs it and of a node that does not.
+    let last = &workers[1];
+    let info: serde_json::Value =
+        serde_json::from_str(&last.shoal_ok(&["info", "--format", "json"])).unwrap();
+    let last_id = info["node_id"]
+        .as_str()
+        .expect("node_id in info")
+        .to_string();
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "local",
+        "--constraint",
+        &format!("node.id=={last_id}"),
+        "--publish",
+        "127.0.0.1:18081:80",
+        &image,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo bound > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    manager.wait_for("local runs", Duration::from_secs(60), |m| {
+        m.running("local").len() == 1
+    });
+    for n in [last, &manager] {
+        let body = n.host.as_ref().unwrap().run_in(|| {
+            let start = Instant::now();
+            loop {
+                match http_get_from_here(std::net::Ipv4Addr::LOCALHOST, 18081) {
+                    Ok(b) => return Ok(b),
+                    Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(300)),
+                }
+            }
+        });
+        assert_eq!(
+            body.as_deref(),
+            Ok("bound"),
+            "127.0.0.1:18081 on {}",
+            n.addr
+        );
+    }
+    let lan_ip = last.host.as_ref().unwrap().addr;
+    assert!(
+        client
+            .run_in(move || http_get_from_here(lan_ip, 18081))
+            .is_err(),
+        "a port bound to 127.0.0.1 answered on the LAN"
+    );
+    manager.shoal_ok(&["service", "rm", "local"]);
+
+    // Tasks move: the node running an API task is drained; tasks.api follows the running
+    // tasks, and every node's published port still reaches the API through the front end.
+    let web_pid = || {
+        // Containers are named NAME.SLOT.TASK_ID.
+        nodes
+            .iter()
+            .flat_map(|n| n.container_tasks())
+            .find(|(id, _)| id.starts_with("demo_web."))
+            .map(|t| t.1)
+            .expect("a web task's container")
+    };
+    let (_, api_before) = resolve(web_pid(), "tasks.api");
+    assert_eq!(api_before.len(), 2, "{api_before:?}");
+    let api_node = manager.running("demo_api")[0].node.clone();
+    manager.shoal_ok(&["node", "update", "--availability", "drain", &api_node]);
+    manager.wait_for("api tasks moved", Duration::from_secs(120), |m| {
+        let api = m.running("demo_api");
+        let web = m.running("demo_web");
+        api.len() == 2
+            && web.len() == 2
+            && api.iter().chain(&web).all(|t| t.node != api_node)
+            && resolve(web_pid(), "tasks.api").1.len() == 2
+    });
+    let (_, api_after) = resolve(web_pid(), "tasks.api");
+    assert_ne!(api_before, api_after, "tasks.api did not follow the move");
+    for addr in &api_after {
+        let pid = web_pid();
+        let addr = addr.clone();
+        let body = std::thread::spawn(move || {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            http_get_from_here(addr.parse().unwrap(), 80)
+        })
+        .join()
+        .unwrap();
+        assert!(
+            body.as_ref().is_ok_and(|b| b.starts_with("hello from api")),
+            "{body:?}"
+        );
+    }
+    api_through_every_node("after the move");
+    manager.shoal_ok(&["node", "update", "--availability", "active", &api_node]);
+
+    // Everything removed: each host as it was before the first service.
+    manager.shoal_ok(&["stack", "rm", "demo"]);
+    manager.wait_for(
+        "no containers and no network",
+        Duration::from_secs(90),
+        |m| nodes.iter().all(|n| n.container_tasks().is_empty()) && network_rows(m).is_empty(),
+    );
+    for (n, before) in nodes.iter().zip(&before) {
+        let start = Instant::now();
+        loop {
+            let now = snapshot(&ns(n));
+            if now == *before {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "host {} differs after removing everything:\nbefore:\n{before}\nnow:\n{now}",
+                n.addr
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }

@@ -22,7 +22,7 @@ pub mod types;
 pub use backend::{Backend, ServiceDetail, Snapshot, SpecPatch};
 pub use client::{Client, ClientError, ServiceInspect, TaskEvent};
 pub use error::ApiError;
-pub use props::{InvalidSpec, Property, apply_properties, spec_to_properties};
+pub use props::{InvalidSpec, Property, apply_properties, port_properties, spec_to_properties};
 pub use server::{Events, Manager, ServerError, serve, serve_at_address};
 pub use types::*;
 /// The bus connection [`serve`] returns; keep it alive to keep serving.

@@ -11,7 +11,8 @@
 //! | `Replicas` | `t` | replica count (replicated services only) |
 //! | `Command` / `Entrypoint` | `as` | replace the image's cmd / entrypoint; empty: use the image's |
 //! | `Env` / `Labels` / `ContainerLabels` | `a{ss}` | replaced whole |
-//! | `Ports` | `a(qqss)` | published, target, `tcp`/`udp`, `ingress`/`host` |
+//! | `Ports` | `a(qqss)` | published, target, `tcp`/`udp`, `ingress`/`host`; replaced whole, host addresses included |
+//! | `PortAddresses` | `a{ss}` | `PUBLISHED/PROTOCOL` (e.g. `8080/tcp`) to the IPv4 address the port is served on; applied after `Ports`; only listed ports, which are served on every address |
 //! | `Mounts` | `a(sssbt)` | kind (`bind`/`volume`/`tmpfs`), source, target, read-only, tmpfs size in bytes (0: default) |
 //! | `Networks` | `as` | networks the tasks attach to |
 //! | `EndpointMode` | `s` | `vip` (default) or `dnsrr` |
@@ -97,6 +98,7 @@ pub enum Property {
     Labels(BTreeMap<String, String>),
     ContainerLabels(BTreeMap<String, String>),
     Ports(Vec<PortRow>),
+    PortAddresses(BTreeMap<String, String>),
     Mounts(Vec<MountRow>),
     Networks(Vec<String>),
     EndpointMode(String),
@@ -156,7 +158,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 50] = [
+    pub const NAMES: [&'static str; 51] = [
         "Image",
         "Mode",
         "Replicas",
@@ -166,6 +168,7 @@ impl Property {
         "Labels",
         "ContainerLabels",
         "Ports",
+        "PortAddresses",
         "Mounts",
         "Networks",
         "EndpointMode",
@@ -222,6 +225,7 @@ impl Property {
             Labels(_) => "Labels",
             ContainerLabels(_) => "ContainerLabels",
             Ports(_) => "Ports",
+            PortAddresses(_) => "PortAddresses",
             Mounts(_) => "Mounts",
             Networks(_) => "Networks",
             EndpointMode(_) => "EndpointMode",
@@ -306,7 +310,9 @@ impl Property {
             | CapAdd(v)
             | CapDrop(v)
             | SecurityOpt(v) => ov(v.clone()),
-            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) => ov(m.clone()),
+            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m) => {
+                ov(m.clone())
+            }
             Ulimits(m) => ov(m.clone()),
             Ports(p) => ov(p
                 .iter()
@@ -376,6 +382,7 @@ impl Property {
                     })
                     .collect(),
             ),
+            "PortAddresses" => PortAddresses(get!(BTreeMap<String, String>, "a{ss}")),
             "Mounts" => Mounts(
                 get!(Vec<(String, String, String, bool, u64)>, "a(sssbt)")
                     .into_iter()
@@ -562,7 +569,44 @@ fn port_from_row(p: &PortRow) -> Result<PortSpec, String> {
         target: p.target,
         protocol,
         mode,
+        host_ip: None,
     })
+}
+
+/// `ports` as properties: `Ports`, and `PortAddresses` when a port is bound to an address.
+pub fn port_properties(ports: &[PortSpec]) -> Vec<Property> {
+    let mut out = vec![Property::Ports(ports.iter().map(PortRow::from).collect())];
+    let addresses: BTreeMap<String, String> = ports
+        .iter()
+        .filter_map(|p| Some((port_key(p), p.host_ip?.to_string())))
+        .collect();
+    if !addresses.is_empty() {
+        out.push(Property::PortAddresses(addresses));
+    }
+    out
+}
+
+/// A port's key in `PortAddresses`: `8080/tcp`.
+fn port_key(p: &PortSpec) -> String {
+    format!("{}/{}", p.published, p.protocol.as_str())
+}
+
+/// Binds the ports of `ports` named in `addresses` to their address.
+fn bind_ports(ports: &mut [PortSpec], addresses: &BTreeMap<String, String>) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (key, ip) in addresses {
+        let Some(p) = ports.iter_mut().find(|p| port_key(p) == *key) else {
+            errors.push(format!(
+                "PortAddresses: no published port {key:?} (keys are PUBLISHED/PROTOCOL of a port in Ports, like 8080/tcp)"
+            ));
+            continue;
+        };
+        match spec::units::parse_host_ip(ip) {
+            Ok(ip) => p.host_ip = Some(ip),
+            Err(e) => errors.push(format!("PortAddresses {key}: {e}")),
+        }
+    }
+    errors
 }
 
 fn mount_from_row(m: &MountRow) -> Result<Mount, String> {
@@ -637,6 +681,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     let mut errors = Vec::new();
     let mut want_mode: Option<String> = None;
     let mut want_replicas: Option<u64> = None;
+    let mut want_addresses: Option<&BTreeMap<String, String>> = None;
     {
         let t = &mut next.task;
         let mut check = |r: Result<(), String>| {
@@ -694,6 +739,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     }
                     next.ports = ports;
                 }
+                PortAddresses(m) => want_addresses = Some(m),
                 Mounts(rows) => {
                     let mut mounts = Vec::new();
                     for r in rows {
@@ -916,6 +962,9 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
         },
         (None, None) => {}
     }
+    if let Some(addresses) = want_addresses {
+        errors.extend(bind_ports(&mut next.ports, addresses));
+    }
     if let Err(e) = sandbox::check_reservations(&next.task) {
         errors.push(e);
     }
@@ -978,7 +1027,9 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         Env(t.env.clone()),
         Labels(spec.labels.clone()),
         ContainerLabels(t.labels.clone()),
-        Ports(spec.ports.iter().map(PortRow::from).collect()),
+    ]);
+    out.extend(port_properties(&spec.ports));
+    out.extend([
         Mounts(t.mounts.iter().map(mount_to_row).collect()),
         Networks(spec.networks.clone()),
         EndpointMode(spec.endpoint_mode.as_str().into()),
@@ -1078,12 +1129,14 @@ mod tests {
                 target: 80,
                 protocol: Protocol::Tcp,
                 mode: PublishMode::Ingress,
+                host_ip: Some("127.0.0.1".parse().unwrap()),
             },
             PortSpec {
                 published: 53,
                 target: 53,
                 protocol: Protocol::Udp,
                 mode: PublishMode::Host,
+                host_ip: None,
             },
         ];
         spec.networks = vec!["backend".into()];

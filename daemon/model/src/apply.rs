@@ -793,12 +793,12 @@ impl ClusterState {
 
     /// No two services publish the same port (checked after a compound command).
     fn check_all_ports(&self) -> Result<(), ApplyError> {
-        let mut seen: std::collections::BTreeMap<(u16, &str), &str> =
-            std::collections::BTreeMap::new();
+        let mut seen: Vec<(&str, &crate::PortSpec)> = Vec::new();
         for svc in self.services.values() {
             for p in &svc.spec.ports {
-                if let Some(other) = seen.insert((p.published, p.protocol.as_str()), &svc.spec.name)
-                    && other != svc.spec.name
+                if let Some((other, _)) = seen
+                    .iter()
+                    .find(|(name, q)| *name != svc.spec.name && q.clashes_with(p))
                 {
                     return Err(ApplyError::PortInUse {
                         port: p.published,
@@ -806,6 +806,7 @@ impl ClusterState {
                         service: other.to_string(),
                     });
                 }
+                seen.push((&svc.spec.name, p));
             }
         }
         Ok(())
@@ -817,12 +818,7 @@ impl ClusterState {
                 if Some(&other.id) == except || other.spec.name == spec.name {
                     continue;
                 }
-                if other
-                    .spec
-                    .ports
-                    .iter()
-                    .any(|q| q.published == p.published && q.protocol == p.protocol)
-                {
+                if other.spec.ports.iter().any(|q| q.clashes_with(p)) {
                     return Err(ApplyError::PortInUse {
                         port: p.published,
                         protocol: p.protocol.as_str().into(),

@@ -269,6 +269,13 @@ pub struct NodeNetworks {
 pub struct PortPlan {
     pub published: u16,
     pub protocol: crate::Protocol,
+    /// The one address of the node the port is served on (`None`: every address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<Ipv4Addr>,
+    /// For a bound port in ingress mode served here: the other ready nodes, whose forwarded
+    /// connections arrive at this node's own address rather than the bound one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<Ipv4Addr>,
     /// This node's running tasks: their node-bridge address and target port.
     pub local: Vec<(Ipv4Addr, u16)>,
     /// The underlay addresses of the other ready nodes running a task of the service (empty in
@@ -439,7 +446,11 @@ impl ClusterState {
                         let target = t
                             .ports
                             .iter()
-                            .find(|q| q.published == p.published && q.protocol == p.protocol)
+                            .find(|q| {
+                                q.published == p.published
+                                    && q.protocol == p.protocol
+                                    && q.host_ip == p.host_ip
+                            })
                             .map_or(p.target, |q| q.target);
                         Some((ip, target))
                     })
@@ -458,15 +469,29 @@ impl ClusterState {
                     remote.sort();
                     remote.dedup();
                 }
+                let mut peers = Vec::new();
+                if p.host_ip.is_some() && p.mode == crate::PublishMode::Ingress && !local.is_empty()
+                {
+                    peers = self
+                        .nodes
+                        .values()
+                        .filter(|n| n.id != node && n.status == crate::NodeStatus::Ready)
+                        .filter_map(|n| node_ip(&n.addr))
+                        .collect();
+                    peers.sort();
+                    peers.dedup();
+                }
                 out.push(PortPlan {
                     published: p.published,
                     protocol: p.protocol,
+                    host_ip: p.host_ip,
+                    peers,
                     local,
                     remote,
                 });
             }
         }
-        out.sort_by_key(|b| (b.published, b.protocol.as_str()));
+        out.sort_by_key(|b| (b.published, b.protocol.as_str(), b.host_ip));
         out
     }
 }

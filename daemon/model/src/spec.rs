@@ -341,17 +341,35 @@ pub struct PortSpec {
     pub target: u16,
     pub protocol: Protocol,
     pub mode: PublishMode,
+    /// Serve the port only on this address of each node (`127.0.0.1`, an internal interface's
+    /// address, a floating address); `None`: on every address. Left out of the stored form when
+    /// `None`, so specs written before it existed keep their version hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl PortSpec {
-    /// Docker's rendering: `*:8080->80/tcp`.
+    /// Docker's rendering: `*:8080->80/tcp`, or `127.0.0.1:8080->80/tcp` for a bound port.
     pub fn display(&self) -> String {
         format!(
-            "*:{}->{}/{}",
+            "{}:{}->{}/{}",
+            self.host_ip.map_or("*".to_string(), |ip| ip.to_string()),
             self.published,
             self.target,
             self.protocol.as_str()
         )
+    }
+
+    /// Whether `self` and `other` claim the same port: the same number and protocol. Only two
+    /// ports in `host` mode bound to different addresses share a number: in `ingress` mode the
+    /// routing mesh forwards a connection to another node's own address, where the address the
+    /// client asked for is no longer known.
+    pub fn clashes_with(&self, other: &PortSpec) -> bool {
+        self.published == other.published
+            && self.protocol == other.protocol
+            && !(self.mode == PublishMode::Host
+                && other.mode == PublishMode::Host
+                && matches!((self.host_ip, other.host_ip), (Some(a), Some(b)) if a != b))
     }
 }
 

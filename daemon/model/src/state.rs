@@ -595,6 +595,7 @@ pub(crate) mod tests {
                 target: 80,
                 protocol: Protocol::Tcp,
                 mode: PublishMode::Ingress,
+                host_ip: None,
             });
         }
         Service::new(id.into(), spec, None, 0)
@@ -630,6 +631,7 @@ pub(crate) mod tests {
             target: 81,
             protocol: Protocol::Tcp,
             mode: PublishMode::Ingress,
+            host_ip: None,
         });
         st.apply(&Command::UpdateService {
             id: "a".into(),
@@ -648,6 +650,38 @@ pub(crate) mod tests {
         assert_eq!(ports, vec![30001, 30003]);
         let r = st.apply(&Command::CreateService(svc("c", "c", Some(30002))));
         assert!(matches!(r, Err(ApplyError::PortInUse { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn ports_bound_to_different_addresses_share_a_number_only_in_host_mode() {
+        let bound = |id: &str, name: &str, ip: &str, mode: PublishMode| {
+            let mut s = svc(id, name, Some(8080));
+            s.spec.ports[0].host_ip = Some(ip.parse().unwrap());
+            s.spec.ports[0].mode = mode;
+            Command::CreateService(s)
+        };
+        let mut st = ClusterState::default();
+        st.apply(&bound("a", "a", "10.0.0.1", PublishMode::Host))
+            .unwrap();
+        st.apply(&bound("b", "b", "10.0.0.2", PublishMode::Host))
+            .unwrap();
+        for clash in [
+            bound("c", "c", "10.0.0.1", PublishMode::Host),
+            bound("c", "c", "10.0.0.3", PublishMode::Ingress),
+            Command::CreateService(svc("c", "c", Some(8080))),
+        ] {
+            let err = st.apply(&clash).unwrap_err();
+            assert!(
+                matches!(err, ApplyError::PortInUse { port: 8080, .. }),
+                "{err:?}"
+            );
+            // Checked the same way inside a batch.
+            let err = st.apply(&Command::Batch(vec![clash])).unwrap_err();
+            assert!(
+                matches!(err, ApplyError::PortInUse { port: 8080, .. }),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

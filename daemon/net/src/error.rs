@@ -64,6 +64,13 @@ pub enum Error {
         message: String,
     },
 
+    /// shoal's accept rules in a forward filter that drops (Docker's) could not be written.
+    #[error(
+        "failed to keep shoal's accept rules in iptables' filter table: {0}: check that the \
+         iptables command works, or accept shoal's bridges in the FORWARD chain by hand"
+    )]
+    ForwardFilter(String),
+
     /// A network namespace could not be created, mounted or removed.
     #[error("failed to {action} network namespace {path}: {source}")]
     Netns {

@@ -43,14 +43,14 @@
 //!
 //! # Requirements and coexistence
 //!
-//! Root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the `nft` command (nftables); `iptables` only to
-//! remove the masquerade chains of attachments made by the CNI implementation. shoal's table is
-//! separate from all others, and all its chains have policy `accept`, so Docker's and iptables'
-//! tables keep working. One limit is the kernel's, not shoal's: a `drop` in another table's
-//! `forward` chain (Docker sets the iptables `FORWARD` policy to `DROP`) also drops forwarded task
-//! traffic; allow it there (e.g. in Docker's `DOCKER-USER` chain) if Docker runs on the node.
-//! Traffic from the node itself (`localhost`, the node's own addresses) does not pass `forward`
-//! and is not affected.
+//! Root (CAP_NET_ADMIN and CAP_SYS_ADMIN) and the `nft` command (nftables); `iptables` to remove
+//! the masquerade chains of attachments made by the CNI implementation, and where a forward
+//! filter drops by default. shoal's table is separate from all others, and all its chains have
+//! policy `accept`, so Docker's and iptables' tables keep working. A `drop` in another table's
+//! `forward` chain (Docker sets the iptables `FORWARD` policy to `DROP`) would also drop
+//! forwarded task traffic, so where one is found shoal keeps accept rules for its own traffic at
+//! the top of Docker's `DOCKER-USER` chain (or of `FORWARD`), written with `iptables` and marked
+//! with the comment `shoal` ([`Network::sync_forward_filter`]).
 //!
 //! # Async
 //!
@@ -59,6 +59,7 @@
 
 pub mod dns;
 mod error;
+mod filter;
 mod ipam;
 mod legacy;
 mod netlink;
@@ -159,6 +160,11 @@ pub struct PortBinding {
     /// Forwarded connections are masqueraded behind this node's address, so the reply comes
     /// back through it. Without backends and remote nodes the port is not served.
     pub remote: Vec<Ipv4Addr>,
+    /// Serve the port only on this address of the node (`None`: on every address).
+    pub host_ip: Option<Ipv4Addr>,
+    /// For a bound port with backends: the other nodes of the routing mesh, whose forwarded
+    /// connections arrive at the node's own address and are served too.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 /// The attachment record kept on disk.
@@ -474,6 +480,17 @@ impl Network {
         self.blocking(|inner| Ok(nft::table_intact(&inner.cfg.nft_table)))
             .await
             .unwrap_or(false)
+    }
+
+    /// Keeps shoal's accept rules in a forward filter that drops by default (Docker's
+    /// `DOCKER-USER`, or `FORWARD` with policy `DROP`; see the crate documentation). Returns
+    /// whether something had to be written: the first time, or after something removed them.
+    pub async fn sync_forward_filter(&self) -> Result<bool> {
+        self.blocking(|inner| {
+            let _nft = inner.lock_nft();
+            filter::sync(&inner.cfg.bridge).map_err(Error::ForwardFilter)
+        })
+        .await
     }
 
     /// Stops publishing every port: rewrites shoal's nftables table without any published port.
@@ -1007,6 +1024,7 @@ impl Inner {
                 &self.cfg.nft_table,
                 &nft::delete_script(&self.table()),
             )?;
+            filter::remove().map_err(Error::ForwardFilter)?;
         }
         let bridge = self.cfg.bridge.clone();
         {

@@ -35,7 +35,7 @@ pub(crate) struct Table<'a> {
 
 /// Checks the bindings and orders them by protocol and port, so the rendering is deterministic.
 pub(crate) fn validate(bindings: &[PortBinding]) -> Result<Vec<&PortBinding>> {
-    let mut seen = BTreeMap::new();
+    let mut seen: BTreeMap<(&str, u16, Option<std::net::Ipv4Addr>), &PortBinding> = BTreeMap::new();
     for b in bindings {
         let protocol = b.protocol.as_str();
         let invalid = |reason: String| Error::InvalidPortBinding {
@@ -49,7 +49,10 @@ pub(crate) fn validate(bindings: &[PortBinding]) -> Result<Vec<&PortBinding>> {
         if let Some((ip, _)) = b.backends.iter().find(|(_, port)| *port == 0) {
             return Err(invalid(format!("backend {ip} has target port 0")));
         }
-        if seen.insert((protocol, b.published), b).is_some() {
+        let clash = seen.keys().any(|&(p, n, ip)| {
+            p == protocol && n == b.published && (ip.is_none() || b.host_ip.is_none())
+        });
+        if seen.insert((protocol, b.published, b.host_ip), b).is_some() || clash {
             return Err(invalid(
                 "it appears twice: give each published port to one service".into(),
             ));
@@ -69,6 +72,9 @@ pub(crate) fn replace_script(table: &Table<'_>, bindings: &[&PortBinding]) -> St
     s.push_str("\tchain published {\n");
     for b in bindings {
         if let Some(rule) = dnat_rule(b) {
+            let _ = writeln!(s, "\t\t{rule}");
+        }
+        if let Some(rule) = peers_rule(b) {
             let _ = writeln!(s, "\t\t{rule}");
         }
     }
@@ -172,6 +178,30 @@ fn base_chains(table: &Table<'_>) -> [(&'static str, Vec<String>); 4] {
 
 /// The DNAT rule of one binding; `None` when it has no backend (the port is then not served).
 fn dnat_rule(b: &PortBinding) -> Option<String> {
+    let on = match b.host_ip {
+        Some(ip) => format!("ip daddr {ip} "),
+        None => String::new(),
+    };
+    let rule = dnat_to(b)?;
+    Some(format!("{on}{rule}"))
+}
+
+/// For a bound port served here: the rule that serves connections the routing mesh's other
+/// nodes forward to this node's own address.
+fn peers_rule(b: &PortBinding) -> Option<String> {
+    if b.host_ip.is_none() || b.peers.is_empty() || b.backends.is_empty() {
+        return None;
+    }
+    let peers: Vec<String> = b.peers.iter().map(|p| p.to_string()).collect();
+    Some(format!(
+        "ip saddr {{ {} }} {}",
+        peers.join(", "),
+        dnat_to(b)?
+    ))
+}
+
+/// `PROTO dport PORT dnat to ...`: the local backends, else the remote nodes.
+fn dnat_to(b: &PortBinding) -> Option<String> {
     let proto = b.protocol.as_str();
     let port = b.published;
     match b.backends.as_slice() {
@@ -184,8 +214,10 @@ fn dnat_rule(b: &PortBinding) -> Option<String> {
                 .map(|(i, ip)| format!("{i} : {ip} . {port}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // The mark lets a forward filter that drops by default accept the forwarded leg.
             Some(format!(
-                "{proto} dport {port} dnat to numgen inc mod {} map {{ {elements} }}",
+                "{proto} dport {port} ct mark set ct mark or {:#x} dnat to numgen inc mod {} map {{ {elements} }}",
+                crate::filter::MESH_MARK,
                 b.remote.len()
             ))
         }
@@ -346,6 +378,8 @@ mod tests {
     fn binding(published: u16, protocol: Protocol, backends: &[(u8, u16)]) -> PortBinding {
         PortBinding {
             remote: Vec::new(),
+            host_ip: None,
+            peers: Vec::new(),
             published,
             protocol,
             backends: backends
@@ -380,6 +414,39 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_port_answers_on_its_address_and_to_forwarding_peers_only() {
+        let mut b = binding(8080, Protocol::Tcp, &[(2, 80)]);
+        b.host_ip = Some("127.0.0.1".parse().unwrap());
+        b.peers = vec!["192.168.1.3".parse().unwrap()];
+        let s = replace_script(&table(), &validate(std::slice::from_ref(&b)).unwrap());
+        assert!(
+            s.contains("\t\tip daddr 127.0.0.1 tcp dport 8080 dnat to 10.231.0.2:80\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("\t\tip saddr { 192.168.1.3 } tcp dport 8080 dnat to 10.231.0.2:80\n"),
+            "{s}"
+        );
+        // No rule serves the port on every address.
+        assert!(!s.contains("\t\ttcp dport 8080"), "{s}");
+        // Forwarded from a node without a task: to the remote node's own address.
+        let mut f = binding(8080, Protocol::Tcp, &[]);
+        f.host_ip = b.host_ip;
+        f.remote = vec!["192.168.1.2".parse().unwrap()];
+        let s = replace_script(&table(), &validate(&[f]).unwrap());
+        assert!(
+            s.contains("ip daddr 127.0.0.1 tcp dport 8080 ct mark set ct mark or 0x100000 dnat to numgen inc mod 1 map { 0 : 192.168.1.2 . 8080 }"),
+            "{s}"
+        );
+        // Two addresses may share a number; a bound and an unbound port may not.
+        let mut other = binding(8080, Protocol::Tcp, &[(3, 80)]);
+        other.host_ip = Some("10.0.0.1".parse().unwrap());
+        assert!(validate(&[b.clone(), other.clone()]).is_ok());
+        other.host_ip = None;
+        assert!(validate(&[b, other]).is_err());
+    }
+
+    #[test]
     fn a_port_with_no_local_task_is_forwarded_to_the_nodes_that_have_one() {
         let mut b = binding(8080, Protocol::Tcp, &[]);
         b.remote = vec![
@@ -391,7 +458,7 @@ mod tests {
         let s = replace_script(&table(), &ordered);
         assert!(
             s.contains(
-                "tcp dport 8080 dnat to numgen inc mod 2 map { 0 : 192.168.1.2 . 8080, 1 : 192.168.1.3 . 8080 }"
+                "tcp dport 8080 ct mark set ct mark or 0x100000 dnat to numgen inc mod 2 map { 0 : 192.168.1.2 . 8080, 1 : 192.168.1.3 . 8080 }"
             ),
             "{s}"
         );

@@ -16,6 +16,8 @@ use net::{Error, NetConfig, Network, PortBinding, Protocol};
 fn tcp(published: u16, backends: &[(Ipv4Addr, u16)]) -> PortBinding {
     PortBinding {
         remote: Vec::new(),
+        host_ip: None,
+        peers: Vec::new(),
         published,
         protocol: Protocol::Tcp,
         backends: backends.to_vec(),
@@ -160,6 +162,21 @@ async fn published_port_is_reachable_on_every_node_address() {
             "port still served after sync_ports(&[])"
         );
 
+        // Bound to one address: served there only.
+        let mut bound = tcp(port, &[(web.ip, 80)]);
+        bound.host_ip = Some(Ipv4Addr::LOCALHOST);
+        net.sync_ports(&[bound]).await.unwrap();
+        assert_eq!(
+            http_get_eventually(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
+            "hello from web-1"
+        );
+        for addr in [host, net.gateway()] {
+            assert!(
+                http_get(SocketAddr::from((addr, port))).is_err(),
+                "a port bound to 127.0.0.1 answered on {addr}"
+            );
+        }
+
         // setup() after a restart keeps serving what is published.
         net.sync_ports(&[tcp(port, &[(web.ip, 80)])]).await.unwrap();
         Network::new(env.config()).unwrap().setup().await.unwrap();
@@ -235,6 +252,8 @@ async fn published_udp_port_reaches_a_task() {
         let port = random_port();
         net.sync_ports(&[PortBinding {
             remote: Vec::new(),
+            host_ip: None,
+            peers: Vec::new(),
             published: port,
             protocol: Protocol::Udp,
             backends: vec![(task.ip, 7000)],

@@ -316,6 +316,8 @@ fn localhost_reaches_published_ports_with_route_localnet_on_the_bridge_only() {
     h.run(move |net| async move {
         net.sync_ports(&[PortBinding {
             remote: Vec::new(),
+            host_ip: None,
+            peers: Vec::new(),
             published: 8080,
             protocol: Protocol::Tcp,
             backends: vec![(ip, 80)],

@@ -639,6 +639,12 @@ pub async fn run_control_loop(d: Arc<Daemon>) {
 pub async fn run_ports(d: Arc<Daemon>) {
     let mut rx = d.assignments.subscribe();
     let mut last: Option<Vec<model::network::PortPlan>> = None;
+    // An interval, not a sleep inside the select: assignment sets may come more often than
+    // the recheck period, and must not postpone the recheck for ever.
+    let mut recheck = tokio::time::interval(OVERLAY_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The node bridge exists from setup on: its traffic is accepted before the first set.
+    sync_forward_filter(&d, false).await;
     loop {
         // Nothing is published before the first assignment set: what to serve is not known.
         let want = rx
@@ -655,6 +661,8 @@ pub async fn run_ports(d: Arc<Daemon>) {
                     protocol: b.protocol,
                     backends: b.local.clone(),
                     remote: b.remote.clone(),
+                    host_ip: b.host_ip,
+                    peers: b.peers.clone(),
                 })
                 .collect();
             match d.net.sync_ports(&bindings).await {
@@ -666,31 +674,44 @@ pub async fn run_ports(d: Arc<Daemon>) {
                 }
             }
         }
-        // Level-triggered: the table is written again when something removed it or its chains
-        // (a `flush ruleset`), not only when the bindings change.
-        loop {
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    break;
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                _ = tokio::time::sleep(OVERLAY_RECHECK) => {
-                    if !d.net.ports_table_intact().await {
-                        warn!(
-                            table = %d.net.config().nft_table,
-                            "shoal's nftables table was removed or changed by something else (a flush of the ruleset?); writing it again"
-                        );
-                        if let Err(e) = d.net.setup().await {
-                            error!(error = %e, "failed to restore the node network");
-                        }
-                        last = None;
-                        break;
+            }
+            // Level-triggered: the table is written again when something removed it or its
+            // chains (a `flush ruleset`), not only when the bindings change; the same for the
+            // accept rules in a forward filter that drops.
+            _ = recheck.tick() => {
+                sync_forward_filter(&d, true).await;
+                if !d.net.ports_table_intact().await {
+                    warn!(
+                        table = %d.net.config().nft_table,
+                        "shoal's nftables table was removed or changed by something else (a flush of the ruleset?); writing it again"
+                    );
+                    if let Err(e) = d.net.setup().await {
+                        error!(error = %e, "failed to restore the node network");
                     }
+                    last = None;
                 }
             }
         }
+    }
+}
+
+/// Keeps shoal's accept rules in a forward filter that drops by default (Docker's), saying so
+/// when it had to write them again (`repair`) rather than for the first time.
+async fn sync_forward_filter(d: &Daemon, repair: bool) {
+    match d.net.sync_forward_filter().await {
+        Ok(true) if repair => warn!(
+            "shoal's accept rules in iptables' filter table (Docker's DOCKER-USER or FORWARD) were missing or out of place; writing them again"
+        ),
+        Ok(true) => info!(
+            "a forward filter drops by default here (Docker?); shoal's bridges are accepted in it"
+        ),
+        Ok(false) => {}
+        Err(e) => error!(error = %e, "forwarded task traffic may be dropped"),
     }
 }
 

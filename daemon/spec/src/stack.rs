@@ -157,12 +157,8 @@ const SERVICE_KEYS: Keys<'static> = Keys {
 };
 
 const PORT_KEYS: Keys<'static> = Keys {
-    known: &["published", "target", "protocol", "mode"],
-    unsupported: &[
-        ("host_ip", "published ports listen on every address"),
-        ("name", ""),
-        ("app_protocol", ""),
-    ],
+    known: &["published", "target", "protocol", "mode", "host_ip"],
+    unsupported: &[("name", ""), ("app_protocol", "")],
     hints: &[],
 };
 
@@ -921,6 +917,7 @@ fn port_list(
                     target,
                     protocol: Protocol::Tcp,
                     mode: PublishMode::Ingress,
+                    host_ip: None,
                 }],
                 Some(Err(e)) => {
                     sink.error(item.span(), format!("{ipath}: {e}"));
@@ -1027,12 +1024,25 @@ fn port_long(
             None => ok = false,
         }
     }
+    let mut host_ip = None;
+    if let Some(v) = t.get("host_ip")
+        && let Some(s) = walk::string(sink, v, &format!("{path}.host_ip"))
+    {
+        match units::parse_host_ip(s) {
+            Ok(ip) => host_ip = Some(ip),
+            Err(e) => {
+                sink.error(v.span(), format!("{path}.host_ip: {e}"));
+                ok = false;
+            }
+        }
+    }
     match (published, target, ok) {
         (Some(published), Some(target), true) => Some(PortSpec {
             published,
             target,
             protocol,
             mode,
+            host_ip,
         }),
         _ => None,
     }

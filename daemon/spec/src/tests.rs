@@ -567,13 +567,39 @@ fn duplicate_published_ports_in_one_service() {
 }
 
 #[test]
+fn a_published_port_bound_to_a_host_address() {
+    let s = stack_ok(
+        r#"[services.a]
+image = "a"
+ports = ["127.0.0.1:8080:80", "10.1.2.3::81/udp", { published = 83, target = 80, host_ip = "10.1.2.3" }, "84:80"]
+"#,
+    );
+    let ports = &svc(&s, "shop_a").ports;
+    let shown: Vec<String> = ports.iter().map(|p| p.display()).collect();
+    assert_eq!(
+        shown,
+        [
+            "127.0.0.1:8080->80/tcp",
+            "10.1.2.3:0->81/udp",
+            "10.1.2.3:83->80/tcp",
+            "*:84->80/tcp"
+        ]
+    );
+    let errs = stack_errs("[services.a]\nimage = \"a\"\nports = [\"[::1]:8080:80\"]\n");
+    assert_has(
+        &errs,
+        "3:10: services.a.ports[0]: invalid port \"[::1]:8080:80\": IPv6 host addresses are not supported yet; bind to an IPv4 address",
+    );
+}
+
+#[test]
 fn bad_ports() {
     let errs = stack_errs(
         r#"[services.a]
 image = "a"
 ports = [
   "80",
-  "1.2.3.4:80:80",
+  "0.0.0.0:80:80",
   "80:80/sctp",
   "x:80",
   80,
@@ -581,14 +607,14 @@ ports = [
   { published = 0, target = 80 },
   { published = 81, target = 80, mode = "mesh" },
   { published = 82, target = 80, protocol = "icmp" },
-  { published = 83, target = 80, host_ip = "127.0.0.1" },
+  { published = 83, target = 80, host_ip = "localhost" },
   true,
 ]
 "#,
     );
     assert_has(
         &errs,
-        "5:3: services.a.ports[1]: invalid port \"1.2.3.4:80:80\": binding a published port to a host address is not supported yet",
+        "5:3: services.a.ports[1]: invalid port \"0.0.0.0:80:80\": host address 0.0.0.0 means every address: leave the address out to publish on all of them",
     );
     assert_has(
         &errs,
@@ -612,7 +638,7 @@ ports = [
     );
     assert_has(
         &errs,
-        "13:34: \"host_ip\" in services.a.ports[9] is not supported yet",
+        "13:44: services.a.ports[9].host_ip: host address \"localhost\" is not an IPv4 address like 127.0.0.1",
     );
     assert_has(
         &errs,

@@ -248,16 +248,25 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a short port: `"8080:80"`, `"8080:80/udp"`, a range `"8000-8002:9000-9002/tcp"`, or a
+/// Parses a short port: `"8080:80"`, `"8080:80/udp"`, a range `"8000-8002:9000-9002/tcp"`, a
 /// target alone (`"80"`, `"80/udp"`), which is published on a free port of
-/// [`model::AUTO_PORTS`] chosen by the cluster (published 0 here). Every port is published in
-/// `ingress` mode.
+/// [`model::AUTO_PORTS`] chosen by the cluster (published 0 here), or any of these after a host
+/// address (`"127.0.0.1:8080:80"`, `"127.0.0.1::80"`) the port is served on. Every port is
+/// published in `ingress` mode.
 pub fn parse_port_short(s: &str) -> Result<Vec<PortSpec>, String> {
     let (ports, protocol) = match s.rsplit_once('/') {
         Some((p, proto)) => (p, parse_protocol(proto)?),
         None => (s, Protocol::Tcp),
     };
-    let parts: Vec<&str> = ports.split(':').collect();
+    let mut parts: Vec<&str> = ports.split(':').collect();
+    let mut host_ip = None;
+    if parts.len() == 3 {
+        host_ip = Some(parse_host_ip(parts[0]).map_err(|e| format!("invalid port \"{s}\": {e}"))?);
+        parts.remove(0);
+        if parts[0].is_empty() {
+            parts.remove(0);
+        }
+    }
     let (published, target) = match parts.as_slice() {
         [published, target] => (*published, *target),
         [target] => {
@@ -268,12 +277,13 @@ pub fn parse_port_short(s: &str) -> Result<Vec<PortSpec>, String> {
                     target,
                     protocol,
                     mode: PublishMode::Ingress,
+                    host_ip,
                 })
                 .collect());
         }
-        [_, _, _] => {
+        _ if ports.contains('[') || parts.len() > 3 => {
             return Err(format!(
-                "invalid port \"{s}\": binding a published port to a host address is not supported yet"
+                "invalid port \"{s}\": IPv6 host addresses are not supported yet; bind to an IPv4 address"
             ));
         }
         _ => {
@@ -297,8 +307,32 @@ pub fn parse_port_short(s: &str) -> Result<Vec<PortSpec>, String> {
             target,
             protocol,
             mode: PublishMode::Ingress,
+            host_ip,
         })
         .collect())
+}
+
+/// The host address a published port is bound to: an IPv4 address other than `0.0.0.0` (which
+/// means every address: leave the address out instead) and not multicast or broadcast.
+pub fn parse_host_ip(s: &str) -> Result<std::net::Ipv4Addr, String> {
+    let ip: std::net::Ipv4Addr = s.trim().parse().map_err(|_| {
+        if s.contains(':') || s.contains('[') {
+            format!("host address {s:?}: IPv6 host addresses are not supported yet; bind to an IPv4 address")
+        } else {
+            format!("host address {s:?} is not an IPv4 address like 127.0.0.1")
+        }
+    })?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "host address {ip} means every address: leave the address out to publish on all of them"
+        ));
+    }
+    if ip.is_multicast() || ip.is_broadcast() {
+        return Err(format!(
+            "host address {ip} is not a unicast address a node can have"
+        ));
+    }
+    Ok(ip)
 }
 
 fn parse_port_range(whole: &str, s: &str) -> Result<Vec<u16>, String> {

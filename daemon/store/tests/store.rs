@@ -44,6 +44,7 @@ fn service(id: &str, name: &str, port: u16) -> Command {
         target: 80,
         protocol: Protocol::Tcp,
         mode: PublishMode::Ingress,
+        host_ip: None,
     });
     Command::CreateService(Service::new(id.into(), spec, None, 0))
 }
