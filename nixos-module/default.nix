@@ -616,6 +616,15 @@ in
       };
     }
 
+    {
+      # Tasks on overlay networks ask the node's DNS server for service names, on
+      # the node bridge's gateway address: the firewall must let them in there
+      # (that interface only; nothing opens to the network).
+      networking.firewall.interfaces.${cfg.settings.network.bridge or "shoal0"}.allowedUDPPorts = [
+        53
+      ];
+    }
+
     (mkIf cfg.openFirewall {
       networking.firewall.allowedTCPPorts = [ listenPort ];
       networking.firewall.allowedUDPPorts = [ vxlanPort ];

@@ -646,6 +646,10 @@ let
       single.networking.firewall.allowedTCPPorts == [ ]
       && single.networking.firewall.allowedUDPPorts == [ ]
     ) (show single.networking.firewall))
+    (check "single: tasks reach the node's DNS server on the bridge, and nothing else opens" (
+      single.networking.firewall.interfaces.shoal0.allowedUDPPorts == [ 53 ]
+      && single.networking.firewall.interfaces.shoal0.allowedTCPPorts == [ ]
+    ) (show single.networking.firewall.interfaces))
     (check "single: the stacks directory exists even without stacks" (
       elem "d /etc/shoal/stacks 0755 root root -" single.systemd.tmpfiles.rules
     ) (show single.systemd.tmpfiles.rules))

@@ -159,6 +159,24 @@ in
       type = types.listOf types.port;
       default = [ ];
     };
+    # As nixpkgs declares it: per-interface openings.
+    networking.firewall.interfaces = mkOption {
+      type = types.attrsOf (
+        types.submodule {
+          options = {
+            allowedTCPPorts = mkOption {
+              type = types.listOf types.port;
+              default = [ ];
+            };
+            allowedUDPPorts = mkOption {
+              type = types.listOf types.port;
+              default = [ ];
+            };
+          };
+        }
+      );
+      default = { };
+    };
     networking.firewall.checkReversePath = mkOption {
       type = types.either types.bool (
         types.enum [

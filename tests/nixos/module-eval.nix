@@ -113,6 +113,8 @@ let
     "single: strict reverse-path check left alone" =
       hosts.single.config.networking.firewall.checkReversePath != "loose";
     "manager1: /etc/shoal/stacks/shop.toml" = hosts.manager1.config.environment.etc ? "shoal/stacks/shop.toml";
+    "single: tasks reach the node's DNS server on the bridge" =
+      lib.elem 53 hosts.single.config.networking.firewall.interfaces.shoal0.allowedUDPPorts;
     "manager1: firewall" =
       lib.elem 4600 hosts.manager1.config.networking.firewall.allowedTCPPorts
       && lib.elem 4789 hosts.manager1.config.networking.firewall.allowedUDPPorts;
