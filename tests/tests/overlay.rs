@@ -161,6 +161,9 @@ fn debug(nodes: &[&Node]) -> String {
             vec!["ip", "-n", ns, "-d", "link", "show"],
             vec!["bridge", "-n", ns, "fdb", "show"],
             vec!["ip", "-n", ns, "neigh", "show"],
+            vec!["ip", "-n", ns, "-4", "route", "show", "table", "all"],
+            vec!["ip", "-n", ns, "-4", "addr", "show"],
+            vec!["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
         ] {
             let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
             out += &format!(
@@ -181,7 +184,15 @@ fn debug(nodes: &[&Node]) -> String {
     out
 }
 
+/// `network ls` without the ingress network, which is always there.
 fn network_rows(node: &Node) -> Vec<serde_json::Value> {
+    all_network_rows(node)
+        .into_iter()
+        .filter(|r| r["Ingress"] != "true")
+        .collect()
+}
+
+fn all_network_rows(node: &Node) -> Vec<serde_json::Value> {
     let out = node.shoal_ok(&["network", "ls", "--format", "json"]);
     serde_json::from_str(&out).unwrap()
 }
@@ -191,6 +202,20 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
     let lan = Lan::new();
     let dir = tempfile::tempdir().unwrap();
     let (manager, worker) = cluster(&lan, dir.path());
+
+    // The routing mesh's network is there from the start, as in Swarm, and cannot be removed.
+    let ingress = all_network_rows(&manager)
+        .into_iter()
+        .find(|r| r["Ingress"] == "true")
+        .expect("an ingress network");
+    assert_eq!(ingress["Name"], "ingress");
+    assert_eq!(ingress["Driver"], "overlay");
+    let ingress_vni = ingress["Vni"].as_str().unwrap().to_string();
+    let refused = manager.shoal(&["network", "rm", "ingress"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("routing mesh"),
+        "{refused:?}"
+    );
 
     // A network from the worker's CLI (forwarded to the leader), with a subnet larger than a /24.
     let id = worker.shoal_ok(&["network", "create", "--subnet", "10.96.0.0/20", "appnet"]);
@@ -559,6 +584,10 @@ fn a_service_on_an_overlay_network_reaches_its_tasks_on_another_host() {
                     .unwrap();
                 String::from_utf8_lossy(&out.stdout).into_owned()
             });
+            // The ingress network's devices stay: the mesh uses them.
+            let links = links
+                .replace(&format!("shvx-{ingress_vni}"), "")
+                .replace(&format!("shbr-{ingress_vni}"), "");
             !links.contains("shvx-") && !links.contains("shbr-") && !links.contains(" shw")
         });
     }
@@ -748,6 +777,27 @@ fn the_tutorial_and_the_example_stack_work_across_three_hosts_with_docker_rules(
             debug(&nodes)
         );
     }
+    // The node without a task forwards over the ingress network: to the other nodes' ingress
+    // addresses, not their LAN addresses.
+    let ingress = all_network_rows(&manager)
+        .into_iter()
+        .find(|r| r["Name"] == "ingress")
+        .expect("the ingress network in network ls");
+    let subnet = ingress["Subnet"].as_str().unwrap();
+    let prefix = subnet.rsplit_once('.').unwrap().0.to_string() + ".";
+    let idle = nodes
+        .iter()
+        .find(|n| n.container_tasks().is_empty())
+        .expect("a node without a task");
+    let rules = in_ns(&ns(idle), "nft", &["list", "ruleset"]);
+    let forward = rules
+        .lines()
+        .find(|l| l.contains("dport 8080") && l.contains("dnat"))
+        .unwrap_or_default();
+    assert!(
+        forward.contains(&format!(" : {prefix}")) && !forward.contains(" : 10.234."),
+        "forwarded over {subnet}: {forward}"
+    );
     manager.shoal_ok(&["service", "rm", "my-web"]);
     manager.wait_for("nginx_net free", Duration::from_secs(60), |m| {
         m.shoal(&["network", "rm", "nginx_net"]).status.success()

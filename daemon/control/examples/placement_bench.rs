@@ -44,6 +44,7 @@ fn main() {
                 version: String::new(),
                 status_message: String::new(),
                 resources: Default::default(),
+                ingress_addr: None,
             }))
             .expect("add node");
     }

@@ -108,6 +108,7 @@ pub fn reconcile_in_place(state: &mut ClusterState, now: Millis, ids: &mut dyn I
         plan: Plan::default(),
         picked: Default::default(),
     };
+    networks::ensure_ingress(&mut pass);
     let service_ids: Vec<Id> = pass.state.services.keys().cloned().collect();
     for id in &service_ids {
         networks::ensure_vips(&mut pass, id);

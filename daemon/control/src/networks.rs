@@ -116,3 +116,42 @@ pub(crate) fn collect_stack_networks(pass: &mut Pass<'_>) {
         pass.push(Command::RemoveNetwork { id });
     }
 }
+
+/// The routing mesh's network: created once the cluster exists (Swarm's `ingress`, from the
+/// cluster's address pool), and an address on it for every node that has none. A user network
+/// already named `ingress` is left alone: the mesh then goes over the underlay, as before.
+pub(crate) fn ensure_ingress(pass: &mut Pass<'_>) {
+    use model::network::INGRESS_NETWORK;
+    if pass.state.nodes.is_empty() {
+        return;
+    }
+    if pass.state.ingress_network().is_none() {
+        if pass.state.find_network(INGRESS_NETWORK).is_some() {
+            return;
+        }
+        let avoid = pass.state.node_subnets();
+        let id = pass.ids.next_id();
+        match model::network::new_network(pass.state, id, INGRESS_NETWORK, None, &avoid, pass.now) {
+            Ok(mut net) => {
+                net.ingress = true;
+                pass.push(Command::CreateNetwork(net));
+            }
+            // No free subnet in the pool: the mesh keeps going over the nodes' own addresses.
+            Err(_) => return,
+        }
+    }
+    let missing: Vec<Id> = pass
+        .state
+        .nodes
+        .values()
+        .filter(|n| n.ingress_addr.is_none())
+        .map(|n| n.id.clone())
+        .collect();
+    for node in missing {
+        // A full ingress network: the nodes without an address are reached over the underlay.
+        let Some(addr) = pass.state.free_ingress_address() else {
+            return;
+        };
+        pass.push(Command::SetIngressAddress { node, addr });
+    }
+}

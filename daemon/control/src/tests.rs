@@ -37,6 +37,7 @@ impl Sim {
                     version: String::new(),
                     status_message: String::new(),
                     resources: Default::default(),
+                    ingress_addr: None,
                 }))
                 .unwrap();
         }

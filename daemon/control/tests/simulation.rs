@@ -46,6 +46,7 @@ impl World {
                     version: String::new(),
                     status_message: String::new(),
                     resources: Default::default(),
+                    ingress_addr: None,
                 }))
                 .unwrap();
         }

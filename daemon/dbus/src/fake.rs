@@ -407,6 +407,7 @@ impl FakeBackend {
             version: env!("CARGO_PKG_VERSION").into(),
             status_message: String::new(),
             resources: Default::default(),
+            ingress_addr: None,
         }
     }
 

@@ -592,10 +592,50 @@ impl ClusterState {
                 self.set_service(log, service_id, Some(svc));
                 Ok(one)
             }
+            Command::SetIngressAddress { node, addr } => {
+                let n = self.node(node)?;
+                if n.ingress_addr == Some(*addr) {
+                    return Ok(none);
+                }
+                let Some(ingress) = self.ingress_network() else {
+                    return Err(ApplyError::Precondition(
+                        "there is no ingress network".into(),
+                    ));
+                };
+                let subnet = ingress.subnet;
+                if !subnet.contains(*addr)
+                    || *addr == subnet.network()
+                    || *addr == subnet.broadcast()
+                    || *addr == subnet.gateway()
+                {
+                    return Err(ApplyError::Precondition(format!(
+                        "{addr} is not a host address of the ingress network {subnet}"
+                    )));
+                }
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|o| o.id != *node && o.ingress_addr == Some(*addr))
+                {
+                    return Err(ApplyError::Precondition(format!(
+                        "ingress address {addr} is node {}'s",
+                        other.name
+                    )));
+                }
+                let mut n = n.clone();
+                n.ingress_addr = Some(*addr);
+                self.replace_node(log, n)
+            }
             Command::RemoveNetwork { id } => {
                 let Some(net) = self.networks.get(id) else {
                     return Err(ApplyError::NetworkNotFound(id.clone()));
                 };
+                if net.ingress && self.nodes.values().any(|n| n.ingress_addr.is_some()) {
+                    return Err(ApplyError::Precondition(format!(
+                        "network {} is the ingress network: it carries the routing mesh between the nodes and cannot be removed",
+                        net.name
+                    )));
+                }
                 if let Some(svc) = self.services_on_network(net).next() {
                     return Err(ApplyError::Precondition(format!(
                         "network {} is in use by service {}",
@@ -888,8 +928,18 @@ impl ClusterState {
     ) -> Result<(), ApplyError> {
         for name in &spec.networks {
             let had = old.is_some_and(|o| o.networks.contains(name));
-            if !had && self.find_network(name).is_none() {
-                return Err(ApplyError::NetworkNotFound(name.clone()));
+            match self.find_network(name) {
+                None if !had => return Err(ApplyError::NetworkNotFound(name.clone())),
+                Some(n) if n.ingress && !had => {
+                    return Err(ApplyError::InvalidSpec {
+                        service: spec.name.clone(),
+                        reason: format!(
+                            "network {}: the ingress network carries the routing mesh; publish a port instead of attaching to it",
+                            n.name
+                        ),
+                    });
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -899,6 +949,11 @@ impl ClusterState {
         if self.networks.contains_key(&net.id) || self.networks.values().any(|n| n.name == net.name)
         {
             return Err(ApplyError::NetworkExists(net.name.clone()));
+        }
+        if net.ingress && self.ingress_network().is_some() {
+            return Err(ApplyError::Precondition(
+                "the cluster has an ingress network already".into(),
+            ));
         }
         if !(crate::network::VNI_FIRST..=crate::network::VNI_LAST).contains(&net.vni) {
             return Err(ApplyError::Precondition(format!(

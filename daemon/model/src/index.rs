@@ -417,6 +417,7 @@ mod tests {
             version: String::new(),
             status_message: String::new(),
             resources: Default::default(),
+            ingress_addr: None,
         }
     }
 

@@ -17,6 +17,9 @@ use crate::{ClusterState, Id, Ipv4Subnet, Map, Millis};
 pub const VNI_FIRST: u32 = 4096;
 pub const VNI_LAST: u32 = (1 << 24) - 1;
 
+/// The name of the routing mesh's network, as Swarm names it.
+pub const INGRESS_NETWORK: &str = "ingress";
+
 /// How a network carries traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -278,8 +281,9 @@ pub struct PortPlan {
     pub peers: Vec<Ipv4Addr>,
     /// This node's running tasks: their node-bridge address and target port.
     pub local: Vec<(Ipv4Addr, u16)>,
-    /// The underlay addresses of the other ready nodes running a task of the service (empty in
-    /// host mode).
+    /// Where the other ready nodes running a task of the service are reached: their ingress
+    /// addresses, else their underlay addresses ([`ClusterState::mesh_address`]; empty in host
+    /// mode).
     pub remote: Vec<Ipv4Addr>,
 }
 
@@ -302,6 +306,10 @@ pub struct NetworkPlan {
     /// The services on the network, for the node's DNS (sorted by name).
     #[serde(default)]
     pub services: Vec<ServiceRecord>,
+    /// The node's own address on the network, set on its bridge (the ingress network: the
+    /// routing mesh reaches other nodes there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Ipv4Addr>,
 }
 
 /// A service as DNS answers for it on one network.
@@ -406,12 +414,75 @@ impl ClusterState {
                     subnet: net.subnet,
                     peers,
                     services,
+                    host: None,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut networks = networks;
+        networks.extend(self.ingress_plan(node));
         NodeNetworks {
             networks,
             ports: self.node_ports(node),
+        }
+    }
+
+    /// The routing mesh's network, if the cluster has one yet.
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks.values().find(|n| n.ingress)
+    }
+
+    /// The lowest host address of the ingress network no node holds (the gateway address is
+    /// left out, as on every network).
+    pub fn free_ingress_address(&self) -> Option<Ipv4Addr> {
+        let subnet = self.ingress_network()?.subnet;
+        let taken: std::collections::BTreeSet<Ipv4Addr> =
+            self.nodes.values().filter_map(|n| n.ingress_addr).collect();
+        let first = u32::from(subnet.gateway()) + 1;
+        let last = u32::from(subnet.broadcast());
+        (first..last)
+            .map(Ipv4Addr::from)
+            .find(|a| !taken.contains(a))
+    }
+
+    /// The ingress network as node `node` carries it: its own address on the bridge, and every
+    /// other ready node's address reached over VXLAN. `None` before the node has an address.
+    fn ingress_plan(&self, node: &str) -> Option<NetworkPlan> {
+        let net = self.ingress_network()?;
+        let host = self.nodes.get(node)?.ingress_addr?;
+        let mut peers: Vec<Peer> = self
+            .nodes
+            .values()
+            .filter(|n| n.id != node && n.status == crate::NodeStatus::Ready)
+            .filter_map(|n| {
+                Some(Peer {
+                    addr: n.ingress_addr?,
+                    node_ip: node_ip(&n.addr)?,
+                })
+            })
+            .collect();
+        peers.sort();
+        Some(NetworkPlan {
+            id: net.id.clone(),
+            name: net.name.clone(),
+            vni: net.vni,
+            subnet: net.subnet,
+            peers,
+            services: Vec::new(),
+            host: Some(host),
+        })
+    }
+
+    /// Where the routing mesh reaches node `to` from node `from`: its ingress address when both
+    /// have one (the path over the ingress network), else its underlay address.
+    fn mesh_address(&self, from: &str, to: &crate::Node) -> Option<Ipv4Addr> {
+        let over_ingress = self.ingress_network().is_some()
+            && self
+                .nodes
+                .get(from)
+                .is_some_and(|n| n.ingress_addr.is_some());
+        match to.ingress_addr {
+            Some(a) if over_ingress => Some(a),
+            _ => node_ip(&to.addr),
         }
     }
 
@@ -464,7 +535,7 @@ impl ClusterState {
                         .filter(|n| *n != node)
                         .filter_map(|n| self.nodes.get(n))
                         .filter(|n| n.status == crate::NodeStatus::Ready)
-                        .filter_map(|n| node_ip(&n.addr))
+                        .filter_map(|n| self.mesh_address(node, n))
                         .collect();
                     remote.sort();
                     remote.dedup();
@@ -476,7 +547,7 @@ impl ClusterState {
                         .nodes
                         .values()
                         .filter(|n| n.id != node && n.status == crate::NodeStatus::Ready)
-                        .filter_map(|n| node_ip(&n.addr))
+                        .filter_map(|n| self.mesh_address(node, n))
                         .collect();
                     peers.sort();
                     peers.dedup();
@@ -919,6 +990,7 @@ mod tests {
                     version: String::new(),
                     status_message: String::new(),
                     resources: Default::default(),
+                    ingress_addr: None,
                 },
             );
         }

@@ -86,6 +86,10 @@ pub struct Node {
     /// CPUs and memory the node has for tasks, as its agent reports them in heartbeats.
     #[serde(default)]
     pub resources: crate::NodeResources,
+    /// The node's own address on the ingress network (the routing mesh's path between nodes),
+    /// given by the leader once the node is known (`SetIngressAddress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_addr: Option<std::net::Ipv4Addr>,
 }
 
 impl Node {
@@ -382,6 +386,10 @@ pub enum Command {
         service_id: Id,
         vips: Vec<crate::network::Attachment>,
     },
+    /// The leader's choice of a node's address on the ingress network. Refused (precondition)
+    /// when there is no ingress network, or the address is outside it, its network, broadcast
+    /// or gateway address, or another node's.
+    SetIngressAddress { node: Id, addr: std::net::Ipv4Addr },
     /// Several commands applied atomically.
     Batch(Vec<Command>),
     /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
@@ -888,6 +896,7 @@ mod multi_node {
             version: String::new(),
             status_message: String::new(),
             resources: Default::default(),
+            ingress_addr: None,
         }
     }
 

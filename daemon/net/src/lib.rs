@@ -215,6 +215,9 @@ pub struct OverlayNetwork {
     /// Overlay address → underlay address of its node, for every task of the network on
     /// another node.
     pub peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// The node's own address and prefix length on the network, set on the bridge (with the MAC
+    /// [`mac_of`] gives it, so that the other nodes' entries reach it): the ingress network.
+    pub host: Option<(Ipv4Addr, u8)>,
 }
 
 /// A service's virtual IP as one task sees it: the running tasks behind it.
@@ -868,7 +871,7 @@ impl Inner {
         netlink::run(Some(&path), move |h| async move {
             let mut rep = Repairs::default();
             for (vni, local) in devices {
-                overlay::ensure(&h.host, vni, local, &owner, &mut rep).await?;
+                overlay::ensure(&h.host, vni, local, None, &owner, &mut rep).await?;
             }
             for link in &kernel {
                 overlay::wire(&h, link).await?;
@@ -904,7 +907,8 @@ impl Inner {
         let (mut rep, broken) = netlink::run(None, move |h| async move {
             let mut rep = Repairs::default();
             for n in &nets {
-                let index = overlay::ensure(&h.host, n.vni, n.local, &owner, &mut rep).await?;
+                let index =
+                    overlay::ensure(&h.host, n.vni, n.local, n.host, &owner, &mut rep).await?;
                 overlay::sync_peers(&h.host, index, &n.peers, &mut rep).await?;
             }
             for vni in overlay::present(&h.host, &owner).await? {
@@ -937,7 +941,7 @@ impl Inner {
             let owner = self.overlay_owner();
             netlink::run(Some(&path), move |h| async move {
                 let mut r = Repairs::default();
-                overlay::ensure(&h.host, kernel.vni, local, &owner, &mut r).await?;
+                overlay::ensure(&h.host, kernel.vni, local, None, &owner, &mut r).await?;
                 overlay::wire(&h, &kernel).await
             })?;
             tracing::warn!(task = %task, interface = %link.ifname, "overlay interface was missing; wired again");

@@ -133,7 +133,7 @@ pub(crate) fn delete_script(table: &Table<'_>) -> String {
 }
 
 /// Base chains: the hook declaration first, then the rules.
-fn base_chains(table: &Table<'_>) -> [(&'static str, Vec<String>); 4] {
+fn base_chains(table: &Table<'_>) -> [(&'static str, Vec<String>); 5] {
     [
         (
             "prerouting",
@@ -161,6 +161,18 @@ fn base_chains(table: &Table<'_>) -> [(&'static str, Vec<String>); 4] {
                 format!(
                     "ip saddr {0} ip daddr != {{ {0}, 224.0.0.0/4 }} masquerade",
                     table.subnet
+                ),
+            ],
+        ),
+        (
+            "forward",
+            vec![
+                "type filter hook forward priority mangle; policy accept;".into(),
+                // Connections routed onto an overlay (the routing mesh's path to another node
+                // over the ingress network) fit its smaller MTU from their first segment on.
+                format!(
+                    "oifname \"{}*\" tcp flags syn tcp option maxseg size set rt mtu",
+                    crate::overlay::BRIDGE_PREFIX
                 ),
             ],
         ),
@@ -287,9 +299,16 @@ pub(crate) fn table_intact(name: &str) -> bool {
     };
     let text = String::from_utf8_lossy(&out.stdout);
     out.status.success()
-        && ["published", "prerouting", "output", "postrouting", "input"]
-            .iter()
-            .all(|c| text.contains(&format!("chain {c} {{")))
+        && [
+            "published",
+            "prerouting",
+            "output",
+            "postrouting",
+            "forward",
+            "input",
+        ]
+        .iter()
+        .all(|c| text.contains(&format!("chain {c} {{")))
 }
 
 /// The table in each task's own namespace that spreads connections to a service's VIP over the
@@ -410,7 +429,8 @@ mod tests {
         assert!(s.contains(
             "ip saddr 10.231.0.0/16 ip daddr != { 10.231.0.0/16, 224.0.0.0/4 } masquerade"
         ));
-        assert_eq!(s.matches("policy accept").count(), 5);
+        assert_eq!(s.matches("policy accept").count(), 6);
+        assert!(s.contains("oifname \"shbr-*\" tcp flags syn tcp option maxseg size set rt mtu"));
     }
 
     #[test]

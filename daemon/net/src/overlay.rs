@@ -36,7 +36,7 @@ pub const VXLAN_PORT: u16 = 4789;
 /// The MTU of overlay interfaces: a 1500-byte underlay less VXLAN's 50 bytes.
 pub const OVERLAY_MTU: u32 = 1450;
 
-const BRIDGE_PREFIX: &str = "shbr-";
+pub(crate) const BRIDGE_PREFIX: &str = "shbr-";
 const VXLAN_PREFIX: &str = "shvx-";
 const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
 const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
@@ -101,6 +101,7 @@ pub(crate) async fn ensure(
     h: &Handle,
     vni: u32,
     local: Ipv4Addr,
+    host: Option<(Ipv4Addr, u8)>,
     owner: &str,
     rep: &mut Repairs,
 ) -> Result<u32> {
@@ -137,6 +138,9 @@ pub(crate) async fn ensure(
     {
         set_up(h, bridge.header.index, &br_name).await?;
         rep.devices += 1;
+    }
+    if let Some((addr, prefix_len)) = host {
+        host_address(h, &bridge, &br_name, addr, prefix_len, rep).await?;
     }
     let vx_name = vxlan_name(vni);
     let existing = link_by_name(h, &vx_name).await?;
@@ -206,6 +210,50 @@ pub(crate) async fn ensure(
         rep.devices += 1;
     }
     Ok(index)
+}
+
+/// Gives the bridge the node's own address on the network and the MAC derived from it (what
+/// the other nodes' forwarding and neighbour entries point at). The address comes with the
+/// network's prefix, so the host routes the network's subnet to the bridge: the subnet must not
+/// be one the host reaches otherwise (see ARCHITECTURE.md, the ingress network).
+async fn host_address(
+    h: &Handle,
+    bridge: &rtnetlink::packet_route::link::LinkMessage,
+    name: &str,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    rep: &mut Repairs,
+) -> Result<()> {
+    use rtnetlink::packet_route::link::LinkAttribute;
+    let index = bridge.header.index;
+    let mac = mac_of(addr).to_vec();
+    let has_mac = bridge
+        .attributes
+        .iter()
+        .any(|a| matches!(a, LinkAttribute::Address(m) if *m == mac));
+    if !has_mac {
+        h.link()
+            .set(LinkUnspec::new_with_index(index).address(mac).build())
+            .execute()
+            .await
+            .map_err(nl_err(format!("set the MAC address of bridge {name}")))?;
+        rep.devices += 1;
+    }
+    match h
+        .address()
+        .add(index, std::net::IpAddr::V4(addr), prefix_len)
+        .execute()
+        .await
+    {
+        Ok(()) => rep.devices += 1,
+        Err(e) if errno(&e) == Some(EEXIST) => {}
+        Err(e) => {
+            return Err(nl_err(format!(
+                "add address {addr}/{prefix_len} to bridge {name}"
+            ))(e));
+        }
+    }
+    Ok(())
 }
 
 /// Marks a device this daemon made as its own (the kernel ignores an alias given at creation).

@@ -153,6 +153,7 @@ fn plan(local: Ipv4Addr, peers: &[(Ipv4Addr, Ipv4Addr)]) -> Vec<OverlayNetwork> 
         vni: VNI,
         local,
         peers: peers.iter().copied().collect::<BTreeMap<_, _>>(),
+        host: None,
     }]
 }
 

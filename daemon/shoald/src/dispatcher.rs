@@ -221,6 +221,7 @@ impl NodePort {
             version: j.version.clone(),
             status_message: "joined; waiting for its first heartbeat".into(),
             resources: Default::default(),
+            ingress_addr: None,
         };
         let mut cmds = vec![Command::AddNode(node)];
         if st.nodes.contains_key(&j.node_id) {

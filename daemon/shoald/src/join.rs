@@ -266,6 +266,7 @@ async fn ensure_records(d: &Arc<Daemon>) -> Result<()> {
             version: env!("CARGO_PKG_VERSION").into(),
             status_message: String::new(),
             resources: Default::default(),
+            ingress_addr: None,
         }))
         .await?;
     }

@@ -123,6 +123,7 @@ mod tests {
             version: "0.1.0".into(),
             status_message: String::new(),
             resources: Default::default(),
+            ingress_addr: None,
         })
     }
 

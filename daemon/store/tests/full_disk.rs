@@ -21,6 +21,7 @@ fn big_node(i: u64) -> Command {
         version: String::new(),
         status_message: String::new(),
         resources: Default::default(),
+        ingress_addr: None,
     })
 }
 

@@ -30,6 +30,7 @@ fn node(i: u64) -> Command {
         version: String::new(),
         status_message: String::new(),
         resources: Default::default(),
+        ingress_addr: None,
     })
 }
 

@@ -96,6 +96,7 @@ fn node(i: u64) -> Command {
         version: String::new(),
         status_message: String::new(),
         resources: Default::default(),
+        ingress_addr: None,
     })
 }
 

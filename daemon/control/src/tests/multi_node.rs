@@ -495,3 +495,115 @@ fn reservations_fill_nodes_and_the_rest_wait_saying_why() {
     let free = sim.create("free", ServiceMode::Replicated { replicas: 3 }, "bb");
     sim.run_until("unreserved placed", |s| s.converged(&free, 3));
 }
+
+#[test]
+fn the_ingress_network_gives_every_node_an_address_and_carries_the_mesh() {
+    let mut sim = Sim::new(&["n1", "n2", "n3"]);
+    for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+        sim.state
+            .apply(&Command::UpdateNodeStatus {
+                id: n.to_string(),
+                status: None,
+                addr: Some(format!("192.168.5.{}:4600", i + 1)),
+                version: None,
+                message: None,
+                resources: None,
+            })
+            .unwrap();
+    }
+    sim.step();
+    let ingress = sim
+        .state
+        .ingress_network()
+        .expect("an ingress network")
+        .clone();
+    assert_eq!(ingress.name, "ingress");
+    let addr = |sim: &Sim, n: &str| sim.state.nodes[n].ingress_addr.expect("an ingress address");
+    let all: std::collections::BTreeSet<_> =
+        ["n1", "n2", "n3"].iter().map(|n| addr(&sim, n)).collect();
+    assert_eq!(all.len(), 3, "distinct addresses: {all:?}");
+    assert!(
+        all.iter()
+            .all(|a| ingress.subnet.contains(*a) && *a != ingress.gateway()),
+        "{all:?} in {}",
+        ingress.subnet
+    );
+    // Planning again changes nothing.
+    assert!(
+        reconcile(&sim.state, sim.now, &mut SeqIds::new("x"))
+            .commands
+            .is_empty()
+    );
+
+    // Each node carries the ingress network with its own address, reaching the others over VXLAN.
+    let plan = sim.state.node_networks("n1");
+    let ing = plan.networks.iter().find(|n| n.id == ingress.id).unwrap();
+    assert_eq!(ing.host, Some(addr(&sim, "n1")));
+    let peers: Vec<_> = ing
+        .peers
+        .iter()
+        .map(|p| (p.addr, p.node_ip.to_string()))
+        .collect();
+    assert_eq!(
+        peers,
+        vec![
+            (addr(&sim, "n2"), "192.168.5.2".to_string()),
+            (addr(&sim, "n3"), "192.168.5.3".to_string())
+        ]
+    );
+
+    // A port published by a service running on n2 only: n1 forwards it to n2's ingress address.
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 1 }, "img");
+    sim.update(&svc, |s| {
+        s.ports.push(PortSpec {
+            published: 8080,
+            target: 80,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+            host_ip: None,
+        });
+        s.placement.constraints = vec![Constraint {
+            key: ConstraintKey::NodeHostname,
+            op: ConstraintOp::Eq,
+            values: vec!["n2".into()],
+        }];
+    });
+    sim.run_until("web runs", |s| s.converged("svc-web", 1));
+    let ports = sim.state.node_ports("n1");
+    assert_eq!(ports[0].remote, vec![addr(&sim, "n2")]);
+
+    // A node that is down is no longer a peer; the network cannot be removed or attached to.
+    status(&mut sim, "n3", NodeStatus::Down);
+    let plan = sim.state.node_networks("n1");
+    let ing = plan.networks.iter().find(|n| n.id == ingress.id).unwrap();
+    assert_eq!(ing.peers.len(), 1);
+    let err = sim
+        .state
+        .apply(&Command::RemoveNetwork {
+            id: ingress.id.clone(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("ingress network"), "{err}");
+    let mut spec = sim.state.services[&svc].spec.clone();
+    spec.networks = vec!["ingress".into()];
+    let err = sim
+        .state
+        .apply(&Command::UpdateService {
+            id: svc.clone(),
+            spec,
+            image_digest: None,
+            now: sim.now,
+            if_revision: None,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("publish a port instead"), "{err}");
+    // Another node's address is refused.
+    let err = sim
+        .state
+        .apply(&Command::SetIngressAddress {
+            node: "n1".into(),
+            addr: addr(&sim, "n2"),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("node n2's"), "{err}");
+}
