@@ -12,7 +12,7 @@
 #   --only shoal|swarm  run one half (the other column shows n/a)
 #   --duration S        seconds of load per path and round (default 10)
 #   --rounds N          rounds over all paths, interleaved; each cell is the median (default 3)
-#   --connections N     wrk connections (default 16)
+#   --connections N     wrk connections (default 8: busybox httpd listens with a backlog of 9)
 #   --threads N         wrk threads (default 2)
 #   --timeout S         give up on one wait after this long (default 120)
 #   --keep-workdir      keep logs, wrk outputs and state in /tmp/shoal-mesh.*
@@ -37,7 +37,7 @@ ONLY=""
 KEEP=0
 DURATION=10
 ROUNDS=3
-CONNS=16
+CONNS=8
 THREADS=2
 STEP_TIMEOUT=120
 
@@ -89,6 +89,10 @@ if [[ $ONLY != shoal ]] && { [[ -z $DOCKER ]] || ! command -v dockerd >/dev/null
 fi
 
 bench_enter_netns "${ARGS[@]}"
+# The namespaces made below are named in a /run/netns of this run's own mount namespace, so the
+# host's `ip netns` never lists them, even if the run is killed.
+mkdir -p /run/netns
+mount -t tmpfs -o size=1m,mode=755 shoal-mesh-netns /run/netns
 
 # ---------------------------------------------------------------- the LAN
 
@@ -139,18 +143,37 @@ http_ok() {
     head -1 <&3 | grep -q " 200 "' "$2" "$3" 2>/dev/null
 }
 
+# tcpext NETNS_FILE: the namespace's TCP counters "SYN-retransmits listen-drops". A dropped
+# SYN costs its connection a 1 s retransmit timeout, which wrk's latencies do not show (they
+# start at the request) but its requests/s do.
+tcpext() {
+  nsenter --net="$1" -- cat /proc/net/netstat 2>/dev/null | awk '
+    $1 == "TcpExt:" && !h { for (i = 2; i <= NF; i++) n[$i] = i; h = 1; next }
+    $1 == "TcpExt:" { print $n["TCPSynRetrans"] + 0, $n["ListenDrops"] + 0 }'
+}
+
 # run_wrk KEY NETNS_FILE URL: one wrk run of DURATION seconds from inside the namespace; the
-# output goes to WORK/wrk/KEY.ROUND.txt and its numbers to R[KEY.ROUND.*].
-declare -A R=()
+# output goes to WORK/wrk/KEY.ROUND.txt and its numbers to R[KEY.ROUND.*]. SERVER_NS[ORCH] is
+# the web container's namespace, whose listen drops are counted.
+declare -A R=() SERVER_NS=()
+DROPS=0
 run_wrk() {
-  local key=$1 nsf=$2 url=$3 out
+  local key=$1 nsf=$2 url=$3 out c0 c1 s0 s1 srv=${SERVER_NS[${1%%.*}]:-}
   mkdir -p "$WORK/wrk"
   out=$WORK/wrk/$key.$ROUND.txt
   log "  $key: wrk -t$THREADS -c$CONNS -d${DURATION}s $url"
+  c0=$(tcpext "$nsf"); [[ -z $srv ]] || s0=$(tcpext "$srv")
   if ! timeout $((DURATION + 30)) nsenter --net="$nsf" -- \
       wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "$url" >"$out" 2>&1; then
     log "  $key: wrk failed: $(tail -3 "$out" | tr '\n' ' ')"
     return 0
+  fi
+  c1=$(tcpext "$nsf"); [[ -z $srv ]] || s1=$(tcpext "$srv")
+  R[$key.$ROUND.synrt]=$((${c1%% *} - ${c0%% *}))
+  [[ -z $srv ]] || R[$key.$ROUND.ldrop]=$((${s1#* } - ${s0#* }))
+  if [[ ${R[$key.$ROUND.synrt]} != 0 || ${R[$key.$ROUND.ldrop]:-0} != 0 ]]; then
+    DROPS=1
+    note "$key, round $ROUND: ${R[$key.$ROUND.synrt]} SYN retransmits at the client, ${R[$key.$ROUND.ldrop]:-?} listen drops at the server"
   fi
   # Latencies in ms; wrk prints us, ms or s.
   awk -v k="$key.$ROUND" '
@@ -380,8 +403,16 @@ declare -a PATHS=()
 
 # add_path ORCH.KEY NETNS_FILE ADDR PORT [WAIT [WHY]]: measured if it answers within WAIT
 # seconds (default 30); else n/a, saying WHY when given.
+#
+# The namespace wrk runs in gets TCP timestamps without a random offset per destination
+# (net.ipv4.tcp_timestamps = 2, a per-namespace setting): the rows reach the same server
+# socket through different destination addresses (the container's own, a node's published port,
+# the VIP), and with the default offsets a new connection whose 4-tuple matches one of the
+# server's TIME_WAIT sockets from the row before carries an older timestamp, is dropped by
+# PAWS and retried only after a 1 s SYN timeout, which costs a row up to half its requests/s.
 add_path() {
   local wait=${5:-30}
+  nsenter --net="$2" -- sysctl -q -w net.ipv4.tcp_timestamps=2 || true
   if WAIT_POLL=0.3 wait_for "$wait" http_ok "$2" "$3" "$4"; then
     PATH_NS[$1]=$2
     PATH_URL[$1]=http://$3:$4/
@@ -427,6 +458,7 @@ setup_shoal() {
   web_ovl=$(addr_of "$web" eth1)
   vip=$(vip_of "$probe1" web || true)
   log "shoal: web task pid $web, bridge address $web_eth0, overlay $web_ovl, VIP ${vip:-?}"
+  SERVER_NS[shoal]=/proc/$web/ns/net
   # Direct from the client host: a route to node 2's task subnet through node 2 (as a router
   # on the LAN would have it), so the client reaches the container without the mesh.
   in_host client ip route add 10.236.2.0/24 via "${ADDR[n2]}"
@@ -542,6 +574,7 @@ setup_swarm() {
   web_ovl=$(addr_in "$web" "$SWARM_SUBNET")
   vip=$(vip_of "$probe" web || true)
   log "swarm: web container pid $web, docker_gwbridge address $web_gw, overlay $web_ovl, VIP ${vip:-?}"
+  SERVER_NS[swarm]=/proc/$web/ns/net
   local one="one swarm node (no node without a task)"
   NA[swarm.mesh_remote]=$one
   NA[swarm.vip_remote]=$one
@@ -667,6 +700,7 @@ report() {
   local i
   for i in "${!FOOT[@]}"; do echo "n/a($((i + 1))): ${FOOT[i]}"; done
   for i in "${NOTES[@]}"; do echo "note: $i"; done
+  [[ $DROPS -eq 1 ]] || echo "no SYN retransmits at the clients and no listen drops at the servers in any run"
   local m d r per=""
   m=$(median shoal.mesh_remote rps); d=$(median "shoal.$REF" rps)
   if [[ -n $m && -n $d ]]; then
@@ -689,6 +723,12 @@ if [[ $ONLY != shoal ]]; then
   setup_swarm
 fi
 log "setup done after $(since "$T0") s; measuring ${#PATHS[@]} paths, $ROUNDS round(s) of ${DURATION}s each"
+if [[ -n ${MESH_HOLD:-} ]]; then   # debugging: keep the setup up for a look from outside
+  log "holding for ${MESH_HOLD}s (rm $WORK/hold to go on); namespaces: ${HOST_NS[*]}"
+  declare -p PATH_NS PATH_URL >"$WORK/paths"
+  touch "$WORK/hold"
+  WAIT_POLL=1 wait_for "$MESH_HOLD" test ! -e "$WORK/hold" || true
+fi
 
 # Rounds interleave every path, so that the machine's load drifts over all of them alike.
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
