@@ -396,7 +396,7 @@ for _ in range(an):
 
 OVERLAY_SUBNET=10.97.0.0/24
 
-# The measured paths: PATHS lists ORCH.KEY in measuring order; PATH_NS and PATH_URL say where
+# The measured paths: PATHS lists ORCH.KEY as they were found to answer; PATH_NS and PATH_URL say where
 # wrk runs and what it asks; NA[ORCH.KEY] says why a path is not measured.
 declare -A PATH_NS=() PATH_URL=() NA=()
 declare -a PATHS=()
@@ -730,10 +730,19 @@ if [[ -n ${MESH_HOLD:-} ]]; then   # debugging: keep the setup up for a look fro
   WAIT_POLL=1 wait_for "$MESH_HOLD" test ! -e "$WORK/hold" || true
 fi
 
-# Rounds interleave every path, so that the machine's load drifts over all of them alike.
+# Every round measures every path, so that the machine's load drifts over all of them alike;
+# rows that are compared run next to each other (direct then mesh, overlay then VIP, shoal then
+# swarm), and every other round runs in reverse order.
+ORDER=(direct_client mesh_remote mesh_local hostport direct_node overlay_local vip_local
+  overlay_remote vip_remote)
+ORDERED=()
+for k in "${ORDER[@]}"; do
+  for o in shoal swarm; do [[ -z ${PATH_NS[$o.$k]:-} ]] || ORDERED+=("$o.$k"); done
+done
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
   log "round $ROUND of $ROUNDS"
-  for key in "${PATHS[@]}"; do
+  for ((i = 0; i < ${#ORDERED[@]}; i++)); do
+    if ((ROUND % 2)); then key=${ORDERED[i]}; else key=${ORDERED[${#ORDERED[@]} - 1 - i]}; fi
     run_wrk "$key" "${PATH_NS[$key]}" "${PATH_URL[$key]}"
   done
 done
