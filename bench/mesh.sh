@@ -476,6 +476,15 @@ setup_shoal() {
   add_path shoal.overlay_remote "/proc/$probe1/ns/net" "$web_ovl" 8080
   add_path shoal.overlay_local "/proc/$probe2/ns/net" "$web_ovl" 8080
   add_path shoal.direct_client "$client" "$web_eth0" 8080
+  # The mesh's two hops without its NAT: a second client host whose route to node 2's task
+  # subnet goes through node 1, and node 2's route back to it through node 1 too (as the
+  # mesh's masquerade makes the answers go); it ignores node 1's ICMP redirects.
+  make_host client2 10
+  in_host client2 sysctl -q -w net.ipv4.conf.all.accept_redirects=0 net.ipv4.conf.eth0.accept_redirects=0
+  in_host client2 ip route add 10.236.2.0/24 via "${ADDR[n1]}"
+  in_host n1 ip route add 10.236.2.0/24 via "${ADDR[n2]}"
+  in_host n2 ip route add "${ADDR[client2]}/32" via "${ADDR[n1]}"
+  add_path shoal.routed_2hop "/run/netns/${NSOF[client2]}" "$web_eth0" 8080
   add_path shoal.direct_node "/run/netns/${NSOF[n2]}" "$web_eth0" 8080
   local n
   for n in 1 2; do
@@ -563,8 +572,7 @@ setup_swarm() {
   if [[ -z $why && ( -z $web || -z $probe ) ]]; then why="no container of web or probe found"; fi
   if [[ -n $why ]]; then
     local k
-    for k in mesh_remote mesh_local hostport vip_remote vip_local overlay_remote overlay_local \
-        direct_client direct_node; do
+    for k in "${ROWS[@]}"; do
       NA[swarm.$k]=$why
     done
     note "swarm: $why"
@@ -579,6 +587,7 @@ setup_swarm() {
   NA[swarm.mesh_remote]=$one
   NA[swarm.vip_remote]=$one
   NA[swarm.overlay_remote]=$one
+  NA[swarm.routed_2hop]=$one
   in_host client ip route add 172.16.0.0/12 via "${ADDR[sw]}"
   local client=/run/netns/${NSOF[client]}
   # Without IPVS, Swarm's ingress and VIPs cannot answer: a short try, to show it.
@@ -640,7 +649,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 ROWS=(mesh_remote mesh_local hostport vip_remote vip_local overlay_remote overlay_local
-  direct_client direct_node)
+  direct_client routed_2hop direct_node)
 REF=direct_client   # the ratio column divides by this row's requests/s
 
 label() {
@@ -653,6 +662,7 @@ label() {
     overlay_remote) echo "overlay: other node's task -> task" ;;
     overlay_local) echo "overlay: same node's task -> task" ;;
     direct_client) echo "direct: client -> container" ;;
+    routed_2hop) echo "routed: client -> node 1 -> container" ;;
     direct_node) echo "direct: node -> container" ;;
     *) echo "$1" ;;
   esac
@@ -733,8 +743,8 @@ fi
 # Every round measures every path, so that the machine's load drifts over all of them alike;
 # rows that are compared run next to each other (direct then mesh, overlay then VIP, shoal then
 # swarm), and every other round runs in reverse order.
-ORDER=(direct_client mesh_remote mesh_local hostport direct_node overlay_local vip_local
-  overlay_remote vip_remote)
+ORDER=(routed_2hop direct_client mesh_remote mesh_local hostport direct_node overlay_local
+  vip_local overlay_remote vip_remote)
 ORDERED=()
 for k in "${ORDER[@]}"; do
   for o in shoal swarm; do [[ -z ${PATH_NS[$o.$k]:-} ]] || ORDERED+=("$o.$k"); done
