@@ -710,11 +710,11 @@ report() {
   echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, median of $ROUNDS round(s); busybox httpd (a process per connection)"
   echo "latencies in ms; ratio: requests/s over the same orchestrator's '$(label $REF)'"
   echo
-  printf '%-36s %9s %6s %6s %6s %6s %9s %6s %6s %6s %6s\n' "" "shoal" "" "" "" "" "swarm" "" "" "" ""
-  printf '%-36s %9s %6s %6s %6s %6s %9s %6s %6s %6s %6s\n' path req/s p50 p90 p99 ratio req/s p50 p90 p99 ratio
+  printf '%-38s %9s %6s %6s %6s %6s %9s %6s %6s %6s %6s\n' "" "shoal" "" "" "" "" "swarm" "" "" "" ""
+  printf '%-38s %9s %6s %6s %6s %6s %9s %6s %6s %6s %6s\n' path req/s p50 p90 p99 ratio req/s p50 p90 p99 ratio
   local k
   for k in "${ROWS[@]}"; do
-    printf '%-36s' "$(label "$k")"
+    printf '%-38s' "$(label "$k")"
     if [[ $ONLY == swarm ]]; then NA[shoal.$k]="--only swarm"; fi
     if [[ $ONLY == shoal ]]; then NA[swarm.$k]="--only shoal"; fi
     cells shoal "$k"
