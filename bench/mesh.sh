@@ -18,11 +18,12 @@
 #   --keep-workdir      keep logs, wrk outputs and state in /tmp/shoal-mesh.*
 #
 # SHOALD=, SHOAL= and DOCKER= override the binaries used (target/release/{shoald,shoal}).
+# MESH_HOLD=SECONDS keeps the setup up that long before measuring, to look at it from outside.
 #
 # Everything happens in network namespaces this script makes (inside one of its own, with a
 # private mount namespace): a LAN bridge, two shoal hosts (each with its own containerd,
-# dbus-daemon and shoald; node 1 bootstraps, node 2 joins as a worker), a client host that runs
-# no task, and a host for dockerd. Traffic goes only to addresses of those namespaces. A trap
+# dbus-daemon and shoald; node 1 bootstraps, node 2 joins as a worker), two client hosts that
+# run no task, and a host for dockerd. Traffic goes only to addresses of those namespaces. A trap
 # stops every process and deletes every namespace and directory the script made, also on
 # failure or Ctrl-C.
 set -euo pipefail
@@ -137,6 +138,7 @@ in_host() { local h=$1; shift; nsenter --net="/run/netns/${NSOF[$h]}" -- "$@"; }
 
 # http_ok NETNS_FILE ADDR PORT: one HTTP/1.0 GET from inside the namespace answers 200.
 http_ok() {
+  # shellcheck disable=SC2016 # the inner script's $0 and $1 are its own arguments
   nsenter --net="$1" -- timeout 3 bash -c '
     exec 3<>"/dev/tcp/$0/$1" || exit 1
     printf "GET / HTTP/1.0\r\nHost: x\r\n\r\n" >&3
