@@ -2,7 +2,7 @@
 # Installs what shoal needs to build, run and test on Debian 12 (bookworm). Run as root.
 #
 # usage: scripts/install-deps.sh [--bench] [--no-rust]
-#   --bench     also install docker.io, for bench/swarm-vs-shoal.sh
+#   --bench     also install docker.io and wrk, for bench/swarm-vs-shoal.sh and bench/mesh.sh
 #   --no-rust   skip the Rust toolchain check (installing prebuilt binaries)
 #
 # Idempotent: packages already installed are skipped, and apt-get update runs only when
@@ -39,7 +39,7 @@ PACKAGES=(
   systemd libglib2.0-bin python3-dbus python3-gi
 )
 if [[ $WITH_BENCH -eq 1 ]]; then
-  PACKAGES+=(docker.io)
+  PACKAGES+=(docker.io wrk)
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
