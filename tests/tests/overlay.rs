@@ -798,6 +798,24 @@ fn the_tutorial_and_the_example_stack_work_across_three_hosts_with_docker_rules(
         forward.contains(&format!(" : {prefix}")) && !forward.contains(" : 10.234."),
         "forwarded over {subnet}: {forward}"
     );
+    // The host routes only the other nodes' ingress addresses, never the ingress subnet (a LAN
+    // using the same subnet stays reachable); a deleted route comes back.
+    let routes = in_ns(&ns(idle), "ip", &["-4", "route", "show"]);
+    let peer_routes: Vec<&str> = routes
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(" dev shbr-"))
+        .collect();
+    assert_eq!(peer_routes.len(), 2, "{routes}");
+    assert!(!routes.contains(&format!("{subnet} ")), "{routes}");
+    let gone = peer_routes[0]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    in_ns(&ns(idle), "ip", &["route", "del", &gone]);
+    idle.wait_for("the ingress route back", Duration::from_secs(20), |n| {
+        in_ns(&ns(n), "ip", &["-4", "route", "show"]).contains(&format!("{gone} dev shbr-"))
+    });
     manager.shoal_ok(&["service", "rm", "my-web"]);
     manager.wait_for("nginx_net free", Duration::from_secs(60), |m| {
         m.shoal(&["network", "rm", "nginx_net"]).status.success()

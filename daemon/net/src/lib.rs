@@ -215,9 +215,10 @@ pub struct OverlayNetwork {
     /// Overlay address → underlay address of its node, for every task of the network on
     /// another node.
     pub peers: BTreeMap<Ipv4Addr, Ipv4Addr>,
-    /// The node's own address and prefix length on the network, set on the bridge (with the MAC
-    /// [`mac_of`] gives it, so that the other nodes' entries reach it): the ingress network.
-    pub host: Option<(Ipv4Addr, u8)>,
+    /// The node's own address on the network, set on the bridge as a /32 (with the MAC
+    /// [`mac_of`] gives it, so that the other nodes' entries reach it), with a /32 route to the
+    /// bridge for each peer: the ingress network.
+    pub host: Option<Ipv4Addr>,
 }
 
 /// A service's virtual IP as one task sees it: the running tasks behind it.
@@ -910,6 +911,10 @@ impl Inner {
                 let index =
                     overlay::ensure(&h.host, n.vni, n.local, n.host, &owner, &mut rep).await?;
                 overlay::sync_peers(&h.host, index, &n.peers, &mut rep).await?;
+                if n.host.is_some() {
+                    let peers = n.peers.keys().copied().collect();
+                    overlay::sync_host_routes(&h.host, n.vni, &peers, &mut rep).await?;
+                }
             }
             for vni in overlay::present(&h.host, &owner).await? {
                 if !keep.contains(&vni) {

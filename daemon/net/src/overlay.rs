@@ -101,7 +101,7 @@ pub(crate) async fn ensure(
     h: &Handle,
     vni: u32,
     local: Ipv4Addr,
-    host: Option<(Ipv4Addr, u8)>,
+    host: Option<Ipv4Addr>,
     owner: &str,
     rep: &mut Repairs,
 ) -> Result<u32> {
@@ -139,8 +139,8 @@ pub(crate) async fn ensure(
         set_up(h, bridge.header.index, &br_name).await?;
         rep.devices += 1;
     }
-    if let Some((addr, prefix_len)) = host {
-        host_address(h, &bridge, &br_name, addr, prefix_len, rep).await?;
+    if let Some(addr) = host {
+        host_address(h, &bridge, &br_name, addr, rep).await?;
     }
     let vx_name = vxlan_name(vni);
     let existing = link_by_name(h, &vx_name).await?;
@@ -212,18 +212,18 @@ pub(crate) async fn ensure(
     Ok(index)
 }
 
-/// Gives the bridge the node's own address on the network and the MAC derived from it (what
-/// the other nodes' forwarding and neighbour entries point at). The address comes with the
-/// network's prefix, so the host routes the network's subnet to the bridge: the subnet must not
-/// be one the host reaches otherwise (see ARCHITECTURE.md, the ingress network).
+/// Gives the bridge the node's own address on the network, as a /32, and the MAC derived from
+/// it (what the other nodes' forwarding and neighbour entries point at). A /32 adds no route for
+/// the network's subnet to the host: only the other nodes' addresses are routed to the bridge
+/// ([`sync_host_routes`]), so a LAN that happens to use the same subnet stays reachable.
 async fn host_address(
     h: &Handle,
     bridge: &rtnetlink::packet_route::link::LinkMessage,
     name: &str,
     addr: Ipv4Addr,
-    prefix_len: u8,
     rep: &mut Repairs,
 ) -> Result<()> {
+    let prefix_len = 32;
     use rtnetlink::packet_route::link::LinkAttribute;
     let index = bridge.header.index;
     let mac = mac_of(addr).to_vec();
@@ -252,6 +252,78 @@ async fn host_address(
                 "add address {addr}/{prefix_len} to bridge {name}"
             ))(e));
         }
+    }
+    Ok(())
+}
+
+/// Routes exactly `peers` (as /32s, in the main table) to the bridge of network `vni`: the other
+/// nodes' addresses on a network the host itself is on (the ingress network). Only unicast
+/// routes of the main table are looked at: the kernel's own (the local route of the bridge's
+/// address) are never touched.
+pub(crate) async fn sync_host_routes(
+    h: &Handle,
+    vni: u32,
+    peers: &BTreeSet<Ipv4Addr>,
+    rep: &mut Repairs,
+) -> Result<()> {
+    use rtnetlink::RouteMessageBuilder;
+    use rtnetlink::packet_route::route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteScope, RouteType,
+    };
+    let name = bridge_name(vni);
+    let Some(bridge) = link_by_name(h, &name).await? else {
+        return Ok(());
+    };
+    let index = bridge.header.index;
+    let routes: Vec<_> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err(format!("list the routes of {name}")))?;
+    let mut present = BTreeSet::new();
+    for r in routes {
+        if r.header.table != RouteHeader::RT_TABLE_MAIN
+            || r.header.kind != RouteType::Unicast
+            || r.header.destination_prefix_length != 32
+            || !r
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+        {
+            continue;
+        }
+        let Some(ip) = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if peers.contains(&ip) {
+            present.insert(ip);
+        } else {
+            h.route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl_err(format!("delete the route to {ip} on {name}")))?;
+            rep.removed += 1;
+        }
+    }
+    for ip in peers.difference(&present) {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(*ip, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl_err(format!("route {ip} to {name}")))?;
+        rep.added += 1;
     }
     Ok(())
 }

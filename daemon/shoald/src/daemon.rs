@@ -734,7 +734,7 @@ pub async fn run_overlays(d: Arc<Daemon>) {
                     vni: n.vni,
                     local,
                     peers: n.peers.iter().map(|p| (p.addr, p.node_ip)).collect(),
-                    host: n.host.map(|a| (a, n.subnet.prefix_len())),
+                    host: n.host,
                 })
                 .collect();
             match d.net.sync_overlays(networks).await {
