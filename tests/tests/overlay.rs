@@ -723,6 +723,8 @@ fn the_tutorial_and_the_example_stack_work_across_three_hosts_with_docker_rules(
         );
     }
     let before: Vec<String> = nodes.iter().map(|n| snapshot(&ns(n))).collect();
+    // A log written to a file has no terminal colour codes.
+    assert!(!manager.log().contains('\u{1b}'), "colour codes in the log");
 
     let image = dir.path().join("bb.tar");
     images::write_oci_archive(&image, false, "example.org/bb:1");
