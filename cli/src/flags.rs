@@ -106,6 +106,27 @@ pub struct CommonFlags {
     /// Reserve memory on the node (e.g. 256M; 0 for none)
     #[arg(long)]
     pub reserve_memory: Option<String>,
+    /// Command to run to check health, run by the task's shell (/bin/sh -c)
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s)
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3)
+    #[arg(long)]
+    pub health_retries: Option<u64>,
+    /// Start period for the container to initialize before failed checks count (ms|s|m|h)
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h) (default 5s)
+    #[arg(long)]
+    pub health_start_interval: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 /// `service create` only.
@@ -523,7 +544,63 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
                 .map_err(|e| e.replace("--limit-memory", "--reserve-memory")),
         );
     }
+    health_properties(f, &mut push);
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// `--health-*` and `--no-healthcheck`; the daemon checks the values with the validator the
+/// stack files use.
+fn health_properties(f: &CommonFlags, push: &mut impl FnMut(Result<Property, String>)) {
+    let timing = f.health_interval.is_some()
+        || f.health_timeout.is_some()
+        || f.health_retries.is_some()
+        || f.health_start_period.is_some()
+        || f.health_start_interval.is_some();
+    if f.no_healthcheck {
+        if timing || f.health_cmd.is_some() {
+            push(Err(
+                "--no-healthcheck conflicts with --health-* options: use one or the other".into(),
+            ));
+        } else {
+            push(Ok(Property::HealthTest(vec!["NONE".into()])));
+        }
+        return;
+    }
+    if let Some(cmd) = &f.health_cmd {
+        push(Ok(Property::HealthTest(vec![
+            "CMD-SHELL".into(),
+            cmd.clone(),
+        ])));
+    }
+    for (flag, value, make) in [
+        (
+            "health-interval",
+            &f.health_interval,
+            Property::HealthIntervalUSec as fn(u64) -> Property,
+        ),
+        (
+            "health-timeout",
+            &f.health_timeout,
+            Property::HealthTimeoutUSec,
+        ),
+        (
+            "health-start-period",
+            &f.health_start_period,
+            Property::HealthStartPeriodUSec,
+        ),
+        (
+            "health-start-interval",
+            &f.health_start_interval,
+            Property::HealthStartIntervalUSec,
+        ),
+    ] {
+        if let Some(s) = value {
+            push(duration_usec(flag, s).map(make));
+        }
+    }
+    if let Some(n) = f.health_retries {
+        push(Ok(Property::HealthRetries(n)));
+    }
 }
 
 /// The property list of `service create`.
@@ -750,6 +827,46 @@ pub fn update_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_flags_become_properties() {
+        let common = CommonFlags {
+            health_cmd: Some("wget -qO- http://127.0.0.1/".into()),
+            health_interval: Some("5s".into()),
+            health_timeout: Some("2s".into()),
+            health_retries: Some(4),
+            health_start_period: Some("1m".into()),
+            health_start_interval: Some("500ms".into()),
+            ..Default::default()
+        };
+        let props = create_properties("nginx:1.27", &[], &common, &CreateFlags::default()).unwrap();
+        for want in [
+            Property::HealthTest(vec![
+                "CMD-SHELL".into(),
+                "wget -qO- http://127.0.0.1/".into(),
+            ]),
+            Property::HealthIntervalUSec(5_000_000),
+            Property::HealthTimeoutUSec(2_000_000),
+            Property::HealthRetries(4),
+            Property::HealthStartPeriodUSec(60_000_000),
+            Property::HealthStartIntervalUSec(500_000),
+        ] {
+            assert!(props.contains(&want), "{want:?} in {props:?}");
+        }
+        let off = CommonFlags {
+            no_healthcheck: true,
+            ..Default::default()
+        };
+        let props = create_properties("nginx:1.27", &[], &off, &CreateFlags::default()).unwrap();
+        assert!(props.contains(&Property::HealthTest(vec!["NONE".into()])));
+        let both = CommonFlags {
+            no_healthcheck: true,
+            health_interval: Some("1s".into()),
+            ..Default::default()
+        };
+        let err = create_properties("nginx:1.27", &[], &both, &CreateFlags::default()).unwrap_err();
+        assert!(err[0].contains("--no-healthcheck conflicts"), "{err:?}");
+    }
 
     #[test]
     fn create_flags_become_properties() {
