@@ -1091,6 +1091,7 @@ mod tests {
             info: Default::default(),
             spec,
             properties: vec![],
+            task_health: Default::default(),
         };
         let u = UpdateFlags {
             // Removal matches the parsed constraint, whatever the spacing.
@@ -1154,6 +1155,7 @@ mod tests {
             info: Default::default(),
             spec,
             properties: vec![],
+            task_health: Default::default(),
         };
         let u = UpdateFlags {
             env_add: vec!["NEW=2".into()],
