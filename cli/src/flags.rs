@@ -60,6 +60,24 @@ pub struct CommonFlags {
     /// Failure rate to tolerate during an update (0 to 1)
     #[arg(long)]
     pub update_max_failure_ratio: Option<f64>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once)
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    /// Rollback order ("start-first", "stop-first")
+    #[arg(long)]
+    pub rollback_order: Option<String>,
+    /// Action on rollback failure ("pause", "continue")
+    #[arg(long)]
+    pub rollback_failure_action: Option<String>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    /// Failure rate to tolerate during a rollback (0 to 1)
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
     /// Signal to stop the container
     #[arg(long)]
     pub stop_signal: Option<String>,
@@ -479,6 +497,24 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
     if let Some(r) = f.update_max_failure_ratio {
         push(Ok(Property::UpdateMaxFailureRatio(r)));
     }
+    if let Some(n) = f.rollback_parallelism {
+        push(Ok(Property::RollbackParallelism(n)));
+    }
+    if let Some(s) = &f.rollback_delay {
+        push(duration_usec("rollback-delay", s).map(Property::RollbackDelayUSec));
+    }
+    if let Some(s) = &f.rollback_order {
+        push(Ok(Property::RollbackOrder(s.clone())));
+    }
+    if let Some(s) = &f.rollback_failure_action {
+        push(Ok(Property::RollbackFailureAction(s.clone())));
+    }
+    if let Some(s) = &f.rollback_monitor {
+        push(duration_usec("rollback-monitor", s).map(Property::RollbackMonitorUSec));
+    }
+    if let Some(r) = f.rollback_max_failure_ratio {
+        push(Ok(Property::RollbackMaxFailureRatio(r)));
+    }
     if let Some(s) = &f.stop_signal {
         push(
             spec::units::normalize_signal(s)
@@ -850,6 +886,21 @@ mod tests {
             Property::HealthRetries(4),
             Property::HealthStartPeriodUSec(60_000_000),
             Property::HealthStartIntervalUSec(500_000),
+        ] {
+            assert!(props.contains(&want), "{want:?} in {props:?}");
+        }
+        let rollback = CommonFlags {
+            rollback_parallelism: Some(0),
+            rollback_monitor: Some("3s".into()),
+            rollback_failure_action: Some("continue".into()),
+            ..Default::default()
+        };
+        let props =
+            create_properties("nginx:1.27", &[], &rollback, &CreateFlags::default()).unwrap();
+        for want in [
+            Property::RollbackParallelism(0),
+            Property::RollbackMonitorUSec(3_000_000),
+            Property::RollbackFailureAction("continue".into()),
         ] {
             assert!(props.contains(&want), "{want:?} in {props:?}");
         }

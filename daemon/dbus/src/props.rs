@@ -798,6 +798,10 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     Err(e) => check(Err(e)),
                 },
                 RollbackFailureAction(s) => match parse_failure_action(s) {
+                    // As the stack files say it.
+                    Ok(FailureAction::Rollback) => check(Err(
+                        "rollback failure action: a rollback cannot be rolled back; use \"pause\" or \"continue\"".into(),
+                    )),
                     Ok(a) => next.rollback.failure_action = a,
                     Err(e) => check(Err(e)),
                 },
@@ -1455,6 +1459,17 @@ mod tests {
             e.0,
             vec!["30000000000 replicas is more than the limit of 100000".to_string()]
         );
+    }
+
+    #[test]
+    fn a_rollback_cannot_be_rolled_back() {
+        let mut spec = default_spec("web");
+        let err = apply_properties(
+            &mut spec,
+            &[Property::RollbackFailureAction("rollback".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be rolled back"), "{err}");
     }
 
     #[test]
