@@ -13,6 +13,9 @@ const LONG: Duration = Duration::from_secs(120);
 const HTTPD: &str =
     "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
 
+/// Runs until SIGTERM, then exits 0 promptly.
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
 fn image(node: &Node, name: &str) -> String {
     let path = node.dir.path().join(format!("{name}.tar"));
     images::write_oci_archive(&path, true, &format!("example.org/{name}:1"));
@@ -211,4 +214,52 @@ fn an_update_to_an_image_whose_healthcheck_fails_rolls_back_by_itself() {
     let pretty = node.shoal_ok(&["service", "inspect", "--pretty", "rb"]);
     assert!(pretty.contains("rollback_completed"), "{pretty}");
     assert!(http_get(port).is_some_and(|b| b.contains("hello")));
+}
+
+#[test]
+fn update_force_restarts_every_task_one_batch_at_a_time_each_healthy_for_monitor() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "f",
+        "--replicas",
+        "3",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+        "--update-monitor",
+        "1s",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let before: Vec<String> = node.running("f").into_iter().map(|t| t.id).collect();
+    assert_eq!(before.len(), 3);
+    // Waits until the update is over (its last task healthy for monitor).
+    node.shoal_ok(&["service", "update", "--force", "f"]);
+    let tasks = node.tasks("f");
+    let mut new: Vec<_> = tasks.iter().filter(|t| !before.contains(&t.id)).collect();
+    assert_eq!(new.len(), 3, "every task replaced once: {tasks:?}");
+    assert!(new.iter().all(|t| t.running()), "{new:?}");
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| before.contains(&t.id))
+            .all(|t| t.state == "shutdown"),
+        "{tasks:?}"
+    );
+    new.sort_by_key(|t| t.created_at);
+    for w in new.windows(2) {
+        assert!(
+            w[1].created_at >= w[0].state_since + 1_000,
+            "the next batch waited for the last one to be healthy for monitor: {new:?}"
+        );
+    }
+    let inspect = node.shoal_ok(&["service", "inspect", "--pretty", "f"]);
+    assert!(inspect.contains("completed"), "{inspect}");
 }
