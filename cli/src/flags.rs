@@ -60,6 +60,24 @@ pub struct CommonFlags {
     /// Failure rate to tolerate during an update (0 to 1)
     #[arg(long)]
     pub update_max_failure_ratio: Option<f64>,
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once)
+    #[arg(long)]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    /// Rollback order ("start-first", "stop-first")
+    #[arg(long)]
+    pub rollback_order: Option<String>,
+    /// Action on rollback failure ("pause", "continue")
+    #[arg(long)]
+    pub rollback_failure_action: Option<String>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h)
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    /// Failure rate to tolerate during a rollback (0 to 1)
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<f64>,
     /// Signal to stop the container
     #[arg(long)]
     pub stop_signal: Option<String>,
@@ -106,6 +124,27 @@ pub struct CommonFlags {
     /// Reserve memory on the node (e.g. 256M; 0 for none)
     #[arg(long)]
     pub reserve_memory: Option<String>,
+    /// Command to run to check health, run by the task's shell (/bin/sh -c)
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s)
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3)
+    #[arg(long)]
+    pub health_retries: Option<u64>,
+    /// Start period for the container to initialize before failed checks count (ms|s|m|h)
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// Time between running the check during the start period (ms|s|m|h) (default 5s)
+    #[arg(long)]
+    pub health_start_interval: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 /// `service create` only.
@@ -459,6 +498,24 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
     if let Some(r) = f.update_max_failure_ratio {
         push(Ok(Property::UpdateMaxFailureRatio(r)));
     }
+    if let Some(n) = f.rollback_parallelism {
+        push(Ok(Property::RollbackParallelism(n)));
+    }
+    if let Some(s) = &f.rollback_delay {
+        push(duration_usec("rollback-delay", s).map(Property::RollbackDelayUSec));
+    }
+    if let Some(s) = &f.rollback_order {
+        push(Ok(Property::RollbackOrder(s.clone())));
+    }
+    if let Some(s) = &f.rollback_failure_action {
+        push(Ok(Property::RollbackFailureAction(s.clone())));
+    }
+    if let Some(s) = &f.rollback_monitor {
+        push(duration_usec("rollback-monitor", s).map(Property::RollbackMonitorUSec));
+    }
+    if let Some(r) = f.rollback_max_failure_ratio {
+        push(Ok(Property::RollbackMaxFailureRatio(r)));
+    }
     if let Some(s) = &f.stop_signal {
         push(
             spec::units::normalize_signal(s)
@@ -524,7 +581,63 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
                 .map_err(|e| e.replace("--limit-memory", "--reserve-memory")),
         );
     }
+    health_properties(f, &mut push);
     if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// `--health-*` and `--no-healthcheck`; the daemon checks the values with the validator the
+/// stack files use.
+fn health_properties(f: &CommonFlags, push: &mut impl FnMut(Result<Property, String>)) {
+    let timing = f.health_interval.is_some()
+        || f.health_timeout.is_some()
+        || f.health_retries.is_some()
+        || f.health_start_period.is_some()
+        || f.health_start_interval.is_some();
+    if f.no_healthcheck {
+        if timing || f.health_cmd.is_some() {
+            push(Err(
+                "--no-healthcheck conflicts with --health-* options: use one or the other".into(),
+            ));
+        } else {
+            push(Ok(Property::HealthTest(vec!["NONE".into()])));
+        }
+        return;
+    }
+    if let Some(cmd) = &f.health_cmd {
+        push(Ok(Property::HealthTest(vec![
+            "CMD-SHELL".into(),
+            cmd.clone(),
+        ])));
+    }
+    for (flag, value, make) in [
+        (
+            "health-interval",
+            &f.health_interval,
+            Property::HealthIntervalUSec as fn(u64) -> Property,
+        ),
+        (
+            "health-timeout",
+            &f.health_timeout,
+            Property::HealthTimeoutUSec,
+        ),
+        (
+            "health-start-period",
+            &f.health_start_period,
+            Property::HealthStartPeriodUSec,
+        ),
+        (
+            "health-start-interval",
+            &f.health_start_interval,
+            Property::HealthStartIntervalUSec,
+        ),
+    ] {
+        if let Some(s) = value {
+            push(duration_usec(flag, s).map(make));
+        }
+    }
+    if let Some(n) = f.health_retries {
+        push(Ok(Property::HealthRetries(n)));
+    }
 }
 
 /// The property list of `service create`.
@@ -754,6 +867,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn health_flags_become_properties() {
+        let common = CommonFlags {
+            health_cmd: Some("wget -qO- http://127.0.0.1/".into()),
+            health_interval: Some("5s".into()),
+            health_timeout: Some("2s".into()),
+            health_retries: Some(4),
+            health_start_period: Some("1m".into()),
+            health_start_interval: Some("500ms".into()),
+            ..Default::default()
+        };
+        let props = create_properties("nginx:1.27", &[], &common, &CreateFlags::default()).unwrap();
+        for want in [
+            Property::HealthTest(vec![
+                "CMD-SHELL".into(),
+                "wget -qO- http://127.0.0.1/".into(),
+            ]),
+            Property::HealthIntervalUSec(5_000_000),
+            Property::HealthTimeoutUSec(2_000_000),
+            Property::HealthRetries(4),
+            Property::HealthStartPeriodUSec(60_000_000),
+            Property::HealthStartIntervalUSec(500_000),
+        ] {
+            assert!(props.contains(&want), "{want:?} in {props:?}");
+        }
+        let rollback = CommonFlags {
+            rollback_parallelism: Some(0),
+            rollback_monitor: Some("3s".into()),
+            rollback_failure_action: Some("continue".into()),
+            ..Default::default()
+        };
+        let props =
+            create_properties("nginx:1.27", &[], &rollback, &CreateFlags::default()).unwrap();
+        for want in [
+            Property::RollbackParallelism(0),
+            Property::RollbackMonitorUSec(3_000_000),
+            Property::RollbackFailureAction("continue".into()),
+        ] {
+            assert!(props.contains(&want), "{want:?} in {props:?}");
+        }
+        let off = CommonFlags {
+            no_healthcheck: true,
+            ..Default::default()
+        };
+        let props = create_properties("nginx:1.27", &[], &off, &CreateFlags::default()).unwrap();
+        assert!(props.contains(&Property::HealthTest(vec!["NONE".into()])));
+        let both = CommonFlags {
+            no_healthcheck: true,
+            health_interval: Some("1s".into()),
+            ..Default::default()
+        };
+        let err = create_properties("nginx:1.27", &[], &both, &CreateFlags::default()).unwrap_err();
+        assert!(err[0].contains("--no-healthcheck conflicts"), "{err:?}");
+    }
+
+    #[test]
     fn create_flags_become_properties() {
         let common = CommonFlags {
             replicas: Some(3),
@@ -976,6 +1144,7 @@ mod tests {
             info: Default::default(),
             spec,
             properties: vec![],
+            task_health: Default::default(),
         };
         let u = UpdateFlags {
             // Removal matches the parsed constraint, whatever the spacing.
@@ -1039,6 +1208,7 @@ mod tests {
             info: Default::default(),
             spec,
             properties: vec![],
+            task_health: Default::default(),
         };
         let u = UpdateFlags {
             env_add: vec!["NEW=2".into()],

@@ -646,11 +646,28 @@ async fn print_tasks(
     render::sort_tasks(&mut tasks);
     if list.quiet {
         tasks.iter().for_each(|t| println!("{}", t.id));
-    } else if json(&list.format) {
-        print_json(&tasks)?;
+        return Ok(());
+    }
+    let health = c.task_health().await?;
+    if json(&list.format) {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            row: &'a shoal_dbus::TaskRow,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            health: Option<&'a shoal_dbus::TaskHealthView>,
+        }
+        let rows: Vec<Row<'_>> = tasks
+            .iter()
+            .map(|row| Row {
+                row,
+                health: health.get(&row.id),
+            })
+            .collect();
+        print_json(&rows)?;
     } else {
         let now = c.info().await?.now;
-        print!("{}", render::service_ps(&tasks, now, no_trunc));
+        print!("{}", render::service_ps(&tasks, &health, now, no_trunc));
     }
     Ok(())
 }
@@ -704,7 +721,9 @@ async fn service(cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Inspect { pretty, services } => {
             let mut out = Vec::new();
             for s in &services {
-                out.push(c.inspect_service(s).await?);
+                let mut inspect = c.inspect_service(s).await?;
+                inspect.task_health = c.service_task_health(&inspect.info.id).await?;
+                out.push(inspect);
             }
             if pretty {
                 for s in &out {
@@ -851,6 +870,41 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
         }
     }
     print!("{}", render::placement_pretty(&spec.placement));
+    if let Some(h) = &spec.task.healthcheck {
+        println!("Healthcheck:");
+        if h.is_disabled() {
+            println!(" Disabled:\ttrue");
+        } else {
+            if !h.test.is_empty() {
+                println!(" Test:\t\t{:?}", h.test);
+            }
+            for (name, ms) in [
+                ("Interval", h.interval),
+                ("Timeout", h.timeout),
+                ("StartPeriod", h.start_period),
+                ("StartInterval", h.start_interval),
+            ] {
+                if ms > 0 {
+                    println!(" {name}:\t{}", spec::units::format_duration(ms));
+                }
+            }
+            if h.retries > 0 {
+                println!(" Retries:\t{}", h.retries);
+            }
+        }
+    }
+    if !s.task_health.is_empty() {
+        println!("Task health:");
+        for h in s.task_health.values() {
+            println!(
+                " {}:\t{} (failing streak {}, last check exit {})",
+                h.task, h.status, h.failing_streak, h.exit_code
+            );
+            for line in h.output.lines().take(10) {
+                println!("   {line}");
+            }
+        }
+    }
     println!("UpdateConfig:");
     println!(" Parallelism:\t{}", spec.update.parallelism);
     println!(

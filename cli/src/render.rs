@@ -1,7 +1,9 @@
 //! Plain aligned tables and human-readable times, the way the docker CLI prints them.
 
+use std::collections::BTreeMap;
+
 use model::{Placement, short_id};
-use shoal_dbus::{NodeRow, ServiceRow, StackRow, TaskRow};
+use shoal_dbus::{NodeRow, ServiceRow, StackRow, TaskHealthView, TaskRow};
 
 /// Columns separated by at least three spaces; the last column is not padded.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -117,7 +119,14 @@ pub fn sort_tasks(tasks: &mut [TaskRow]) {
 }
 
 /// `service ps` / `stack ps`: the newest task of a slot by name, older ones as ` \_ name`.
-pub fn service_ps(tasks: &[TaskRow], now: u64, no_trunc: bool) -> String {
+/// `service ps`: docker's columns; a task that runs a healthcheck shows its health after its
+/// state, as `docker ps` does (`Running 5 seconds ago (healthy)`).
+pub fn service_ps(
+    tasks: &[TaskRow],
+    health: &BTreeMap<String, TaskHealthView>,
+    now: u64,
+    no_trunc: bool,
+) -> String {
     let mut tasks = tasks.to_vec();
     sort_tasks(&mut tasks);
     let mut body = Vec::new();
@@ -154,7 +163,17 @@ pub fn service_ps(tasks: &[TaskRow], now: u64, no_trunc: bool) -> String {
             t.image.clone(),
             t.node.clone(),
             capitalize(&t.desired),
-            format!("{} {} ago", capitalize(&t.state), since),
+            match health.get(&t.id) {
+                Some(h) if !t.state().is_some_and(|s| s.is_terminal()) => {
+                    let h = if h.status == "healthy" {
+                        h.status.clone()
+                    } else {
+                        format!("health: {}", h.status)
+                    };
+                    format!("{} {} ago ({h})", capitalize(&t.state), since)
+                }
+                _ => format!("{} {} ago", capitalize(&t.state), since),
+            },
             error,
         ]);
     }
@@ -388,6 +407,38 @@ mod tests {
     }
 
     #[test]
+    fn ps_shows_the_health_of_live_tasks() {
+        let view = |status: &str| TaskHealthView {
+            status: status.into(),
+            ..Default::default()
+        };
+        let tasks = vec![
+            task("a", 1, 1_000, "running", "running"),
+            task("b", 2, 1_000, "starting", "running"),
+            task("c", 3, 1_000, "failed", "shutdown"),
+        ];
+        let health: BTreeMap<String, TaskHealthView> = [
+            ("a".to_string(), view("healthy")),
+            ("b".to_string(), view("starting")),
+            ("c".to_string(), view("unhealthy")),
+        ]
+        .into_iter()
+        .collect();
+        let out = service_ps(&tasks, &health, 3_000, false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].contains("Running 2 seconds ago (healthy)"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("Starting 2 seconds ago (health: starting)"),
+            "{out}"
+        );
+        assert!(lines[3].contains("Failed 2 seconds ago"), "{out}");
+        assert!(!lines[3].contains("unhealthy"), "{out}");
+    }
+
+    #[test]
     fn ps_shows_history_under_the_current_task() {
         let mut failed = task("old1", 1, 1_000, "failed", "shutdown");
         failed.error = "task: non-zero exit (1)".into();
@@ -396,7 +447,7 @@ mod tests {
             task("new1", 1, 2_000, "running", "running"),
             task("new2", 2, 2_000, "running", "running"),
         ];
-        let out = service_ps(&tasks, 7_000, false);
+        let out = service_ps(&tasks, &BTreeMap::new(), 7_000, false);
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].starts_with("ID "));
         assert!(lines[0].contains("DESIRED STATE   CURRENT STATE"));
@@ -416,7 +467,12 @@ mod tests {
         let mut pending = task("pend1", 1, 1_000, "pending", "running");
         pending.node = String::new();
         pending.error = "no suitable node (scheduling constraints not satisfied on 3 nodes)".into();
-        let out = service_ps(std::slice::from_ref(&pending), 3_000, false);
+        let out = service_ps(
+            std::slice::from_ref(&pending),
+            &BTreeMap::new(),
+            3_000,
+            false,
+        );
         let row = out.lines().nth(1).unwrap();
         assert!(
             row.ends_with(
@@ -424,7 +480,7 @@ mod tests {
             ),
             "{out}"
         );
-        let out = service_ps(&[pending], 3_000, true);
+        let out = service_ps(&[pending], &BTreeMap::new(), 3_000, true);
         assert!(
             out.lines().nth(1).unwrap().ends_with(
                 "\"no suitable node (scheduling constraints not satisfied on 3 nodes)\""

@@ -180,7 +180,11 @@ pub async fn converge(client: &Client, service: &str, opts: WaitOpts) -> Result<
                 failures.len()
             );
         }
-        let converged = running == desired && old_running == 0 && current.len() as u64 == desired;
+        // An update is over only once its last tasks stayed running (healthy) for `monitor`:
+        // until then the updater still says `updating` (or `rollback_started`).
+        let settled = !matches!(update_state, "updating" | "rollback_started");
+        let converged =
+            running == desired && old_running == 0 && current.len() as u64 == desired && settled;
         if !converged && matches!(update_state, "paused" | "rollback_paused") {
             bail!(
                 "the update of service {service} is paused: {}\n  fix the spec and run shoal service update again, or run shoal service rollback {service}",

@@ -104,7 +104,7 @@ fn a_bad_compose_file_fails_with_every_problem_and_its_place() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("stack.yaml"),
-        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: two\n    healthcheck:\n      test: [CMD, 'true']\n  db:\n    image: ${DB_IMAGE:?set DB_IMAGE}\n",
+        "services:\n  web:\n    image: web:1\n    deploy:\n      replicas: two\n    secrets:\n      - s\n  db:\n    image: ${DB_IMAGE:?set DB_IMAGE}\n",
     )
     .unwrap();
     let out = shoal(dir.path(), &["stack", "convert", "stack.yaml"]);
@@ -113,7 +113,7 @@ fn a_bad_compose_file_fails_with_every_problem_and_its_place() {
     let err = text(&out.stderr);
     for want in [
         "stack.yaml:5:17: services.web.deploy.replicas: expected an integer, found a string",
-        "stack.yaml:6:5: \"healthcheck\" in services.web is not supported yet",
+        "stack.yaml:6:5: \"secrets\" in services.web is not supported yet",
         "stack.yaml:9:12: services.db.image: required variable DB_IMAGE is missing a value: set DB_IMAGE",
         "3 problems in stack.yaml",
     ] {

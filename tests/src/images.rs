@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -89,6 +90,8 @@ pub struct ImageBuilder {
     cmd: Option<Vec<String>>,
     working_dir: String,
     user: String,
+    /// Docker's `config.Healthcheck` (durations in nanoseconds).
+    healthcheck: Option<serde_json::Value>,
 }
 
 impl Default for ImageBuilder {
@@ -107,7 +110,17 @@ impl ImageBuilder {
             cmd: Some(vec!["/bin/sh".into()]),
             working_dir: String::new(),
             user: String::new(),
+            healthcheck: None,
         }
+    }
+
+    /// A HEALTHCHECK as Docker writes it: `test` (`["CMD-SHELL", "..."]`), the interval.
+    pub fn healthcheck(mut self, test: &[&str], interval: Duration) -> Self {
+        self.healthcheck = Some(json!({
+            "Test": test,
+            "Interval": interval.as_nanos() as u64,
+        }));
+        self
     }
 
     /// Adds a regular file (mode 0644) at `path` (relative to `/`).
@@ -241,6 +254,9 @@ impl ImageBuilder {
         }
         if !self.user.is_empty() {
             config["User"] = json!(self.user);
+        }
+        if let Some(h) = &self.healthcheck {
+            config["Healthcheck"] = h.clone();
         }
         serde_json::to_vec(&json!({
             "architecture": host_arch(),

@@ -31,6 +31,19 @@ pub struct TaskRow {
     /// Name of the node the task is assigned to.
     #[serde(default)]
     pub node: String,
+    /// Present when the task runs a healthcheck.
+    #[serde(default)]
+    pub health: Option<TaskHealth>,
+}
+
+/// The `health` of a `service ps --format json` row.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskHealth {
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    pub failing_streak: u32,
+    pub exit_code: i32,
+    pub output: String,
 }
 
 impl TaskRow {

@@ -135,7 +135,7 @@ networks:
     let bad = app.join("bad.yml");
     std::fs::write(
         &bad,
-        "services:\n  web:\n    image: x:1\n    networks: [front]\n    healthcheck:\n      test: [CMD, 'true']\n",
+        "services:\n  web:\n    image: x:1\n    networks: [front]\n    secrets:\n      - s\n",
     )
     .unwrap();
     let out = node.shoal(&["stack", "deploy", "-c", bad.to_str().unwrap(), "shop"]);
@@ -147,7 +147,7 @@ networks:
             bad.display()
         ),
         format!(
-            "{}:5:5: \"healthcheck\" in services.web is not supported yet",
+            "{}:5:5: \"secrets\" in services.web is not supported yet",
             bad.display()
         ),
     ] {

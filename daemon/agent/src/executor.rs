@@ -17,6 +17,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use model::Task;
+use model::health::ResolvedHealthcheck;
 
 /// What `prepare` made: the container exists and is ready to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +34,15 @@ pub struct ExitStatus {
     pub code: i32,
     /// The kernel's OOM killer ended the process.
     pub oom_killed: bool,
+}
+
+/// How a command run inside a container ([`Executor::exec`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code; `None` when it ran past its timeout and was killed.
+    pub exit_code: Option<i32>,
+    /// The last bytes of its stdout and stderr (at most `model::health::MAX_OUTPUT_BYTES`).
+    pub output: Vec<u8>,
 }
 
 /// The state of a container found in the runtime.
@@ -165,4 +175,22 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Every container of this node's tasks that exists in the runtime.
     fn list(&self) -> impl Future<Output = Result<Vec<Existing>, ExecError>> + Send;
+
+    /// The healthcheck the task runs: its service's merged over its image's HEALTHCHECK
+    /// ([`model::health::resolve`]); `None` when it runs none. Called once the task is
+    /// prepared, and for containers adopted after a restart (the image is on the node then).
+    fn healthcheck(
+        &self,
+        task: &Task,
+    ) -> impl Future<Output = Result<Option<ResolvedHealthcheck>, ExecError>> + Send;
+
+    /// Runs `command` inside the running container (with the environment, user and working
+    /// directory of its process), killing it after `timeout`. Must not block other calls: the
+    /// agent runs one check per task concurrently with everything else.
+    fn exec(
+        &self,
+        container: &ContainerRef,
+        command: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, ExecError>> + Send;
 }

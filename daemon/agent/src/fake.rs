@@ -18,7 +18,7 @@ use model::Task;
 use tokio::sync::watch;
 
 use crate::executor::{
-    ContainerRef, ContainerStatus, ExecError, Executor, Existing, ExitStatus, Prepared,
+    ContainerRef, ContainerStatus, ExecError, ExecOutput, Executor, Existing, ExitStatus, Prepared,
 };
 
 /// One call the agent made.
@@ -45,6 +45,11 @@ pub enum Call {
     },
     Remove {
         container_id: String,
+    },
+    /// A healthcheck command run in the container.
+    Exec {
+        container_id: String,
+        command: Vec<String>,
     },
 }
 
@@ -86,6 +91,10 @@ struct Inner {
     rejected_images: HashMap<String, String>,
     ignores_stop: HashSet<String>,
     programs: HashMap<String, (Duration, i32)>,
+    /// Exit code of every healthcheck run in a task's container (0 when unset).
+    health_codes: HashMap<String, i32>,
+    /// Healthchecks of images, by image reference.
+    image_healthchecks: HashMap<String, model::Healthcheck>,
     calls: Vec<Call>,
 }
 
@@ -249,6 +258,28 @@ impl FakeExecutor {
     /// The task's process ignores every signal but SIGKILL.
     pub fn ignore_stop_signal(&self, task_id: &str) {
         self.lock().ignores_stop.insert(task_id.to_string());
+    }
+
+    /// Every later healthcheck of the task exits with `code` (0 until set); `None`: it runs
+    /// past its timeout.
+    pub fn set_health(&self, task_id: &str, code: Option<i32>) {
+        self.lock()
+            .health_codes
+            .insert(task_id.to_string(), code.unwrap_or(i32::MIN));
+    }
+
+    /// Images with this reference carry `check` as their HEALTHCHECK.
+    pub fn image_healthcheck(&self, image: &str, check: model::Healthcheck) {
+        self.lock()
+            .image_healthchecks
+            .insert(image.to_string(), check);
+    }
+
+    /// How many healthchecks ran in the task's container.
+    pub fn execs(&self, task_id: &str) -> usize {
+        self.count(
+            |c| matches!(c, Call::Exec { container_id, .. } if container_id.ends_with(task_id)),
+        )
     }
 
     /// Processes of tasks with this image exit with `code` after running for `after`.
@@ -482,6 +513,57 @@ impl Executor for FakeExecutor {
         inner.exit(&container.container_id, None, KILLED);
         inner.containers.remove(&container.container_id);
         Ok(())
+    }
+
+    async fn healthcheck(
+        &self,
+        task: &Task,
+    ) -> Result<Option<model::health::ResolvedHealthcheck>, ExecError> {
+        let inner = self.lock();
+        Ok(model::health::resolve(
+            task.spec.healthcheck.as_ref(),
+            inner.image_healthchecks.get(&task.spec.image),
+        ))
+    }
+
+    async fn exec(
+        &self,
+        container: &ContainerRef,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        let code = {
+            let mut inner = self.lock();
+            inner.calls.push(Call::Exec {
+                container_id: container.container_id.clone(),
+                command: command.to_vec(),
+            });
+            match inner.containers.get(&container.container_id) {
+                Some(c) if matches!(c.status(), ContainerStatus::Running { .. }) => {}
+                _ => {
+                    return Err(ExecError::fatal(format!(
+                        "container {} is not running",
+                        container.container_id
+                    )));
+                }
+            }
+            inner
+                .health_codes
+                .get(&container.task_id)
+                .copied()
+                .unwrap_or(0)
+        };
+        if code == i32::MIN {
+            tokio::time::sleep(timeout).await;
+            return Ok(ExecOutput {
+                exit_code: None,
+                output: Vec::new(),
+            });
+        }
+        Ok(ExecOutput {
+            exit_code: Some(code),
+            output: format!("check exited {code}\n").into_bytes(),
+        })
     }
 
     async fn list(&self) -> Result<Vec<Existing>, ExecError> {

@@ -20,6 +20,11 @@
 //!   or `task: OOM killed`; the exit code is recorded.
 //! - Desired SHUTDOWN or REMOVE stops the process with the task's stop signal and grace period
 //!   and reports SHUTDOWN. A task that left the assignment is stopped and removed silently.
+//! - A task with a healthcheck (its service's, else its image's) stays STARTING once its
+//!   process runs, until a check passes; then it is RUNNING. Checks run in a tokio task of
+//!   their own (through [`Executor::exec`]) while the manager waits for the process; a task
+//!   that becomes unhealthy is stopped and reported FAILED (`task: unhealthy container`). The
+//!   health and the last check's exit code and output are reported with the status.
 //! - A terminal task's container is removed at once; only its log file stays.
 //! - Temporary executor errors are retried after one second; fatal ones end the task.
 //! - When the agent stops, containers keep running. The next agent adopts them: a running
@@ -41,6 +46,6 @@ mod manager;
 pub use agent::{Agent, DEFAULT_PREPARE_CONCURRENCY};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use executor::{
-    ContainerRef, ContainerStatus, ExecError, Executor, Existing, ExitStatus, Prepared,
+    ContainerRef, ContainerStatus, ExecError, ExecOutput, Executor, Existing, ExitStatus, Prepared,
 };
 pub use manager::{DEFAULT_STOP_GRACE, DEFAULT_STOP_SIGNAL, RETRY_INTERVAL, VANISHED};

@@ -11,7 +11,9 @@
 //! | ACCEPTED            | > ACCEPTED       | report PREPARING                                  |
 //! | PREPARING           | any              | prepare, report READY (may pass desired READY)    |
 //! | READY               | > READY          | after `not_before`: report STARTING               |
-//! | STARTING            | any              | start, report RUNNING                             |
+//! | STARTING            | any              | start, report RUNNING (with a healthcheck: report |
+//! |                     |                  | the process, RUNNING once a check passed)         |
+//! | STARTING, started   | any              | wait for the exit and the healthcheck             |
 //! | RUNNING             | any              | wait for the exit: COMPLETE or FAILED             |
 //!
 //! After an agent restart the container may have to be prepared again (to learn its address)
@@ -42,11 +44,13 @@ pub enum Next {
     Idle,
 }
 
-/// Decides the next step. `prepared` says whether `prepare` succeeded in this agent's lifetime.
+/// Decides the next step. `prepared` says whether `prepare` succeeded in this agent's lifetime,
+/// `started` whether the process was started (or adopted running) in it.
 pub fn decide(
     observed: TaskState,
     desired: TaskState,
     prepared: bool,
+    started: bool,
     not_before: Option<Millis>,
     now: Millis,
 ) -> Next {
@@ -83,6 +87,8 @@ pub fn decide(
                 }
             }
         }
+        // Started, waiting for a healthcheck to pass.
+        TaskState::Starting if started => Next::Wait,
         TaskState::Starting if !prepared => Next::Prepare { report: false },
         TaskState::Starting => Next::Start,
         // RUNNING; the terminal states returned above.
@@ -115,7 +121,7 @@ mod tests {
     use TaskState::*;
 
     fn d(observed: TaskState, desired: TaskState) -> Next {
-        decide(observed, desired, true, None, 0)
+        decide(observed, desired, true, false, None, 0)
     }
 
     #[test]
@@ -127,6 +133,17 @@ mod tests {
         assert_eq!(d(Ready, Running), Next::Advance(Starting, "starting"));
         assert_eq!(d(Starting, Running), Next::Start);
         assert_eq!(d(Running, Running), Next::Wait);
+    }
+
+    #[test]
+    fn a_started_task_waits_for_its_healthcheck_in_starting() {
+        assert_eq!(decide(Starting, Running, true, true, None, 0), Next::Wait);
+        // Adopted after a restart: no prepare needed for a process that runs.
+        assert_eq!(decide(Starting, Running, false, true, None, 0), Next::Wait);
+        assert_eq!(
+            decide(Starting, Shutdown, true, true, None, 0),
+            Next::Shutdown
+        );
     }
 
     #[test]
@@ -152,15 +169,15 @@ mod tests {
     fn not_before_delays_starting_only() {
         let at = 5_000;
         assert_eq!(
-            decide(Preparing, Running, false, Some(at), 0),
+            decide(Preparing, Running, false, false, Some(at), 0),
             Next::Prepare { report: true }
         );
         assert_eq!(
-            decide(Ready, Running, true, Some(at), 4_999),
+            decide(Ready, Running, true, false, Some(at), 4_999),
             Next::WaitUntil(at)
         );
         assert_eq!(
-            decide(Ready, Running, true, Some(at), 5_000),
+            decide(Ready, Running, true, false, Some(at), 5_000),
             Next::Advance(Starting, "starting")
         );
     }
@@ -180,11 +197,11 @@ mod tests {
     #[test]
     fn after_a_restart_the_container_is_prepared_again_silently() {
         assert_eq!(
-            decide(Ready, Ready, false, None, 0),
+            decide(Ready, Ready, false, false, None, 0),
             Next::Prepare { report: false }
         );
         assert_eq!(
-            decide(Starting, Running, false, None, 0),
+            decide(Starting, Running, false, false, None, 0),
             Next::Prepare { report: false }
         );
     }

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use model::health::{self, CheckResult, HealthStatus, ResolvedHealthcheck, TaskHealth};
 use model::{Millis, Task, TaskState, TaskStatus};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -19,7 +20,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use crate::clock::Clock;
-use crate::executor::{ContainerRef, ContainerStatus, ExecError, Executor, Existing, ExitStatus};
+use crate::executor::{
+    ContainerRef, ContainerStatus, ExecError, ExecOutput, Executor, Existing, ExitStatus,
+};
 use crate::lifecycle::{Next, decide, exit_outcome};
 
 /// How long the agent waits before it retries a temporary executor error (Swarm: 1s).
@@ -65,6 +68,16 @@ pub(crate) struct TaskManager<E> {
     process_may_run: bool,
     /// `prepare` succeeded in this agent's lifetime.
     prepared: bool,
+    /// The process was started, or adopted running, in this agent's lifetime.
+    started: bool,
+    /// The task's healthcheck, running while its process runs.
+    health: Option<HealthRun>,
+}
+
+/// A task's healthcheck loop ([`probe`]) and the health it reports after each check.
+struct HealthRun {
+    rx: mpsc::Receiver<TaskHealth>,
+    _probe: AbortOnDrop,
 }
 
 impl<E: Executor> TaskManager<E> {
@@ -84,6 +97,8 @@ impl<E: Executor> TaskManager<E> {
             container: None,
             process_may_run: false,
             prepared: false,
+            started: false,
+            health: None,
         }
     }
 
@@ -125,6 +140,7 @@ impl<E: Executor> TaskManager<E> {
                 self.status.state,
                 task.desired,
                 self.prepared,
+                self.started,
                 task.not_before,
                 now,
             );
@@ -158,8 +174,29 @@ impl<E: Executor> TaskManager<E> {
             Some(ContainerStatus::Running { pid }) => {
                 info!(task = %self.id, pid, "adopted running container");
                 self.status.pid = Some(pid);
-                if recorded < TaskState::Running {
-                    self.advance(TaskState::Running, "adopted", None).await?;
+                self.started = true;
+                let check = match self.shared.executor.healthcheck(task).await {
+                    Ok(check) => check,
+                    Err(err) => {
+                        // The image is on the node, so this is rare; the service's own check
+                        // still applies.
+                        warn!(task = %self.id, %err, "cannot read the image's healthcheck");
+                        health::resolve(task.spec.healthcheck.as_ref(), None)
+                    }
+                };
+                match check {
+                    None if recorded < TaskState::Running => {
+                        self.advance(TaskState::Running, "adopted", None).await?;
+                    }
+                    None => {}
+                    Some(check) => {
+                        if recorded < TaskState::Starting {
+                            self.advance(TaskState::Starting, "adopted", None).await?;
+                        }
+                        let health = task.status.health.clone().unwrap_or_default();
+                        let since = task.started_at.unwrap_or(task.status.timestamp);
+                        self.begin_health(check, since, health);
+                    }
                 }
             }
             Some(ContainerStatus::Exited(exit)) => {
@@ -226,7 +263,80 @@ impl<E: Executor> TaskManager<E> {
             .await
     }
 
+    /// Sends the current status again: same state, new details (the process, its health).
+    async fn report(&mut self) -> Step {
+        self.shared
+            .reports
+            .send((self.id.clone(), self.status.clone()))
+            .await
+            .map_err(|_| Halt)
+    }
+
+    /// Starts the healthcheck loop of a process that started at `since` (wall clock).
+    fn begin_health(&mut self, check: ResolvedHealthcheck, since: Millis, health: TaskHealth) {
+        let Some(container) = self.container.clone() else {
+            return;
+        };
+        self.status.health = Some(health.clone());
+        let (tx, rx) = mpsc::channel(4);
+        let handle = tokio::spawn(probe(
+            self.shared.clone(),
+            container,
+            check,
+            since,
+            health,
+            tx,
+        ));
+        self.health = Some(HealthRun {
+            rx,
+            _probe: AbortOnDrop(handle),
+        });
+    }
+
+    /// A check ran: record its result; a first pass makes the task RUNNING, an unhealthy task
+    /// is stopped and FAILED.
+    async fn on_health(&mut self, task: &Task, h: TaskHealth) -> Step {
+        let prev = self.status.health.replace(h.clone());
+        match h.status {
+            HealthStatus::Unhealthy => {
+                self.health = None;
+                if self.process_may_run
+                    && let Some(container) = self.container.clone()
+                {
+                    let (signal, grace) = stop_params(Some(task));
+                    info!(task = %self.id, %signal, "task is unhealthy, stopping it");
+                    let executor = self.shared.executor.clone();
+                    retry(&self.id, "stop", || {
+                        executor.stop(&container, &signal, grace)
+                    })
+                    .await;
+                    self.process_may_run = false;
+                }
+                self.advance(
+                    TaskState::Failed,
+                    "failed",
+                    Some(health::UNHEALTHY_ERROR.to_string()),
+                )
+                .await
+            }
+            HealthStatus::Healthy if self.status.state == TaskState::Starting => {
+                info!(task = %self.id, "healthcheck passed");
+                self.advance(TaskState::Running, "started", None).await
+            }
+            _ => {
+                let changed = prev.as_ref().is_none_or(|p| {
+                    p.status != h.status
+                        || p.failing_streak != h.failing_streak
+                        || p.last.as_ref().map(|l| l.exit_code)
+                            != h.last.as_ref().map(|l| l.exit_code)
+                });
+                if changed { self.report().await } else { Ok(()) }
+            }
+        }
+    }
+
     async fn finish(&mut self, exit: ExitStatus) -> Step {
+        self.health = None;
         self.process_may_run = false;
         self.status.exit_code = Some(exit.code);
         self.status.oom_killed = exit.oom_killed;
@@ -274,11 +384,28 @@ impl<E: Executor> TaskManager<E> {
     }
 
     async fn start(&mut self, task: &Task) -> Step {
+        let check = match self.shared.executor.healthcheck(task).await {
+            Ok(check) => check,
+            Err(err) if err.is_temporary() => {
+                warn!(task = %self.id, %err, "reading the healthcheck failed, retrying in 1s");
+                return self.pause(RETRY_INTERVAL).await;
+            }
+            Err(err) => return self.fail(&err).await,
+        };
         self.process_may_run = true;
         match self.shared.executor.start(task).await {
             Ok(pid) => {
                 self.status.pid = Some(pid);
-                self.advance(TaskState::Running, "started", None).await
+                self.started = true;
+                match check {
+                    None => self.advance(TaskState::Running, "started", None).await,
+                    Some(check) => {
+                        // RUNNING once a check passes; until then the task stays STARTING.
+                        let now = self.shared.clock.now();
+                        self.begin_health(check, now, TaskHealth::default());
+                        self.report().await
+                    }
+                }
             }
             Err(err) if err.is_temporary() => {
                 warn!(task = %self.id, %err, "start failed, retrying in 1s");
@@ -295,8 +422,13 @@ impl<E: Executor> TaskManager<E> {
             .unwrap_or_else(|| ContainerRef::for_task(task));
         let executor = self.shared.executor.clone();
         let result = tokio::select! {
-            result = executor.wait(&container) => result,
+            result = executor.wait(&container) => Ok(result),
             r = interrupted(&mut self.rx) => return r,
+            Some(h) = next_health(&mut self.health) => Err(Checked(h)),
+        };
+        let result = match result {
+            Err(Checked(h)) => return self.on_health(task, h).await,
+            Ok(result) => result,
         };
         match result {
             Ok(exit) => self.finish(exit).await,
@@ -324,6 +456,7 @@ impl<E: Executor> TaskManager<E> {
     }
 
     async fn shutdown(&mut self, task: &Task) -> Step {
+        self.health = None;
         if self.process_may_run
             && let Some(container) = self.container.clone()
         {
@@ -356,6 +489,7 @@ impl<E: Executor> TaskManager<E> {
     }
 
     async fn stop_and_remove(&mut self, task: Option<&Task>) {
+        self.health = None;
         let Some(container) = self.container.clone() else {
             return;
         };
@@ -388,6 +522,64 @@ impl<E: Executor> TaskManager<E> {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A healthcheck ran while the manager waited for the process.
+struct Checked(TaskHealth);
+
+/// The next health the task's healthcheck loop reports; never resolves without one.
+async fn next_health(run: &mut Option<HealthRun>) -> Option<TaskHealth> {
+    match run {
+        Some(run) => run.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A task's healthcheck loop, in a tokio task of its own: waits the interval, runs the check in
+/// the container, records the result and sends the health on; ends once the task is unhealthy
+/// (or when the manager drops the receiver). `since` is when the process started.
+async fn probe<E: Executor>(
+    shared: Arc<Shared<E>>,
+    container: ContainerRef,
+    check: ResolvedHealthcheck,
+    since: Millis,
+    mut health: TaskHealth,
+    tx: mpsc::Sender<TaskHealth>,
+) {
+    loop {
+        let elapsed = shared.clock.now().saturating_sub(since);
+        sleep(Duration::from_millis(health.next_delay(&check, elapsed))).await;
+        let started_at = shared.clock.now();
+        let timeout = Duration::from_millis(check.timeout);
+        let (exit_code, output) = match shared
+            .executor
+            .exec(&container, &check.command, timeout)
+            .await
+        {
+            Ok(ExecOutput {
+                exit_code: Some(code),
+                output,
+            }) => (code, health::tail_output(&output)),
+            Ok(ExecOutput {
+                exit_code: None, ..
+            }) => (
+                -1,
+                format!("healthcheck exceeded its timeout ({} ms)", check.timeout),
+            ),
+            Err(err) => (-1, format!("failed to run the healthcheck: {err}")),
+        };
+        let result = CheckResult {
+            exit_code,
+            output,
+            started_at,
+            ended_at: shared.clock.now(),
+        };
+        debug!(container = %container.container_id, exit_code, "healthcheck ran");
+        let status = health.record(&check, result, started_at.saturating_sub(since));
+        if tx.send(health.clone()).await.is_err() || status == HealthStatus::Unhealthy {
+            return;
         }
     }
 }

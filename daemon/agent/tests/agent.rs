@@ -192,8 +192,9 @@ fn record(
 ) {
     let entry = history.entry(id.clone()).or_default();
     if let Some(last) = entry.last() {
+        // A report in the same state carries new details (the process, its health).
         assert!(
-            status.state > last.state,
+            status.state > last.state || (status.state == last.state && status != *last),
             "task {id} went from {} back to {}",
             last.state,
             status.state
@@ -712,4 +713,147 @@ async fn churn_never_moves_a_report_backwards() {
         e.containers().iter().all(|c| c.task_id == "t01")
     })
     .await;
+}
+
+fn with_health(mut t: Task, test: &[&str], interval: Millis, retries: u32) -> Task {
+    t.spec.healthcheck = Some(model::Healthcheck {
+        test: test.iter().map(|s| s.to_string()).collect(),
+        interval,
+        timeout: 1_000,
+        retries,
+        ..Default::default()
+    });
+    t
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_with_a_healthcheck_is_running_only_after_a_check_passes() {
+    let t = with_health(task("t1", 1), &["CMD", "check"], 5_000, 3);
+    let mut node = Node::start(Arc::new(FakeExecutor::new()), vec![t]);
+    let running = node.until("t1", Running).await;
+    // STARTING twice: before the process starts, then with its pid and health "starting".
+    assert_eq!(
+        node.states("t1"),
+        [Accepted, Preparing, Ready, Starting, Starting, Running]
+    );
+    let started = &node.history["t1"][4];
+    assert!(started.pid.is_some());
+    assert_eq!(
+        started.health.as_ref().map(|h| h.status),
+        Some(model::HealthStatus::Starting)
+    );
+    // The first check runs one interval after the start, as Docker's.
+    assert_eq!(running.timestamp, EPOCH + 5_000);
+    let health = running.health.clone().unwrap();
+    assert_eq!(health.status, model::HealthStatus::Healthy);
+    let last = health.last.unwrap();
+    assert_eq!(
+        (last.exit_code, last.output.as_str()),
+        (0, "check exited 0\n")
+    );
+    assert_eq!(
+        node.exec.calls().iter().find_map(|c| match c {
+            Call::Exec { command, .. } => Some(command.clone()),
+            _ => None,
+        }),
+        Some(vec!["check".to_string()])
+    );
+    // Passing checks go on without new reports.
+    node.quiet().await;
+    assert!(node.exec.execs("t1") > 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_checks_fail_never_runs_and_is_stopped_and_failed() {
+    let exec = Arc::new(FakeExecutor::new());
+    exec.set_health("t1", Some(1));
+    let t = with_health(task("t1", 1), &["CMD-SHELL", "exit 1"], 1_000, 2);
+    let mut node = Node::start(exec, vec![t]);
+    let failed = node.until("t1", Failed).await;
+    assert!(
+        !node.states("t1").contains(&Running),
+        "{:?}",
+        node.states("t1")
+    );
+    assert_eq!(failed.err.as_deref(), Some(model::health::UNHEALTHY_ERROR));
+    assert_eq!(failed.timestamp, EPOCH + 2_000);
+    let health = failed.health.unwrap();
+    assert_eq!(health.status, model::HealthStatus::Unhealthy);
+    assert_eq!(health.failing_streak, 2);
+    assert_eq!(health.last.unwrap().exit_code, 1);
+    assert_eq!(
+        node.exec.count(
+            |c| matches!(c, Call::Exec { command, .. } if command == &["/bin/sh", "-c", "exit 1"])
+        ),
+        2
+    );
+    assert_eq!(
+        node.exec
+            .count(|c| matches!(c, Call::Stop { signal, .. } if signal == "SIGTERM")),
+        1
+    );
+    node.eventually("the container is removed", removed("t1"))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_task_that_turns_unhealthy_fails_and_a_timeout_is_a_failure() {
+    let exec = Arc::new(FakeExecutor::new());
+    let t = with_health(task("t1", 1), &["CMD", "check"], 1_000, 2);
+    let mut node = Node::start(exec.clone(), vec![t]);
+    node.until("t1", Running).await;
+    exec.set_health("t1", None);
+    let failed = node.until("t1", Failed).await;
+    assert_eq!(failed.err.as_deref(), Some(model::health::UNHEALTHY_ERROR));
+    let last = failed.health.unwrap().last.unwrap();
+    assert_eq!(last.exit_code, -1);
+    assert!(last.output.contains("exceeded its timeout"), "{last:?}");
+    // The first failure was reported while RUNNING, with its streak.
+    assert!(node.history["t1"].iter().any(|s| s.state == Running
+        && s.health.as_ref().is_some_and(|h| h.failing_streak == 1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_images_healthcheck_applies_unless_the_service_turns_it_off() {
+    let exec = Arc::new(FakeExecutor::new());
+    exec.image_healthcheck(
+        "registry.local/web:1",
+        model::Healthcheck {
+            test: vec!["CMD".into(), "image-check".into()],
+            interval: 3_000,
+            ..Default::default()
+        },
+    );
+    let mut off = task("off", 2);
+    off.spec.healthcheck = Some(model::Healthcheck {
+        test: vec!["NONE".into()],
+        ..Default::default()
+    });
+    let mut node = Node::start(exec.clone(), vec![task("t1", 1), off]);
+    let running = node.until("t1", Running).await;
+    assert_eq!(running.timestamp, EPOCH + 3_000);
+    let off = node.until("off", Running).await;
+    assert_eq!(off.timestamp, EPOCH);
+    assert_eq!(off.health, None);
+    assert_eq!(exec.execs("off"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_keeps_checking_a_starting_task() {
+    let exec = Arc::new(FakeExecutor::new());
+    exec.set_health("t1", Some(1));
+    let t = with_health(task("t1", 1), &["CMD", "check"], 1_000, 1_000);
+    let mut node = Node::start(exec.clone(), vec![t]);
+    node.until("t1", Starting).await;
+    node.eventually("a check ran", |e| e.execs("t1") > 0).await;
+    let (exec, tasks) = node.stop().await;
+    assert_eq!(tasks[0].status.state, Starting);
+    exec.set_health("t1", Some(0));
+    let mut node = Node::start(exec.clone(), tasks);
+    node.until("t1", Running).await;
+    assert_eq!(
+        exec.starts("t1"),
+        1,
+        "the process was adopted, not restarted"
+    );
 }

@@ -49,6 +49,9 @@ pub struct ImageConfig {
     pub working_dir: String,
     /// Empty means root.
     pub user: String,
+    /// The image's HEALTHCHECK (Docker puts it in the config's `Healthcheck`).
+    #[serde(default)]
+    pub healthcheck: Option<model::Healthcheck>,
 }
 
 /// An image present in containerd, ready to run.
@@ -118,6 +121,45 @@ struct RawProcessConfig {
     working_dir: Option<String>,
     #[serde(default)]
     user: Option<String>,
+    #[serde(default)]
+    healthcheck: Option<RawHealthcheck>,
+}
+
+/// Docker's `config.Healthcheck`: durations in nanoseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawHealthcheck {
+    #[serde(default)]
+    test: Option<Vec<String>>,
+    #[serde(default)]
+    interval: Option<i64>,
+    #[serde(default)]
+    timeout: Option<i64>,
+    #[serde(default)]
+    start_period: Option<i64>,
+    #[serde(default)]
+    start_interval: Option<i64>,
+    #[serde(default)]
+    retries: Option<i64>,
+}
+
+impl RawHealthcheck {
+    /// The model's form; a test that is not one of Docker's forms is dropped (no check).
+    fn to_model(&self) -> Option<model::Healthcheck> {
+        let ms = |ns: Option<i64>| ns.map_or(0, |n| (n.max(0) / 1_000_000) as u64);
+        let test = self.test.clone().unwrap_or_default();
+        model::health::check_test(&test).ok()?;
+        Some(model::Healthcheck {
+            test,
+            interval: ms(self.interval),
+            timeout: ms(self.timeout),
+            start_period: ms(self.start_period),
+            start_interval: ms(self.start_interval),
+            retries: self
+                .retries
+                .map_or(0, |r| r.clamp(0, i64::from(u32::MAX)) as u32),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +256,7 @@ fn parse_config(reference: &str, bytes: &[u8]) -> Result<(ImageConfig, Vec<Strin
         cmd: p.cmd.filter(|v| !v.is_empty()),
         working_dir: p.working_dir.unwrap_or_default(),
         user: p.user.unwrap_or_default(),
+        healthcheck: p.healthcheck.as_ref().and_then(RawHealthcheck::to_model),
     };
     Ok((config, raw.rootfs.unwrap_or_default().diff_ids))
 }
@@ -1171,6 +1214,21 @@ mod tests {
         assert_eq!(chains[0], a);
         assert_eq!(chains[1], sha256_digest(format!("{a} {b}").as_bytes()));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn parses_the_images_healthcheck() {
+        let json = br#"{"config":{"Healthcheck":{"Test":["CMD-SHELL","wget -qO- localhost"],
+            "Interval":5000000000,"Timeout":2000000000,"StartPeriod":1000000000,"Retries":4}}}"#;
+        let (c, _) = parse_config("x", json).unwrap();
+        let h = c.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "wget -qO- localhost"]);
+        assert_eq!(
+            (h.interval, h.timeout, h.start_period, h.retries),
+            (5_000, 2_000, 1_000, 4)
+        );
+        let (c, _) = parse_config("x", br#"{"config":{}}"#).unwrap();
+        assert_eq!(c.healthcheck, None);
     }
 
     #[test]

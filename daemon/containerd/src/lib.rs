@@ -47,6 +47,7 @@ mod content;
 mod error;
 mod etc;
 mod events;
+mod exec;
 mod image;
 pub mod logger;
 mod reference;
@@ -76,6 +77,7 @@ pub use container::{
 };
 pub use error::{Error, Result};
 pub use events::ExitEvent;
+pub use exec::ExecOutput;
 pub use image::{ImageConfig, ImageInfo, PullOptions};
 pub use logger::run_logger;
 pub use reference::{ImageSource, RegistryRef};

@@ -7,7 +7,9 @@ use model::*;
 use crate::{SeqIds, reconcile};
 
 /// A simulated single- or multi-node cluster: the control plane plus an agent per node that moves
-/// tasks forward instantly. Images named `bad` fail right after starting.
+/// tasks forward instantly. Images named `bad` fail right after starting; images named
+/// `unhealthy` start but never pass a healthcheck: STARTING, then FAILED as unhealthy, never
+/// RUNNING.
 struct Sim {
     state: ClusterState,
     now: Millis,
@@ -109,6 +111,26 @@ impl Sim {
             }
             let next = if t.desired >= TaskState::Shutdown {
                 Some(TaskState::Shutdown)
+            } else if t.spec.image == "unhealthy" && cur == TaskState::Starting {
+                let status = TaskStatus {
+                    state: TaskState::Failed,
+                    timestamp: self.now,
+                    err: Some(model::health::UNHEALTHY_ERROR.into()),
+                    ..Default::default()
+                };
+                self.state
+                    .apply(&Command::UpdateTaskStatus {
+                        task_id: t.id.clone(),
+                        node_id: node.clone(),
+                        status,
+                    })
+                    .unwrap();
+                continue;
+            } else if t.spec.image == "unhealthy"
+                && t.desired == TaskState::Running
+                && cur < TaskState::Starting
+            {
+                Some(TaskState::Starting)
             } else if cur == TaskState::Running {
                 (t.spec.image == "bad").then_some(TaskState::Failed)
             } else if t.desired == TaskState::Running
@@ -560,6 +582,7 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
     sim.run_until("gone", |s| s.state.tasks.is_empty());
 }
 
+mod health;
 mod multi_node;
 
 mod stacks {

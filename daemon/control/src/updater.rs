@@ -4,15 +4,19 @@
 //! Level-triggered: progress is read from the tasks themselves.
 //! - A slot is *dirty* when its runnable task was made from an older service version.
 //! - A slot is *in flight* while its new task has not reached RUNNING (or, stop-first, while it
-//!   waits for the old task to stop).
+//!   waits for the old task to stop), and then for `monitor` after it did: the next batch waits
+//!   for the new tasks to be running and to stay so. RUNNING means healthy for a task with a
+//!   healthcheck (its node reports it RUNNING only after a check passed), so an update waits
+//!   for each new task to be healthy for `monitor`.
 //! - A new batch starts when fewer than `parallelism` slots are in flight (0: no limit) and
-//!   `delay` has passed since the last new task reached RUNNING.
+//!   `delay` has passed since the last new task's `monitor` ended.
 //! - stop-first: the old task gets desired SHUTDOWN and the new one is created with desired
 //!   READY; it is released to RUNNING once the old task has stopped.
 //! - start-first: the new task starts at once; the old one is shut down when the new one runs.
-//! - A new task that fails (or exits) within `monitor` of starting counts as a failure; above
-//!   `max_failure_ratio` the `failure_action` applies: pause, continue, or rollback to the
-//!   previous spec (a failing rollback pauses).
+//! - A new task that fails (or exits) before RUNNING, or within `monitor` of it, counts as a
+//!   failure (an unhealthy task is one: its node fails it); above `max_failure_ratio` the
+//!   `failure_action` applies: pause, continue, or rollback to the previous spec (a failing
+//!   rollback pauses). The status message names the task that failed and why.
 
 use model::{
     ClusterState, Command, FailureAction, Id, Service, SlotKey, TaskState, UpdateConfig,
@@ -91,8 +95,13 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         last_running,
         updated,
         failed,
+        first_failure,
         watch_until,
+        monitor_until,
     } = progress(pass.state, &svc, &config, started_at, now);
+    let why = first_failure
+        .map(|(name, err)| format!(": task {name} failed: {err}"))
+        .unwrap_or_default();
 
     if !release.is_empty() {
         pass.push(Command::SetDesired {
@@ -114,6 +123,9 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         return;
     }
     if let Some(until) = watch_until {
+        pass.plan.wake(until);
+    }
+    if let Some(until) = monitor_until {
         pass.plan.wake(until);
     }
     let updating = dirty.len() as u64 + in_flight > 0 || (active && watch_until.is_some());
@@ -148,7 +160,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                     set_status(
                         pass,
                         UpdateState::RollbackPaused,
-                        "rollback paused: tasks failed",
+                        &format!("rollback paused{why}"),
                         started_at,
                     );
                     return;
@@ -157,7 +169,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                     set_status(
                         pass,
                         UpdateState::Paused,
-                        "update paused: tasks failed",
+                        &format!("update paused{why}"),
                         started_at,
                     );
                     return;
@@ -168,7 +180,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                         set_status(
                             pass,
                             UpdateState::RollbackStarted,
-                            "update failed: rolling back",
+                            &format!("update rolled back{why}"),
                             now,
                         );
                         pass.push(Command::UpdateService {
@@ -260,6 +272,10 @@ struct Progress {
     last_running: Option<u64>,
     updated: u64,
     failed: u64,
+    /// The first failed new task: its name and error.
+    first_failure: Option<(String, String)>,
+    /// When the first new task under `monitor` leaves it (its slot is no longer in flight).
+    monitor_until: Option<u64>,
     /// After the last slot, new tasks stay under watch until `monitor` has passed since they
     /// started: a crash then still counts as a failed update.
     watch_until: Option<u64>,
@@ -282,6 +298,8 @@ fn progress(
     let mut last_running: Option<u64> = None;
     let mut updated = 0u64;
     let mut failed = 0u64;
+    let mut first_failure: Option<(u64, String, String)> = None;
+    let mut monitor_until: Option<u64> = None;
 
     for (slot, tasks) in &slots {
         if !wanted.contains(slot) {
@@ -311,6 +329,9 @@ fn progress(
                 && t.node_id.is_some()
         });
 
+        // A slot whose new task failed is done for the update (its failure counts, the
+        // restart policy replaces it): the update goes on with the next slot, as Swarm's.
+        let mut slot_failed = false;
         for t in tasks
             .iter()
             .filter(|t| t.spec_version == svc.version && t.created_at >= started_at)
@@ -319,14 +340,26 @@ fn progress(
                 updated += 1;
             }
             if t.status.state == TaskState::Running {
-                last_running =
-                    Some(last_running.map_or(t.status.timestamp, |l| l.max(t.status.timestamp)));
+                // The batch is done once its tasks stayed running for `monitor`.
+                let settled = t.started_at.unwrap_or(t.status.timestamp) + config.monitor;
+                last_running = Some(last_running.map_or(settled, |l| l.max(settled)));
             }
             if failed_within_monitor(t, config) {
-                failed += 1;
+                slot_failed = true;
+                let at = t.status.timestamp;
+                if first_failure.as_ref().is_none_or(|(first, ..)| at < *first) {
+                    let err = t
+                        .status
+                        .err
+                        .clone()
+                        .unwrap_or_else(|| format!("ended {}", t.status.state));
+                    first_failure = Some((at, t.name(), err));
+                }
             }
         }
 
+        // Failures count per slot, like the updated tasks (restarts in a slot do not add up).
+        failed += u64::from(slot_failed);
         match (new.first(), old.is_empty()) {
             (None, false) => {
                 // A newer spec interrupted an update of this slot: keep the task that serves
@@ -347,17 +380,30 @@ fn progress(
             (Some(n), _) => {
                 if n.desired == TaskState::Ready {
                     // stop-first: wait for the old task to stop, then release the new one.
-                    if old_stopping || !old.is_empty() {
-                        in_flight += 1;
-                    } else {
+                    if !old_stopping && old.is_empty() {
                         release.push(n.id.clone());
+                    }
+                    if !slot_failed {
                         in_flight += 1;
                     }
                 } else if n.status.state < TaskState::Running {
-                    in_flight += 1;
-                } else if !old.is_empty() {
-                    // start-first: the new task runs, retire the old one.
-                    shut_old.extend(old.iter().map(|t| t.id.clone()));
+                    if !slot_failed {
+                        in_flight += 1;
+                    }
+                } else {
+                    if !old.is_empty() {
+                        // start-first: the new task runs, retire the old one.
+                        shut_old.extend(old.iter().map(|t| t.id.clone()));
+                    }
+                    // Running: still in flight until it stayed so for `monitor`.
+                    if n.created_at >= started_at
+                        && let Some(s) = n.started_at
+                        && s + config.monitor > now
+                    {
+                        in_flight += 1;
+                        let until = s + config.monitor;
+                        monitor_until = Some(monitor_until.map_or(until, |u| u.min(until)));
+                    }
                 }
             }
             (None, true) => {}
@@ -380,7 +426,9 @@ fn progress(
         last_running,
         updated,
         failed,
+        first_failure: first_failure.map(|(_, name, err)| (name, err)),
         watch_until,
+        monitor_until,
     }
 }
 

@@ -143,6 +143,9 @@ impl World {
         spec.restart.delay = 200;
         spec.restart.max_delay = 2_000;
         spec.update.parallelism = self.rng.random_range(0..6);
+        // Each batch waits `monitor` once its tasks run; a short one keeps an update of 60
+        // replicas one at a time within the steps allowed after healing.
+        spec.update.monitor = 200;
         spec.update.order = if self.rng.random_bool(0.5) {
             UpdateOrder::StartFirst
         } else {
@@ -190,6 +193,8 @@ impl World {
         };
         spec.task.image = "good".into();
         spec.restart.delay = 200;
+        // Node by node, each waiting `monitor`: a short one keeps 100 nodes within the budget.
+        spec.update.monitor = 200;
         self.log.push(format!("create global {name}"));
         self.api(Command::CreateService(Service::new(
             format!("id-{name}"),
@@ -609,7 +614,14 @@ impl World {
                     })
                     .count();
                 let runnable = tasks.iter().filter(|t| t.is_runnable()).count();
-                running == want && runnable == want
+                // An update is over only once its last tasks stayed running for `monitor`.
+                let settled = s.update_status.as_ref().is_none_or(|u| {
+                    !matches!(
+                        u.state,
+                        UpdateState::Updating | UpdateState::RollbackStarted
+                    )
+                });
+                running == want && runnable == want && settled
             })
     }
 }

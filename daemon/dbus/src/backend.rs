@@ -31,6 +31,10 @@ pub struct Snapshot {
     /// Every task, history included.
     pub tasks: Vec<TaskRow>,
     pub stacks: Vec<StackRow>,
+    /// The health of the tasks that run a healthcheck, by task id (the `Task` objects'
+    /// `Health*` properties).
+    #[serde(default)]
+    pub task_health: std::collections::BTreeMap<String, model::TaskHealth>,
 }
 
 /// The change an `UpdateService` call asks for: properties to apply onto the current spec.
@@ -296,6 +300,7 @@ pub trait Backend: Send + Sync + 'static {
                 services,
                 tasks,
                 stacks,
+                task_health: Default::default(),
             })
         }
     }

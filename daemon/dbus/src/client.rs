@@ -202,6 +202,24 @@ pub struct ServiceInspect {
     /// The property list as sent.
     #[serde(skip)]
     pub properties: Vec<Property>,
+    /// The health of the service's tasks that run a healthcheck, by task id (filled by
+    /// [`Client::service_task_health`] from the task objects).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub task_health: BTreeMap<String, TaskHealthView>,
+}
+
+/// A task's health as its `org.shoal.Shoal1.Task` object shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct TaskHealthView {
+    /// The task's name (`web.2`).
+    pub task: String,
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    pub failing_streak: u32,
+    /// Exit code of the last check (-1: it timed out or could not run).
+    pub exit_code: i32,
+    /// The last 4 KiB of its output.
+    pub output: String,
 }
 
 /// A `TaskStateChanged` signal.
@@ -289,7 +307,71 @@ impl Client {
             info,
             spec,
             properties,
+            task_health: BTreeMap::new(),
         })
+    }
+
+    /// The health of every task that runs a healthcheck, by task id, read from the task
+    /// objects in one `GetManagedObjects` call.
+    pub async fn task_health(&self) -> Result<BTreeMap<String, TaskHealthView>, ClientError> {
+        let om = zbus::fdo::ObjectManagerProxy::builder(self.proxy.inner().connection())
+            .destination(BUS_NAME)
+            .path(OBJECT_PATH)
+            .build()
+            .await?;
+        let objects = om
+            .get_managed_objects()
+            .await
+            .map_err(|e| ClientError::Bus(format!("cannot read the task objects: {e}")))?;
+        let mut out = BTreeMap::new();
+        for ifaces in objects.values() {
+            let Some(props) = ifaces
+                .iter()
+                .find(|(name, _)| name.as_str() == "org.shoal.Shoal1.Task")
+                .map(|(_, p)| p)
+            else {
+                continue;
+            };
+            let text = |key: &str| {
+                props
+                    .get(key)
+                    .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+                    .unwrap_or_default()
+            };
+            let number = |key: &str| props.get(key).and_then(|v| i32::try_from(v).ok());
+            let status = text("Health");
+            if status.is_empty() {
+                continue;
+            }
+            let view = TaskHealthView {
+                task: text("Name"),
+                status,
+                failing_streak: props
+                    .get("HealthFailingStreak")
+                    .and_then(|v| u32::try_from(v).ok())
+                    .unwrap_or(0),
+                exit_code: number("HealthExitCode").unwrap_or(-1),
+                output: text("HealthOutput"),
+            };
+            out.insert(text("Id"), view);
+        }
+        Ok(out)
+    }
+
+    /// The health of the tasks of `service` (an id) that run a healthcheck, by task id.
+    pub async fn service_task_health(
+        &self,
+        service: &str,
+    ) -> Result<BTreeMap<String, TaskHealthView>, ClientError> {
+        let tasks = self
+            .list_tasks(&TaskFilter {
+                service: Some(service.to_string()),
+                ..Default::default()
+            })
+            .await?;
+        let mut health = self.task_health().await?;
+        health.retain(|id, _| tasks.iter().any(|t| &t.id == id));
+        Ok(health)
     }
 
     /// Create a service; returns its id once it is stored (tasks start afterwards).

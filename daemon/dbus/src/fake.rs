@@ -323,6 +323,26 @@ impl State {
                 }
             }
         }
+        // An update whose tasks all run the new version is complete.
+        for svc in self.services.values_mut() {
+            let updating = svc
+                .update_status
+                .as_ref()
+                .is_some_and(|u| u.state == UpdateState::Updating);
+            let done = self
+                .tasks
+                .values()
+                .filter(|t| t.service_id == svc.id && t.is_runnable())
+                .all(|t| t.spec_version == svc.version && t.status.state == TaskState::Running);
+            if updating && done {
+                svc.update_status = Some(UpdateStatus {
+                    state: UpdateState::Completed,
+                    started_at: svc.updated_at,
+                    completed_at: Some(now),
+                    message: "update completed".into(),
+                });
+            }
+        }
         changed
     }
 }

@@ -20,7 +20,7 @@ mod server;
 pub mod types;
 
 pub use backend::{Backend, ServiceDetail, Snapshot, SpecPatch};
-pub use client::{Client, ClientError, ServiceInspect, TaskEvent};
+pub use client::{Client, ClientError, ServiceInspect, TaskEvent, TaskHealthView};
 pub use error::ApiError;
 pub use props::{InvalidSpec, Property, apply_properties, port_properties, spec_to_properties};
 pub use server::{Events, Manager, ServerError, serve, serve_at_address};

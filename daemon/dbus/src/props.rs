@@ -41,6 +41,9 @@
 //! | `Sysctls` | `a{ss}` | namespaced sysctls (`net.*`, `fs.mqueue.*`, IPC `kernel.*`); replaced whole |
 //! | `CPUsReservation` | `d` | CPUs the scheduler reserves on the node; 0: none |
 //! | `MemoryReservation` | `t` | bytes the scheduler reserves on the node; 0: none |
+//! | `HealthTest` | `as` | `["CMD", program, args...]`, `["CMD-SHELL", command]`, `["NONE"]` (no healthcheck, not even the image's); empty: the image's test |
+//! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
+//! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
 //! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
@@ -140,6 +143,12 @@ pub enum Property {
     Sysctls(BTreeMap<String, String>),
     CPUsReservation(f64),
     MemoryReservation(u64),
+    HealthTest(Vec<String>),
+    HealthIntervalUSec(u64),
+    HealthTimeoutUSec(u64),
+    HealthStartPeriodUSec(u64),
+    HealthStartIntervalUSec(u64),
+    HealthRetries(u64),
 }
 
 fn ov<'a, T: Into<Variant<'a>>>(v: T) -> OwnedVariant {
@@ -158,7 +167,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 51] = [
+    pub const NAMES: [&'static str; 57] = [
         "Image",
         "Mode",
         "Replicas",
@@ -210,6 +219,12 @@ impl Property {
         "Sysctls",
         "CPUsReservation",
         "MemoryReservation",
+        "HealthTest",
+        "HealthIntervalUSec",
+        "HealthTimeoutUSec",
+        "HealthStartPeriodUSec",
+        "HealthStartIntervalUSec",
+        "HealthRetries",
     ];
 
     /// The D-Bus name.
@@ -267,6 +282,12 @@ impl Property {
             Sysctls(_) => "Sysctls",
             CPUsReservation(_) => "CPUsReservation",
             MemoryReservation(_) => "MemoryReservation",
+            HealthTest(_) => "HealthTest",
+            HealthIntervalUSec(_) => "HealthIntervalUSec",
+            HealthTimeoutUSec(_) => "HealthTimeoutUSec",
+            HealthStartPeriodUSec(_) => "HealthStartPeriodUSec",
+            HealthStartIntervalUSec(_) => "HealthStartIntervalUSec",
+            HealthRetries(_) => "HealthRetries",
         }
     }
 
@@ -301,7 +322,12 @@ impl Property {
             | MemoryMax(n)
             | PidsMax(n)
             | MaxReplicasPerNode(n)
-            | MemoryReservation(n) => ov(*n),
+            | MemoryReservation(n)
+            | HealthIntervalUSec(n)
+            | HealthTimeoutUSec(n)
+            | HealthStartPeriodUSec(n)
+            | HealthStartIntervalUSec(n)
+            | HealthRetries(n) => ov(*n),
             Command(v)
             | Entrypoint(v)
             | Networks(v)
@@ -309,7 +335,8 @@ impl Property {
             | PlacementPreferences(v)
             | CapAdd(v)
             | CapDrop(v)
-            | SecurityOpt(v) => ov(v.clone()),
+            | SecurityOpt(v)
+            | HealthTest(v) => ov(v.clone()),
             Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m) => {
                 ov(m.clone())
             }
@@ -435,6 +462,12 @@ impl Property {
             "Sysctls" => Sysctls(get!(BTreeMap<String, String>, "a{ss}")),
             "CPUsReservation" => CPUsReservation(get!(f64, "d")),
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
+            "HealthTest" => HealthTest(get!(Vec<String>, "as")),
+            "HealthIntervalUSec" => HealthIntervalUSec(get!(u64, "t")),
+            "HealthTimeoutUSec" => HealthTimeoutUSec(get!(u64, "t")),
+            "HealthStartPeriodUSec" => HealthStartPeriodUSec(get!(u64, "t")),
+            "HealthStartIntervalUSec" => HealthStartIntervalUSec(get!(u64, "t")),
+            "HealthRetries" => HealthRetries(get!(u64, "t")),
             other => {
                 return Err(format!(
                     "unknown property {other:?}: expected one of {}",
@@ -811,6 +844,10 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     Err(e) => check(Err(e)),
                 },
                 RollbackFailureAction(s) => match parse_failure_action(s) {
+                    // As the stack files say it.
+                    Ok(FailureAction::Rollback) => check(Err(
+                        "rollback failure action: a rollback cannot be rolled back; use \"pause\" or \"continue\"".into(),
+                    )),
                     Ok(a) => next.rollback.failure_action = a,
                     Err(e) => check(Err(e)),
                 },
@@ -933,7 +970,27 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                 MemoryReservation(n) => {
                     t.reservations.memory_bytes = if *n == 0 { None } else { Some(*n) }
                 }
+                HealthTest(v) => match model::health::check_test(v) {
+                    Ok(()) => t.healthcheck.get_or_insert_default().test = v.clone(),
+                    Err(e) => check(Err(format!("HealthTest: {e}"))),
+                },
+                HealthIntervalUSec(n) => t.healthcheck.get_or_insert_default().interval = ms(*n),
+                HealthTimeoutUSec(n) => t.healthcheck.get_or_insert_default().timeout = ms(*n),
+                HealthStartPeriodUSec(n) => {
+                    t.healthcheck.get_or_insert_default().start_period = ms(*n)
+                }
+                HealthStartIntervalUSec(n) => {
+                    t.healthcheck.get_or_insert_default().start_interval = ms(*n)
+                }
+                HealthRetries(n) => {
+                    t.healthcheck.get_or_insert_default().retries =
+                        u32::try_from(*n).unwrap_or(u32::MAX)
+                }
             }
+        }
+        // A healthcheck with nothing set is the image's: the same as none.
+        if t.healthcheck.as_ref() == Some(&model::Healthcheck::default()) {
+            t.healthcheck = None;
         }
     }
     match (want_mode.as_deref(), want_replicas) {
@@ -1085,6 +1142,15 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         ),
         MemoryReservation(t.reservations.memory_bytes.unwrap_or(0)),
     ]);
+    let h = t.healthcheck.clone().unwrap_or_default();
+    out.extend([
+        HealthTest(h.test),
+        HealthIntervalUSec(usec(h.interval)),
+        HealthTimeoutUSec(usec(h.timeout)),
+        HealthStartPeriodUSec(usec(h.start_period)),
+        HealthStartIntervalUSec(usec(h.start_interval)),
+        HealthRetries(u64::from(h.retries)),
+    ]);
     // An empty stop signal is not a valid property value; leave it out so that applying the
     // list keeps the default of the receiving spec.
     out.retain(|p| !matches!(p, StopSignal(s) if s.is_empty()));
@@ -1206,6 +1272,14 @@ mod tests {
         t.sysctls.insert("net.core.somaxconn".into(), "1024".into());
         t.reservations.nano_cpus = Some(250_000_000);
         t.reservations.memory_bytes = Some(128 << 20);
+        t.healthcheck = Some(model::Healthcheck {
+            test: vec!["CMD-SHELL".into(), "wget -qO- http://127.0.0.1/".into()],
+            interval: 5_000,
+            timeout: 2_000,
+            start_period: 60_000,
+            start_interval: 500,
+            retries: 4,
+        });
         spec.placement = spec::placement::parse_placement(
             &[
                 "node.labels.zone in (a, b)".into(),
@@ -1373,6 +1447,16 @@ mod tests {
                 "update.monitor: 100h is above the limit of 24h",
             ),
             (
+                vec![Property::HealthIntervalUSec(48 * 3600 * 1_000_000)],
+                "healthcheck = { interval = \"48h\" }".into(),
+                "healthcheck.interval: 48h is above the limit of 24h",
+            ),
+            (
+                vec![Property::HealthRetries(100_000)],
+                "healthcheck = { retries = 100000 }".into(),
+                "healthcheck.retries: 100000 is above the limit of 10000",
+            ),
+            (
                 vec![Property::UpdateParallelism(MAX_REPLICAS + 1)],
                 format!("update = {{ parallelism = {} }}", MAX_REPLICAS + 1),
                 "update.parallelism: 100001 is above the limit of 100000",
@@ -1428,6 +1512,37 @@ mod tests {
             e.0,
             vec!["30000000000 replicas is more than the limit of 100000".to_string()]
         );
+    }
+
+    #[test]
+    fn a_rollback_cannot_be_rolled_back() {
+        let mut spec = default_spec("web");
+        let err = apply_properties(
+            &mut spec,
+            &[Property::RollbackFailureAction("rollback".into())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be rolled back"), "{err}");
+    }
+
+    #[test]
+    fn health_properties_use_the_shared_validator_and_an_empty_check_is_none() {
+        let mut spec = default_spec("web");
+        let err =
+            apply_properties(&mut spec, &[Property::HealthTest(vec!["CMD".into()])]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("HealthTest: [\"CMD\", ...] needs a program"),
+            "{err}"
+        );
+        // Only timings: the image's test with these timings.
+        apply_properties(&mut spec, &[Property::HealthIntervalUSec(1_000_000)]).unwrap();
+        assert_eq!(spec.task.healthcheck.as_ref().unwrap().interval, 1_000);
+        // Everything back to zero is the same as no healthcheck of the service's own.
+        apply_properties(&mut spec, &[Property::HealthIntervalUSec(0)]).unwrap();
+        assert_eq!(spec.task.healthcheck, None);
+        apply_properties(&mut spec, &[Property::HealthTest(vec!["NONE".into()])]).unwrap();
+        assert!(spec.task.healthcheck.as_ref().unwrap().is_disabled());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! entries and snapshots) changes only additively: new fields carry `#[serde(default)]`.
 
 mod apply;
+pub mod health;
 mod index;
 pub mod limits;
 pub mod network;
@@ -16,6 +17,7 @@ pub mod subnet;
 pub mod task;
 
 pub use apply::UndoLog;
+pub use health::{HealthStatus, Healthcheck, TaskHealth};
 pub use index::ServiceTasks;
 pub use network::{Network, NetworkDriver};
 pub use sandbox::{NodeResources, Reservations, Ulimit};

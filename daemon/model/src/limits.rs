@@ -247,6 +247,23 @@ pub fn violations(spec: &ServiceSpec) -> Vec<Violation> {
     }
     c.update("update", &spec.update);
     c.update("rollback", &spec.rollback);
+    if let Some(h) = &t.healthcheck {
+        c.args("healthcheck.test", Some(&h.test));
+        c.duration("healthcheck.interval", h.interval);
+        c.duration("healthcheck.timeout", h.timeout);
+        c.duration("healthcheck.start_period", h.start_period);
+        c.duration("healthcheck.start_interval", h.start_interval);
+        if h.retries > crate::health::MAX_RETRIES {
+            c.fail(
+                "healthcheck.retries",
+                format!(
+                    "{} is above the limit of {}",
+                    h.retries,
+                    crate::health::MAX_RETRIES
+                ),
+            );
+        }
+    }
     c.out
 }
 

@@ -278,6 +278,8 @@ pub struct TaskSpec {
     pub sysctls: BTreeMap<String, String>,
     /// What the task reserves on its node (the scheduler counts it).
     pub reservations: crate::Reservations,
+    /// The service's healthcheck; `None`: the image's own HEALTHCHECK, if any.
+    pub healthcheck: Option<crate::Healthcheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

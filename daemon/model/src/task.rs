@@ -103,6 +103,8 @@ pub struct TaskStatus {
     pub pid: Option<u32>,
     /// The address the task has on the node network.
     pub address: Option<String>,
+    /// The task's health, when it runs a healthcheck.
+    pub health: Option<crate::TaskHealth>,
 }
 
 impl Default for TaskStatus {
@@ -117,6 +119,7 @@ impl Default for TaskStatus {
             container_id: None,
             pid: None,
             address: None,
+            health: None,
         }
     }
 }

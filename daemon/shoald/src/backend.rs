@@ -650,11 +650,17 @@ impl Backend for DaemonBackend {
                 desired: desired_count(&st, s),
             })
             .collect();
+        let task_health = st
+            .tasks
+            .values()
+            .filter_map(|t| Some((t.id.clone(), t.status.health.clone()?)))
+            .collect();
         Ok(Snapshot {
             nodes: self.list_nodes().await?,
             services,
             tasks: self.list_tasks(TaskFilter::default()).await?,
             stacks: self.list_stacks().await?,
+            task_health,
         })
     }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::{ContainerRef, ContainerStatus, ExecError, Executor, Existing, ExitStatus, Prepared};
+use agent::{
+    ContainerRef, ContainerStatus, ExecError, ExecOutput, Executor, Existing, ExitStatus, Prepared,
+};
 use model::{MountKind, Task};
 use shoal_containerd as ctd;
 
@@ -329,6 +331,52 @@ impl Executor for ContainerExecutor {
             .map_err(classify)?;
         self.d.net.detach(&c.task_id).await.map_err(|e| {
             ExecError::temporary(format!("failed to detach task from the node network: {e}"))
+        })
+    }
+
+    async fn healthcheck(
+        &self,
+        task: &Task,
+    ) -> Result<Option<model::health::ResolvedHealthcheck>, ExecError> {
+        let own = task.spec.healthcheck.as_ref();
+        // The image's HEALTHCHECK matters only when the service leaves something to it.
+        let needs_image = own.is_none_or(|h| {
+            !h.is_disabled()
+                && (h.test.is_empty()
+                    || h.interval == 0
+                    || h.timeout == 0
+                    || h.start_period == 0
+                    || h.start_interval == 0
+                    || h.retries == 0)
+        });
+        let image = if needs_image {
+            self.image(task).await?.config.healthcheck
+        } else {
+            None
+        };
+        Ok(model::health::resolve(own, image.as_ref()))
+    }
+
+    async fn exec(
+        &self,
+        c: &ContainerRef,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        let out = self
+            .d
+            .runtime
+            .exec(
+                &c.container_id,
+                command,
+                timeout,
+                model::health::MAX_OUTPUT_BYTES,
+            )
+            .await
+            .map_err(classify)?;
+        Ok(ExecOutput {
+            exit_code: out.exit_code,
+            output: out.output,
         })
     }
 

@@ -28,6 +28,7 @@
 //! | `tmpfs` | `["/run", "/tmp:size=64m,ro"]` (tmpfs mounts, like `volumes` entries of type tmpfs) | |
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
+//! | `healthcheck` | `{ test = ["CMD", "wget", "-qO-", "http://127.0.0.1/"] (or ["CMD-SHELL", "..."], a string run by the shell, ["NONE"]), interval, timeout, retries, start_period, start_interval, disable = true }` | the image's HEALTHCHECK; else interval 30s, timeout 30s, retries 3, start_period 0s, start_interval 5s |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
 //! | `endpoint_mode` | `"vip"` (one virtual IP) or `"dnsrr"` (the name resolves to the tasks) | `"vip"` |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
@@ -36,7 +37,8 @@
 //! (as in Swarm); a `restart.delay` above the default `max_delay` raises `max_delay` to match;
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
 //! protocol in a file; a port without a published number is published on a free port of
-//! 30000-32767 the cluster picks; anonymous volumes and host-address bindings are refused. `healthcheck`, `secrets`, `configs`, `depends_on` and the top-level `secrets`,
+//! 30000-32767 the cluster picks; anonymous volumes and host-address bindings are refused; a `healthcheck` field left out comes
+//! from the image's HEALTHCHECK, else Swarm's default. `secrets`, `configs`, `depends_on` and the top-level `secrets`,
 //! `configs` and `volumes` tables are refused as not supported yet, never ignored.
 //!
 //! Networks: `[networks.NAME]` declares an overlay network of the stack, `STACK_NAME` in the
@@ -123,9 +125,9 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "ulimits",
         "sysctls",
         "tmpfs",
+        "healthcheck",
     ],
     unsupported: &[
-        ("healthcheck", ""),
         ("secrets", ""),
         ("configs", ""),
         ("depends_on", "services of a stack start together"),
@@ -225,6 +227,20 @@ const RESTART_KEYS: Keys<'static> = Keys {
     known: &["condition", "delay", "max_delay", "max_attempts", "window"],
     unsupported: &[],
     hints: &[],
+};
+
+const HEALTHCHECK_KEYS: Keys<'static> = Keys {
+    known: &[
+        "test",
+        "interval",
+        "timeout",
+        "retries",
+        "start_period",
+        "start_interval",
+        "disable",
+    ],
+    unsupported: &[],
+    hints: &[("start-period", "did you mean \"start_period\"?")],
 };
 
 const UPDATE_KEYS: Keys<'static> = Keys {
@@ -760,6 +776,11 @@ fn service_from_table(
         && let Some(pt) = walk::table(sink, v, &p("placement"))
     {
         svc.placement = placement_table(sink, &p("placement"), pt);
+    }
+    if let Some(v) = t.get("healthcheck")
+        && let Some(ht) = walk::table(sink, v, &p("healthcheck"))
+    {
+        svc.task.healthcheck = healthcheck(sink, &p("healthcheck"), ht);
     }
     // Every count, size and duration within its bound (one checker, shared with D-Bus).
     for v in model::limits::violations(&svc) {
@@ -1456,6 +1477,57 @@ fn restart_policy(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>) -> RestartPo
         r.window = ms;
     }
     r
+}
+
+/// `[services.X.healthcheck]`: Compose's keys. `test` is an array (`["CMD", ...]`,
+/// `["CMD-SHELL", "..."]`, `["NONE"]`) or a string run by the shell; `disable = true` is
+/// `["NONE"]`. The form is checked by `model::health::check_test`, shared with flags and D-Bus.
+fn healthcheck(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>) -> Option<model::Healthcheck> {
+    walk::check_keys(sink, t, &format!("[{path}]"), &HEALTHCHECK_KEYS);
+    let mut h = model::Healthcheck::default();
+    if let Some(v) = t.get("test") {
+        let tpath = format!("{path}.test");
+        let test = match v.get_ref() {
+            DeValue::String(s) => Some(vec!["CMD-SHELL".to_string(), s.to_string()]),
+            _ => walk::string_list(sink, v, &tpath),
+        };
+        if let Some(test) = test {
+            match model::health::check_test(&test) {
+                Ok(()) => h.test = test,
+                Err(e) => sink.error(v.span(), format!("{tpath}: {e}")),
+            }
+        }
+    }
+    for (key, field) in [
+        ("interval", &mut h.interval),
+        ("timeout", &mut h.timeout),
+        ("start_period", &mut h.start_period),
+        ("start_interval", &mut h.start_interval),
+    ] {
+        if let Some(v) = t.get(key)
+            && let Some(ms) = walk::duration(sink, v, &format!("{path}.{key}"))
+        {
+            *field = ms;
+        }
+    }
+    if let Some(v) = t.get("retries")
+        && let Some(n) = walk::uint(sink, v, &format!("{path}.retries"))
+    {
+        h.retries = u32::try_from(n).unwrap_or(u32::MAX);
+    }
+    if let Some(v) = t.get("disable")
+        && walk::boolean(sink, v, &format!("{path}.disable")) == Some(true)
+    {
+        if !h.test.is_empty() && !h.is_disabled() {
+            sink.error(
+                v.span(),
+                format!("{path}.disable: a healthcheck with a test cannot be disabled; remove one of them"),
+            );
+        }
+        h.test = vec!["NONE".to_string()];
+    }
+    // Nothing set is the image's healthcheck: the same as leaving the table out.
+    (h != model::Healthcheck::default()).then_some(h)
 }
 
 fn update_config(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, rollback: bool) -> UpdateConfig {

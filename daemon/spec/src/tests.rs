@@ -355,7 +355,7 @@ image = "nginx"
 replicas = "three"
 ports = ["8080:80", "99999:80"]
 stop_grace_period = "10x"
-healthcheck = { test = ["CMD", "true"] }
+healthcheck = { test = ["curl", "true"] }
 
 [services.db]
 imgae = "postgres"
@@ -371,7 +371,7 @@ condition = "always"
             "3:12: services.web.replicas: expected an integer, found string",
             "4:21: services.web.ports[1]: invalid port \"99999:80\": port 99999 is out of range 1-65535",
             "5:21: services.web.stop_grace_period: invalid duration \"10x\": unknown unit \"x\" (use ns, us, ms, s, m or h)",
-            "6:1: \"healthcheck\" in [services.web] is not supported yet",
+            "6:24: services.web.healthcheck.test: the test starts with \"curl\": it must start with \"CMD\", \"CMD-SHELL\" or \"NONE\" (or be one string, run by the shell)",
             "8:1: missing key \"image\" in [services.db]; every service needs an image",
             "9:1: unknown key \"imgae\" in [services.db]; did you mean \"image\"?",
             "10:24: services.db.resources.memory: 1048576 bytes is below the minimum of 4M",
@@ -389,7 +389,6 @@ image = "a"
 secrets = ["s"]
 configs = ["c"]
 depends_on = ["db"]
-healthcheck = { test = ["CMD", "true"] }
 
 [networks.backend]
 driver = "overlay"
@@ -400,12 +399,11 @@ internal = true
         "secrets\" in [services.web]",
         "configs\" in [services.web]",
         "depends_on\" in [services.web]",
-        "healthcheck\" in [services.web]",
         "\"internal\" in [networks.backend]",
     ] {
         assert_has(&errs, key);
     }
-    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert_eq!(errs.len(), 4, "{errs:#?}");
     assert!(
         errs.iter().all(|e| e.contains("not supported yet")),
         "{errs:#?}"
@@ -1706,5 +1704,71 @@ fn stack_files_and_stacks_are_bounded() {
     assert_eq!(
         errs,
         vec!["4:1: services.a.update.delay: 30h is above the limit of 24h"]
+    );
+}
+
+#[test]
+fn healthcheck_forms_and_bounds() {
+    let s = stack_ok(
+        r#"
+[services.web]
+image = "a"
+healthcheck = { test = ["CMD", "wget", "-qO-", "http://127.0.0.1/"], interval = "5s", timeout = "2s", retries = 4, start_period = "1m", start_interval = "500ms" }
+
+[services.shell]
+image = "a"
+healthcheck = { test = "curl -f http://localhost/ || exit 1" }
+
+[services.off]
+image = "a"
+healthcheck = { disable = true }
+
+[services.timing]
+image = "a"
+healthcheck = { interval = "1s" }
+"#,
+    );
+    let h = svc(&s, "shop_web").task.healthcheck.clone().unwrap();
+    assert_eq!(h.test, ["CMD", "wget", "-qO-", "http://127.0.0.1/"]);
+    assert_eq!(
+        (
+            h.interval,
+            h.timeout,
+            h.retries,
+            h.start_period,
+            h.start_interval
+        ),
+        (5_000, 2_000, 4, 60_000, 500)
+    );
+    let shell = svc(&s, "shop_shell").task.healthcheck.clone().unwrap();
+    assert_eq!(
+        shell.test,
+        ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]
+    );
+    assert!(
+        svc(&s, "shop_off")
+            .task
+            .healthcheck
+            .as_ref()
+            .unwrap()
+            .is_disabled()
+    );
+    let timing = svc(&s, "shop_timing").task.healthcheck.clone().unwrap();
+    assert!(timing.test.is_empty(), "an unset test comes from the image");
+
+    let errs = stack_errs(
+        r#"[services.web]
+image = "a"
+healthcheck = { test = ["CMD"], interval = "48h", retries = 100000, intervall = "1s" }
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "3:24: services.web.healthcheck.test: [\"CMD\", ...] needs a program to run, e.g. [\"CMD\", \"wget\", \"-qO-\", \"http://127.0.0.1/\"]",
+            "3:33: services.web.healthcheck.interval: 48h is above the limit of 24h",
+            "3:51: services.web.healthcheck.retries: 100000 is above the limit of 10000",
+            "3:69: unknown key \"intervall\" in [services.web.healthcheck]; did you mean \"interval\"?",
+        ]
     );
 }

@@ -168,7 +168,7 @@ fn the_compose_example_gives_the_services_of_the_toml_example() {
     let err = compose::convert("shop", &files, &strict).unwrap_err();
     assert_eq!(err.errors.len(), 1, "{err}");
     let d = &err.errors.0[0];
-    assert_eq!((d.line, d.column), (45, 5), "{d}");
+    assert_eq!((d.line, d.column), (49, 5), "{d}");
     assert!(d.message.contains("\"build\" in services.api"), "{d}");
 }
 

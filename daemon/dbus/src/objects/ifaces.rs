@@ -401,7 +401,20 @@ impl<B: Backend> StackObject<B> {
 
 /// A task: `org.shoal.Shoal1.Task` at `/org/shoal/Shoal1/task/<id>`.
 pub struct TaskObject {
-    pub(super) row: TaskRow,
+    pub(super) entry: TaskEntry,
+}
+
+/// What a task object shows: its row and, when it runs a healthcheck, its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEntry {
+    pub row: TaskRow,
+    pub health: Option<model::TaskHealth>,
+}
+
+impl TaskObject {
+    fn last_check(&self) -> Option<&model::health::CheckResult> {
+        self.entry.health.as_ref()?.last.as_ref()
+    }
 }
 
 #[interface(name = "org.shoal.Shoal1.Task")]
@@ -416,102 +429,139 @@ impl TaskObject {
     /// The task id.
     #[zbus(property(emits_changed_signal = "const"))]
     fn id(&self) -> String {
-        self.row.id.clone()
+        self.entry.row.id.clone()
     }
 
     /// `web.2` (replicated) or `web.<node id>` (global), as docker prints it.
     #[zbus(property(emits_changed_signal = "const"))]
     fn name(&self) -> String {
-        self.row.name.clone()
+        self.entry.row.name.clone()
     }
 
     /// The id of the task's service.
     #[zbus(property(emits_changed_signal = "const"))]
     fn service_id(&self) -> String {
-        self.row.service_id.clone()
+        self.entry.row.service_id.clone()
     }
 
     /// The full name of the task's service.
     #[zbus(property(emits_changed_signal = "const"))]
     fn service(&self) -> String {
-        self.row.service.clone()
+        self.entry.row.service.clone()
     }
 
     /// The object of the task's service.
     #[zbus(property(emits_changed_signal = "const"))]
     fn service_path(&self) -> OwnedObjectPath {
-        object_path(Kind::Service, &self.row.service)
+        object_path(Kind::Service, &self.entry.row.service)
     }
 
     /// 1-based slot; 0 for global services.
     #[zbus(property(emits_changed_signal = "const"))]
     fn slot(&self) -> u64 {
-        self.row.slot
+        self.entry.row.slot
     }
 
     /// The node the task is assigned to; empty while unassigned.
     #[zbus(property)]
     fn node_id(&self) -> String {
-        self.row.node_id.clone()
+        self.entry.row.node_id.clone()
     }
 
     /// Host name of that node; empty while unassigned.
     #[zbus(property)]
     fn node(&self) -> String {
-        self.row.node.clone()
+        self.entry.row.node.clone()
     }
 
     /// The image reference.
     #[zbus(property(emits_changed_signal = "const"))]
     fn image(&self) -> String {
-        self.row.image.clone()
+        self.entry.row.image.clone()
     }
 
     /// What the managers want (lowercase docker name: `running`, `shutdown`, ...).
     #[zbus(property)]
     fn desired_state(&self) -> String {
-        self.row.desired.clone()
+        self.entry.row.desired.clone()
     }
 
     /// What the node saw (lowercase docker name: `pending`, `running`, `failed`, ...).
     #[zbus(property)]
     fn current_state(&self) -> String {
-        self.row.state.clone()
+        self.entry.row.state.clone()
     }
 
     /// When the current state was entered, in microseconds since the epoch.
     #[zbus(property)]
     fn state_timestamp(&self) -> u64 {
-        usec(self.row.state_since)
+        usec(self.entry.row.state_since)
     }
 
     /// Human text for the state ("started", "pulling image").
     #[zbus(property)]
     fn message(&self) -> String {
-        self.row.message.clone()
+        self.entry.row.message.clone()
     }
 
     /// Error text of a failed or rejected task; empty otherwise.
     #[zbus(property)]
     fn error(&self) -> String {
-        self.row.error.clone()
+        self.entry.row.error.clone()
     }
 
     /// Exit code of the container, or -1 while it has not exited.
     #[zbus(property)]
     fn exit_code(&self) -> i32 {
-        self.row.exit_code
+        self.entry.row.exit_code
     }
 
     /// The service version the task was made from.
     #[zbus(property(emits_changed_signal = "const"))]
     fn service_version(&self) -> u64 {
-        self.row.spec_version
+        self.entry.row.spec_version
     }
 
     /// Microseconds since the epoch.
     #[zbus(property(emits_changed_signal = "const"))]
     fn created_timestamp(&self) -> u64 {
-        usec(self.row.created_at)
+        usec(self.entry.row.created_at)
+    }
+
+    /// `starting`, `healthy` or `unhealthy` for a task that runs a healthcheck (its service's
+    /// or its image's); empty otherwise.
+    #[zbus(property)]
+    fn health(&self) -> String {
+        self.entry
+            .health
+            .as_ref()
+            .map(|h| h.status.as_str().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Failed checks in a row that counted towards `retries`.
+    #[zbus(property)]
+    fn health_failing_streak(&self) -> u32 {
+        self.entry.health.as_ref().map_or(0, |h| h.failing_streak)
+    }
+
+    /// Exit code of the last check reported (-1: it timed out or could not run, or none ran).
+    #[zbus(property)]
+    fn health_exit_code(&self) -> i32 {
+        self.last_check().map_or(-1, |c| c.exit_code)
+    }
+
+    /// The last 4 KiB of the last check's output.
+    #[zbus(property)]
+    fn health_output(&self) -> String {
+        self.last_check()
+            .map(|c| c.output.clone())
+            .unwrap_or_default()
+    }
+
+    /// When the last check reported started, in microseconds since the epoch; 0 when none.
+    #[zbus(property)]
+    fn health_timestamp(&self) -> u64 {
+        self.last_check().map_or(0, |c| usec(c.started_at))
     }
 }

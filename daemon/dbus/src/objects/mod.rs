@@ -23,12 +23,12 @@ use zbus::zvariant::OwnedVariant;
 use zbus::{Connection, Variant};
 
 pub use self::ifaces::{
-    INTERFACE_VERSION, NodeObject, ServiceObject, StackEntry, StackObject, TaskObject,
+    INTERFACE_VERSION, NodeObject, ServiceObject, StackEntry, StackObject, TaskEntry, TaskObject,
 };
 use self::path::{Kind, object_path};
 use crate::backend::{Backend, ServiceDetail, Snapshot};
 use crate::server::Manager;
-use crate::types::{NodeRow, TaskRow};
+use crate::types::NodeRow;
 use crate::{MANAGER_INTERFACE, OBJECT_PATH};
 
 /// How often [`run`] looks at the state.
@@ -148,13 +148,13 @@ impl<B: Backend> Published<B> for StackObject<B> {
 }
 
 impl<B: Backend> Published<B> for TaskObject {
-    type Row = TaskRow;
+    type Row = TaskEntry;
     const KIND: Kind = Kind::Task;
-    fn new(_: &Arc<B>, row: TaskRow) -> Self {
-        TaskObject { row }
+    fn new(_: &Arc<B>, entry: TaskEntry) -> Self {
+        TaskObject { entry }
     }
-    fn replace(&mut self, row: TaskRow) {
-        self.row = row;
+    fn replace(&mut self, entry: TaskEntry) {
+        self.entry = entry;
     }
 }
 
@@ -165,7 +165,7 @@ struct Tree<B: Backend> {
     nodes: BTreeMap<String, NodeRow>,
     services: BTreeMap<String, ServiceDetail>,
     stacks: BTreeMap<String, StackEntry>,
-    tasks: BTreeMap<String, TaskRow>,
+    tasks: BTreeMap<String, TaskEntry>,
     manager: Option<HashMap<String, OwnedVariant>>,
 }
 
@@ -214,7 +214,15 @@ impl<B: Backend> Tree<B> {
             .into_iter()
             .map(|d| (d.service.spec.name.clone(), d))
             .collect();
-        let tasks = s.tasks.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let mut health = s.task_health;
+        let tasks = s
+            .tasks
+            .into_iter()
+            .map(|row| {
+                let health = health.remove(&row.id);
+                (row.id.clone(), TaskEntry { row, health })
+            })
+            .collect();
         // Services before tasks and stacks, which point at them; removals of tasks go first
         // within their own kind.
         sync::<B, NodeObject<B>>(&self.conn, &self.backend, &mut self.nodes, nodes).await?;

@@ -84,11 +84,11 @@ const SERVICE_KEYS: &[&str] = &[
     "ulimits",
     "sysctls",
     "security_opt",
+    "healthcheck",
 ];
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
 const SERVICE_NOT_YET: &[(&str, &str)] = &[
-    ("healthcheck", ""),
     ("secrets", ""),
     ("configs", ""),
     (
@@ -600,7 +600,7 @@ impl<'a> Mapper<'a> {
             match key {
                 "image" | "command" | "entrypoint" | "stop_grace_period" | "stop_signal"
                 | "user" | "working_dir" | "hostname" | "read_only" | "init" | "cap_add"
-                | "cap_drop" | "ulimits" | "sysctls" | "security_opt" => {
+                | "cap_drop" | "ulimits" | "sysctls" | "security_opt" | "healthcheck" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push(key, e.key_pos.clone(), v);
                     }

@@ -1,0 +1,265 @@
+//! Healthchecks on real parts: checks run inside the task through containerd exec, a task is
+//! RUNNING (and gets traffic) only once a check passed, an unhealthy task is failed and
+//! replaced, and a rolling update to an image whose own HEALTHCHECK fails rolls back by itself.
+
+use std::time::Duration;
+
+use shoal_tests::images::{self, ImageBuilder};
+use shoal_tests::node::{Node, free_port, http_get};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Serves `hello <hostname>` on port 80 with busybox httpd.
+const HTTPD: &str =
+    "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// Runs until SIGTERM, then exits 0 promptly.
+const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+fn image(node: &Node, name: &str) -> String {
+    let path = node.dir.path().join(format!("{name}.tar"));
+    images::write_oci_archive(&path, true, &format!("example.org/{name}:1"));
+    format!("oci-archive:{}", path.display())
+}
+
+#[test]
+fn a_failing_healthcheck_fails_and_replaces_the_task_which_never_runs_nor_gets_traffic() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    let port = free_port();
+    let publish = format!("{port}:80");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "sick",
+        "-p",
+        &publish,
+        "--health-cmd",
+        "echo not ready; exit 1",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "2",
+        "--restart-delay",
+        "100ms",
+        &img,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    let mut saw_starting = false;
+    node.wait_for("two tasks failed as unhealthy", LONG, |n| {
+        let tasks = n.tasks("sick");
+        for t in &tasks {
+            assert_ne!(t.state, "running", "an unhealthy task ran: {t:?}");
+            saw_starting |=
+                t.state == "starting" && t.health.as_ref().is_some_and(|h| h.status == "starting");
+        }
+        // The process serves, but nothing routes to a task that is not healthy.
+        assert_eq!(
+            http_get(port),
+            None,
+            "a task that never passed a check got traffic"
+        );
+        tasks
+            .iter()
+            .filter(|t| t.state == "failed" && t.error == "task: unhealthy container")
+            .count()
+            >= 2
+    });
+    assert!(
+        saw_starting,
+        "the task waited in starting with health \"starting\""
+    );
+    let failed = node
+        .tasks("sick")
+        .into_iter()
+        .find(|t| t.state == "failed")
+        .unwrap();
+    let health = failed.health.expect("a failed task keeps its health");
+    assert_eq!(health.status, "unhealthy");
+    assert_eq!(health.exit_code, 1);
+    assert_eq!(health.output, "not ready\n");
+    // The check's output is in inspect too.
+    let inspect = node.shoal_ok(&["service", "inspect", "--pretty", "sick"]);
+    assert!(inspect.contains("Healthcheck:"), "{inspect}");
+    assert!(inspect.contains("echo not ready; exit 1"), "{inspect}");
+}
+
+#[test]
+fn a_passing_healthcheck_makes_the_task_running_only_after_the_first_pass() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    let port = free_port();
+    let publish = format!("{port}:80");
+    // Ready (and serving) only once /tmp/ready exists, three seconds after the start.
+    let cmd = format!("(sleep 3; touch /tmp/ready) & {HTTPD}");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "-p",
+        &publish,
+        "--health-cmd",
+        "test -f /tmp/ready && echo ready",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "1000",
+        &img,
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    node.wait_for("the task starting with its process up", LONG, |n| {
+        n.tasks("web").iter().any(|t| {
+            t.state == "starting"
+                && t.health
+                    .as_ref()
+                    .is_some_and(|h| h.status == "starting" && h.exit_code == 1)
+        })
+    });
+    // httpd already listens inside the task, but the task is not healthy yet.
+    assert_eq!(http_get(port), None, "a starting task got traffic");
+    let ps = node.shoal_ok(&["service", "ps", "web"]);
+    assert!(ps.contains("(health: starting)"), "{ps}");
+    node.wait_for("the task running once a check passed", LONG, |n| {
+        n.running("web").len() == 1
+    });
+    let t = node.running("web").remove(0);
+    let health = t.health.clone().expect("health of a running task");
+    assert_eq!(health.status, "healthy");
+    assert_eq!(health.exit_code, 0);
+    assert_eq!(health.output, "ready\n");
+    assert!(
+        t.state_since >= t.created_at + 3_000,
+        "running only after the check passed: {t:?}"
+    );
+    node.wait_for("traffic reaches the healthy task", LONG, |_| {
+        http_get(port).is_some_and(|b| b.contains("hello"))
+    });
+    let ps = node.shoal_ok(&["service", "ps", "web"]);
+    assert!(ps.contains("(healthy)"), "{ps}");
+    let inspect = node.shoal_ok(&["service", "inspect", "web"]);
+    assert!(inspect.contains("\"output\": \"ready\\n\""), "{inspect}");
+}
+
+#[test]
+fn an_update_to_an_image_whose_healthcheck_fails_rolls_back_by_itself() {
+    let node = Node::start();
+    let v1 = image(&node, "v1");
+    let bad_path = node.dir.path().join("bad.tar");
+    // The image's own HEALTHCHECK always fails; its process runs fine.
+    ImageBuilder::busybox()
+        .healthcheck(
+            &["CMD-SHELL", "echo broken; exit 1"],
+            Duration::from_millis(300),
+        )
+        .write_oci_archive(&bad_path, true, "example.org/bad:1");
+    let bad = format!("oci-archive:{}", bad_path.display());
+    let port = free_port();
+    let publish = format!("{port}:80");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "rb",
+        "--replicas",
+        "2",
+        "-p",
+        &publish,
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "2s",
+        &v1,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    let out = node.shoal(&["service", "update", "--image", &bad, "rb"]);
+    assert!(
+        !out.status.success(),
+        "a rolled-back update is a failure for the CLI"
+    );
+    node.wait_for("rollback completed", LONG, |n| {
+        n.shoal_ok(&["service", "inspect", "rb"])
+            .contains("rollback_completed")
+    });
+    let unhealthy: Vec<_> = node
+        .tasks("rb")
+        .into_iter()
+        .filter(|t| t.error == "task: unhealthy container")
+        .collect();
+    assert!(
+        !unhealthy.is_empty(),
+        "the new task failed its image's check"
+    );
+    assert!(
+        unhealthy
+            .iter()
+            .all(|t| t.health.as_ref().is_some_and(|h| h.output == "broken\n")),
+        "{unhealthy:?}"
+    );
+    assert_eq!(
+        node.services()[0].image,
+        v1,
+        "the spec is back on the old image"
+    );
+    node.wait_for("2 running on v1", LONG, |n| n.running("rb").len() == 2);
+    let pretty = node.shoal_ok(&["service", "inspect", "--pretty", "rb"]);
+    assert!(pretty.contains("rollback_completed"), "{pretty}");
+    assert!(http_get(port).is_some_and(|b| b.contains("hello")));
+}
+
+#[test]
+fn update_force_restarts_every_task_one_batch_at_a_time_each_healthy_for_monitor() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "f",
+        "--replicas",
+        "3",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "200ms",
+        "--update-monitor",
+        "1s",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let before: Vec<String> = node.running("f").into_iter().map(|t| t.id).collect();
+    assert_eq!(before.len(), 3);
+    // Waits until the update is over (its last task healthy for monitor).
+    node.shoal_ok(&["service", "update", "--force", "f"]);
+    let tasks = node.tasks("f");
+    let mut new: Vec<_> = tasks.iter().filter(|t| !before.contains(&t.id)).collect();
+    assert_eq!(new.len(), 3, "every task replaced once: {tasks:?}");
+    assert!(new.iter().all(|t| t.running()), "{new:?}");
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| before.contains(&t.id))
+            .all(|t| t.state == "shutdown"),
+        "{tasks:?}"
+    );
+    new.sort_by_key(|t| t.created_at);
+    for w in new.windows(2) {
+        assert!(
+            w[1].created_at >= w[0].state_since + 1_000,
+            "the next batch waited for the last one to be healthy for monitor: {new:?}"
+        );
+    }
+    let inspect = node.shoal_ok(&["service", "inspect", "--pretty", "f"]);
+    assert!(inspect.contains("completed"), "{inspect}");
+}
