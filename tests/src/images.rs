@@ -408,3 +408,18 @@ pub fn build_busybox_rootfs(dir: &Path) {
         .unpack(dir)
         .unwrap_or_else(|e| panic!("unpack busybox rootfs into {}: {e}", dir.display()));
 }
+
+/// A busybox command that serves `hello <hostname>` on port 80 (busybox httpd).
+pub const HTTPD: &str =
+    "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// A busybox command that runs until SIGTERM, then exits 0 promptly.
+pub const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+/// The busybox image as a gzipped OCI archive in `node`'s directory, named
+/// `example.org/NAME:1`; the reference to give `shoal service create`.
+pub fn node_image(node: &crate::node::Node, name: &str) -> String {
+    let path = node.dir.path().join(format!("{name}.tar"));
+    write_oci_archive(&path, true, &format!("example.org/{name}:1"));
+    format!("oci-archive:{}", path.display())
+}

@@ -8,16 +8,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_tests::dbus::{TestUser, command_as, reader_user};
-use shoal_tests::images;
+use shoal_tests::images::{self, SLEEPER};
 use shoal_tests::node::{Node, NodeOptions};
 
 const LONG: Duration = Duration::from_secs(120);
 const BUS: &str = "org.shoal.Shoal1";
 const SERVICE: &str = "org.shoal.Shoal1.Service";
 const WEB: &str = "/org/shoal/Shoal1/service/shop_5fweb";
-/// Runs until SIGTERM, then exits 0 promptly.
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
-
 fn text(o: &Output) -> String {
     format!(
         "{}{}",

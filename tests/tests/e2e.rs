@@ -5,22 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use shoal_tests::images::{self, ImageBuilder};
+use shoal_tests::images::{self, HTTPD, ImageBuilder, SLEEPER, node_image as image};
 use shoal_tests::node::{Node, NodeOptions, free_port, http_get};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// A command for busybox that serves `hello <hostname>` on port 80 and exits on SIGTERM.
-const HTTPD: &str =
-    "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
-/// Runs until SIGTERM, then exits 0 promptly.
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
-
-fn image(node: &Node, name: &str) -> String {
-    let path = node.dir.path().join(format!("{name}.tar"));
-    images::write_oci_archive(&path, true, &format!("example.org/{name}:1"));
-    format!("oci-archive:{}", path.display())
-}
 
 #[test]
 fn stack_deploy_runs_containers_publishes_port_and_keeps_logs() {

@@ -4,23 +4,10 @@
 
 use std::time::Duration;
 
-use shoal_tests::images::{self, ImageBuilder};
+use shoal_tests::images::{HTTPD, ImageBuilder, SLEEPER, node_image as image};
 use shoal_tests::node::{Node, free_port, http_get};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// Serves `hello <hostname>` on port 80 with busybox httpd.
-const HTTPD: &str =
-    "mkdir -p /www && echo hello $(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
-
-/// Runs until SIGTERM, then exits 0 promptly.
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
-
-fn image(node: &Node, name: &str) -> String {
-    let path = node.dir.path().join(format!("{name}.tar"));
-    images::write_oci_archive(&path, true, &format!("example.org/{name}:1"));
-    format!("oci-archive:{}", path.display())
-}
 
 #[test]
 fn a_failing_healthcheck_fails_and_replaces_the_task_which_never_runs_nor_gets_traffic() {

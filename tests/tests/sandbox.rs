@@ -4,13 +4,10 @@
 
 use std::time::Duration;
 
-use shoal_tests::images;
+use shoal_tests::images::{self, SLEEPER};
 use shoal_tests::node::Node;
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// Runs until SIGTERM, then exits 0 promptly.
-const SLEEPER: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
 
 fn image(node: &Node) -> String {
     let path = node.dir.path().join("bb.tar");
