@@ -869,6 +869,12 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
             println!(" Message:\t{}", s.info.update_message);
         }
     }
+    if !spec.depends_on.is_empty() {
+        println!("Depends on:");
+        for (name, condition) in &spec.depends_on {
+            println!(" {name}:\t{}", condition.as_str());
+        }
+    }
     print!("{}", render::placement_pretty(&spec.placement));
     if let Some(h) = &spec.task.healthcheck {
         println!("Healthcheck:");

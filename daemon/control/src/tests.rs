@@ -7,9 +7,9 @@ use model::*;
 use crate::{SeqIds, reconcile};
 
 /// A simulated single- or multi-node cluster: the control plane plus an agent per node that moves
-/// tasks forward instantly. Images named `bad` fail right after starting; images named
-/// `unhealthy` start but never pass a healthcheck: STARTING, then FAILED as unhealthy, never
-/// RUNNING.
+/// tasks forward instantly. Images named `bad` fail right after starting, `oneshot` exit with
+/// status 0 right after starting; images named `unhealthy` start but never pass a healthcheck:
+/// STARTING, then FAILED as unhealthy, never RUNNING.
 struct Sim {
     state: ClusterState,
     now: Millis,
@@ -132,7 +132,11 @@ impl Sim {
             {
                 Some(TaskState::Starting)
             } else if cur == TaskState::Running {
-                (t.spec.image == "bad").then_some(TaskState::Failed)
+                match t.spec.image.as_str() {
+                    "bad" => Some(TaskState::Failed),
+                    "oneshot" => Some(TaskState::Complete),
+                    _ => None,
+                }
             } else if t.desired == TaskState::Running
                 && t.not_before.is_none_or(|nb| self.now >= nb)
             {
@@ -582,6 +586,7 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
     sim.run_until("gone", |s| s.state.tasks.is_empty());
 }
 
+mod depends;
 mod health;
 mod multi_node;
 

@@ -44,6 +44,7 @@
 //! | `HealthTest` | `as` | `["CMD", program, args...]`, `["CMD-SHELL", command]`, `["NONE"]` (no healthcheck, not even the image's); empty: the image's test |
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
+//! | `DependsOn` | `a{ss}` | full service name to condition (`service_started`, `service_healthy`, `service_completed_successfully`); declared by a stack's `depends_on`: `CreateService` and `UpdateService` refuse to set or change it |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
 //! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
@@ -144,6 +145,7 @@ pub enum Property {
     CPUsReservation(f64),
     MemoryReservation(u64),
     HealthTest(Vec<String>),
+    DependsOn(BTreeMap<String, String>),
     HealthIntervalUSec(u64),
     HealthTimeoutUSec(u64),
     HealthStartPeriodUSec(u64),
@@ -167,7 +169,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 57] = [
+    pub const NAMES: [&'static str; 58] = [
         "Image",
         "Mode",
         "Replicas",
@@ -220,6 +222,7 @@ impl Property {
         "CPUsReservation",
         "MemoryReservation",
         "HealthTest",
+        "DependsOn",
         "HealthIntervalUSec",
         "HealthTimeoutUSec",
         "HealthStartPeriodUSec",
@@ -283,6 +286,7 @@ impl Property {
             CPUsReservation(_) => "CPUsReservation",
             MemoryReservation(_) => "MemoryReservation",
             HealthTest(_) => "HealthTest",
+            DependsOn(_) => "DependsOn",
             HealthIntervalUSec(_) => "HealthIntervalUSec",
             HealthTimeoutUSec(_) => "HealthTimeoutUSec",
             HealthStartPeriodUSec(_) => "HealthStartPeriodUSec",
@@ -337,9 +341,8 @@ impl Property {
             | CapDrop(v)
             | SecurityOpt(v)
             | HealthTest(v) => ov(v.clone()),
-            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m) => {
-                ov(m.clone())
-            }
+            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m)
+            | DependsOn(m) => ov(m.clone()),
             Ulimits(m) => ov(m.clone()),
             Ports(p) => ov(p
                 .iter()
@@ -463,6 +466,7 @@ impl Property {
             "CPUsReservation" => CPUsReservation(get!(f64, "d")),
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             "HealthTest" => HealthTest(get!(Vec<String>, "as")),
+            "DependsOn" => DependsOn(get!(BTreeMap<String, String>, "a{ss}")),
             "HealthIntervalUSec" => HealthIntervalUSec(get!(u64, "t")),
             "HealthTimeoutUSec" => HealthTimeoutUSec(get!(u64, "t")),
             "HealthStartPeriodUSec" => HealthStartPeriodUSec(get!(u64, "t")),
@@ -715,6 +719,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     let mut want_mode: Option<String> = None;
     let mut want_replicas: Option<u64> = None;
     let mut want_addresses: Option<&BTreeMap<String, String>> = None;
+    let mut depends_on = None;
     {
         let t = &mut next.task;
         let mut check = |r: Result<(), String>| {
@@ -986,12 +991,19 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     t.healthcheck.get_or_insert_default().retries =
                         u32::try_from(*n).unwrap_or(u32::MAX)
                 }
+                DependsOn(m) => match depends_on_from(m) {
+                    Ok(d) => depends_on = Some(d),
+                    Err(e) => check(Err(e)),
+                },
             }
         }
         // A healthcheck with nothing set is the image's: the same as none.
         if t.healthcheck.as_ref() == Some(&model::Healthcheck::default()) {
             t.healthcheck = None;
         }
+    }
+    if let Some(d) = depends_on {
+        next.depends_on = d;
     }
     match (want_mode.as_deref(), want_replicas) {
         (Some("global"), Some(_)) => {
@@ -1142,6 +1154,14 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         ),
         MemoryReservation(t.reservations.memory_bytes.unwrap_or(0)),
     ]);
+    if !spec.depends_on.is_empty() {
+        out.push(DependsOn(
+            spec.depends_on
+                .iter()
+                .map(|(k, c)| (k.clone(), c.as_str().to_string()))
+                .collect(),
+        ));
+    }
     let h = t.healthcheck.clone().unwrap_or_default();
     out.extend([
         HealthTest(h.test),
@@ -1155,6 +1175,19 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
     // list keeps the default of the receiving spec.
     out.retain(|p| !matches!(p, StopSignal(s) if s.is_empty()));
     out
+}
+
+/// `DependsOn`'s conditions, by the model's one parser.
+fn depends_on_from(
+    m: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, model::DependCondition>, String> {
+    m.iter()
+        .map(|(name, c)| {
+            model::DependCondition::parse(c)
+                .map(|c| (name.clone(), c))
+                .map_err(|e| format!("DependsOn {name}: {e}"))
+        })
+        .collect()
 }
 
 /// The spec a new service gets before its properties are applied: the model defaults plus
@@ -1206,6 +1239,8 @@ mod tests {
             },
         ];
         spec.networks = vec!["backend".into()];
+        spec.depends_on
+            .insert("shop_db".into(), model::DependCondition::ServiceHealthy);
         spec.restart = model::RestartPolicy {
             condition: RestartCondition::OnFailure,
             delay: 250,

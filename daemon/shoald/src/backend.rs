@@ -17,6 +17,11 @@ use tracing::{error, info};
 use crate::daemon::{Daemon, RandomIds, now_ms};
 use crate::{identity, logs, notify};
 
+/// Why `DependsOn` cannot be set over D-Bus: dependencies are declared where the validator sees
+/// the whole stack and refuses cycles.
+const DEPENDS_ON_IN_STACKS: &str =
+    "DependsOn cannot be set or changed here: declare depends_on in the service's stack file";
+
 /// How long a change may wait for a majority of the managers to commit it.
 const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -380,6 +385,9 @@ impl Backend for DaemonBackend {
         let d = self.d();
         spec::units::validate_name("service", &spec.name).map_err(ApiError::InvalidSpec)?;
         spec::units::validate_image(&spec.task.image).map_err(ApiError::InvalidSpec)?;
+        if !spec.depends_on.is_empty() {
+            return Err(ApiError::InvalidSpec(DEPENDS_ON_IN_STACKS.into()));
+        }
         if d.state().service_by_name(&spec.name).is_some() {
             return Err(ApiError::AlreadyExists(format!(
                 "service {} already exists",
@@ -422,6 +430,9 @@ impl Backend for DaemonBackend {
         let svc = find_service(&st, service)?.clone();
         let mut spec = svc.spec.clone();
         patch.apply(&mut spec)?;
+        if spec.depends_on != svc.spec.depends_on {
+            return Err(ApiError::InvalidSpec(DEPENDS_ON_IN_STACKS.into()));
+        }
         if std::mem::discriminant(&spec.mode) != std::mem::discriminant(&svc.spec.mode) {
             return Err(ApiError::InvalidSpec(
                 "a service's mode (replicated or global) cannot change; remove and create it again"
