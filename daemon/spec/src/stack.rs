@@ -352,11 +352,17 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
 /// Loads every `*.toml` file of `dir`, sorted by file name, and reports the problems of all
 /// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped;
 /// a Compose file (`*.yml`, `*.yaml`) is an error that says how to convert it.
-/// A missing directory holds no stacks.
+/// A missing directory is an error, never "no stacks" (which would remove every stack deployed
+/// from files): the caller decides whether it may count as empty.
 pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Errors(vec![Diagnostic::whole_file(
+                dir,
+                "the stacks directory does not exist; create it (an empty directory removes every stack deployed from files) or fix paths.stacks_dir in the cluster file",
+            )]));
+        }
         Err(e) => {
             return Err(Errors(vec![Diagnostic::whole_file(
                 dir,

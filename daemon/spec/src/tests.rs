@@ -1053,9 +1053,15 @@ fn invalid_explicit_stack_name() {
 }
 
 #[test]
-fn missing_stacks_dir_means_no_stacks() {
+fn a_missing_stacks_dir_is_an_error_not_an_empty_one() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(load_stacks_dir(&dir.path().join("nope")).unwrap(), vec![]);
+    let e = load_stacks_dir(&dir.path().join("nope")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("nope") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("paths.stacks_dir"), "{msg}");
 }
 
 #[test]
