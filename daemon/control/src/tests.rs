@@ -584,6 +584,7 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
 
 mod health;
 mod multi_node;
+mod secrets;
 
 mod stacks {
     use super::*;
@@ -605,6 +606,7 @@ mod stacks {
                 })
                 .collect(),
             networks: Default::default(),
+            ..Default::default()
         }
     }
 
