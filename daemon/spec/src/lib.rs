@@ -34,6 +34,7 @@ mod diag;
 pub mod network;
 pub mod placement;
 pub mod sandbox;
+pub mod secrets;
 mod stack;
 pub mod units;
 mod walk;

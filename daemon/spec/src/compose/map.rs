@@ -49,7 +49,7 @@ impl Out {
         }
     }
 
-    fn push(&mut self, key: &str, key_pos: Pos, value: Out) {
+    pub(super) fn push(&mut self, key: &str, key_pos: Pos, value: Out) {
         if let OutKind::Table(entries) = &mut self.kind {
             entries.push(OutEntry {
                 key: key.to_string(),
@@ -85,12 +85,12 @@ const SERVICE_KEYS: &[&str] = &[
     "sysctls",
     "security_opt",
     "healthcheck",
+    "secrets",
+    "configs",
 ];
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
 const SERVICE_NOT_YET: &[(&str, &str)] = &[
-    ("secrets", ""),
-    ("configs", ""),
     (
         "depends_on",
         "services of a stack start together (docker stack deploy ignores it too)",
@@ -217,7 +217,7 @@ impl<'a> Mapper<'a> {
         self.errors.push((pos.clone(), msg.into()));
     }
 
-    fn not_yet(&mut self, e: &Entry, place: &str, advice: &str) {
+    pub(super) fn not_yet(&mut self, e: &Entry, place: &str, advice: &str) {
         let mut msg = format!("\"{}\" in {place} is not supported yet", e.key);
         if !advice.is_empty() {
             msg.push_str("; ");
@@ -226,7 +226,7 @@ impl<'a> Mapper<'a> {
         self.error(&e.key_pos, msg);
     }
 
-    fn unknown(&mut self, e: &Entry, place: &str, known: &[&str]) {
+    pub(super) fn unknown(&mut self, e: &Entry, place: &str, known: &[&str]) {
         let mut msg = format!("unknown key \"{}\" in {place}", e.key);
         if let Some(s) = units::suggest(&e.key, known) {
             msg.push_str(&format!("; did you mean \"{s}\"?"));
@@ -234,7 +234,7 @@ impl<'a> Mapper<'a> {
         self.error(&e.key_pos, msg);
     }
 
-    fn expect_map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n [Entry]> {
+    pub(super) fn expect_map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n [Entry]> {
         match n.map() {
             Some(m) => Some(m),
             None => {
@@ -268,7 +268,11 @@ impl<'a> Mapper<'a> {
                         out.push("networks", e.key_pos.clone(), nets);
                     }
                 }
-                "secrets" | "configs" => self.not_yet(e, "the Compose file", ""),
+                "secrets" | "configs" => {
+                    if let Some(t) = self.top_secrets(e) {
+                        out.push(&e.key, e.key_pos.clone(), t);
+                    }
+                }
                 _ => self.unknown(e, "the Compose file", TOP_KEYS),
             }
         }
@@ -627,6 +631,11 @@ impl<'a> Mapper<'a> {
                 "ports" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push("ports", e.key_pos.clone(), v);
+                    }
+                }
+                "secrets" | "configs" => {
+                    if let Some(v) = self.service_secrets(e, &cpath) {
+                        out.push(key, e.key_pos.clone(), v);
                     }
                 }
                 "volumes" => {
