@@ -293,6 +293,28 @@ impl ClusterState {
     }
 }
 
+/// The listing row of a secret or config (`ListSecrets`, `secret inspect`): never the data,
+/// nor its digest (a digest of a short password is as good as the password).
+pub fn secret_row(state: &ClusterState, kind: SecretKind, s: &Secret) -> BTreeMap<String, String> {
+    let mut row = BTreeMap::new();
+    row.insert("Id".to_string(), s.id.clone());
+    row.insert("Name".to_string(), s.name.clone());
+    row.insert("Created".to_string(), s.created_at.to_string());
+    row.insert("Stack".to_string(), s.stack.clone().unwrap_or_default());
+    row.insert(
+        "Services".to_string(),
+        state.secret_users(kind, &s.id).join(","),
+    );
+    let current = state
+        .current_secret(kind, &s.name)
+        .is_some_and(|c| c.id == s.id);
+    row.insert("Current".to_string(), current.to_string());
+    for (k, v) in &s.labels {
+        row.insert(format!("Label.{k}"), v.clone());
+    }
+    row
+}
+
 /// The references of one kind in a task spec.
 pub fn refs_of(t: &crate::TaskSpec, kind: SecretKind) -> &[SecretRef] {
     match kind {

@@ -65,13 +65,20 @@ impl Dispatcher {
 /// The node port handler of this daemon.
 pub struct NodePort(pub Arc<Daemon>);
 
-fn set_of(tasks: Vec<Task>, networks: model::network::NodeNetworks) -> AssignmentSet {
+fn set_of(
+    tasks: Vec<Task>,
+    networks: model::network::NodeNetworks,
+    secrets: Vec<model::SecretFile>,
+) -> AssignmentSet {
+    // Secrets never change under an id, and the tasks name the ids they use: the version
+    // needs no hash of their data.
     let bytes = serde_json::to_vec(&(&tasks, &networks)).unwrap_or_default();
     let version = hex::encode(&Sha256::digest(&bytes)[..12]);
     AssignmentSet {
         version,
         tasks,
         networks,
+        secrets,
     }
 }
 
@@ -82,7 +89,11 @@ pub fn assigned_to(state: &model::ClusterState, node: &str) -> Vec<Task> {
 
 /// The assignment set of `node`: its tasks and its overlay plan.
 pub fn assignment_set(state: &model::ClusterState, node: &str) -> AssignmentSet {
-    set_of(assigned_to(state, node), state.node_networks(node))
+    set_of(
+        assigned_to(state, node),
+        state.node_networks(node),
+        state.node_secret_files(node),
+    )
 }
 
 impl NodePort {

@@ -47,8 +47,8 @@ pub use cluster::{
 };
 pub use diag::{Diagnostic, Errors};
 pub use stack::{
-    DEFAULT_STOP_GRACE_PERIOD, DEFAULT_STOP_SIGNAL, LoadedStack, load_stack_file, load_stacks_dir,
-    parse_stack, parse_stack_named, stack_name_from_path,
+    DEFAULT_STOP_GRACE_PERIOD, DEFAULT_STOP_SIGNAL, LoadedStack, load_stack_file, load_stack_text,
+    load_stacks_dir, parse_stack, parse_stack_named, stack_name_from_path,
 };
 
 #[cfg(test)]

@@ -356,6 +356,28 @@ pub fn read_stack_files(
     }
 }
 
+/// The contents of a stack's `file` secrets and configs, by the file as written (what a client
+/// sends with the stack, and a follower with its stack files).
+pub fn stack_file_contents(spec: &StackSpec) -> BTreeMap<String, SecretData> {
+    spec.secrets
+        .values()
+        .chain(spec.configs.values())
+        .filter_map(|s| Some((s.file.clone()?, s.data.clone()?)))
+        .collect()
+}
+
+/// Reads a stack's secret files from `files` (sent by a client or a follower).
+pub fn read_from_map(
+    files: &BTreeMap<String, SecretData>,
+) -> impl FnMut(&str) -> Result<Vec<u8>, String> + '_ {
+    move |file: &str| {
+        files
+            .get(file)
+            .map(|d| d.expose().to_vec())
+            .ok_or_else(|| "the content of this file was not sent with the stack".to_string())
+    }
+}
+
 /// Reads a stack's secret files from disk: relative paths from the stack file's directory.
 pub fn read_from_disk(stack_file: &Path) -> impl FnMut(&str) -> Result<Vec<u8>, String> + '_ {
     move |file: &str| {

@@ -325,7 +325,8 @@ fn parse(
     }
 }
 
-/// Reads, hashes and validates one stack file.
+/// Reads, hashes and validates one stack file, and reads the secret and config files it names
+/// (relative to it).
 pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
     let bytes = std::fs::read(path).map_err(|e| {
         Errors(vec![Diagnostic::whole_file(
@@ -333,7 +334,6 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
             format!("failed to read stack file: {e}"),
         )])
     })?;
-    let hash = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|e| {
         Errors(vec![Diagnostic::whole_file(
             path,
@@ -343,9 +343,21 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
             ),
         )])
     })?;
-    let mut spec = parse_stack(path, &text)?;
-    secrets::read_stack_files(path, &mut spec, &mut secrets::read_from_disk(path))?;
-    // A changed secret file changes the stack even when the stack file is the same.
+    load_stack_text(path, &text, &mut secrets::read_from_disk(path))
+}
+
+/// Hashes and validates the text of the stack file at `path`, and fills in its secret and
+/// config files with `read` (each `file` as written). The hash is the sha256 of the text, with
+/// the digests of the secret files folded in when there are any, so a changed secret file
+/// changes the stack.
+pub fn load_stack_text(
+    path: &Path,
+    text: &str,
+    read: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<LoadedStack, Errors> {
+    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let mut spec = parse_stack(path, text)?;
+    secrets::read_stack_files(path, &mut spec, read)?;
     let suffix = secrets::digest_suffix(&spec);
     let hash = if suffix.is_empty() {
         hash
