@@ -917,7 +917,8 @@ pub fn update_properties(
             for a in add {
                 match spec::secrets::parse_ref_flag(kind, a) {
                     Ok(r) => {
-                        refs.retain(|o| o.name != r.name && o.target != r.target);
+                        // One file per target: a new reference replaces the one there.
+                        refs.retain(|o| o.target != r.target);
                         refs.push(r);
                     }
                     Err(e) => errs.push(format!("--{}-add: {e}", kind.as_str())),
@@ -1277,6 +1278,61 @@ mod tests {
         assert!(parse_timeout("forever").is_err());
         assert_eq!(memory_bytes("1G").unwrap(), 1 << 30);
         assert_eq!(memory_bytes("0").unwrap(), 0);
+    }
+
+    #[test]
+    fn secret_and_config_flags_become_properties_and_merge_on_update() {
+        let create = CreateFlags {
+            secret: vec![
+                "db".into(),
+                "source=db,target=pw,uid=70,gid=70,mode=0400".into(),
+            ],
+            config: vec!["source=app,target=/etc/app.conf".into()],
+            ..Default::default()
+        };
+        let props = create_properties("busybox", &[], &CommonFlags::default(), &create).unwrap();
+        assert!(props.contains(&Property::Secrets(vec![
+            "db".into(),
+            "source=db,target=pw,uid=70,gid=70,mode=0400".into()
+        ])));
+        assert!(props.contains(&Property::Configs(vec![
+            "source=app,target=/etc/app.conf,uid=0,gid=0,mode=0444".into()
+        ])));
+        let bad = CreateFlags {
+            secret: vec!["source=db,target=../x".into()],
+            config: vec!["source=app,target=relative".into()],
+            ..Default::default()
+        };
+        let errs = create_properties("busybox", &[], &CommonFlags::default(), &bad).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].starts_with("--secret: "), "{errs:#?}");
+        assert!(errs[1].starts_with("--config: "), "{errs:#?}");
+
+        let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
+        let cur = ServiceInspect {
+            info: Default::default(),
+            spec,
+            properties: vec![],
+            task_health: Default::default(),
+        };
+        let u = UpdateFlags {
+            secret_rm: vec!["db".into()],
+            secret_add: vec!["api".into(), "source=token,target=pw".into()],
+            config_rm: vec!["app".into()],
+            ..Default::default()
+        };
+        assert!(update_needs_current(&u));
+        let props = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap();
+        assert_eq!(
+            props,
+            vec![
+                Property::Secrets(vec![
+                    "api".into(),
+                    "source=token,target=pw,uid=0,gid=0,mode=0444".into()
+                ]),
+                Property::Configs(vec![]),
+            ]
+        );
     }
 
     #[test]

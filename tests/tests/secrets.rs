@@ -194,6 +194,47 @@ fn a_secret_is_readable_inside_the_task_and_nowhere_else() {
     );
     assert!(node.shoal_ok(&["secret", "ls", "-q"]).contains(id.trim()));
 
+    // `--secret-rm` and `--secret-add` roll the service; the spec `service rollback` would go
+    // back to still holds the secret, and the refusal says so.
+    node.shoal_ok(&[
+        "service",
+        "update",
+        "--secret-rm",
+        "db_pw",
+        "--config-rm",
+        "app_conf",
+        "app",
+    ]);
+    let rm = node.shoal(&["secret", "rm", "db_pw"]);
+    assert!(
+        !rm.status.success(),
+        "a secret the rollback spec names was removed"
+    );
+    let err = String::from_utf8_lossy(&rm.stderr);
+    assert!(
+        err.contains("`service rollback` would go back to it"),
+        "{err}"
+    );
+    node.shoal_ok(&[
+        "service",
+        "update",
+        "--secret-add",
+        "source=db_pw,target=again,mode=0440",
+        "app",
+    ]);
+    node.wait_for("the task with the added secret only", LONG, |n| {
+        let logs = n.shoal_ok(&["service", "logs", "app"]);
+        n.running("app").len() == 1
+            && logs.contains("plain_sum=\n")
+            && logs.contains("owned_sum=\n")
+    });
+    let pretty = node.shoal_ok(&["service", "inspect", "--pretty", "app"]);
+    assert!(
+        pretty.contains("db_pw:\t/run/secrets/again (uid 0, gid 0, mode 0440)"),
+        "{pretty}"
+    );
+    assert_nowhere("service inspect --pretty", &pretty, &secret);
+
     // Once the service is gone, the task's files go with its container and the secret may go.
     node.shoal_ok(&["service", "rm", "app"]);
     node.wait_for("the task's secret files removed", LONG, |n| {
