@@ -93,6 +93,14 @@ fn a_secret_is_readable_inside_the_task_and_nowhere_else() {
         "{err}"
     );
 
+    // A service may only name a secret that exists.
+    let unknown = node.shoal(&[
+        "service", "create", "--detach", "--name", "nope", "--secret", "nope", &img,
+    ]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("secret nope not found"), "{err}");
+
     let cmd = format!(
         "{}; {}; {}; echo done=1; {SLEEPER}",
         probe("plain", "/run/secrets/db_pw"),

@@ -152,7 +152,8 @@ pub(crate) fn collect_stack_secrets(pass: &mut Pass<'_>) {
                 .state
                 .current_secret(kind, &s.name)
                 .is_some_and(|c| c.id == s.id);
-            if !(declared && current) && pass.state.secret_users(kind, &s.id).is_empty() {
+            let stale_version = !(declared && current);
+            if stale_version && !pass.state.secret_in_use(kind, &s.id) {
                 stale.push((kind, s.id.clone()));
             }
         }

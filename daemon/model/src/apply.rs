@@ -605,8 +605,8 @@ impl ClusterState {
                         kind.as_str()
                     )));
                 };
-                let users = self.secret_users(*kind, id);
-                if !users.is_empty() {
+                if self.secret_in_use(*kind, id) {
+                    let users = self.secret_users(*kind, id);
                     return Err(ApplyError::Precondition(format!(
                         "{} {} is in use by the following services: {}",
                         kind.as_str(),

@@ -246,6 +246,20 @@ impl ClusterState {
         out
     }
 
+    /// Whether anything named in [`ClusterState::secret_users`] uses secret `id`. Reads the
+    /// services first and the tasks only when no service uses it (a version kept for a
+    /// rollback is answered from the services alone).
+    pub fn secret_in_use(&self, kind: SecretKind, id: &str) -> bool {
+        let uses = |t: &crate::TaskSpec| refs_of(t, kind).iter().any(|r| r.id == id);
+        self.services
+            .values()
+            .any(|s| uses(&s.spec.task) || s.previous_spec.as_ref().is_some_and(|p| uses(&p.task)))
+            || self
+                .tasks
+                .values()
+                .any(|t| !t.status.state.is_terminal() && uses(&t.spec))
+    }
+
     /// Fill the `id` of every reference of `spec` that has none with the current version of its
     /// name. Fails naming the first secret or config that does not exist.
     pub fn resolve_secret_refs(&self, spec: &mut crate::TaskSpec) -> Result<(), String> {
