@@ -3,13 +3,15 @@
 //! tmpfs, and nowhere else: not in `secret inspect`, `secret ls`, `service inspect`, `service
 //! ps`, their `--format json`, the task's logs or shoald's log. A secret in use cannot be
 //! removed. A stack's file secret whose content changes rolls the service to the new content at
-//! the next reload; a Compose file's secret is read by the CLI at `stack deploy`.
+//! the next reload; a Compose file's secret is read by the CLI at `stack deploy`. In a cluster,
+//! a worker that runs a task using a secret gets it over the node port; another gets nothing.
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use shoal_tests::images::{SLEEPER, node_image as image};
-use shoal_tests::node::Node;
+use shoal_tests::images::{self, SLEEPER, node_image as image};
+use shoal_tests::lan::Lan;
+use shoal_tests::node::{Node, NodeOptions};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -383,5 +385,87 @@ env = {{ A = "1" }}
                 s,
             );
         }
+    }
+}
+
+/// A node of a cluster on `lan`: the bootstrapping manager (`through` is `None`), or a node of
+/// `role` joining through `through`.
+fn cluster_node(lan: &Lan, tok: &str, through: Option<&Node>, role: &str) -> Node {
+    let extra_config = match through {
+        None => format!("[cluster]\nbootstrap = true\ntoken_file = \"{tok}\"\n"),
+        Some(m) => format!(
+            "[cluster]\njoin = [\"{}\"]\ntoken_file = \"{tok}\"\n",
+            m.addr
+        ),
+    };
+    Node::start_with(NodeOptions {
+        node_config: format!("role = \"{role}\""),
+        extra_config,
+        host: Some(lan.host()),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_secret_reaches_the_worker_that_runs_its_task_and_no_other_node() {
+    let lan = Lan::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("join-token");
+    std::fs::write(&tok, "secrets-test-provisioning-secret-42").unwrap();
+    let tok = tok.display().to_string();
+    let manager = cluster_node(&lan, &tok, None, "manager");
+    let w1 = cluster_node(&lan, &tok, Some(&manager), "worker");
+    let w2 = cluster_node(&lan, &tok, Some(&manager), "worker");
+    manager.wait_for("three ready nodes", LONG, |m| {
+        let out = m.shoal_ok(&["node", "ls", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        rows.len() == 3 && rows.iter().all(|r| r["status"] == "ready")
+    });
+    let info: serde_json::Value =
+        serde_json::from_str(&w1.shoal_ok(&["info", "--format", "json"])).unwrap();
+    let w1_id = info["node_id"].as_str().unwrap().to_string();
+    let w1_name = info["node_name"].as_str().unwrap().to_string();
+
+    // Every node reads the image at the same path, as NixOS hosts share a store path.
+    let archive = dir.path().join("bb.tar");
+    images::write_oci_archive(&archive, false, "example.org/bb:1");
+    let img = format!("oci-archive:{}", archive.display());
+    let secret = secret_value("cluster");
+    let file = dir.path().join("pw.txt");
+    std::fs::write(&file, &secret).unwrap();
+    // Created from the other worker's CLI: forwarded to the leader.
+    w2.shoal_ok(&["secret", "create", "pw", file.to_str().unwrap()]);
+    let constraint = format!("node.id=={w1_id}");
+    let cmd = format!("echo sum=$(sha256sum < /run/secrets/pw | cut -d' ' -f1); {SLEEPER}");
+    manager.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "app",
+        "--secret",
+        "pw",
+        "--constraint",
+        &constraint,
+        &img,
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    manager.wait_for("the task on w1 reading the secret", LONG, |m| {
+        m.running("app").len() == 1
+            && value(&m.shoal_ok(&["service", "logs", "app"]), "sum") == Some(sha256(&secret))
+    });
+    assert_eq!(manager.running("app")[0].node, w1_name);
+    let files = |n: &Node| -> usize {
+        std::fs::read_dir(n.run_dir.join("secrets"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(files(&w1), 1, "w1 holds the task's secret files");
+    assert_eq!(files(&w2), 0, "w2 runs no task using it");
+    assert_eq!(files(&manager), 0, "the manager runs no task using it");
+    for n in [&manager, &w1, &w2] {
+        assert_nowhere("shoald's log", &n.log(), &secret);
     }
 }
