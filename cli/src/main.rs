@@ -878,6 +878,12 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
             println!(" Message:\t{}", s.info.update_message);
         }
     }
+    if !spec.depends_on.is_empty() {
+        println!("Depends on:");
+        for (name, condition) in &spec.depends_on {
+            println!(" {name}:\t{}", condition.as_str());
+        }
+    }
     print!("{}", render::placement_pretty(&spec.placement));
     for (title, kind, refs) in [
         ("Secrets", model::SecretKind::Secret, &spec.task.secrets),

@@ -190,6 +190,9 @@ fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
         }
     }
 
+    // Global tasks are placed as they are created: a global dependant gets none until its
+    // dependencies are ready (replicated ones wait in the scheduler, PENDING with the reason).
+    let held_back = global && state.unmet_dependency(&svc.spec).is_some();
     for slot in wanted.iter() {
         let tasks = slots.get(&slot).map(Vec::as_slice).unwrap_or(&[]);
         if tasks
@@ -202,6 +205,9 @@ fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
         if let SlotKey::Node(n) = &slot
             && !state.nodes.get(n).is_some_and(|n| n.is_eligible())
         {
+            continue;
+        }
+        if held_back {
             continue;
         }
         match replacement_for(svc, tasks, now) {

@@ -11,6 +11,10 @@
 //! pass (a node joining, becoming active, or a label change), and the error is written only
 //! when it changes, so a stuck task does not make a converged state plan anything.
 //!
+//! A task of a service whose `depends_on` conditions do not hold yet is not placed: it stays
+//! PENDING with the reason ("waiting for dependency demo_db to be healthy (service_healthy)")
+//! in its error, and is placed on the first pass after they hold (see `model::depends`).
+//!
 //! Reservations (`resources.reservations`) are counted against the CPUs and memory each node
 //! reports: a node fits when its total minus the reservations of the runnable tasks assigned to
 //! it leaves room for the task's; a node that has reported nothing has no room. A task that
@@ -67,6 +71,14 @@ fn plan(state: &ClusterState) -> (Assignments, Errors) {
         let Some(svc) = state.services.get(service_id) else {
             continue;
         };
+        // A dependant waits, PENDING with the reason, until its dependencies are ready.
+        if let Some(why) = state.unmet_dependency(&svc.spec) {
+            errors
+                .entry(why)
+                .or_default()
+                .extend(tasks.iter().map(|t| t.id.clone()));
+            continue;
+        }
         let placed = schedule_service(state, svc, &tasks, &mut total, &mut reserved, &mut errors);
         assignments.extend(placed);
     }

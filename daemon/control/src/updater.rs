@@ -245,6 +245,13 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     if room == 0 || dirty.is_empty() {
         return;
     }
+    // A global task is placed as it is created: a global dependant's update waits for its
+    // dependencies (a replicated one's new tasks wait in the scheduler).
+    if matches!(svc.spec.mode, model::ServiceMode::Global)
+        && pass.state.unmet_dependency(&svc.spec).is_some()
+    {
+        return;
+    }
     if let Some(last) = last_running
         && in_flight == 0
         && config.delay > 0

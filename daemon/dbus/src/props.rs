@@ -45,6 +45,7 @@
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
 //! | `Secrets` / `Configs` | `as` | secrets / configs the tasks see, each `NAME` or `source=NAME,target=T,uid=U,gid=G,mode=0440` (`--secret`'s syntax, checked by `spec::secrets::parse_ref_flag`); replaced whole; an entry equal to one the service has keeps the version it uses, a new one takes the current version |
+//! | `DependsOn` | `a{ss}` | full service name to condition (`service_started`, `service_healthy`, `service_completed_successfully`); declared by a stack's `depends_on`: `CreateService` and `UpdateService` refuse to set or change it |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
 //! Milliseconds in the model become microseconds on the bus; sub-millisecond parts are dropped.
@@ -145,6 +146,7 @@ pub enum Property {
     CPUsReservation(f64),
     MemoryReservation(u64),
     HealthTest(Vec<String>),
+    DependsOn(BTreeMap<String, String>),
     HealthIntervalUSec(u64),
     HealthTimeoutUSec(u64),
     HealthStartPeriodUSec(u64),
@@ -170,7 +172,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 59] = [
+    pub const NAMES: [&'static str; 60] = [
         "Image",
         "Mode",
         "Replicas",
@@ -223,6 +225,7 @@ impl Property {
         "CPUsReservation",
         "MemoryReservation",
         "HealthTest",
+        "DependsOn",
         "HealthIntervalUSec",
         "HealthTimeoutUSec",
         "HealthStartPeriodUSec",
@@ -288,6 +291,7 @@ impl Property {
             CPUsReservation(_) => "CPUsReservation",
             MemoryReservation(_) => "MemoryReservation",
             HealthTest(_) => "HealthTest",
+            DependsOn(_) => "DependsOn",
             HealthIntervalUSec(_) => "HealthIntervalUSec",
             HealthTimeoutUSec(_) => "HealthTimeoutUSec",
             HealthStartPeriodUSec(_) => "HealthStartPeriodUSec",
@@ -346,9 +350,8 @@ impl Property {
             | Secrets(v)
             | Configs(v)
             | HealthTest(v) => ov(v.clone()),
-            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m) => {
-                ov(m.clone())
-            }
+            Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m)
+            | DependsOn(m) => ov(m.clone()),
             Ulimits(m) => ov(m.clone()),
             Ports(p) => ov(p
                 .iter()
@@ -472,6 +475,7 @@ impl Property {
             "CPUsReservation" => CPUsReservation(get!(f64, "d")),
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             "HealthTest" => HealthTest(get!(Vec<String>, "as")),
+            "DependsOn" => DependsOn(get!(BTreeMap<String, String>, "a{ss}")),
             "HealthIntervalUSec" => HealthIntervalUSec(get!(u64, "t")),
             "HealthTimeoutUSec" => HealthTimeoutUSec(get!(u64, "t")),
             "HealthStartPeriodUSec" => HealthStartPeriodUSec(get!(u64, "t")),
@@ -726,6 +730,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     let mut want_mode: Option<String> = None;
     let mut want_replicas: Option<u64> = None;
     let mut want_addresses: Option<&BTreeMap<String, String>> = None;
+    let mut depends_on = None;
     {
         let t = &mut next.task;
         let mut check = |r: Result<(), String>| {
@@ -1005,12 +1010,19 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     Ok(refs) => t.configs = refs,
                     Err(e) => e.into_iter().for_each(|e| check(Err(e))),
                 },
+                DependsOn(m) => match depends_on_from(m) {
+                    Ok(d) => depends_on = Some(d),
+                    Err(e) => check(Err(e)),
+                },
             }
         }
         // A healthcheck with nothing set is the image's: the same as none.
         if t.healthcheck.as_ref() == Some(&model::Healthcheck::default()) {
             t.healthcheck = None;
         }
+    }
+    if let Some(d) = depends_on {
+        next.depends_on = d;
     }
     match (want_mode.as_deref(), want_replicas) {
         (Some("global"), Some(_)) => {
@@ -1161,6 +1173,14 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         ),
         MemoryReservation(t.reservations.memory_bytes.unwrap_or(0)),
     ]);
+    if !spec.depends_on.is_empty() {
+        out.push(DependsOn(
+            spec.depends_on
+                .iter()
+                .map(|(k, c)| (k.clone(), c.as_str().to_string()))
+                .collect(),
+        ));
+    }
     let h = t.healthcheck.clone().unwrap_or_default();
     out.extend([
         HealthTest(h.test),
@@ -1230,6 +1250,19 @@ fn secret_refs(
     }
 }
 
+/// `DependsOn`'s conditions, by the model's one parser.
+fn depends_on_from(
+    m: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, model::DependCondition>, String> {
+    m.iter()
+        .map(|(name, c)| {
+            model::DependCondition::parse(c)
+                .map(|c| (name.clone(), c))
+                .map_err(|e| format!("DependsOn {name}: {e}"))
+        })
+        .collect()
+}
+
 /// The spec a new service gets before its properties are applied: the model defaults plus
 /// `SIGTERM` and a 10 s stop grace period, as Swarm does.
 pub fn default_spec(name: &str) -> ServiceSpec {
@@ -1279,6 +1312,8 @@ mod tests {
             },
         ];
         spec.networks = vec!["backend".into()];
+        spec.depends_on
+            .insert("shop_db".into(), model::DependCondition::ServiceHealthy);
         spec.restart = model::RestartPolicy {
             condition: RestartCondition::OnFailure,
             delay: 250,

@@ -5,6 +5,7 @@
 //! entries and snapshots) changes only additively: new fields carry `#[serde(default)]`.
 
 mod apply;
+pub mod depends;
 pub mod health;
 mod index;
 pub mod limits;

@@ -84,6 +84,53 @@ pub struct ServiceSpec {
     pub rollback: UpdateConfig,
     /// Where tasks may run and how they spread.
     pub placement: Placement,
+    /// Services (full names, of the same stack) whose condition must hold before a task of
+    /// this one is placed (Compose's `depends_on`; see [`crate::depends`]). Left out of the
+    /// stored form when empty, so specs written before it existed read and compare the same.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, DependCondition>,
+}
+
+/// What a dependency must have done before a dependant's tasks start (Compose's `depends_on`
+/// conditions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DependCondition {
+    /// One of its tasks is running (or ran and completed).
+    #[default]
+    ServiceStarted,
+    /// One of its tasks is running, which a task with a healthcheck only is once healthy.
+    ServiceHealthy,
+    /// One of its tasks exited with status 0 (COMPLETE).
+    ServiceCompletedSuccessfully,
+}
+
+impl DependCondition {
+    pub const ALL: [DependCondition; 3] = [
+        DependCondition::ServiceStarted,
+        DependCondition::ServiceHealthy,
+        DependCondition::ServiceCompletedSuccessfully,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DependCondition::ServiceStarted => "service_started",
+            DependCondition::ServiceHealthy => "service_healthy",
+            DependCondition::ServiceCompletedSuccessfully => "service_completed_successfully",
+        }
+    }
+
+    /// The one parser of the names, for stack files, Compose files and D-Bus.
+    pub fn parse(s: &str) -> Result<DependCondition, String> {
+        DependCondition::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "condition {s:?} is not one of \"service_started\", \"service_healthy\", \"service_completed_successfully\""
+                )
+            })
+    }
 }
 
 impl ServiceSpec {
@@ -96,6 +143,16 @@ impl ServiceSpec {
             return Err(format!(
                 "replicas = {replicas} is above the limit of {MAX_REPLICAS}"
             ));
+        }
+        if self.depends_on.len() > crate::limits::MAX_SERVICES_PER_STACK {
+            return Err(format!(
+                "{} dependencies is above the limit of {}",
+                self.depends_on.len(),
+                crate::limits::MAX_SERVICES_PER_STACK
+            ));
+        }
+        if self.depends_on.contains_key(&self.name) {
+            return Err(format!("service {} depends on itself", self.name));
         }
         if let Some(n) = self.placement.max_replicas_per_node
             && n > MAX_REPLICAS

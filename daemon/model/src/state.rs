@@ -904,7 +904,7 @@ pub(crate) mod tests {
 }
 
 #[cfg(test)]
-mod multi_node {
+pub(crate) mod multi_node {
     use super::tests::svc;
     use super::*;
     use crate::*;
@@ -927,7 +927,7 @@ mod multi_node {
         }
     }
 
-    fn task(id: &str, service: &str, slot: u64) -> Task {
+    pub(crate) fn task(id: &str, service: &str, slot: u64) -> Task {
         Task {
             id: id.into(),
             service_id: service.into(),

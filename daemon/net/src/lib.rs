@@ -1107,7 +1107,7 @@ fn check_name(
 }
 
 /// Sets a boolean sysctl to 1, writing only when it is not already set.
-fn enable_sysctl(name: &str) -> Result<()> {
+pub(crate) fn enable_sysctl(name: &str) -> Result<()> {
     // `conf.<interface>.` keeps its dots: interface names may contain them.
     let path = match name.strip_prefix("net.ipv4.conf.") {
         Some(rest) => {

@@ -253,6 +253,11 @@ async fn host_address(
             ))(e));
         }
     }
+    // `localhost` on a node without a task reaches the routing mesh: a packet from 127.0.0.1,
+    // DNAT-ed to another node's address, leaves through this bridge, which the kernel allows
+    // only with route_localnet on it. Packets for 127.0.0.0/8 arriving on it from the overlay
+    // are dropped by shoal's `input` chain (see ARCHITECTURE.md for the window after a flush).
+    crate::enable_sysctl(&format!("net.ipv4.conf.{name}.route_localnet"))?;
     Ok(())
 }
 

@@ -30,6 +30,7 @@
 //! | `restart` | `{ condition = any/on-failure/none, delay, max_delay, max_attempts, window }` | any, 100ms doubling to 30s, unlimited, 10s |
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
 //! | `healthcheck` | `{ test = ["CMD", "wget", "-qO-", "http://127.0.0.1/"] (or ["CMD-SHELL", "..."], a string run by the shell, ["NONE"]), interval, timeout, retries, start_period, start_interval, disable = true }` | the image's HEALTHCHECK; else interval 30s, timeout 30s, retries 3, start_period 0s, start_interval 5s |
+//! | `depends_on` | `["db"]` (each `service_started`) or `{ db = { condition = "service_healthy" } }` (`service_started`, `service_healthy`, `service_completed_successfully`): services of this stack; no cycles | none |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
 //! | `endpoint_mode` | `"vip"` (one virtual IP) or `"dnsrr"` (the name resolves to the tasks) | `"vip"` |
 //! | `secrets` | `["NAME", { source = "NAME", target = "FILE", uid = "0", gid = "0", mode = 0o444 }]`: each a `[secrets.NAME]` of the stack, seen by the task as the file `/run/secrets/TARGET` (on a tmpfs) | target = NAME, uid 0, gid 0, mode 0444 |
@@ -41,8 +42,8 @@
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
 //! protocol in a file; a port without a published number is published on a free port of
 //! 30000-32767 the cluster picks; anonymous volumes and host-address bindings are refused; a `healthcheck` field left out comes
-//! from the image's HEALTHCHECK, else Swarm's default. `depends_on` and the top-level
-//! `volumes` table are refused as not supported yet, never ignored.
+//! from the image's HEALTHCHECK, else Swarm's default. `depends_on`'s `restart` and `required`,
+//! and the top-level `volumes` table are refused as not supported yet, never ignored.
 //!
 //! Networks: `[networks.NAME]` declares an overlay network of the stack, `STACK_NAME` in the
 //! cluster (`driver = "overlay"`, `subnet`, `attachable`, `labels`, checked by the same
@@ -138,8 +139,9 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "healthcheck",
         "secrets",
         "configs",
+        "depends_on",
     ],
-    unsupported: &[("depends_on", "services of a stack start together")],
+    unsupported: &[],
     hints: &[
         ("environment", "did you mean \"env\"?"),
         ("environments", "did you mean \"env\"?"),
@@ -164,6 +166,12 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         ("sysctl", "did you mean \"sysctls\"?"),
         ("security_opts", "did you mean \"security_opt\"?"),
     ],
+};
+
+const DEPENDS_ON_KEYS: Keys<'static> = Keys {
+    known: &["condition"],
+    unsupported: &[("restart", ""), ("required", "")],
+    hints: &[],
 };
 
 const PORT_KEYS: Keys<'static> = Keys {
@@ -378,11 +386,17 @@ pub fn load_stack_text(
 /// Loads every `*.toml` file of `dir`, sorted by file name, and reports the problems of all
 /// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped;
 /// a Compose file (`*.yml`, `*.yaml`) is an error that says how to convert it.
-/// A missing directory holds no stacks.
+/// A missing directory is an error, never "no stacks" (which would remove every stack deployed
+/// from files): the caller decides whether it may count as empty.
 pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Errors(vec![Diagnostic::whole_file(
+                dir,
+                "the stacks directory does not exist; create it (an empty directory removes every stack deployed from files) or fix paths.stacks_dir in the cluster file",
+            )]));
+        }
         Err(e) => {
             return Err(Errors(vec![Diagnostic::whole_file(
                 dir,
@@ -485,6 +499,7 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
         spec.configs = secrets::stack_table(sink, SecretKind::Config, v);
     }
     let mut ports: BTreeMap<(u16, &'static str), PortUse> = BTreeMap::new();
+    let mut graph: Dependencies = BTreeMap::new();
     for (key, value) in walk::entries(services) {
         let short: &str = key.get_ref();
         let path = format!("services.{short}");
@@ -513,13 +528,151 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
             service.task.configs =
                 secrets::service_refs(sink, SecretKind::Config, &path, v, &spec.configs);
         }
+        if let Some(v) = table.get("depends_on") {
+            let deps = depends_on(sink, &format!("{path}.depends_on"), v);
+            service.depends_on = deps
+                .iter()
+                .map(|(dep, condition, _)| (format!("{name}_{dep}"), *condition))
+                .collect();
+            graph.insert(short.to_string(), deps);
+        }
         spec.services.push(ServiceSpec {
             name: full,
             stack: Some(name.to_string()),
             ..service
         });
     }
+    let names: std::collections::BTreeSet<&str> =
+        services.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+    check_dependencies(sink, &graph, &names);
     spec
+}
+
+/// Each service's dependencies: (service, condition, where it is named), by short name.
+type Dependencies = BTreeMap<String, Vec<(String, model::DependCondition, Range<usize>)>>;
+
+/// `depends_on = ["db"]` (each `service_started`) or `depends_on = { db = { condition =
+/// "service_healthy" } }`, as Compose writes them.
+fn depends_on(
+    sink: &mut Sink<'_>,
+    path: &str,
+    v: &Value<'_>,
+) -> Vec<(String, model::DependCondition, Range<usize>)> {
+    let mut out: Vec<(String, model::DependCondition, Range<usize>)> = Vec::new();
+    match v.get_ref() {
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(dep) = walk::string(sink, item, &format!("{path}[{i}]")) {
+                    out.push((
+                        dep.to_string(),
+                        model::DependCondition::ServiceStarted,
+                        item.span(),
+                    ));
+                }
+            }
+        }
+        DeValue::Table(t) => {
+            for (key, value) in walk::entries(t) {
+                let dep: &str = key.get_ref();
+                let dpath = format!("{path}.{dep}");
+                let Some(c) = walk::table(sink, value, &dpath) else {
+                    continue;
+                };
+                walk::check_keys(sink, c, &format!("[{dpath}]"), &DEPENDS_ON_KEYS);
+                let mut condition = model::DependCondition::ServiceStarted;
+                if let Some(cv) = c.get("condition") {
+                    let names = model::DependCondition::ALL.map(|c| c.as_str());
+                    if let Some(name) = walk::choice(sink, cv, &format!("{dpath}.condition"), &names)
+                    {
+                        condition = model::DependCondition::parse(name).unwrap_or(condition);
+                    }
+                }
+                out.push((dep.to_string(), condition, key.span()));
+            }
+        }
+        _ => sink.error(
+            v.span(),
+            format!(
+                "{path}: expected a list of service names or a table of {{ condition = ... }}, e.g. depends_on = [\"db\"]"
+            ),
+        ),
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|(dep, _, span)| {
+        let first = seen.insert(dep.clone());
+        if !first {
+            sink.error(span.clone(), format!("{path}: \"{dep}\" is named twice"));
+        }
+        first
+    });
+    out
+}
+
+/// Every dependency names a service of the stack, and none is part of a cycle (each cycle is
+/// reported once, at the entry that closes it).
+fn check_dependencies(
+    sink: &mut Sink<'_>,
+    graph: &Dependencies,
+    names: &std::collections::BTreeSet<&str>,
+) {
+    for (svc, deps) in graph {
+        for (dep, _, span) in deps {
+            if dep == svc {
+                sink.error(
+                    span.clone(),
+                    format!("services.{svc}.depends_on: a service cannot depend on itself"),
+                );
+            } else if !names.contains(dep.as_str()) {
+                sink.error(
+                    span.clone(),
+                    format!(
+                        "services.{svc}.depends_on: service \"{dep}\" is not defined in this stack"
+                    ),
+                );
+            }
+        }
+    }
+    // Depth-first search over the edges; 1 = on the path, 2 = done.
+    fn visit<'g>(
+        n: &'g str,
+        graph: &'g Dependencies,
+        state: &mut BTreeMap<&'g str, u8>,
+        path: &mut Vec<&'g str>,
+        cycles: &mut Vec<(Range<usize>, String)>,
+    ) {
+        state.insert(n, 1);
+        path.push(n);
+        for (dep, _, span) in graph.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+            match state.get(dep.as_str()) {
+                Some(1) if dep != n => {
+                    let start = path.iter().position(|s| s == dep).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[start..].to_vec();
+                    cycle.push(dep);
+                    cycles.push((
+                        span.clone(),
+                        format!(
+                            "services.{n}.depends_on: dependency cycle {}",
+                            cycle.join(" -> ")
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => visit(dep, graph, state, path, cycles),
+            }
+        }
+        path.pop();
+        state.insert(n, 2);
+    }
+    let mut state = BTreeMap::new();
+    let mut cycles = Vec::new();
+    for n in graph.keys() {
+        if !state.contains_key(n.as_str()) {
+            visit(n, graph, &mut state, &mut Vec::new(), &mut cycles);
+        }
+    }
+    for (span, msg) in cycles {
+        sink.error(span, msg);
+    }
 }
 
 /// The network every service of a stack is on when it names none (`STACK_default`).

@@ -386,22 +386,98 @@ fn unsupported_keys_are_refused_not_ignored() {
     let text = r#"
 [services.web]
 image = "a"
-depends_on = ["db"]
 
 [networks.backend]
 driver = "overlay"
 internal = true
 "#;
     let errs = stack_errs(text);
-    for key in [
-        "depends_on\" in [services.web]",
-        "\"internal\" in [networks.backend]",
-    ] {
-        assert_has(&errs, key);
-    }
-    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert_has(&errs, "\"internal\" in [networks.backend]");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(
         errs.iter().all(|e| e.contains("not supported yet")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn depends_on_takes_compose_forms_and_names_services_of_the_stack() {
+    let s = stack_ok(
+        r#"
+[services.db]
+image = "postgres"
+
+[services.migrate]
+image = "app"
+depends_on = ["db"]
+
+[services.web]
+image = "app"
+depends_on = { db = { condition = "service_healthy" }, migrate = { condition = "service_completed_successfully" } }
+
+[services.cache]
+image = "redis"
+[services.cache.depends_on.db]
+"#,
+    );
+    use model::DependCondition::*;
+    let deps = |n: &str| {
+        svc(&s, n)
+            .depends_on
+            .clone()
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(deps("shop_db"), vec![]);
+    assert_eq!(
+        deps("shop_migrate"),
+        vec![("shop_db".to_string(), ServiceStarted)]
+    );
+    assert_eq!(
+        deps("shop_web"),
+        vec![
+            ("shop_db".to_string(), ServiceHealthy),
+            ("shop_migrate".to_string(), ServiceCompletedSuccessfully)
+        ]
+    );
+    assert_eq!(
+        deps("shop_cache"),
+        vec![("shop_db".to_string(), ServiceStarted)]
+    );
+}
+
+#[test]
+fn depends_on_problems_are_all_reported_with_their_place() {
+    let errs = stack_errs(
+        r#"
+[services.a]
+image = "x"
+depends_on = ["b", "ghost", "b"]
+
+[services.b]
+image = "x"
+depends_on = { c = { condition = "service_ready" } }
+
+[services.c]
+image = "x"
+depends_on = { a = { restart = true }, c = {} }
+
+[services.d]
+image = "x"
+depends_on = "a"
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "4:20: services.a.depends_on: service \"ghost\" is not defined in this stack",
+            "4:29: services.a.depends_on: \"b\" is named twice",
+            "8:34: services.b.depends_on.c.condition: invalid value \"service_ready\"; expected one of \"service_started\", \"service_healthy\", \"service_completed_successfully\" (did you mean \"service_healthy\"?)",
+            "12:16: services.c.depends_on: dependency cycle a -> b -> c -> a",
+            "12:22: \"restart\" in [services.c.depends_on.a] is not supported yet",
+            "12:40: services.c.depends_on: a service cannot depend on itself",
+            "16:14: services.d.depends_on: expected a list of service names or a table of { condition = ... }, e.g. depends_on = [\"db\"]",
+        ],
         "{errs:#?}"
     );
 }
@@ -969,9 +1045,15 @@ fn invalid_explicit_stack_name() {
 }
 
 #[test]
-fn missing_stacks_dir_means_no_stacks() {
+fn a_missing_stacks_dir_is_an_error_not_an_empty_one() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(load_stacks_dir(&dir.path().join("nope")).unwrap(), vec![]);
+    let e = load_stacks_dir(&dir.path().join("nope")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("nope") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("paths.stacks_dir"), "{msg}");
 }
 
 #[test]

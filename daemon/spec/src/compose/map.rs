@@ -10,11 +10,11 @@
 //! - keys `docker stack deploy` refuses (`extends`, `mem_limit`, ...) are errors;
 //! - `x-` extension keys are skipped, as Compose does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::interp::Variables;
-use super::yaml::{Entry, Kind, Node, Pos};
+use super::yaml::{Entry, Node, Pos};
 use crate::units;
 
 /// A node of the stack document.
@@ -87,14 +87,11 @@ const SERVICE_KEYS: &[&str] = &[
     "healthcheck",
     "secrets",
     "configs",
+    "depends_on",
 ];
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
 const SERVICE_NOT_YET: &[(&str, &str)] = &[
-    (
-        "depends_on",
-        "services of a stack start together (docker stack deploy ignores it too)",
-    ),
     ("extra_hosts", ""),
     ("dns", ""),
     ("dns_search", ""),
@@ -291,7 +288,6 @@ impl<'a> Mapper<'a> {
             if list.is_empty() {
                 self.error(&services_entry.key_pos, "the Compose file has no services");
             }
-            self.depends_on_graph(list);
             for s in list {
                 if s.key.starts_with("x-") {
                     continue;
@@ -470,91 +466,6 @@ impl<'a> Mapper<'a> {
         self.value(&e.value, path)
     }
 
-    /// `depends_on` is refused as not supported yet, but its names and cycles are checked too,
-    /// so that every problem of the key is reported at once.
-    fn depends_on_graph(&mut self, services: &[Entry]) {
-        let names: BTreeSet<&str> = services.iter().map(|s| s.key.as_str()).collect();
-        let mut graph: BTreeMap<&str, Vec<(&str, &Pos)>> = BTreeMap::new();
-        for s in services {
-            let Some(deps) = s.value.get("depends_on") else {
-                continue;
-            };
-            let mut list = Vec::new();
-            match &deps.kind {
-                Kind::Seq(items) => {
-                    for i in items {
-                        if let Some(n) = i.scalar() {
-                            list.push((n, &i.pos));
-                        }
-                    }
-                }
-                Kind::Map(entries) => {
-                    for e in entries {
-                        list.push((e.key.as_str(), &e.key_pos));
-                    }
-                }
-                _ => {}
-            }
-            for (dep, pos) in &list {
-                if !names.contains(dep) {
-                    let p = (*pos).clone();
-                    self.error(
-                        &p,
-                        format!(
-                            "services.{}.depends_on: service \"{dep}\" is not defined",
-                            s.key
-                        ),
-                    );
-                }
-            }
-            graph.insert(&s.key, list);
-        }
-        // Depth-first search; each cycle is reported once, at the edge that closes it.
-        let mut state: BTreeMap<&str, u8> = BTreeMap::new(); // 1 = on the stack, 2 = done
-        let mut cycles = Vec::new();
-        fn visit<'g>(
-            n: &'g str,
-            graph: &BTreeMap<&'g str, Vec<(&'g str, &'g Pos)>>,
-            state: &mut BTreeMap<&'g str, u8>,
-            stack: &mut Vec<&'g str>,
-            cycles: &mut Vec<(Pos, String)>,
-        ) {
-            state.insert(n, 1);
-            stack.push(n);
-            for (dep, pos) in graph.get(n).map(Vec::as_slice).unwrap_or(&[]) {
-                match state.get(dep) {
-                    Some(1) => {
-                        let start = stack.iter().position(|s| s == dep).unwrap_or(0);
-                        let mut path: Vec<&str> = stack[start..].to_vec();
-                        path.push(dep);
-                        cycles.push((
-                            (*pos).clone(),
-                            format!(
-                                "services.{n}.depends_on: dependency cycle {}",
-                                path.join(" -> ")
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        if graph.contains_key(dep) {
-                            visit(dep, graph, state, stack, cycles);
-                        }
-                    }
-                }
-            }
-            stack.pop();
-            state.insert(n, 2);
-        }
-        let keys: Vec<&str> = graph.keys().copied().collect();
-        for n in keys {
-            if !state.contains_key(n) {
-                visit(n, &graph, &mut state, &mut Vec::new(), &mut cycles);
-            }
-        }
-        self.errors.extend(cycles);
-    }
-
     pub(super) fn rename(&mut self, toml: String, compose: String) {
         if toml != compose {
             self.renames.push((toml, compose));
@@ -604,7 +515,8 @@ impl<'a> Mapper<'a> {
             match key {
                 "image" | "command" | "entrypoint" | "stop_grace_period" | "stop_signal"
                 | "user" | "working_dir" | "hostname" | "read_only" | "init" | "cap_add"
-                | "cap_drop" | "ulimits" | "sysctls" | "security_opt" | "healthcheck" => {
+                | "cap_drop" | "ulimits" | "sysctls" | "security_opt" | "healthcheck"
+                | "depends_on" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push(key, e.key_pos.clone(), v);
                     }
