@@ -60,7 +60,7 @@ fn assert_nowhere(what: &str, text: &str, secret: &str) {
 
 #[test]
 fn a_secret_is_readable_inside_the_task_and_nowhere_else() {
-    let node = Node::start();
+    let mut node = Node::start();
     let img = image(&node, "bb");
     let secret = secret_value("db");
     let config = format!("listen = 8080 # {}", secret_value("conf"));
@@ -143,6 +143,19 @@ fn a_secret_is_readable_inside_the_task_and_nowhere_else() {
     );
     assert_eq!(v("conf_sum"), sha256(&config), "the task reads the config");
     assert_eq!(v("conf_stat"), "444:0:0");
+
+    // A restarted shoald adopts the task and keeps its files (and a stale directory goes).
+    let task = node.running("app").remove(0);
+    std::fs::create_dir_all(node.run_dir.join("secrets").join("stale-task")).unwrap();
+    node.stop_daemon();
+    node.start_daemon();
+    node.wait_for("the task adopted", LONG, |n| {
+        n.running("app").first().map(|t| t.id.clone()) == Some(task.id.clone())
+    });
+    node.wait_for("the stale secret files removed", LONG, |n| {
+        !n.run_dir.join("secrets").join("stale-task").exists()
+    });
+    assert!(node.run_dir.join("secrets").join(&task.id).exists());
 
     // Nowhere else.
     let outputs = [

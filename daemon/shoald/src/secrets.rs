@@ -135,6 +135,23 @@ pub fn remove(run_dir: &Path, task_id: &str) -> std::io::Result<()> {
     }
 }
 
+/// At the agent's start: remove the secret files of tasks that are no longer assigned to this
+/// node or have finished (their containers went while shoald was down).
+pub fn collect_stale(run_dir: &Path, assigned: &[Task]) {
+    let Ok(entries) = std::fs::read_dir(root(run_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let live = assigned
+            .iter()
+            .any(|t| t.id == name && !t.status.state.is_terminal());
+        if !live && let Err(err) = remove(run_dir, &name) {
+            tracing::warn!(task = %name, error = %err, "failed to remove stale secret files");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +180,9 @@ mod tests {
         assert!(!root(run).join("t1").exists());
         remove(run, "t1").unwrap();
         remove(run, "../x").unwrap();
+        // At start, only the files of live assigned tasks stay.
+        std::fs::create_dir_all(root(run).join("gone")).unwrap();
+        collect_stale(run, &[]);
+        assert!(!root(run).join("gone").exists());
     }
 }
