@@ -23,10 +23,15 @@
 //! [`placement`] is the one validator of placement constraints, spread preferences and replica
 //! bounds, for stack files, CLI flags and D-Bus alike.
 //!
+//! [`secrets`] is the one validator of secret and config references (stack keys, `--secret` /
+//! `--config` flags, the `Secrets` / `Configs` D-Bus properties) and reads a stack's secret files
+//! (from disk relative to the stack file, or from the contents a client sent).
+//!
 //! [`units`] exposes the small value parsers (durations, memory sizes, ports, mounts, command
 //! lines, names, image references, signals) for reuse by the CLI.
 //!
-//! No file here does IO except the `load_*` functions, which only read files.
+//! No file here does IO except the `load_*` functions and `secrets::read_from_disk`, which only
+//! read files.
 
 mod cluster;
 pub mod compose;
