@@ -207,6 +207,33 @@ fn a_secret_is_readable_inside_the_task_and_nowhere_else() {
         "the service names its secret: {service}"
     );
 
+    // The shipped policy: anyone may list (names, never data), only root or group shoal create.
+    let reader = shoal_tests::dbus::reader_user().expect("reader user");
+    let run_as = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut child = shoal_tests::dbus::command_as(reader, &[], shoal_tests::node::bin("shoal"))
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", node.bus.address())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ls = run_as(&["secret", "ls", "--format", "json"], b"");
+    assert!(ls.status.success(), "{ls:?}");
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(listed.contains("db_pw"), "{listed}");
+    assert_nowhere("secret ls as another user", &listed, &secret);
+    let create = run_as(&["secret", "create", "mine", "-"], b"not-allowed");
+    assert!(!create.status.success(), "a reader created a secret");
+    assert!(
+        String::from_utf8_lossy(&create.stderr).contains("permission denied"),
+        "{create:?}"
+    );
+
     // In use: refused, naming the service.
     let rm = node.shoal(&["secret", "rm", "db_pw"]);
     assert!(!rm.status.success(), "a secret in use was removed");
