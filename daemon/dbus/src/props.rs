@@ -45,6 +45,8 @@
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
 //! | `Secrets` / `Configs` | `as` | secrets / configs the tasks see, each `NAME` or `source=NAME,target=T,uid=U,gid=G,mode=0440` (`--secret`'s syntax, checked by `spec::secrets::parse_ref_flag`); replaced whole; an entry equal to one the service has keeps the version it uses, a new one takes the current version |
+//! | `Mode` values | | also `replicated-job` (tasks run to completion, `Replicas` of them) and `global-job` (once on every eligible node) |
+//! | `MaxConcurrent` | `t` | replicated jobs: tasks running at once (default: `Replicas`) |
 //! | `ExtraHosts` | `as` | extra `/etc/hosts` entries, `NAME:ADDRESS`; replaced whole |
 //! | `DNS` / `DNSSearch` / `DNSOptions` | `as` | resolvers for names outside the cluster (at most 3), search domains, resolver options (`ndots:2`); each replaced whole |
 //! | `DependsOn` | `a{ss}` | full service name to condition (`service_started`, `service_healthy`, `service_completed_successfully`); declared by a stack's `depends_on`: `CreateService` and `UpdateService` refuse to set or change it |
@@ -149,6 +151,7 @@ pub enum Property {
     MemoryReservation(u64),
     HealthTest(Vec<String>),
     DependsOn(BTreeMap<String, String>),
+    MaxConcurrent(u64),
     ExtraHosts(Vec<String>),
     DNS(Vec<String>),
     DNSSearch(Vec<String>),
@@ -178,7 +181,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 64] = [
+    pub const NAMES: [&'static str; 65] = [
         "Image",
         "Mode",
         "Replicas",
@@ -232,6 +235,7 @@ impl Property {
         "MemoryReservation",
         "HealthTest",
         "DependsOn",
+        "MaxConcurrent",
         "ExtraHosts",
         "DNS",
         "DNSSearch",
@@ -302,6 +306,7 @@ impl Property {
             MemoryReservation(_) => "MemoryReservation",
             HealthTest(_) => "HealthTest",
             DependsOn(_) => "DependsOn",
+            MaxConcurrent(_) => "MaxConcurrent",
             ExtraHosts(_) => "ExtraHosts",
             DNS(_) => "DNS",
             DNSSearch(_) => "DNSSearch",
@@ -333,6 +338,7 @@ impl Property {
             | RollbackOrder(s)
             | RollbackFailureAction(s) => ov(s.as_str()),
             Replicas(n)
+            | MaxConcurrent(n)
             | StopGracePeriodUSec(n)
             | RestartDelayUSec(n)
             | RestartMaxDelayUSec(n)
@@ -494,6 +500,7 @@ impl Property {
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             "HealthTest" => HealthTest(get!(Vec<String>, "as")),
             "DependsOn" => DependsOn(get!(BTreeMap<String, String>, "a{ss}")),
+            "MaxConcurrent" => MaxConcurrent(get!(u64, "t")),
             "ExtraHosts" => ExtraHosts(get!(Vec<String>, "as")),
             "DNS" => DNS(get!(Vec<String>, "as")),
             "DNSSearch" => DNSSearch(get!(Vec<String>, "as")),
@@ -753,6 +760,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     let mut want_replicas: Option<u64> = None;
     let mut want_addresses: Option<&BTreeMap<String, String>> = None;
     let mut depends_on = None;
+    let mut want_max_concurrent: Option<u64> = None;
     {
         let t = &mut next.task;
         let mut check = |r: Result<(), String>| {
@@ -1032,6 +1040,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     Ok(refs) => t.configs = refs,
                     Err(e) => e.into_iter().for_each(|e| check(Err(e))),
                 },
+                MaxConcurrent(n) => want_max_concurrent = Some(*n),
                 ExtraHosts(v) => {
                     let mut hosts = Vec::new();
                     for s in v {
@@ -1088,31 +1097,51 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     if let Some(d) = depends_on {
         next.depends_on = d;
     }
+    let current = spec.mode.replicas().unwrap_or(1);
     match (want_mode.as_deref(), want_replicas) {
-        (Some("global"), Some(_)) => {
-            errors.push("replicas cannot be set for a global service".into())
+        (Some(m @ ("global" | "global-job")), Some(_)) => {
+            errors.push(format!("replicas cannot be set for a {m} service"))
         }
         (Some("global"), None) => next.mode = ServiceMode::Global,
+        (Some("global-job"), None) => next.mode = ServiceMode::GlobalJob,
         (Some("replicated"), r) => {
-            let current = match spec.mode {
-                ServiceMode::Replicated { replicas } => replicas,
-                ServiceMode::Global => 1,
-            };
             next.mode = ServiceMode::Replicated {
                 replicas: r.unwrap_or(current),
             };
         }
+        (Some("replicated-job"), r) => {
+            let replicas = r.unwrap_or(current);
+            next.mode = ServiceMode::ReplicatedJob {
+                replicas,
+                max_concurrent: replicas,
+            };
+        }
         (Some(other), _) => errors.push(format!(
-            "invalid mode {other:?}: expected replicated or global"
+            "invalid mode {other:?}: expected replicated, global, replicated-job or global-job"
         )),
         (None, Some(r)) => match next.mode {
             ServiceMode::Replicated { .. } => next.mode = ServiceMode::Replicated { replicas: r },
-            ServiceMode::Global => errors.push(format!(
-                "service {} is global: replicas can only be set for replicated services",
-                spec.name
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                next.mode = ServiceMode::ReplicatedJob {
+                    replicas: r,
+                    max_concurrent,
+                }
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => errors.push(format!(
+                "service {} is {}: replicas can only be set for replicated services and jobs",
+                spec.name,
+                next.mode.name()
             )),
         },
         (None, None) => {}
+    }
+    if let Some(n) = want_max_concurrent {
+        match (&mut next.mode, placement::check_replicas(n)) {
+            (_, Err(e)) => errors.push(format!("MaxConcurrent: {e}")),
+            (_, Ok(0)) => errors.push("MaxConcurrent: must be at least 1".into()),
+            (ServiceMode::ReplicatedJob { max_concurrent, .. }, Ok(n)) => *max_concurrent = n,
+            (_, Ok(_)) => errors.push("MaxConcurrent is only for replicated-job services".into()),
+        }
     }
     if let Some(addresses) = want_addresses {
         errors.extend(bind_ports(&mut next.ports, addresses));
@@ -1170,8 +1199,11 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
     use Property::*;
     let t = &spec.task;
     let mut out = vec![Image(t.image.clone()), Mode(spec.mode.name().into())];
-    if let ServiceMode::Replicated { replicas } = spec.mode {
+    if let Some(replicas) = spec.mode.replicas() {
         out.push(Replicas(replicas));
+    }
+    if let ServiceMode::ReplicatedJob { max_concurrent, .. } = spec.mode {
+        out.push(MaxConcurrent(max_concurrent));
     }
     out.extend([
         Command(t.command.clone().unwrap_or_default()),
@@ -1576,6 +1608,14 @@ mod tests {
         let mut spec = full_spec();
         let mut props = spec_to_properties(&spec);
         props.push(Property::ForceUpdate(true));
+        let mut job = spec.clone();
+        job.mode = ServiceMode::ReplicatedJob {
+            replicas: 6,
+            max_concurrent: 2,
+        };
+        let job_props = spec_to_properties(&job);
+        assert_eq!(new_spec("web", &job_props).unwrap().mode, job.mode);
+        props.extend(job_props);
         let names: Vec<&str> = props.iter().map(|p| p.name()).collect();
         for n in Property::NAMES {
             assert!(names.contains(&n), "{n} not produced");
