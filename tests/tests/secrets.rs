@@ -509,3 +509,54 @@ fn a_secret_reaches_the_worker_that_runs_its_task_and_no_other_node() {
         assert_nowhere("shoald's log", &n.log(), &secret);
     }
 }
+
+#[test]
+fn a_follower_managers_reload_sends_its_secret_files_to_the_leader() {
+    let lan = Lan::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("join-token");
+    std::fs::write(&tok, "secrets-test-provisioning-secret-42").unwrap();
+    let tok = tok.display().to_string();
+    let m1 = cluster_node(&lan, &tok, None, "manager");
+    let m2 = cluster_node(&lan, &tok, Some(&m1), "manager");
+    m1.wait_for("two raft voters", LONG, |m| {
+        let out = m.shoal_ok(&["info", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["cluster"]["raft_voters"].as_str() == Some("2")
+    });
+    let archive = dir.path().join("bb.tar");
+    images::write_oci_archive(&archive, false, "example.org/bb:1");
+    let img = format!("oci-archive:{}", archive.display());
+    // The secret file is on the follower; the leader applies the stack from what the follower
+    // sends (it never reads the follower's files).
+    let secret = secret_value("follower");
+    std::fs::create_dir_all(m2.stacks_dir.join("secrets")).unwrap();
+    std::fs::write(m2.stacks_dir.join("secrets/pw.txt"), &secret).unwrap();
+    let cmd = format!("echo sum=$(sha256sum < /run/secrets/pw | cut -d' ' -f1); {SLEEPER}");
+    std::fs::write(
+        m2.stacks_dir.join("demo.toml"),
+        format!(
+            r#"[secrets.pw]
+file = "secrets/pw.txt"
+
+[services.app]
+image = "{img}"
+command = ["sh", "-c", '''{cmd}''']
+secrets = ["pw"]
+"#
+        ),
+    )
+    .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&m2.shoal_ok(&["info", "--format", "json"])).unwrap();
+    assert_eq!(info["is_leader"], false, "m2 is a follower: {info}");
+    let out = m2.shoal_ok(&["reload"]);
+    assert!(out.contains("added: demo"), "{out}");
+    m1.wait_for("the stack's task reading the secret", LONG, |m| {
+        m.running("demo_app").len() == 1
+            && value(&m.shoal_ok(&["service", "logs", "demo_app"]), "sum") == Some(sha256(&secret))
+    });
+    for n in [&m1, &m2] {
+        assert_nowhere("shoald's log", &n.log(), &secret);
+    }
+}
