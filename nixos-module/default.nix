@@ -190,7 +190,13 @@ let
             `/etc/shoal/stacks/${name}.toml`. See the stack file format in the
             shoal documentation (`[services.NAME]` with `image`, `replicas`,
             `mode`, `command`, `env`, `ports`, ...). Never put secrets here:
-            the file is world-readable in the Nix store.
+            the file is world-readable in the Nix store. A secret goes in
+            `secrets.NAME.file` as the string path of a file outside the store
+            (agenix's `/run/agenix/NAME`, sops-nix's `/run/secrets/NAME`),
+            which shoald reads at every reload; a service names it in its
+            `secrets`. Rotating the file does not reload shoald by itself: run
+            `systemctl reload shoald` (for example from the secret manager's
+            restart hook) to roll the services to the new content.
           '';
         };
 
@@ -502,6 +508,23 @@ in
         assertion = !(stack.source != null && stack.settings != { });
         message = "services.shoal.stacks.${name}: set either settings or source, not both";
       }) cfg.stacks
+      ++ lib.concatLists (
+        lib.mapAttrsToList (
+          name: stack:
+          lib.mapAttrsToList (secret: s: {
+            # A secret's file is read by shoald at reload time, from the node: a path
+            # outside the store that a secret manager (agenix, sops-nix) writes.
+            assertion =
+              !(builtins.isAttrs s && s ? file)
+              || (
+                builtins.isString s.file
+                && hasPrefix "/" s.file
+                && !hasPrefix "${builtins.storeDir}/" s.file
+              );
+            message = "services.shoal.stacks.${name}.settings.secrets.${secret}.file must be an absolute path outside the Nix store, given as a string (for example \"/run/agenix/${secret}\" from agenix or sops-nix): the store is world-readable, and a Nix path literal would be copied into it";
+          }) (stack.settings.secrets or { })
+        ) cfg.stacks
+      )
       ++ lib.mapAttrsToList (name: stack: {
         assertion = stack.source != null -> isNixPath stack.source;
         message = "services.shoal.stacks.${name}.source must be a Nix path such as ./stacks/${name}.toml (or a package or store path), not the string '${toString stack.source}': the build cannot read files outside the Nix store, and edits to that file would never reload shoald";

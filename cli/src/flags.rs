@@ -201,6 +201,13 @@ pub struct CreateFlags {
     /// Add a placement preference (spread=node.labels.KEY)
     #[arg(long = "placement-pref")]
     pub placement_pref: Vec<String>,
+    /// Give the tasks a secret at /run/secrets/NAME (NAME, or
+    /// source=NAME,target=FILE,uid=0,gid=0,mode=0444)
+    #[arg(long = "secret")]
+    pub secret: Vec<String>,
+    /// Give the tasks a config at /NAME (NAME, or source=NAME,target=/PATH,uid=,gid=,mode=)
+    #[arg(long = "config")]
+    pub config: Vec<String>,
 }
 
 /// `service update` only.
@@ -251,6 +258,18 @@ pub struct UpdateFlags {
     /// Remove a placement preference
     #[arg(long = "placement-pref-rm")]
     pub placement_pref_rm: Vec<String>,
+    /// Add or update a secret (NAME, or source=NAME,target=FILE,uid=,gid=,mode=)
+    #[arg(long = "secret-add")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret by name
+    #[arg(long = "secret-rm")]
+    pub secret_rm: Vec<String>,
+    /// Add or update a config (NAME, or source=NAME,target=/PATH,uid=,gid=,mode=)
+    #[arg(long = "config-add")]
+    pub config_add: Vec<String>,
+    /// Remove a config by name
+    #[arg(long = "config-rm")]
+    pub config_rm: Vec<String>,
 }
 
 /// Parse a docker duration into microseconds for the API.
@@ -745,6 +764,22 @@ pub fn create_properties(
         );
         out.push(Property::Constraints(strings(&c)));
     }
+    for (kind, items) in [
+        (model::SecretKind::Secret, &create.secret),
+        (model::SecretKind::Config, &create.config),
+    ] {
+        if items.is_empty() {
+            continue;
+        }
+        let mut refs = Vec::with_capacity(items.len());
+        for s in items {
+            match spec::secrets::parse_ref_flag(kind, s) {
+                Ok(r) => refs.push(r),
+                Err(e) => errs.push(format!("--{}: {e}", kind.as_str())),
+            }
+        }
+        out.push(secret_property(kind, &refs));
+    }
     if !create.placement_pref.is_empty() {
         let p = parse_each(
             "placement-pref",
@@ -770,7 +805,23 @@ pub fn update_needs_current(u: &UpdateFlags) -> bool {
         && u.constraint_add.is_empty()
         && u.constraint_rm.is_empty()
         && u.placement_pref_add.is_empty()
-        && u.placement_pref_rm.is_empty())
+        && u.placement_pref_rm.is_empty()
+        && u.secret_add.is_empty()
+        && u.secret_rm.is_empty()
+        && u.config_add.is_empty()
+        && u.config_rm.is_empty())
+}
+
+/// The `Secrets` or `Configs` property of a list of references.
+fn secret_property(kind: model::SecretKind, refs: &[model::SecretRef]) -> Property {
+    let flags = refs
+        .iter()
+        .map(|r| spec::secrets::format_ref_flag(kind, r))
+        .collect();
+    match kind {
+        model::SecretKind::Secret => Property::Secrets(flags),
+        model::SecretKind::Config => Property::Configs(flags),
+    }
 }
 
 /// The property list of `service update`: only what the flags change. `current` is needed when
@@ -874,6 +925,37 @@ pub fn update_properties(
                 &mut errs,
             );
             out.push(Property::Constraints(strings(&c)));
+        }
+        for (kind, add, rm, have) in [
+            (
+                model::SecretKind::Secret,
+                &u.secret_add,
+                &u.secret_rm,
+                &spec.task.secrets,
+            ),
+            (
+                model::SecretKind::Config,
+                &u.config_add,
+                &u.config_rm,
+                &spec.task.configs,
+            ),
+        ] {
+            if add.is_empty() && rm.is_empty() {
+                continue;
+            }
+            let mut refs: Vec<model::SecretRef> = have.clone();
+            refs.retain(|r| !rm.contains(&r.name));
+            for a in add {
+                match spec::secrets::parse_ref_flag(kind, a) {
+                    Ok(r) => {
+                        // One file per target: a new reference replaces the one there.
+                        refs.retain(|o| o.target != r.target);
+                        refs.push(r);
+                    }
+                    Err(e) => errs.push(format!("--{}-add: {e}", kind.as_str())),
+                }
+            }
+            out.push(secret_property(kind, &refs));
         }
         if !u.placement_pref_add.is_empty() || !u.placement_pref_rm.is_empty() {
             let p = add_rm(
@@ -1227,6 +1309,61 @@ mod tests {
         assert!(parse_timeout("forever").is_err());
         assert_eq!(memory_bytes("1G").unwrap(), 1 << 30);
         assert_eq!(memory_bytes("0").unwrap(), 0);
+    }
+
+    #[test]
+    fn secret_and_config_flags_become_properties_and_merge_on_update() {
+        let create = CreateFlags {
+            secret: vec![
+                "db".into(),
+                "source=db,target=pw,uid=70,gid=70,mode=0400".into(),
+            ],
+            config: vec!["source=app,target=/etc/app.conf".into()],
+            ..Default::default()
+        };
+        let props = create_properties("busybox", &[], &CommonFlags::default(), &create).unwrap();
+        assert!(props.contains(&Property::Secrets(vec![
+            "db".into(),
+            "source=db,target=pw,uid=70,gid=70,mode=0400".into()
+        ])));
+        assert!(props.contains(&Property::Configs(vec![
+            "source=app,target=/etc/app.conf,uid=0,gid=0,mode=0444".into()
+        ])));
+        let bad = CreateFlags {
+            secret: vec!["source=db,target=../x".into()],
+            config: vec!["source=app,target=relative".into()],
+            ..Default::default()
+        };
+        let errs = create_properties("busybox", &[], &CommonFlags::default(), &bad).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(errs[0].starts_with("--secret: "), "{errs:#?}");
+        assert!(errs[1].starts_with("--config: "), "{errs:#?}");
+
+        let spec = shoal_dbus::props::new_spec("web", &props).unwrap();
+        let cur = ServiceInspect {
+            info: Default::default(),
+            spec,
+            properties: vec![],
+            task_health: Default::default(),
+        };
+        let u = UpdateFlags {
+            secret_rm: vec!["db".into()],
+            secret_add: vec!["api".into(), "source=token,target=pw".into()],
+            config_rm: vec!["app".into()],
+            ..Default::default()
+        };
+        assert!(update_needs_current(&u));
+        let props = update_properties(&CommonFlags::default(), &u, Some(&cur)).unwrap();
+        assert_eq!(
+            props,
+            vec![
+                Property::Secrets(vec![
+                    "api".into(),
+                    "source=token,target=pw,uid=0,gid=0,mode=0444".into()
+                ]),
+                Property::Configs(vec![]),
+            ]
+        );
     }
 
     #[test]

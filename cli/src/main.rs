@@ -7,6 +7,7 @@
 mod flags;
 mod network;
 mod render;
+mod secret;
 mod stackfile;
 mod wait;
 
@@ -58,6 +59,12 @@ enum Cmd {
     /// Manage overlay networks
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage secrets
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
+    /// Manage configs
+    #[command(subcommand)]
+    Config(secret::SecretCmd),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -456,6 +463,8 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Service(cmd) => service(cmd).await,
         Cmd::Stack(cmd) => stack(cmd).await,
         Cmd::Network(cmd) => network::run(&connect().await?, cmd).await,
+        Cmd::Secret(cmd) => secret::run(&connect().await?, model::SecretKind::Secret, cmd).await,
+        Cmd::Config(cmd) => secret::run(&connect().await?, model::SecretKind::Config, cmd).await,
     }
 }
 
@@ -888,6 +897,25 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
         }
     }
     print!("{}", render::placement_pretty(&spec.placement));
+    for (title, kind, refs) in [
+        ("Secrets", model::SecretKind::Secret, &spec.task.secrets),
+        ("Configs", model::SecretKind::Config, &spec.task.configs),
+    ] {
+        if refs.is_empty() {
+            continue;
+        }
+        println!("{title}:");
+        for r in refs {
+            let target = match kind {
+                model::SecretKind::Secret => format!("/run/secrets/{}", r.target),
+                model::SecretKind::Config => r.target.clone(),
+            };
+            println!(
+                " {}:	{target} (uid {}, gid {}, mode {:04o})",
+                r.name, r.uid, r.gid, r.mode
+            );
+        }
+    }
     if let Some(h) = &spec.task.healthcheck {
         println!("Healthcheck:");
         if h.is_disabled() {
@@ -1000,7 +1028,13 @@ async fn stack(cmd: StackCmd) -> Result<()> {
             name,
         } => {
             let text = stackfile::stack_text(&files, &name, strict)?;
-            let report = c.deploy_stack(&name, &text).await?;
+            let secret_files = stackfile::secret_files(&files, &name, &text)?;
+            let report = if secret_files.is_empty() {
+                c.deploy_stack(&name, &text).await?
+            } else {
+                c.deploy_stack_with_files(&name, &text, &secret_files)
+                    .await?
+            };
             for s in &report.removed {
                 println!("Removing service {s}");
             }

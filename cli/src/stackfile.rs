@@ -50,6 +50,48 @@ pub(crate) fn stack_text(paths: &[PathBuf], name: &str, strict: bool) -> Result<
     Ok(load_compose(name, &files, strict)?.toml)
 }
 
+/// The contents of the `file` secrets and configs of the stack `text` (deployed from
+/// `paths`), read relative to the first stack file, as the daemon cannot read them itself.
+/// Empty for a stack without any (or with problems: the daemon reports those).
+pub(crate) fn secret_files(
+    paths: &[PathBuf],
+    name: &str,
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let base = paths
+        .first()
+        .filter(|p| p.as_os_str() != "-")
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("stdin"));
+    let Ok(mut stack) = spec::parse_stack_named(&base, name, text) else {
+        return Ok(Default::default());
+    };
+    if spec::secrets::stack_file_sources(&stack).is_empty() {
+        return Ok(Default::default());
+    }
+    // From standard input, relative paths are taken from the current directory.
+    let anchor = if base == Path::new("stdin") {
+        PathBuf::from("./stdin")
+    } else {
+        base.clone()
+    };
+    if let Err(e) = spec::secrets::read_stack_files(
+        &base,
+        &mut stack,
+        &mut spec::secrets::read_from_disk(&anchor),
+    ) {
+        eprintln!("{e}");
+        bail!(
+            "cannot read the secret and config files of {}",
+            base.display()
+        );
+    }
+    Ok(spec::secrets::stack_file_contents(&stack)
+        .into_iter()
+        .map(|(k, v)| (k, v.expose().to_vec()))
+        .collect())
+}
+
 /// Converts Compose files, printing warnings as docker stack deploy does (plus each place).
 pub(crate) fn load_compose(
     name: &str,

@@ -113,7 +113,7 @@ fn a_bad_compose_file_fails_with_every_problem_and_its_place() {
     let err = text(&out.stderr);
     for want in [
         "stack.yaml:5:17: services.web.deploy.replicas: expected an integer, found a string",
-        "stack.yaml:6:5: \"secrets\" in services.web is not supported yet",
+        "stack.yaml:7:9: services.web.secrets[0]: secret \"s\" is not declared",
         "stack.yaml:9:12: services.db.image: required variable DB_IMAGE is missing a value: set DB_IMAGE",
         "3 problems in stack.yaml",
     ] {

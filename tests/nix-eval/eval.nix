@@ -132,6 +132,16 @@ let
 
     stacks = evalConfig (stacksModule 2);
     stacksScaled = evalConfig (stacksModule 3);
+    # A stack secret from a secret manager's file outside the store.
+    stackSecret = evalConfig {
+      imports = [ (stacksModule 2) ];
+      services.shoal.stacks.web.settings.secrets.db_password.file = "/run/agenix/db_password";
+    };
+    # A stack secret whose file is in the store: world-readable.
+    stackSecretInStore = evalConfig {
+      imports = [ (stacksModule 2) ];
+      services.shoal.stacks.web.settings.secrets.db_password.file = "${builtins.storeDir}/0000000000000000000000000000000-pw";
+    };
     # Every stack of `stacks` disabled: the last one is gone.
     stacksAllRemoved = evalConfig {
       imports = [ (stacksModule 2) ];
@@ -835,6 +845,8 @@ let
       && outPaths (unit configs.stacks).reloadTriggers == outPaths (unit configs.stacksRelabelled).reloadTriggers
     ) "restart triggers unchanged")
     (noAssertions "stacks: no failed assertions" configs.stacks)
+    (noAssertions "stacks: a secret file outside the store passes" configs.stackSecret)
+    (onlyAssertion "assertion: a stack secret's file in the store is refused" configs.stackSecretInStore "settings.secrets.db_password.file must be an absolute path outside the Nix store")
     (check "stacks: declaring stacks on a worker warns" (
       length configs.workerWithStack.warnings == 1
       && hasInfix "(web) is set on a worker" (builtins.head configs.workerWithStack.warnings)

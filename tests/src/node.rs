@@ -450,6 +450,11 @@ impl Drop for Node {
             &self.run_dir.join("netns"),
             nix::mount::MntFlags::MNT_DETACH,
         );
+        // The tmpfs of the tasks' secret files.
+        let _ = nix::mount::umount2(
+            &self.run_dir.join("secrets"),
+            nix::mount::MntFlags::MNT_DETACH,
+        );
         // On a LAN host they go with the host's namespace (dropped with `self.host`).
         if self.host.is_none() {
             let _ = Command::new("ip")

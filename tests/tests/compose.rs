@@ -131,7 +131,7 @@ networks:
         "{inspect}"
     );
 
-    // What the service model lacks is refused with its place, and nothing changes.
+    // A bad file is refused with every problem at its place, and nothing changes.
     let bad = app.join("bad.yml");
     std::fs::write(
         &bad,
@@ -147,7 +147,7 @@ networks:
             bad.display()
         ),
         format!(
-            "{}:5:5: \"secrets\" in services.web is not supported yet",
+            "{}:6:9: services.web.secrets[0]: secret \"s\" is not declared",
             bad.display()
         ),
     ] {

@@ -14,6 +14,7 @@ mod networks;
 mod orchestrator;
 mod reaper;
 mod scheduler;
+mod secrets;
 pub mod stacks;
 mod updater;
 
@@ -118,6 +119,7 @@ pub fn reconcile_in_place(state: &mut ClusterState, now: Millis, ids: &mut dyn I
     scheduler::schedule(&mut pass);
     reaper::reap(&mut pass);
     networks::collect_stack_networks(&mut pass);
+    secrets::collect_stack_secrets(&mut pass);
     let Pass {
         state, undo, plan, ..
     } = pass;

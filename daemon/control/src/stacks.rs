@@ -54,6 +54,13 @@ pub enum PlanError {
     NetworkChanged { network: String, subnet: String },
     #[error("network {network}: {reason}")]
     Network { network: String, reason: String },
+    #[error("stack {stack}: {kind} {name}: {reason}")]
+    Secret {
+        stack: String,
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
 }
 
 impl PlanError {
@@ -61,7 +68,8 @@ impl PlanError {
     pub fn stack(&self) -> &str {
         match self {
             PlanError::ServiceOwnedElsewhere { stack, .. }
-            | PlanError::NetworkOwnedElsewhere { stack, .. } => stack,
+            | PlanError::NetworkOwnedElsewhere { stack, .. }
+            | PlanError::Secret { stack, .. } => stack,
             PlanError::OwnedByCli(stack) => stack,
             PlanError::NetworkChanged { network, .. } | PlanError::Network { network, .. } => {
                 network.split('_').next().unwrap_or(network)
@@ -81,22 +89,36 @@ pub fn plan_stack(
     ids: &mut dyn IdSource,
 ) -> Result<Option<StackChange>, PlanError> {
     let name = &spec.name;
+    // The stack keeps the digests of its secret files, never their content.
+    let mut stored = spec.clone();
+    for s in stored
+        .secrets
+        .values_mut()
+        .chain(stored.configs.values_mut())
+    {
+        s.data = None;
+    }
     let mut change = StackChange {
         name: name.clone(),
         stack: Some(Stack {
             name: name.clone(),
             source,
-            spec: spec.clone(),
+            spec: stored,
             updated_at: now,
         }),
         create: Vec::new(),
         update: Vec::new(),
         remove: Vec::new(),
         networks: Vec::new(),
+        secrets: Vec::new(),
         now,
     };
     change.networks = plan_networks(state, spec, now, ids)?;
+    let planned = crate::secrets::plan_stack_secrets(state, spec, now, ids)?;
     for svc_spec in &spec.services {
+        let mut svc_spec = svc_spec.clone();
+        crate::secrets::resolve_service_refs(name, &planned, &mut svc_spec)?;
+        let svc_spec = &svc_spec;
         let digest = digests.get(&svc_spec.task.image).cloned();
         match state.service_by_name(&svc_spec.name) {
             Some(existing) if existing.spec.stack.as_deref() != Some(name.as_str()) => {
@@ -128,9 +150,14 @@ pub fn plan_stack(
         }
     }
     let unchanged_stack = state.stacks.get(name).is_some_and(|s| {
-        s.spec == *spec && Some(&s.source) == change.stack.as_ref().map(|c| &c.source)
+        change
+            .stack
+            .as_ref()
+            .is_some_and(|c| s.spec == c.spec && s.source == c.source)
     });
+    change.secrets = planned.create;
     if unchanged_stack
+        && change.secrets.is_empty()
         && change.networks.is_empty()
         && change.create.is_empty()
         && change.update.is_empty()
@@ -208,6 +235,7 @@ pub fn plan_stack_removal(state: &ClusterState, name: &str, now: Millis) -> Opti
         update: vec![],
         remove,
         networks: vec![],
+        secrets: vec![],
         now,
     })
 }

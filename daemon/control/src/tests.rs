@@ -590,6 +590,7 @@ mod depends;
 mod health;
 mod jobs;
 mod multi_node;
+mod secrets;
 
 mod stacks {
     use super::*;
@@ -611,6 +612,7 @@ mod stacks {
                 })
                 .collect(),
             networks: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -351,4 +351,68 @@ pub trait Backend: Send + Sync + 'static {
             ))
         }
     }
+
+    /// `CreateSecret` / `CreateConfig`: store `data` under `name` (checked by
+    /// `spec::units::validate_name` and `SecretKind::check_size`). Returns its id. Refused when
+    /// the name is taken: secrets never change; make a new one to rotate.
+    fn create_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        data: model::SecretData,
+    ) -> impl Future<Output = Result<String, ApiError>> + Send {
+        let _ = (name, labels, data);
+        async move {
+            Err(ApiError::Failed(format!(
+                "creating a {} is not supported by this backend",
+                kind.as_str()
+            )))
+        }
+    }
+
+    /// `ListSecrets` / `ListConfigs`: every secret or config, sorted by name, as named strings
+    /// (`Id`, `Name`, `Created` (Unix ms), `Stack`, `Services` (comma-separated), `Current`
+    /// (`false` for a stack's older version), `Label.<key>`; new keys may appear). Never the
+    /// data.
+    fn list_secrets(
+        &self,
+        kind: model::SecretKind,
+    ) -> impl Future<Output = Result<Vec<BTreeMap<String, String>>, ApiError>> + Send {
+        let _ = kind;
+        async { Ok(Vec::new()) }
+    }
+
+    /// `RemoveSecret` / `RemoveConfig`: by name, id or unique id prefix; refused while a service
+    /// uses it, naming the services.
+    fn remove_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = name;
+        async move {
+            Err(ApiError::Failed(format!(
+                "removing a {} is not supported by this backend",
+                kind.as_str()
+            )))
+        }
+    }
+
+    /// `DeployStackWithFiles`: [`Backend::deploy_stack`] for a stack whose secrets and configs
+    /// come from files: `files` maps each `file` as written in the stack to its content, read by
+    /// the client relative to its stack file.
+    fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        text: &str,
+        files: BTreeMap<String, model::SecretData>,
+    ) -> impl Future<Output = Result<ChangeReport, ApiError>> + Send {
+        let _ = (name, text, files);
+        async {
+            Err(ApiError::Failed(
+                "DeployStackWithFiles is not supported by this backend".into(),
+            ))
+        }
+    }
 }

@@ -56,6 +56,28 @@ pub trait Manager {
     ) -> Result<String, ApiError>;
     fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError>;
     fn remove_network(&self, network: &str) -> Result<(), ApiError>;
+    fn create_secret(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Result<String, ApiError>;
+    fn list_secrets(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError>;
+    fn remove_secret(&self, secret: &str) -> Result<(), ApiError>;
+    fn create_config(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Result<String, ApiError>;
+    fn list_configs(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError>;
+    fn remove_config(&self, config: &str) -> Result<(), ApiError>;
+    fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        stack: &str,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<ChangeReport, ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -472,6 +494,55 @@ impl Client {
 
     pub async fn remove_network(&self, network: &str) -> Result<(), ClientError> {
         Ok(self.proxy.remove_network(network).await?)
+    }
+
+    /// Store a secret or config; returns its id.
+    pub async fn create_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        data: &[u8],
+    ) -> Result<String, ClientError> {
+        Ok(match kind {
+            model::SecretKind::Secret => self.proxy.create_secret(name, labels, data).await?,
+            model::SecretKind::Config => self.proxy.create_config(name, labels, data).await?,
+        })
+    }
+
+    pub async fn list_secrets(
+        &self,
+        kind: model::SecretKind,
+    ) -> Result<Vec<BTreeMap<String, String>>, ClientError> {
+        Ok(match kind {
+            model::SecretKind::Secret => self.proxy.list_secrets().await?,
+            model::SecretKind::Config => self.proxy.list_configs().await?,
+        })
+    }
+
+    pub async fn remove_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+    ) -> Result<(), ClientError> {
+        match kind {
+            model::SecretKind::Secret => self.proxy.remove_secret(name).await?,
+            model::SecretKind::Config => self.proxy.remove_config(name).await?,
+        }
+        Ok(())
+    }
+
+    /// `deploy_stack` with the contents of the stack's secret and config files.
+    pub async fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        text: &str,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<ChangeReport, ClientError> {
+        Ok(self
+            .proxy
+            .deploy_stack_with_files(name, text, files)
+            .await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

@@ -44,6 +44,7 @@
 //! | `HealthTest` | `as` | `["CMD", program, args...]`, `["CMD-SHELL", command]`, `["NONE"]` (no healthcheck, not even the image's); empty: the image's test |
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
+//! | `Secrets` / `Configs` | `as` | secrets / configs the tasks see, each `NAME` or `source=NAME,target=T,uid=U,gid=G,mode=0440` (`--secret`'s syntax, checked by `spec::secrets::parse_ref_flag`); replaced whole; an entry equal to one the service has keeps the version it uses, a new one takes the current version |
 //! | `Mode` values | | also `replicated-job` (tasks run to completion, `Replicas` of them) and `global-job` (once on every eligible node) |
 //! | `MaxConcurrent` | `t` | replicated jobs: tasks running at once (default: `Replicas`) |
 //! | `ExtraHosts` | `as` | extra `/etc/hosts` entries, `NAME:ADDRESS`; replaced whole |
@@ -160,6 +161,8 @@ pub enum Property {
     HealthStartPeriodUSec(u64),
     HealthStartIntervalUSec(u64),
     HealthRetries(u64),
+    Secrets(Vec<String>),
+    Configs(Vec<String>),
 }
 
 fn ov<'a, T: Into<Variant<'a>>>(v: T) -> OwnedVariant {
@@ -178,7 +181,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 63] = [
+    pub const NAMES: [&'static str; 65] = [
         "Image",
         "Mode",
         "Replicas",
@@ -242,6 +245,8 @@ impl Property {
         "HealthStartPeriodUSec",
         "HealthStartIntervalUSec",
         "HealthRetries",
+        "Secrets",
+        "Configs",
     ];
 
     /// The D-Bus name.
@@ -311,6 +316,8 @@ impl Property {
             HealthStartPeriodUSec(_) => "HealthStartPeriodUSec",
             HealthStartIntervalUSec(_) => "HealthStartIntervalUSec",
             HealthRetries(_) => "HealthRetries",
+            Secrets(_) => "Secrets",
+            Configs(_) => "Configs",
         }
     }
 
@@ -360,6 +367,8 @@ impl Property {
             | CapAdd(v)
             | CapDrop(v)
             | SecurityOpt(v)
+            | Secrets(v)
+            | Configs(v)
             | HealthTest(v)
             | ExtraHosts(v)
             | DNS(v)
@@ -501,6 +510,8 @@ impl Property {
             "HealthStartPeriodUSec" => HealthStartPeriodUSec(get!(u64, "t")),
             "HealthStartIntervalUSec" => HealthStartIntervalUSec(get!(u64, "t")),
             "HealthRetries" => HealthRetries(get!(u64, "t")),
+            "Secrets" => Secrets(get!(Vec<String>, "as")),
+            "Configs" => Configs(get!(Vec<String>, "as")),
             other => {
                 return Err(format!(
                     "unknown property {other:?}: expected one of {}",
@@ -1021,6 +1032,14 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     t.healthcheck.get_or_insert_default().retries =
                         u32::try_from(*n).unwrap_or(u32::MAX)
                 }
+                Secrets(v) => match secret_refs(model::SecretKind::Secret, v, &t.secrets) {
+                    Ok(refs) => t.secrets = refs,
+                    Err(e) => e.into_iter().for_each(|e| check(Err(e))),
+                },
+                Configs(v) => match secret_refs(model::SecretKind::Config, v, &t.configs) {
+                    Ok(refs) => t.configs = refs,
+                    Err(e) => e.into_iter().for_each(|e| check(Err(e))),
+                },
                 MaxConcurrent(n) => want_max_concurrent = Some(*n),
                 ExtraHosts(v) => {
                     let mut hosts = Vec::new();
@@ -1278,10 +1297,64 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         HealthStartIntervalUSec(usec(h.start_interval)),
         HealthRetries(u64::from(h.retries)),
     ]);
+    let flags = |kind, refs: &[model::SecretRef]| -> Vec<String> {
+        refs.iter()
+            .map(|r| spec::secrets::format_ref_flag(kind, r))
+            .collect()
+    };
+    out.push(Secrets(flags(model::SecretKind::Secret, &t.secrets)));
+    out.push(Configs(flags(model::SecretKind::Config, &t.configs)));
     // An empty stop signal is not a valid property value; leave it out so that applying the
     // list keeps the default of the receiving spec.
     out.retain(|p| !matches!(p, StopSignal(s) if s.is_empty()));
     out
+}
+
+/// The references of a `Secrets` or `Configs` property. An entry equal to one of `old` (the
+/// service's) keeps its version; the daemon resolves the others to the current version.
+fn secret_refs(
+    kind: model::SecretKind,
+    v: &[String],
+    old: &[model::SecretRef],
+) -> Result<Vec<model::SecretRef>, Vec<String>> {
+    let prop = match kind {
+        model::SecretKind::Secret => "Secrets",
+        model::SecretKind::Config => "Configs",
+    };
+    let mut out: Vec<model::SecretRef> = Vec::new();
+    let mut errors = Vec::new();
+    if v.len() > model::limits::MAX_MOUNTS {
+        return Err(vec![format!(
+            "{prop}: {} entries is above the limit of {}",
+            v.len(),
+            model::limits::MAX_MOUNTS
+        )]);
+    }
+    for item in v {
+        match spec::secrets::parse_ref_flag(kind, item) {
+            Ok(mut r) => {
+                if out.iter().any(|o| o.target == r.target) {
+                    errors.push(format!("{prop}: target {} is used twice", r.target));
+                    continue;
+                }
+                if let Some(o) = old.iter().find(|o| {
+                    model::SecretRef {
+                        id: o.id.clone(),
+                        ..r.clone()
+                    } == **o
+                }) {
+                    r.id = o.id.clone();
+                }
+                out.push(r);
+            }
+            Err(e) => errors.push(format!("{prop}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }
 
 /// `DependsOn`'s conditions, by the model's one parser.
@@ -1419,6 +1492,20 @@ mod tests {
             },
         );
         t.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+        t.secrets = vec![
+            model::SecretRef::new(model::SecretKind::Secret, "db"),
+            model::SecretRef {
+                target: "other".into(),
+                uid: 70,
+                gid: 71,
+                mode: 0o400,
+                ..model::SecretRef::new(model::SecretKind::Secret, "db")
+            },
+        ];
+        t.configs = vec![model::SecretRef {
+            target: "/etc/app.conf".into(),
+            ..model::SecretRef::new(model::SecretKind::Config, "app")
+        }];
         t.reservations.nano_cpus = Some(250_000_000);
         t.reservations.memory_bytes = Some(128 << 20);
         t.healthcheck = Some(model::Healthcheck {
@@ -1447,6 +1534,52 @@ mod tests {
         let props = spec_to_properties(&spec);
         let back = new_spec("web", &props).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn secrets_keep_the_version_they_use_unless_they_change() {
+        let mut spec = full_spec();
+        spec.task.secrets[0].id = "v1".into();
+        spec.task.secrets[1].id = "v1".into();
+        // The same list (as the CLI sends it with --secret-add of another): versions kept.
+        let mut next = spec.clone();
+        apply_properties(
+            &mut next,
+            &[Property::Secrets(vec![
+                "db".into(),
+                "source=db,target=other,uid=70,gid=71,mode=0400".into(),
+                "api".into(),
+            ])],
+        )
+        .unwrap();
+        assert_eq!(next.task.secrets[0].id, "v1");
+        assert_eq!(next.task.secrets[1].id, "v1");
+        assert_eq!(
+            next.task.secrets[2].id, "",
+            "a new one is resolved by the daemon"
+        );
+        // A changed reference takes the current version again.
+        apply_properties(
+            &mut next,
+            &[Property::Secrets(vec!["source=db,mode=0400".into()])],
+        )
+        .unwrap();
+        assert_eq!(next.task.secrets[0].id, "");
+        // The flag validator's messages, for every problem.
+        let e = apply_properties(
+            &mut next,
+            &[Property::Secrets(vec![
+                "source=db,target=a/b".into(),
+                "bad name".into(),
+            ])],
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("Secrets: secret db: target \"a/b\""),
+            "{e:?}"
+        );
     }
 
     #[test]

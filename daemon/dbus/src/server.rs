@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use model::TaskState;
+use model::{SecretData, SecretKind, TaskState};
 use zbus::OwnedObjectPath;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, Variant, interface};
@@ -235,6 +235,73 @@ impl<B: Backend> Manager<B> {
     /// Remove a network that no service uses.
     async fn remove_network(&self, network: &str) -> Result<(), ApiError> {
         self.backend.remove_network(network).await
+    }
+
+    /// Store a secret (at most 500 KiB); returns its id. Secrets never change: to rotate, create
+    /// one under a new name and move the services to it.
+    async fn create_secret(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        data: Vec<u8>,
+    ) -> Result<String, ApiError> {
+        self.backend
+            .create_secret(SecretKind::Secret, name, labels, SecretData::new(data))
+            .await
+    }
+
+    /// Every secret as named strings (`Id`, `Name`, `Created`, `Stack`, `Services`, `Current`,
+    /// `Label.<key>`; new keys may appear); never the data.
+    async fn list_secrets(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+        self.backend.list_secrets(SecretKind::Secret).await
+    }
+
+    /// Remove a secret that no service uses.
+    async fn remove_secret(&self, secret: &str) -> Result<(), ApiError> {
+        self.backend.remove_secret(SecretKind::Secret, secret).await
+    }
+
+    /// Store a config (at most 1000 KiB); returns its id.
+    async fn create_config(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        data: Vec<u8>,
+    ) -> Result<String, ApiError> {
+        self.backend
+            .create_secret(SecretKind::Config, name, labels, SecretData::new(data))
+            .await
+    }
+
+    /// Every config, with the keys of `ListSecrets`; never the data.
+    async fn list_configs(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+        self.backend.list_secrets(SecretKind::Config).await
+    }
+
+    /// Remove a config that no service uses.
+    async fn remove_config(&self, config: &str) -> Result<(), ApiError> {
+        self.backend.remove_secret(SecretKind::Config, config).await
+    }
+
+    /// `DeployStack` for a stack with `file` secrets or configs: `files` maps each file as
+    /// written in the stack to its content.
+    async fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        stack: &str,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<(ChangeReport,), ApiError> {
+        if name.is_empty() {
+            return Err(invalid("stack name must not be empty"));
+        }
+        let files = files
+            .into_iter()
+            .map(|(k, v)| (k, SecretData::new(v)))
+            .collect();
+        Ok((self
+            .backend
+            .deploy_stack_with_files(name, stack, files)
+            .await?,))
     }
 
     /// Set the replica count of a replicated service.

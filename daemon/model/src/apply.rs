@@ -32,6 +32,7 @@ enum Undo {
     TaskFields(Id, Box<TaskFields>),
     Stack(String, Option<Stack>),
     Network(Id, Option<Box<crate::Network>>),
+    Secret(crate::SecretKind, Id, Option<Box<crate::Secret>>),
     Security(Option<Box<Security>>),
 }
 
@@ -140,6 +141,9 @@ impl ClusterState {
                 }
                 Undo::Stack(name, old) => restore(&mut self.stacks, name, old),
                 Undo::Network(id, old) => restore(&mut self.networks, id, old.map(|b| *b)),
+                Undo::Secret(kind, id, old) => {
+                    restore(self.secrets_of_mut(kind), id, old.map(|b| *b))
+                }
                 Undo::Task(id, old) => {
                     self.put_task_raw(id, old.map(|b| *b));
                 }
@@ -190,6 +194,22 @@ impl ClusterState {
             None => self.networks.remove(id),
         };
         log.0.push(Undo::Network(id.clone(), old.map(Box::new)));
+    }
+
+    fn set_secret(
+        &mut self,
+        log: &mut UndoLog,
+        kind: crate::SecretKind,
+        id: &Id,
+        secret: Option<crate::Secret>,
+    ) {
+        let map = self.secrets_of_mut(kind);
+        let old = match secret {
+            Some(s) => map.insert(id.clone(), s),
+            None => map.remove(id),
+        };
+        log.0
+            .push(Undo::Secret(kind, id.clone(), old.map(Box::new)));
     }
 
     fn set_stack(&mut self, log: &mut UndoLog, name: &str, stack: Option<Stack>) {
@@ -376,6 +396,7 @@ impl ClusterState {
                 let svc = &svc;
                 check_bounds(&svc.spec)?;
                 self.check_networks(&svc.spec, None)?;
+                self.check_secret_refs(&svc.spec)?;
                 self.check_attachments(&AddressOwner::Vip(svc.id.clone()), &svc.vips)
                     .map_err(|why| {
                         ApplyError::Precondition(format!("service {}: {why}", svc.spec.name))
@@ -407,6 +428,7 @@ impl ClusterState {
                 check_bounds(spec)?;
                 check_revision(svc, *if_revision)?;
                 self.check_networks(spec, Some(&svc.spec))?;
+                self.check_secret_refs(spec)?;
                 if svc.spec == *spec
                     && (image_digest.is_none() || svc.image_digest == *image_digest)
                 {
@@ -571,6 +593,30 @@ impl ClusterState {
                 Ok(Applied { changed })
             }
             Command::ApplyStack(change) => self.apply_stack(change, log),
+            Command::CreateSecret { kind, secret } => {
+                self.check_new_secret(*kind, secret)?;
+                self.set_secret(log, *kind, &secret.id, Some(secret.clone()));
+                Ok(one)
+            }
+            Command::RemoveSecret { kind, id } => {
+                let Some(secret) = self.secrets_of(*kind).get(id) else {
+                    return Err(ApplyError::SecretNotFound(format!(
+                        "{} {id}",
+                        kind.as_str()
+                    )));
+                };
+                if self.secret_in_use(*kind, id) {
+                    let users = self.secret_users(*kind, id);
+                    return Err(ApplyError::Precondition(format!(
+                        "{} {} is in use by the following services: {}",
+                        kind.as_str(),
+                        secret.name,
+                        users.join(", ")
+                    )));
+                }
+                self.set_secret(log, *kind, id, None);
+                Ok(one)
+            }
             Command::CreateNetwork(net) => {
                 self.check_new_network(net)?;
                 self.set_network(log, &net.id, Some(net.clone()));
@@ -786,6 +832,18 @@ impl ClusterState {
         log: &mut UndoLog,
     ) -> Result<Applied, ApplyError> {
         let mut changed = 0;
+        for (kind, secret) in &change.secrets {
+            changed += self
+                .apply_inner(
+                    &Command::CreateSecret {
+                        kind: *kind,
+                        secret: secret.clone(),
+                    },
+                    false,
+                    log,
+                )?
+                .changed;
+        }
         for net in &change.networks {
             changed += self
                 .apply_inner(&Command::CreateNetwork(net.clone()), false, log)?
@@ -946,6 +1004,80 @@ impl ClusterState {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Every secret and config a spec names exists, under that name, and the file it asks for
+    /// is valid.
+    fn check_secret_refs(&self, spec: &ServiceSpec) -> Result<(), ApplyError> {
+        for kind in [crate::SecretKind::Secret, crate::SecretKind::Config] {
+            let refs = crate::secret::refs_of(&spec.task, kind);
+            if refs.len() > crate::limits::MAX_MOUNTS {
+                return Err(ApplyError::InvalidSpec {
+                    service: spec.name.clone(),
+                    reason: format!(
+                        "{} {}s is above the limit of {}",
+                        refs.len(),
+                        kind.as_str(),
+                        crate::limits::MAX_MOUNTS
+                    ),
+                });
+            }
+            for r in refs {
+                crate::secret::check_ref(kind, r).map_err(|reason| ApplyError::InvalidSpec {
+                    service: spec.name.clone(),
+                    reason,
+                })?;
+                match self.secrets_of(kind).get(&r.id) {
+                    Some(s) if s.name == r.name => {}
+                    _ => {
+                        return Err(ApplyError::SecretNotFound(format!(
+                            "{} {}{}",
+                            kind.as_str(),
+                            r.name,
+                            if r.id.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (version {})", crate::short_id(&r.id))
+                            }
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_new_secret(
+        &self,
+        kind: crate::SecretKind,
+        secret: &crate::Secret,
+    ) -> Result<(), ApplyError> {
+        let map = self.secrets_of(kind);
+        let stale = |why: String| Err(ApplyError::Precondition(why));
+        if secret.id.is_empty() || map.contains_key(&secret.id) {
+            return stale(format!("{} id {} is taken", kind.as_str(), secret.id));
+        }
+        let clash = map
+            .values()
+            .find(|s| s.name == secret.name && (s.stack.is_none() || s.stack != secret.stack));
+        if let Some(other) = clash {
+            return Err(ApplyError::SecretExists(format!(
+                "{} {}{}",
+                kind.as_str(),
+                other.name,
+                match &other.stack {
+                    Some(st) => format!(" (of stack {st})"),
+                    None => String::new(),
+                }
+            )));
+        }
+        if let Err(why) = kind.check_size(secret.data.len()) {
+            return Err(ApplyError::InvalidSpec {
+                service: secret.name.clone(),
+                reason: why,
+            });
         }
         Ok(())
     }

@@ -384,6 +384,13 @@ pub struct TaskSpec {
     pub reservations: crate::Reservations,
     /// The service's healthcheck; `None`: the image's own HEALTHCHECK, if any.
     pub healthcheck: Option<crate::Healthcheck>,
+    /// Secrets the task sees under `/run/secrets` (see [`crate::secret`]). Left out of the
+    /// stored form when empty, so specs written before it existed read and compare the same.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretRef>,
+    /// Configs the task sees at their targets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::SecretRef>,
     /// Extra `/etc/hosts` entries (`extra_hosts`, `--host`): host name and address, in order.
     /// The stored form leaves out these four when empty, so older specs keep comparing equal.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -591,6 +598,34 @@ pub struct StackSpec {
     /// Services with full names (`STACK_SERVICE`) and `stack` set.
     pub services: Vec<ServiceSpec>,
     pub networks: BTreeMap<String, NetworkSpec>,
+    /// The stack's `[secrets.NAME]`, by the name used in the file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, StackSecret>,
+    /// The stack's `[configs.NAME]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, StackSecret>,
+}
+
+/// A secret or config a stack declares: read from a file (the cluster's `STACK_NAME`, a new
+/// version whenever the file's content changes) or made outside the stack (`external`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct StackSecret {
+    /// The file as written in the stack file (relative to it, or absolute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Made with `shoal secret create`; used under `name`, or its own name.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The cluster name of an external secret, when it differs from the name in the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// sha256 of the file's content, filled when the file is read (deploy or reload).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub digest: String,
+    /// The file's content, filled when the file is read; never stored with the stack.
+    #[serde(skip)]
+    pub data: Option<crate::SecretData>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

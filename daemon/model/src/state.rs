@@ -220,6 +220,10 @@ pub struct ClusterState {
     pub stacks: Map<String, Stack>,
     /// Overlay networks by id.
     pub networks: Map<Id, crate::Network>,
+    /// Secrets by id (see [`crate::secret`]).
+    pub secrets: Map<Id, crate::Secret>,
+    /// Configs by id.
+    pub configs: Map<Id, crate::Secret>,
     /// Addresses in use per network (derived; see [`crate::network`]).
     #[serde(skip)]
     pub(crate) addresses: crate::network::AddressIndex,
@@ -241,6 +245,8 @@ struct StateData {
     tasks: Map<Id, Task>,
     stacks: Map<String, Stack>,
     networks: Map<Id, crate::Network>,
+    secrets: Map<Id, crate::Secret>,
+    configs: Map<Id, crate::Secret>,
     security: Option<Security>,
 }
 
@@ -254,6 +260,8 @@ impl From<StateData> for ClusterState {
             tasks: d.tasks,
             stacks: d.stacks,
             networks: d.networks,
+            secrets: d.secrets,
+            configs: d.configs,
             security: d.security,
             index: TaskIndex::default(),
             addresses: Default::default(),
@@ -272,6 +280,8 @@ impl PartialEq for ClusterState {
             && self.tasks == other.tasks
             && self.stacks == other.stacks
             && self.networks == other.networks
+            && self.secrets == other.secrets
+            && self.configs == other.configs
     }
 }
 
@@ -390,6 +400,16 @@ pub enum Command {
     /// when there is no ingress network, or the address is outside it, its network, broadcast
     /// or gateway address, or another node's.
     SetIngressAddress { node: Id, addr: std::net::Ipv4Addr },
+    /// Create a secret or config. Refused (precondition) when its id is taken, its name is
+    /// taken (only versions of one stack's secret share a name), or its data is empty or above
+    /// the kind's limit.
+    CreateSecret {
+        kind: crate::SecretKind,
+        secret: crate::Secret,
+    },
+    /// Remove a secret or config. Refused (precondition) while a service or a runnable task
+    /// uses it.
+    RemoveSecret { kind: crate::SecretKind, id: Id },
     /// Several commands applied atomically.
     Batch(Vec<Command>),
     /// Set the CA and join secrets (bootstrap, token rotation, a new provisioning secret).
@@ -413,6 +433,9 @@ pub struct StackChange {
     /// are removed by the reconciler once nothing uses them.
     #[serde(default)]
     pub networks: Vec<crate::Network>,
+    /// New versions of the stack's secrets and configs (before its services, which name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<(crate::SecretKind, crate::Secret)>,
     pub now: Millis,
 }
 
@@ -429,6 +452,10 @@ pub enum ApplyError {
     ServiceExists(String),
     #[error("network {0} already exists")]
     NetworkExists(String),
+    #[error("{0} already exists")]
+    SecretExists(String),
+    #[error("{0} not found")]
+    SecretNotFound(String),
     #[error("network {0} not found")]
     NetworkNotFound(String),
     #[error("service {0} not found")]

@@ -109,6 +109,10 @@ pub struct AssignmentSet {
     /// What the node needs to carry its tasks' overlay traffic (absent from older managers).
     #[serde(default)]
     pub networks: model::network::NodeNetworks,
+    /// The secrets and configs the node's runnable tasks use, and only those (absent from older
+    /// managers). Their data is redacted from `Debug`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<model::SecretFile>,
 }
 
 /// An answer.

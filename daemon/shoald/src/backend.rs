@@ -48,6 +48,10 @@ fn apply_error(e: ApplyError) -> ApiError {
         ApplyError::NetworkExists(n) => {
             ApiError::AlreadyExists(format!("network {n} already exists"))
         }
+        ApplyError::SecretExists(n) => ApiError::AlreadyExists(format!(
+            "{n} already exists: secrets and configs never change; create one under a new name to rotate"
+        )),
+        ApplyError::SecretNotFound(n) => ApiError::NotFound(format!("{n} not found")),
         e => ApiError::Failed(e.to_string()),
     }
 }
@@ -335,7 +339,9 @@ impl DaemonBackend {
             for f in &loaded {
                 let text = std::fs::read_to_string(&f.path)
                     .map_err(|e| ApiError::ReloadFailed(format!("{}: {e}", f.path.display())))?;
-                files.push((f.path.display().to_string(), text));
+                // The leader cannot read this node's secret files: their contents go along.
+                let secrets = spec::secrets::stack_file_contents(&f.spec);
+                files.push((f.path.display().to_string(), text, secrets));
             }
             return crate::forward::ClusterBackend(self.clone())
                 .apply_stack_files(files)
@@ -344,23 +350,23 @@ impl DaemonBackend {
         self.apply_loaded(loaded).await
     }
 
-    /// On the leader: apply stack files a follower read (path and text of each).
+    /// On the leader: apply stack files a follower read (path, text and the contents of the
+    /// secret and config files of each).
     pub async fn apply_stack_files(
         &self,
-        files: Vec<(String, String)>,
+        files: Vec<(
+            String,
+            String,
+            std::collections::BTreeMap<String, model::SecretData>,
+        )>,
     ) -> Result<ChangeReport, ApiError> {
         let _guard = self.d().change_lock.lock().await;
         let mut loaded = Vec::with_capacity(files.len());
         let mut problems = Vec::new();
-        for (path, text) in files {
+        for (path, text, secrets) in files {
             let path = std::path::PathBuf::from(path);
-            match spec::parse_stack(&path, &text) {
-                Ok(spec) => loaded.push(spec::LoadedStack {
-                    name: spec.name.clone(),
-                    hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
-                    path,
-                    spec,
-                }),
+            match spec::load_stack_text(&path, &text, &mut spec::secrets::read_from_map(&secrets)) {
+                Ok(l) => loaded.push(l),
                 Err(e) => problems.push(e.to_string()),
             }
         }
@@ -533,7 +539,7 @@ impl Backend for DaemonBackend {
         })
     }
 
-    async fn create_service(&self, spec: ServiceSpec) -> Result<String, ApiError> {
+    async fn create_service(&self, mut spec: ServiceSpec) -> Result<String, ApiError> {
         let d = self.d();
         spec::units::validate_name("service", &spec.name).map_err(ApiError::InvalidSpec)?;
         spec::units::validate_image(&spec.task.image).map_err(ApiError::InvalidSpec)?;
@@ -548,6 +554,9 @@ impl Backend for DaemonBackend {
         }
         let digest = self.resolve(&spec.task.image).await?;
         let _guard = d.change_lock.lock().await;
+        d.state()
+            .resolve_secret_refs(&mut spec.task)
+            .map_err(ApiError::NotFound)?;
         let now = now_ms();
         let svc = Service::new(identity::new_id(), spec, Some(digest), now);
         let id = svc.id.clone();
@@ -601,6 +610,8 @@ impl Backend for DaemonBackend {
         if patch.forces_update() {
             spec.task.force_update += 1;
         }
+        st.resolve_secret_refs(&mut spec.task)
+            .map_err(ApiError::NotFound)?;
         if spec == svc.spec {
             return Ok(svc.version);
         }
@@ -759,10 +770,26 @@ impl Backend for DaemonBackend {
     }
 
     async fn deploy_stack(&self, name: &str, text: &str) -> Result<ChangeReport, ApiError> {
+        self.deploy_stack_with_files(name, text, Default::default())
+            .await
+    }
+
+    async fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        text: &str,
+        files: std::collections::BTreeMap<String, model::SecretData>,
+    ) -> Result<ChangeReport, ApiError> {
         let d = self.d();
         let path = format!("{name}.toml");
-        let stack = spec::parse_stack_named(Path::new(&path), name, text)
+        let mut stack = spec::parse_stack_named(Path::new(&path), name, text)
             .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        spec::secrets::read_stack_files(
+            Path::new(&path),
+            &mut stack,
+            &mut spec::secrets::read_from_map(&files),
+        )
+        .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
         let _guard = d.change_lock.lock().await;
         if let Some(existing) = d.state().stacks.get(name)
             && let StackSource::File { path, .. } = &existing.source
@@ -1180,6 +1207,108 @@ impl Backend for DaemonBackend {
         let (id, name) = (net.id.clone(), net.name.clone());
         self.propose(Command::RemoveNetwork { id }).await?;
         info!(network = %name, "network removed");
+        Ok(())
+    }
+
+    async fn create_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+        labels: std::collections::BTreeMap<String, String>,
+        data: model::SecretData,
+    ) -> Result<String, ApiError> {
+        let k = kind.as_str();
+        spec::units::validate_name(k, name).map_err(ApiError::InvalidSpec)?;
+        kind.check_size(data.len()).map_err(ApiError::InvalidSpec)?;
+        if labels.len() > model::limits::MAX_MAP_ENTRIES {
+            return Err(ApiError::InvalidSpec(format!(
+                "{} labels is above the limit of {}",
+                labels.len(),
+                model::limits::MAX_MAP_ENTRIES
+            )));
+        }
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        if d.state().current_secret(kind, name).is_some() {
+            return Err(ApiError::AlreadyExists(format!(
+                "{k} {name} already exists: {k}s never change; create one under a new name to rotate (see `shoal {k} ls`)"
+            )));
+        }
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data.expose()));
+        let secret = model::Secret {
+            id: identity::new_id(),
+            name: name.to_string(),
+            labels,
+            data,
+            digest,
+            created_at: now_ms(),
+            stack: None,
+        };
+        let id = secret.id.clone();
+        self.propose(Command::CreateSecret { kind, secret }).await?;
+        info!(kind = k, name = %name, %id, "created");
+        Ok(id)
+    }
+
+    async fn list_secrets(
+        &self,
+        kind: model::SecretKind,
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, ApiError> {
+        let st = self.d().state();
+        let mut rows: Vec<_> = st
+            .secrets_of(kind)
+            .values()
+            .map(|s| model::secret::secret_row(&st, kind, s))
+            .collect();
+        rows.sort_by(|a, b| {
+            (a.get("Name"), a.get("Created")).cmp(&(b.get("Name"), b.get("Created")))
+        });
+        Ok(rows)
+    }
+
+    async fn remove_secret(&self, kind: model::SecretKind, name: &str) -> Result<(), ApiError> {
+        let k = kind.as_str();
+        let d = self.d();
+        let _guard = d.change_lock.lock().await;
+        let st = d.state();
+        let Some(secret) = st.find_secret(kind, name) else {
+            return Err(ApiError::NotFound(format!(
+                "{k} {name} not found (see `shoal {k} ls`)"
+            )));
+        };
+        let users = st.secret_users(kind, &secret.id);
+        if !users.is_empty() {
+            let uses = |t: &model::TaskSpec| {
+                model::secret::refs_of(t, kind)
+                    .iter()
+                    .any(|r| r.id == secret.id)
+            };
+            // A service that dropped it still needs it for `service rollback`.
+            let rollback_only: Vec<&str> = st
+                .services
+                .values()
+                .filter(|s| {
+                    !uses(&s.spec.task) && s.previous_spec.as_ref().is_some_and(|p| uses(&p.task))
+                })
+                .map(|s| s.spec.name.as_str())
+                .collect();
+            let mut msg = format!(
+                "{k} {} is in use by the following services: {}; remove it from them first (`shoal service update --{k}-rm {}`)",
+                secret.name,
+                users.join(", "),
+                secret.name
+            );
+            if !rollback_only.is_empty() {
+                msg.push_str(&format!(
+                    "; {} no longer use it but `service rollback` would go back to it: update them once more to release it",
+                    rollback_only.join(", ")
+                ));
+            }
+            return Err(ApiError::Failed(msg));
+        }
+        let (id, name) = (secret.id.clone(), secret.name.clone());
+        self.propose(Command::RemoveSecret { kind, id }).await?;
+        info!(kind = k, name = %name, "removed");
         Ok(())
     }
 

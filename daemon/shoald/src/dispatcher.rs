@@ -65,13 +65,20 @@ impl Dispatcher {
 /// The node port handler of this daemon.
 pub struct NodePort(pub Arc<Daemon>);
 
-fn set_of(tasks: Vec<Task>, networks: model::network::NodeNetworks) -> AssignmentSet {
+fn set_of(
+    tasks: Vec<Task>,
+    networks: model::network::NodeNetworks,
+    secrets: Vec<model::SecretFile>,
+) -> AssignmentSet {
+    // Secrets never change under an id, and the tasks name the ids they use: the version
+    // needs no hash of their data.
     let bytes = serde_json::to_vec(&(&tasks, &networks)).unwrap_or_default();
     let version = hex::encode(&Sha256::digest(&bytes)[..12]);
     AssignmentSet {
         version,
         tasks,
         networks,
+        secrets,
     }
 }
 
@@ -82,7 +89,11 @@ pub fn assigned_to(state: &model::ClusterState, node: &str) -> Vec<Task> {
 
 /// The assignment set of `node`: its tasks and its overlay plan.
 pub fn assignment_set(state: &model::ClusterState, node: &str) -> AssignmentSet {
-    set_of(assigned_to(state, node), state.node_networks(node))
+    set_of(
+        assigned_to(state, node),
+        state.node_networks(node),
+        state.node_secret_files(node),
+    )
 }
 
 impl NodePort {
@@ -497,5 +508,75 @@ pub async fn run_membership(d: Arc<Daemon>) {
                 let _ = d.store.remove_member(*rid).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{Command, Secret, SecretData, SecretKind, SecretRef, TaskState, TaskStatus};
+
+    fn task(id: &str, node: &str, secret: Option<&str>) -> Task {
+        let mut spec = model::TaskSpec::default();
+        if let Some(s) = secret {
+            spec.secrets.push(SecretRef {
+                id: s.into(),
+                ..SecretRef::new(SecretKind::Secret, s)
+            });
+        }
+        Task {
+            id: id.into(),
+            service_id: "svc".into(),
+            service_name: "svc".into(),
+            slot: 1,
+            node_id: Some(node.into()),
+            spec_version: 1,
+            spec,
+            image_digest: None,
+            ports: vec![],
+            desired: TaskState::Running,
+            status: TaskStatus {
+                state: TaskState::Assigned,
+                ..Default::default()
+            },
+            created_at: 0,
+            not_before: None,
+            restart_attempt: 0,
+            started_at: None,
+            networks: vec![],
+        }
+    }
+
+    #[test]
+    fn a_node_gets_only_the_secrets_of_its_tasks_and_debug_never_shows_them() {
+        let mut st = model::ClusterState::default();
+        st.apply(&Command::CreateSecret {
+            kind: SecretKind::Secret,
+            secret: Secret {
+                id: "pw".into(),
+                name: "pw".into(),
+                labels: Default::default(),
+                data: SecretData::new(b"hunter2".to_vec()),
+                digest: String::new(),
+                created_at: 1,
+                stack: None,
+            },
+        })
+        .unwrap();
+        st.tasks.insert("t1".into(), task("t1", "n1", Some("pw")));
+        st.tasks.insert("t2".into(), task("t2", "n2", None));
+        st.rebuild_index();
+        let n1 = assignment_set(&st, "n1");
+        assert_eq!(n1.secrets.len(), 1);
+        assert_eq!(n1.secrets[0].data.expose(), b"hunter2");
+        let shown = format!("{n1:?} {:?}", rpc::Response::Assignments(n1.clone()));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(assignment_set(&st, "n2").secrets.is_empty());
+        // A task that is no longer meant to run does not bring the secret along.
+        let mut done = task("t1", "n1", Some("pw"));
+        done.desired = TaskState::Shutdown;
+        st.tasks.insert("t1".into(), done);
+        st.rebuild_index();
+        assert!(assignment_set(&st, "n1").secrets.is_empty());
     }
 }

@@ -221,6 +221,8 @@ impl Executor for ContainerExecutor {
                 read_only: m.read_only,
             })
             .collect();
+        // Secrets and configs last, so a tmpfs the service mounts at /run does not hide them.
+        c.mounts.extend(crate::secrets::prepare(d, task)?);
         c.resources = ctd::Resources {
             nano_cpus: spec.resources.nano_cpus,
             memory_bytes: spec.resources.memory_bytes,
@@ -362,6 +364,9 @@ impl Executor for ContainerExecutor {
             .delete(&c.container_id)
             .await
             .map_err(classify)?;
+        crate::secrets::remove(&self.d.cfg.paths.run_dir, &c.task_id).map_err(|e| {
+            ExecError::temporary(format!("failed to remove the task's secret files: {e}"))
+        })?;
         self.d.net.detach(&c.task_id).await.map_err(|e| {
             ExecError::temporary(format!("failed to detach task from the node network: {e}"))
         })

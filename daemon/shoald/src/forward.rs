@@ -51,6 +51,17 @@ pub enum ApiCall {
     RemoveNetwork(String),
     LogSources(String),
     ApplyStackFiles(Vec<(String, String)>),
+    CreateSecret(
+        model::SecretKind,
+        String,
+        BTreeMap<String, String>,
+        model::SecretData,
+    ),
+    ListSecrets(model::SecretKind),
+    RemoveSecret(model::SecretKind, String),
+    DeployStackWithFiles(String, String, BTreeMap<String, model::SecretData>),
+    /// A follower's reload with the contents of its stacks' secret files.
+    ApplyStackFilesWithSecrets(Vec<(String, String, BTreeMap<String, model::SecretData>)>),
     /// The state of the D-Bus object tree; the fingerprint of the state the caller has (0 for
     /// none) spares sending it again unchanged.
     Snapshot(u64),
@@ -69,6 +80,7 @@ impl ApiCall {
                 | ApiCall::ListStacks
                 | ApiCall::ClusterDetails
                 | ApiCall::ListNetworks
+                | ApiCall::ListSecrets(_)
                 | ApiCall::LogSources(_)
                 | ApiCall::Snapshot(_)
         )
@@ -150,7 +162,19 @@ pub async fn execute(d: &Arc<Daemon>, call: serde_json::Value) -> Response {
         ApiCall::ListNetworks => reply(b.list_networks().await),
         ApiCall::RemoveNetwork(n) => reply(b.remove_network(&n).await),
         ApiCall::LogSources(s) => reply(b.log_sources(&s).await),
-        ApiCall::ApplyStackFiles(f) => reply(b.apply_stack_files(f).await),
+        ApiCall::ApplyStackFiles(f) => reply(
+            b.apply_stack_files(
+                f.into_iter()
+                    .map(|(p, t)| (p, t, Default::default()))
+                    .collect(),
+            )
+            .await,
+        ),
+        ApiCall::ApplyStackFilesWithSecrets(f) => reply(b.apply_stack_files(f).await),
+        ApiCall::CreateSecret(k, n, l, data) => reply(b.create_secret(k, &n, l, data).await),
+        ApiCall::ListSecrets(k) => reply(b.list_secrets(k).await),
+        ApiCall::RemoveSecret(k, n) => reply(b.remove_secret(k, &n).await),
+        ApiCall::DeployStackWithFiles(n, t, f) => reply(b.deploy_stack_with_files(&n, &t, f).await),
         ApiCall::Snapshot(known) => reply(b.snapshot().await.map(|s| SnapshotReply::new(s, known))),
     };
     Response::Api { reply }
@@ -191,15 +215,21 @@ impl ClusterBackend {
         &self.0.0
     }
 
-    /// A follower's reload: the leader applies the files it read.
+    /// A follower's reload: the leader applies the files it read (and the contents of their
+    /// secret files).
     pub async fn apply_stack_files(
         &self,
-        files: Vec<(String, String)>,
+        files: Vec<(String, String, BTreeMap<String, model::SecretData>)>,
     ) -> Result<ChangeReport, ApiError> {
         if self.local() {
             return self.0.apply_stack_files(files).await;
         }
-        self.call(ApiCall::ApplyStackFiles(files)).await
+        if files.iter().all(|(_, _, m)| m.is_empty()) {
+            // Understood by leaders that predate secrets.
+            let plain = files.into_iter().map(|(p, t, _)| (p, t)).collect();
+            return self.call(ApiCall::ApplyStackFiles(plain)).await;
+        }
+        self.call(ApiCall::ApplyStackFilesWithSecrets(files)).await
     }
 
     async fn log_sources(&self, service: &str) -> Result<Vec<crate::logs::Source>, ApiError> {
@@ -456,6 +486,49 @@ impl Backend for ClusterBackend {
     async fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
         self.read(ApiCall::ListNetworks, self.0.list_networks())
             .await
+    }
+
+    async fn create_secret(
+        &self,
+        kind: model::SecretKind,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        data: model::SecretData,
+    ) -> Result<String, ApiError> {
+        write_call!(
+            self,
+            ApiCall::CreateSecret(kind, name.into(), labels.clone(), data.clone()),
+            self.0.create_secret(kind, name, labels, data)
+        )
+    }
+
+    async fn list_secrets(
+        &self,
+        kind: model::SecretKind,
+    ) -> Result<Vec<BTreeMap<String, String>>, ApiError> {
+        self.read(ApiCall::ListSecrets(kind), self.0.list_secrets(kind))
+            .await
+    }
+
+    async fn remove_secret(&self, kind: model::SecretKind, name: &str) -> Result<(), ApiError> {
+        write_call!(
+            self,
+            ApiCall::RemoveSecret(kind, name.into()),
+            self.0.remove_secret(kind, name)
+        )
+    }
+
+    async fn deploy_stack_with_files(
+        &self,
+        name: &str,
+        text: &str,
+        files: BTreeMap<String, model::SecretData>,
+    ) -> Result<ChangeReport, ApiError> {
+        write_call!(
+            self,
+            ApiCall::DeployStackWithFiles(name.into(), text.into(), files.clone()),
+            self.0.deploy_stack_with_files(name, text, files)
+        )
     }
 
     async fn remove_network(&self, network: &str) -> Result<(), ApiError> {

@@ -15,6 +15,7 @@ mod identity;
 mod join;
 mod logs;
 mod notify;
+mod secrets;
 mod session;
 mod transport;
 

@@ -101,6 +101,7 @@ async fn start_agent(
     report_tx: mpsc::Sender<(String, TaskStatus)>,
 ) -> watch::Sender<Vec<model::Task>> {
     collect_stale_networks(d, &tasks).await;
+    crate::secrets::collect_stale(&d.cfg.paths.run_dir, &tasks);
     let (assign_tx, assign_rx) = watch::channel(tasks);
     if let Ok(mut slot) = d.agent_tx.lock() {
         *slot = Some(assign_tx.clone());

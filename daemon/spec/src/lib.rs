@@ -23,10 +23,15 @@
 //! [`placement`] is the one validator of placement constraints, spread preferences and replica
 //! bounds, for stack files, CLI flags and D-Bus alike.
 //!
+//! [`secrets`] is the one validator of secret and config references (stack keys, `--secret` /
+//! `--config` flags, the `Secrets` / `Configs` D-Bus properties) and reads a stack's secret files
+//! (from disk relative to the stack file, or from the contents a client sent).
+//!
 //! [`units`] exposes the small value parsers (durations, memory sizes, ports, mounts, command
 //! lines, names, image references, signals) for reuse by the CLI.
 //!
-//! No file here does IO except the `load_*` functions, which only read files.
+//! No file here does IO except the `load_*` functions and `secrets::read_from_disk`, which only
+//! read files.
 
 mod cluster;
 pub mod compose;
@@ -35,6 +40,7 @@ pub mod network;
 pub mod placement;
 pub mod resolver;
 pub mod sandbox;
+pub mod secrets;
 mod stack;
 pub mod units;
 mod walk;
@@ -47,8 +53,8 @@ pub use cluster::{
 };
 pub use diag::{Diagnostic, Errors};
 pub use stack::{
-    DEFAULT_STOP_GRACE_PERIOD, DEFAULT_STOP_SIGNAL, LoadedStack, load_stack_file, load_stacks_dir,
-    parse_stack, parse_stack_named, stack_name_from_path,
+    DEFAULT_STOP_GRACE_PERIOD, DEFAULT_STOP_SIGNAL, LoadedStack, load_stack_file, load_stack_text,
+    load_stacks_dir, parse_stack, parse_stack_named, stack_name_from_path,
 };
 
 #[cfg(test)]

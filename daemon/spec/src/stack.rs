@@ -1,7 +1,8 @@
 //! Stack files: `/etc/shoal/stacks/NAME.toml`, Compose's service model written in TOML.
 //!
 //! One stack per file; the stack name is the file stem and its services are named
-//! `STACK_SERVICE`. The only top-level table is `[services.NAME]`, with these keys (Compose's
+//! `STACK_SERVICE`. The top-level tables are `[services.NAME]`, `[networks.NAME]`,
+//! `[secrets.NAME]` and `[configs.NAME]`; a service has these keys (Compose's
 //! `deploy` keys sit directly in the service):
 //!
 //! | key | value | default |
@@ -35,6 +36,8 @@
 //! | `dns`, `dns_search`, `dns_opt` | a string or a list: resolvers for names outside the cluster (at most 3), search domains (at most 6), resolver options like `ndots:2` (at most 16) | the node's resolvers, no search domain, `ndots:0` on overlay networks |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
 //! | `endpoint_mode` | `"vip"` (one virtual IP) or `"dnsrr"` (the name resolves to the tasks) | `"vip"` |
+//! | `secrets` | `["NAME", { source = "NAME", target = "FILE", uid = "0", gid = "0", mode = 0o444 }]`: each a `[secrets.NAME]` of the stack, seen by the task as the file `/run/secrets/TARGET` (on a tmpfs) | target = NAME, uid 0, gid 0, mode 0444 |
+//! | `configs` | the same, each a `[configs.NAME]`; `target` is an absolute path | target = `/NAME`, uid 0, gid 0, mode 0444 |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
 //!
 //! Choices made where Compose and Swarm differ or are silent: `max_attempts = 0` means no limit
@@ -42,15 +45,24 @@
 //! `rollback.failure_action = "rollback"` is refused; a published port may appear only once per
 //! protocol in a file; a port without a published number is published on a free port of
 //! 30000-32767 the cluster picks; anonymous volumes and host-address bindings are refused; a `healthcheck` field left out comes
-//! from the image's HEALTHCHECK, else Swarm's default. `secrets`, `configs`, `depends_on`'s `restart` and
-//! `required`, and the top-level `secrets`, `configs` and `volumes` tables are refused as not
-//! supported yet, never ignored.
+//! from the image's HEALTHCHECK, else Swarm's default. `depends_on`'s `restart` and `required`,
+//! and the top-level `volumes` table are refused as not supported yet, never ignored.
 //!
 //! Networks: `[networks.NAME]` declares an overlay network of the stack, `STACK_NAME` in the
 //! cluster (`driver = "overlay"`, `subnet`, `attachable`, `labels`, checked by the same
 //! validator as `shoal network create`), or with `external = true` one made with `shoal network
 //! create`, used under its own name. A service's `networks = ["NAME", ...]` must name declared
 //! networks; a service that names none is on `STACK_default`, declared implicitly (as Swarm does).
+//!
+//! Secrets and configs: `[secrets.NAME]` (and `[configs.NAME]`) is either `file = "PATH"`
+//! (relative to the stack file, or absolute: with NixOS, a path outside the store such as
+//! agenix's `/run/agenix/NAME`), read when the stack is deployed or reloaded, or `external =
+//! true` (with `name = "..."` when the cluster name differs), made with `shoal secret create`.
+//! A file's content becomes the cluster secret `STACK_NAME` (Swarm's naming); new content at a
+//! later deploy or reload is a new version of it (same name, new id), and the services that use
+//! it roll to it; the old version is removed once nothing uses it. Secrets are at most 500 KiB,
+//! configs 1000 KiB (Swarm's limits). `driver`, `template_driver`, `environment`, `content`
+//! and `labels` are not supported yet. See [`crate::secrets`] and `model::secret`.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -66,7 +78,8 @@ use toml::de::{DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Errors, Sink};
 use crate::walk::{self, Keys, Value};
-use crate::{placement, sandbox, units};
+use crate::{placement, sandbox, secrets, units};
+use model::SecretKind;
 
 /// The signal sent to stop a task when `stop_signal` is not set.
 pub const DEFAULT_STOP_SIGNAL: &str = "SIGTERM";
@@ -85,15 +98,11 @@ pub struct LoadedStack {
 }
 
 const STACK_KEYS: Keys<'static> = Keys {
-    known: &["services", "networks"],
-    unsupported: &[
-        ("secrets", ""),
-        ("configs", ""),
-        (
-            "volumes",
-            "named volumes are created when first used; remove the top-level [volumes] table",
-        ),
-    ],
+    known: &["services", "networks", "secrets", "configs"],
+    unsupported: &[(
+        "volumes",
+        "named volumes are created when first used; remove the top-level [volumes] table",
+    )],
     hints: &[("version", "stack files have no version; remove it")],
 };
 
@@ -131,6 +140,8 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "sysctls",
         "tmpfs",
         "healthcheck",
+        "secrets",
+        "configs",
         "depends_on",
         "max_concurrent",
         "extra_hosts",
@@ -138,7 +149,7 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "dns_search",
         "dns_opt",
     ],
-    unsupported: &[("secrets", ""), ("configs", "")],
+    unsupported: &[],
     hints: &[
         ("environment", "did you mean \"env\"?"),
         ("environments", "did you mean \"env\"?"),
@@ -330,7 +341,8 @@ fn parse(
     }
 }
 
-/// Reads, hashes and validates one stack file.
+/// Reads, hashes and validates one stack file, and reads the secret and config files it names
+/// (relative to it).
 pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
     let bytes = std::fs::read(path).map_err(|e| {
         Errors(vec![Diagnostic::whole_file(
@@ -338,7 +350,6 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
             format!("failed to read stack file: {e}"),
         )])
     })?;
-    let hash = hex::encode(Sha256::digest(&bytes));
     let text = String::from_utf8(bytes).map_err(|e| {
         Errors(vec![Diagnostic::whole_file(
             path,
@@ -348,7 +359,30 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
             ),
         )])
     })?;
-    let spec = parse_stack(path, &text)?;
+    load_stack_text(path, &text, &mut secrets::read_from_disk(path))
+}
+
+/// Hashes and validates the text of the stack file at `path`, and fills in its secret and
+/// config files with `read` (each `file` as written). The hash is the sha256 of the text, with
+/// the digests of the secret files folded in when there are any, so a changed secret file
+/// changes the stack.
+pub fn load_stack_text(
+    path: &Path,
+    text: &str,
+    read: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+) -> Result<LoadedStack, Errors> {
+    let hash = hex::encode(Sha256::digest(text.as_bytes()));
+    let mut spec = parse_stack(path, text)?;
+    secrets::read_stack_files(path, &mut spec, read)?;
+    let suffix = secrets::digest_suffix(&spec);
+    let hash = if suffix.is_empty() {
+        hash
+    } else {
+        let mut h = Sha256::new();
+        h.update(hash.as_bytes());
+        h.update(suffix.as_bytes());
+        hex::encode(h.finalize())
+    };
     Ok(LoadedStack {
         name: spec.name.clone(),
         path: path.to_path_buf(),
@@ -466,6 +500,12 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
             }
         }
     }
+    if let Some(v) = doc.get("secrets") {
+        spec.secrets = secrets::stack_table(sink, SecretKind::Secret, v);
+    }
+    if let Some(v) = doc.get("configs") {
+        spec.configs = secrets::stack_table(sink, SecretKind::Config, v);
+    }
     let mut ports: BTreeMap<(u16, &'static str), PortUse> = BTreeMap::new();
     let mut graph: Dependencies = BTreeMap::new();
     for (key, value) in walk::entries(services) {
@@ -488,6 +528,14 @@ fn stack_from_doc(sink: &mut Sink<'_>, name: &str, doc: &DeTable<'_>) -> StackSp
         };
         let mut service = service_from_table(sink, &path, value.span(), table, &mut ports);
         service.networks = service_networks(sink, name, &path, table, &mut spec.networks);
+        if let Some(v) = table.get("secrets") {
+            service.task.secrets =
+                secrets::service_refs(sink, SecretKind::Secret, &path, v, &spec.secrets);
+        }
+        if let Some(v) = table.get("configs") {
+            service.task.configs =
+                secrets::service_refs(sink, SecretKind::Config, &path, v, &spec.configs);
+        }
         if let Some(v) = table.get("depends_on") {
             let deps = depends_on(sink, &format!("{path}.depends_on"), v);
             service.depends_on = deps

@@ -133,9 +133,10 @@ fn every_compose_example_gives_its_expected_output() {
             let tmp = tempfile::tempdir().unwrap();
             let toml_path = tmp.path().join("shop.toml");
             std::fs::write(&toml_path, &c.toml).unwrap();
+            // Parsed, not loaded: loading would also read the secret files the stack names.
             let loaded =
-                spec::load_stack_file(&toml_path).unwrap_or_else(|e| panic!("{stem}: {e}"));
-            assert_eq!(loaded.spec, c.spec, "{stem}");
+                spec::parse_stack(&toml_path, &c.toml).unwrap_or_else(|e| panic!("{stem}: {e}"));
+            assert_eq!(loaded, c.spec, "{stem}");
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -125,7 +125,8 @@ impl Toml {
 
 /// The stack file: one `[services.NAME]` table per service, with `restart`, `update`,
 /// `rollback`, `placement` and `resources` as sub-tables, everything else inline; then one
-/// `[networks.NAME]` table per network.
+/// `[networks.NAME]` table per network, `[secrets.NAME]` per secret, `[configs.NAME]` per
+/// config.
 pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
     let mut t = Toml {
         text: String::new(),
@@ -195,15 +196,18 @@ pub(crate) fn toml(doc: &Out, header: &str) -> (String, SourceMap) {
             t.text.push('\n');
         }
     }
-    let networks = match &doc.kind {
-        OutKind::Table(entries) => entries.iter().find(|e| e.key == "networks"),
-        _ => None,
-    };
-    if let Some(OutKind::Table(list)) = networks.map(|n| &n.value.kind) {
+    for top in ["networks", "secrets", "configs"] {
+        let section = match &doc.kind {
+            OutKind::Table(entries) => entries.iter().find(|e| e.key == top),
+            _ => None,
+        };
+        let Some(OutKind::Table(list)) = section.map(|n| &n.value.kind) else {
+            continue;
+        };
         for n in list {
             t.mark(&n.key_pos);
             t.text
-                .push_str(&format!("\n[networks.{}]\n", toml_key(&n.key)));
+                .push_str(&format!("\n[{top}.{}]\n", toml_key(&n.key)));
             if let OutKind::Table(keys) = &n.value.kind {
                 for k in keys {
                     t.key_value(k);

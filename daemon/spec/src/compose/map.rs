@@ -49,7 +49,7 @@ impl Out {
         }
     }
 
-    fn push(&mut self, key: &str, key_pos: Pos, value: Out) {
+    pub(super) fn push(&mut self, key: &str, key_pos: Pos, value: Out) {
         if let OutKind::Table(entries) = &mut self.kind {
             entries.push(OutEntry {
                 key: key.to_string(),
@@ -85,6 +85,8 @@ const SERVICE_KEYS: &[&str] = &[
     "sysctls",
     "security_opt",
     "healthcheck",
+    "secrets",
+    "configs",
     "depends_on",
     "extra_hosts",
     "dns",
@@ -94,8 +96,6 @@ const SERVICE_KEYS: &[&str] = &[
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
 const SERVICE_NOT_YET: &[(&str, &str)] = &[
-    ("secrets", ""),
-    ("configs", ""),
     (
         "logging",
         "task output goes to the journal and `shoal service logs`",
@@ -214,7 +214,7 @@ impl<'a> Mapper<'a> {
         self.errors.push((pos.clone(), msg.into()));
     }
 
-    fn not_yet(&mut self, e: &Entry, place: &str, advice: &str) {
+    pub(super) fn not_yet(&mut self, e: &Entry, place: &str, advice: &str) {
         let mut msg = format!("\"{}\" in {place} is not supported yet", e.key);
         if !advice.is_empty() {
             msg.push_str("; ");
@@ -223,7 +223,7 @@ impl<'a> Mapper<'a> {
         self.error(&e.key_pos, msg);
     }
 
-    fn unknown(&mut self, e: &Entry, place: &str, known: &[&str]) {
+    pub(super) fn unknown(&mut self, e: &Entry, place: &str, known: &[&str]) {
         let mut msg = format!("unknown key \"{}\" in {place}", e.key);
         if let Some(s) = units::suggest(&e.key, known) {
             msg.push_str(&format!("; did you mean \"{s}\"?"));
@@ -231,7 +231,7 @@ impl<'a> Mapper<'a> {
         self.error(&e.key_pos, msg);
     }
 
-    fn expect_map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n [Entry]> {
+    pub(super) fn expect_map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n [Entry]> {
         match n.map() {
             Some(m) => Some(m),
             None => {
@@ -265,7 +265,11 @@ impl<'a> Mapper<'a> {
                         out.push("networks", e.key_pos.clone(), nets);
                     }
                 }
-                "secrets" | "configs" => self.not_yet(e, "the Compose file", ""),
+                "secrets" | "configs" => {
+                    if let Some(t) = self.top_secrets(e) {
+                        out.push(&e.key, e.key_pos.clone(), t);
+                    }
+                }
                 _ => self.unknown(e, "the Compose file", TOP_KEYS),
             }
         }
@@ -539,6 +543,11 @@ impl<'a> Mapper<'a> {
                 "ports" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push("ports", e.key_pos.clone(), v);
+                    }
+                }
+                "secrets" | "configs" => {
+                    if let Some(v) = self.service_secrets(e, &cpath) {
+                        out.push(key, e.key_pos.clone(), v);
                     }
                 }
                 "volumes" => {

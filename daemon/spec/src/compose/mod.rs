@@ -17,6 +17,7 @@ mod emit;
 mod interp;
 mod map;
 mod merge;
+mod secrets;
 mod values;
 mod yaml;
 
