@@ -100,6 +100,8 @@ pub trait Manager {
         changed: Vec<String>,
         removed: Vec<String>,
     ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn reload_failed(&self, error: String) -> zbus::Result<()>;
 }
 
 /// What a call through [`Client`] can fail with. Messages say what to do next.

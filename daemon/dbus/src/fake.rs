@@ -663,11 +663,24 @@ impl Backend for FakeBackend {
     }
 
     async fn reload(&self) -> Result<ChangeReport, ApiError> {
-        match self.lock().reload.clone() {
+        let result = match self.lock().reload.clone() {
             None => Ok(ChangeReport::default()),
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(ApiError::ReloadFailed(e)),
+        };
+        // As the daemon: the backend announces every reload once, whatever its outcome.
+        let events = self.events.lock().expect("events lock").clone();
+        if let Some(ev) = events {
+            let message = result.as_ref().err().map(ApiError::message);
+            let _ = ev
+                .reload_finished(
+                    result
+                        .as_ref()
+                        .map_err(|_| message.as_deref().unwrap_or("")),
+                )
+                .await;
         }
+        result
     }
 
     async fn open_logs(&self, service: &str, options: LogOptions) -> Result<OwnedFd, ApiError> {

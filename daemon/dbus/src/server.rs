@@ -278,18 +278,11 @@ impl<B: Backend> Manager<B> {
         self.backend.remove_stack(name).await
     }
 
-    /// Re-read the stack files and apply them, or change nothing if any is bad.
-    async fn reload(
-        &self,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> Result<(ChangeReport,), ApiError> {
-        let report = self.backend.reload().await?;
-        if let Err(e) =
-            Self::reloaded(&emitter, &report.added, &report.changed, &report.removed).await
-        {
-            tracing::warn!(error = %e, "failed to emit Reloaded signal");
-        }
-        Ok((report,))
+    /// Re-read the stack files and apply them, or change nothing if any is bad. The backend
+    /// emits `Reloaded` (and `ReloadFailed`), as it does for reloads that do not come through
+    /// this method (SIGHUP, start-up), so that every reload is announced exactly once.
+    async fn reload(&self) -> Result<(ChangeReport,), ApiError> {
+        Ok((self.backend.reload().await?,))
     }
 
     /// A file descriptor the daemon writes the service's log lines into. `tail` is the number
@@ -388,7 +381,8 @@ impl<B: Backend> Manager<B> {
     #[zbus(signal)]
     async fn service_changed(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
 
-    /// A reload applied: stacks added, changed, removed.
+    /// A reload finished (sent once per reload): stacks added, changed, removed. A reload that
+    /// failed changed nothing: its lists are empty and `ReloadFailed` came just before.
     #[zbus(signal)]
     async fn reloaded(
         emitter: &SignalEmitter<'_>,
@@ -396,6 +390,10 @@ impl<B: Backend> Manager<B> {
         changed: &[String],
         removed: &[String],
     ) -> zbus::Result<()>;
+
+    /// A reload failed and changed nothing: every problem, one per line. `Reloaded` follows.
+    #[zbus(signal)]
+    async fn reload_failed(emitter: &SignalEmitter<'_>, error: &str) -> zbus::Result<()>;
 }
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides the default socket), serve
@@ -466,9 +464,21 @@ impl Events {
         self.emit("ServiceChanged", &(name,)).await
     }
 
-    /// `Reloaded(added, changed, removed)` for a reload that did not come through the `Reload`
-    /// method (SIGHUP); the method emits it by itself.
-    pub async fn reloaded(&self, report: &ChangeReport) -> Result<(), ServerError> {
+    /// Announce the end of a reload, whichever way it came (the `Reload` method, SIGHUP,
+    /// start-up): once per reload. Success: `Reloaded(added, changed, removed)`. Failure:
+    /// `ReloadFailed(error)`, then `Reloaded` with empty lists (nothing was changed).
+    pub async fn reload_finished(
+        &self,
+        outcome: Result<&ChangeReport, &str>,
+    ) -> Result<(), ServerError> {
+        let empty = ChangeReport::default();
+        let report = match outcome {
+            Ok(r) => r,
+            Err(error) => {
+                self.emit("ReloadFailed", &(error,)).await?;
+                &empty
+            }
+        };
         self.emit(
             "Reloaded",
             &(&report.added, &report.changed, &report.removed),

@@ -209,6 +209,11 @@ async fn stacks_reload_and_logs() {
         "{err:?}"
     );
 
+    // Every reload is announced exactly once: a failed one by ReloadFailed and an empty
+    // Reloaded, a successful one by Reloaded with its stacks. Each Reloaded received below is
+    // the next reload's, so a duplicate would show up as the wrong one.
+    let mut reloaded = client.proxy().receive_reloaded().await.unwrap();
+    let mut reload_failed = client.proxy().receive_reload_failed().await.unwrap();
     backend.set_reload_result(Err(
         "/etc/shoal/stacks/a.toml:1:1: unknown key \"x\"\n/etc/shoal/stacks/b.toml:2:3: bad".into(),
     ));
@@ -223,14 +228,42 @@ async fn stacks_reload_and_logs() {
         added: vec!["a".into()],
         ..Default::default()
     };
+    let sig = tokio::time::timeout(Duration::from_secs(30), reload_failed.next())
+        .await
+        .expect("ReloadFailed signal")
+        .unwrap();
+    assert!(sig.args().unwrap().error.contains("a.toml:1:1"));
+    let sig = tokio::time::timeout(Duration::from_secs(30), reloaded.next())
+        .await
+        .expect("Reloaded signal of the failed reload")
+        .unwrap();
+    let args = sig.args().unwrap();
+    assert!(
+        args.added.is_empty() && args.changed.is_empty() && args.removed.is_empty(),
+        "a failed reload changed nothing"
+    );
     backend.set_reload_result(Ok(ok.clone()));
-    let mut reloaded = client.proxy().receive_reloaded().await.unwrap();
     assert_eq!(client.reload().await.unwrap(), ok);
     let sig = tokio::time::timeout(Duration::from_secs(30), reloaded.next())
         .await
         .expect("Reloaded signal")
         .unwrap();
     assert_eq!(sig.args().unwrap().added, vec!["a".to_string()]);
+    let next = ChangeReport {
+        removed: vec!["b".into()],
+        ..Default::default()
+    };
+    backend.set_reload_result(Ok(next.clone()));
+    assert_eq!(client.reload().await.unwrap(), next);
+    let sig = tokio::time::timeout(Duration::from_secs(30), reloaded.next())
+        .await
+        .expect("Reloaded signal")
+        .unwrap();
+    assert_eq!(
+        sig.args().unwrap().removed,
+        vec!["b".to_string()],
+        "the second reload's Reloaded, not a repeat of the first"
+    );
 
     // Logs arrive through the passed fd.
     let fd = client

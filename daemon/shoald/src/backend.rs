@@ -133,6 +133,14 @@ impl DaemonBackend {
         }
     }
 
+    /// `ServiceChanged` for every service `cmd` (a stack deploy, removal or reload, committed
+    /// on top of `before`) creates, updates or removes.
+    async fn signal_services_of(&self, before: &ClusterState, cmd: &Command) {
+        for name in affected_services(before, cmd) {
+            self.signal_service(&name).await;
+        }
+    }
+
     fn node_name(state: &ClusterState, id: Option<&String>) -> String {
         id.and_then(|n| state.nodes.get(n))
             .map(|n| n.name.clone())
@@ -152,19 +160,26 @@ impl DaemonBackend {
         let _guard = d.change_lock.lock().await;
         notify::reloading();
         let result = self.reload_locked().await;
+        let message = result.as_ref().err().map(ApiError::message);
         match &result {
             Ok(r) => {
                 info!(added = ?r.added, changed = ?r.changed, removed = ?r.removed, unchanged = r.unchanged.len(), "stacks reloaded");
                 notify::reloaded(&d.summary());
                 d.set_status(d.summary());
-                let events = d.events.lock().ok().and_then(|e| e.clone());
-                if let Some(events) = events {
-                    let _ = events.reloaded(r).await;
-                }
             }
-            Err(e) => {
-                error!(error = %e.message(), "reload failed; running stacks left as they were");
+            Err(_) => {
+                error!(error = %message.as_deref().unwrap_or_default(), "reload failed; running stacks left as they were");
                 notify::reloaded(&format!("{}; last reload failed", d.summary()));
+            }
+        }
+        // The one place every reload (D-Bus, SIGHUP, start-up) is announced, once.
+        let events = d.events.lock().ok().and_then(|e| e.clone());
+        if let Some(events) = events {
+            let outcome = result
+                .as_ref()
+                .map_err(|_| message.as_deref().unwrap_or_default());
+            if let Err(e) = events.reload_finished(outcome).await {
+                tracing::warn!(error = %e, "failed to announce the reload on D-Bus");
             }
         }
         result
@@ -263,8 +278,8 @@ impl DaemonBackend {
                 )
             })?;
         if let Some(cmd) = plan.command {
-            match d.propose(cmd).await {
-                Ok(Ok(_)) => {}
+            match d.propose(cmd.clone()).await {
+                Ok(Ok(_)) => self.signal_services_of(&state, &cmd).await,
                 Ok(Err(e)) => return Err(ApiError::ReloadFailed(e.to_string())),
                 Err(e) => {
                     return Err(ApiError::Unavailable(format!(
@@ -643,8 +658,10 @@ impl Backend for DaemonBackend {
             .map(|s| s.name.clone())
             .filter(|n| !report.added.contains(n) && !report.changed.contains(n))
             .collect();
-        self.propose(Command::ApplyStack(change)).await?;
+        let cmd = Command::ApplyStack(change);
+        self.propose(cmd.clone()).await?;
         info!(stack = %name, "stack deployed");
+        self.signal_services_of(&state, &cmd).await;
         Ok(report)
     }
 
@@ -723,8 +740,10 @@ impl Backend for DaemonBackend {
             .iter()
             .filter_map(|id| st.services.get(id).map(|s| s.spec.name.clone()))
             .collect();
-        self.propose(Command::ApplyStack(change)).await?;
+        let cmd = Command::ApplyStack(change);
+        self.propose(cmd.clone()).await?;
         info!(stack = %name, "stack removed");
+        self.signal_services_of(&st, &cmd).await;
         Ok(removed)
     }
 
@@ -1075,6 +1094,48 @@ impl Backend for DaemonBackend {
     }
 }
 
+/// The names of the services `cmd` creates, updates or removes when applied to `before`, each
+/// once, in the order the command names them.
+fn affected_services(before: &ClusterState, cmd: &Command) -> Vec<String> {
+    fn walk(before: &ClusterState, cmd: &Command, out: &mut Vec<String>) {
+        match cmd {
+            Command::Batch(cmds) => cmds.iter().for_each(|c| walk(before, c, out)),
+            Command::ApplyStack(change) => {
+                out.extend(change.create.iter().map(|s| s.spec.name.clone()));
+                out.extend(change.update.iter().map(|(_, spec, _)| spec.name.clone()));
+                out.extend(
+                    change
+                        .remove
+                        .iter()
+                        .filter_map(|id| before.services.get(id))
+                        .map(|s| s.spec.name.clone()),
+                );
+                if change.stack.is_none() {
+                    // Removing a stack removes every service of it.
+                    out.extend(
+                        before
+                            .services
+                            .values()
+                            .filter(|s| s.spec.stack.as_deref() == Some(change.name.as_str()))
+                            .map(|s| s.spec.name.clone()),
+                    );
+                }
+            }
+            Command::CreateService(s) => out.push(s.spec.name.clone()),
+            Command::UpdateService { spec, .. } => out.push(spec.name.clone()),
+            Command::RemoveService { id } => {
+                out.extend(before.services.get(id).map(|s| s.spec.name.clone()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(before, cmd, &mut out);
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|n| seen.insert(n.clone()));
+    out
+}
+
 /// A node by id, unique id prefix, host name, or `self`.
 fn find_node<'a>(st: &'a ClusterState, key: &str, me: &str) -> Result<&'a model::Node, ApiError> {
     let key = if key == "self" { me } else { key };
@@ -1094,5 +1155,56 @@ fn find_node<'a>(st: &'a ClusterState, key: &str, me: &str) -> Result<&'a model:
         _ => Err(ApiError::NotFound(format!(
             "node {key} not found (see `shoal node ls`)"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(id: &str, name: &str, stack: Option<&str>) -> Service {
+        let spec = ServiceSpec {
+            name: name.into(),
+            stack: stack.map(String::from),
+            ..Default::default()
+        };
+        Service::new(id.into(), spec, None, 0)
+    }
+
+    #[test]
+    fn a_stack_change_names_every_service_it_touches_once() {
+        let mut st = ClusterState::default();
+        for s in [
+            service("a", "shop_web", Some("shop")),
+            service("b", "shop_db", Some("shop")),
+            service("c", "other", None),
+        ] {
+            st.apply(&Command::CreateService(s)).unwrap();
+        }
+        let web = st.services["a"].spec.clone();
+        let deploy = Command::ApplyStack(model::StackChange {
+            name: "shop".into(),
+            stack: None,
+            create: vec![service("d", "shop_cache", Some("shop"))],
+            update: vec![("a".into(), web, None)],
+            remove: vec!["b".into()],
+            networks: Vec::new(),
+            now: 1,
+        });
+        assert_eq!(
+            affected_services(&st, &deploy),
+            ["shop_cache", "shop_web", "shop_db"]
+        );
+        let reload = Command::Batch(vec![Command::ApplyStack(model::StackChange {
+            name: "shop".into(),
+            stack: None,
+            create: Vec::new(),
+            update: Vec::new(),
+            remove: Vec::new(),
+            networks: Vec::new(),
+            now: 1,
+        })]);
+        // Removing a stack names its services even when the change lists none of them.
+        assert_eq!(affected_services(&st, &reload), ["shop_web", "shop_db"]);
     }
 }
