@@ -12,8 +12,8 @@ use zbus::Connection;
 use crate::error::ApiError;
 use crate::props::{self, Property, PropertyList};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
-    TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceInfo, ServiceRow,
+    StackRow, TAIL_ALL, TaskFilter, TaskRow,
 };
 use crate::{BUS_NAME, OBJECT_PATH};
 
@@ -56,6 +56,8 @@ pub trait Manager {
     ) -> Result<String, ApiError>;
     fn list_networks(&self) -> Result<Vec<BTreeMap<String, String>>, ApiError>;
     fn remove_network(&self, network: &str) -> Result<(), ApiError>;
+    fn list_images(&self) -> Result<Vec<ImageRow>, ApiError>;
+    fn prune_images(&self, all: bool) -> Result<PruneReport, ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -474,6 +476,16 @@ impl Client {
 
     pub async fn remove_network(&self, network: &str) -> Result<(), ClientError> {
         Ok(self.proxy.remove_network(network).await?)
+    }
+
+    /// The images of the node this client talks to.
+    pub async fn list_images(&self) -> Result<Vec<ImageRow>, ClientError> {
+        Ok(self.proxy.list_images().await?)
+    }
+
+    /// Remove the node's images nothing needs now (`all`: that no task uses).
+    pub async fn prune_images(&self, all: bool) -> Result<PruneReport, ClientError> {
+        Ok(self.proxy.prune_images(all).await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

@@ -29,7 +29,8 @@ use crate::backend::{Backend, ServiceDetail, SpecPatch};
 use crate::error::ApiError;
 use crate::server::Events;
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceRow, StackRow, TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceRow, StackRow,
+    TaskFilter, TaskRow,
 };
 
 const NODE_ID: &str = "fakenode0000000000000001";
@@ -660,6 +661,15 @@ impl Backend for FakeBackend {
             }
         }
         Ok(services)
+    }
+
+    /// The fake node has no containerd: no images, nothing to prune.
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    async fn prune_images(&self, _all: bool) -> Result<PruneReport, ApiError> {
+        Ok(PruneReport::default())
     }
 
     async fn reload(&self) -> Result<ChangeReport, ApiError> {

@@ -14,8 +14,8 @@ use crate::error::ApiError;
 use crate::objects::path::{Kind, object_path};
 use crate::props::{self, PropertyList};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
-    TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceInfo, ServiceRow,
+    StackRow, TAIL_ALL, TaskFilter, TaskRow,
 };
 use crate::{BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH};
 
@@ -234,6 +234,16 @@ impl<B: Backend> Manager<B> {
     /// Remove a network that no service uses.
     async fn remove_network(&self, network: &str) -> Result<(), ApiError> {
         self.backend.remove_network(network).await
+    }
+
+    /// The images of this node, and why each is kept.
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        self.backend.list_images().await
+    }
+
+    /// Remove this node's images that nothing needs now (`all`: that no task uses).
+    async fn prune_images(&self, all: bool) -> Result<(PruneReport,), ApiError> {
+        Ok((self.backend.prune_images(all).await?,))
     }
 
     /// Set the replica count of a replicated service.

@@ -391,8 +391,9 @@ async fn policy_lets_anyone_read_and_only_root_or_group_shoal_change() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("pol"));
 
     // Every read-only entry point is open to any user.
-    let reads: [Vec<&str>; 5] = [
+    let reads: [Vec<&str>; 6] = [
         [&["call"][..], &DEST[..], &["GetInfo"]].concat(),
+        [&["call"][..], &DEST[..], &["ListImages"]].concat(),
         [&["call"][..], &DEST[..], &["InspectService", "s", "pol"]].concat(),
         [&["call"][..], &DEST[..], &["ListTasks", "a{ss}", "0"]].concat(),
         vec!["get-property", DEST[0], DEST[1], DEST[2], "Services"],
@@ -438,7 +439,21 @@ async fn policy_lets_anyone_read_and_only_root_or_group_shoal_change() {
         model::ServiceMode::Replicated { replicas: 1 }
     );
 
+    // Removing images is a change: root or group shoal only.
+    let prune = [&["call"][..], &DEST[..], &["PruneImages", "b", "false"]].concat();
+    let out = run_busctl_as(&bus, reader, &[], &prune);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Access denied")
+            || String::from_utf8_lossy(&out.stderr).contains("AccessDenied"),
+        "a reader must not prune images: {out:?}"
+    );
+
     let (op, shoal_gid) = operator_user().unwrap();
+    let out = run_busctl_as(&bus, op, &[shoal_gid], &prune);
+    assert!(
+        out.status.success(),
+        "group shoal may prune images: {out:?}"
+    );
     let out = run_busctl_as(&bus, op, &[shoal_gid], &scale);
     assert!(out.status.success(), "group shoal may scale: {out:?}");
     assert_eq!(
