@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
 mod flags;
+mod image;
 mod network;
 mod render;
 mod stackfile;
@@ -58,6 +59,9 @@ enum Cmd {
     /// Manage overlay networks
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage this node's images
+    #[command(subcommand)]
+    Image(image::ImageCmd),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -456,6 +460,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Service(cmd) => service(cmd).await,
         Cmd::Stack(cmd) => stack(cmd).await,
         Cmd::Network(cmd) => network::run(&connect().await?, cmd).await,
+        Cmd::Image(cmd) => image::run(&connect().await?, cmd).await,
     }
 }
 

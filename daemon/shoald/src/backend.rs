@@ -9,8 +9,8 @@ use model::{
     ServiceSpec, StackSource, TaskState, UpdateState, UpdateStatus,
 };
 use shoal_dbus::{
-    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ApiError, Backend, ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeChange, NodeRow,
+    PruneReport, ServiceDetail, ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 use tracing::{error, info};
 
@@ -157,6 +157,9 @@ impl DaemonBackend {
     /// The actual reload, shared by D-Bus `Reload`, SIGHUP and start-up.
     pub async fn do_reload(&self) -> Result<ChangeReport, ApiError> {
         let d = self.d();
+        // Images a change resolves stay until it is committed. Always taken before
+        // `change_lock`, never the other way round.
+        let _images = d.images.in_use.read().await;
         let _guard = d.change_lock.lock().await;
         notify::reloading();
         let result = self.reload_locked().await;
@@ -216,6 +219,7 @@ impl DaemonBackend {
         &self,
         files: Vec<(String, String)>,
     ) -> Result<ChangeReport, ApiError> {
+        let _images = self.d().images.in_use.read().await;
         let _guard = self.d().change_lock.lock().await;
         let mut loaded = Vec::with_capacity(files.len());
         let mut problems = Vec::new();
@@ -409,6 +413,7 @@ impl Backend for DaemonBackend {
                 spec.name
             )));
         }
+        let _images = d.images.in_use.read().await;
         let digest = self.resolve(&spec.task.image).await?;
         let _guard = d.change_lock.lock().await;
         let now = now_ms();
@@ -435,6 +440,7 @@ impl Backend for DaemonBackend {
             (spec.task.image, changed)
         };
         spec::units::validate_image(&image).map_err(ApiError::InvalidSpec)?;
+        let _images = d.images.in_use.read().await;
         let mut digest = if needs_digest {
             Some(self.resolve(&image).await?)
         } else {
@@ -609,6 +615,7 @@ impl Backend for DaemonBackend {
         let path = format!("{name}.toml");
         let stack = spec::parse_stack_named(Path::new(&path), name, text)
             .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        let _images = d.images.in_use.read().await;
         let _guard = d.change_lock.lock().await;
         if let Some(existing) = d.state().stacks.get(name)
             && let StackSource::File { path, .. } = &existing.source
@@ -749,6 +756,14 @@ impl Backend for DaemonBackend {
 
     async fn reload(&self) -> Result<ChangeReport, ApiError> {
         self.do_reload().await
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        crate::images::list(self.d()).await
+    }
+
+    async fn prune_images(&self, all: bool) -> Result<PruneReport, ApiError> {
+        crate::images::prune(self.d(), all).await
     }
 
     async fn open_logs(

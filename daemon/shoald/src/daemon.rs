@@ -49,7 +49,8 @@ pub struct Daemon {
     pub store: store::Store,
     pub runtime: shoal_containerd::Runtime,
     pub net: net::Network,
-    /// Reloads and stack deploys run one at a time.
+    /// Reloads and stack deploys run one at a time. A call that also needs
+    /// `images.in_use` takes that first.
     pub change_lock: Mutex<()>,
     status: std::sync::Mutex<String>,
     /// Milliseconds timestamp of the control loop's last turn; the watchdog pings only while
@@ -76,6 +77,8 @@ pub struct Daemon {
     /// On a node that asks the leader for the D-Bus object tree's state: the last answer and
     /// its fingerprint, so that an unchanged state is not sent again.
     pub objects_seen: std::sync::Mutex<Option<(u64, shoal_dbus::Snapshot)>>,
+    /// Images and their removal (see `images`).
+    pub images: crate::images::NodeImages,
 }
 
 /// What this node knows of the cluster besides the replicated state (all a worker knows).
@@ -543,6 +546,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         leaving: std::sync::atomic::AtomicBool::new(false),
         agent_tx: std::sync::Mutex::new(None),
         objects_seen: std::sync::Mutex::new(None),
+        images: crate::images::NodeImages::default(),
     });
     if let Some(cert) = cert {
         daemon.install_cert(&cert)?;
@@ -551,7 +555,10 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
     for image in daemon.cfg.images.preload.clone() {
         daemon.set_status(format!("importing {image}"));
         match daemon.resolve_image(&image).await {
-            Ok(digest) => info!(%image, %digest, "image preloaded"),
+            Ok(digest) => {
+                info!(%image, %digest, "image preloaded");
+                daemon.images.preloaded(digest);
+            }
             Err(e) => error!(%image, error = %e, "failed to preload image"),
         }
     }
