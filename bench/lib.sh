@@ -11,6 +11,29 @@ declare -a STARTED_PIDS=()
 # not a 10 s stop grace period.
 TASK_CMD=(sh -c "trap 'exit 0' TERM; while true; do sleep 1 & wait \$!; done")
 
+# ratio A B: "A/B" as "2.5x", or "-" when either is not a number (n/a, timeout) or B is 0.
+ratio() {
+  if [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'
+  else
+    echo "-"
+  fi
+}
+
+# bench_finish WORK KEEP: kills whatever STARTED_PIDS left, unmounts WORK and removes it (or
+# says where it is kept when KEEP is 1). For the scripts' EXIT traps, after their own stops.
+bench_finish() {
+  local p
+  for p in "${STARTED_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  unmount_under "$1"
+  if [[ $2 -eq 1 ]]; then
+    log "logs and state kept in $1"
+  else
+    rm -rf "$1"
+  fi
+}
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }

@@ -286,14 +286,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ratio() { # A B -> A/B
-  if [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
-    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'
-  else
-    echo "-"
-  fi
-}
-
 row() { printf '%-34s %10s %10s %12s\n' "$@"; }
 
 report() {

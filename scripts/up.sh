@@ -198,7 +198,7 @@ printf '  %-36s %s\n' \
   "shoal info" "this node and the cluster" \
   "shoal service ls" "services and their replicas" \
   "shoal service ps $service" "the tasks of one service" \
-  "shoal service scale $service=3" "change the replica count" \
-  "$reload_hint" "apply edits of /etc/shoal/stacks/*.toml" \
+  "shoal stack ls" "stacks and their status" \
+  "$reload_hint" "apply edits of /etc/shoal/stacks/*.toml (replicas = 3, ...)" \
   "$logs_hint" "the daemon's log" \
   "bash scripts/test.sh" "run the test suite"

@@ -118,6 +118,18 @@ pub struct CommonFlags {
     /// Namespaced kernel parameters (e.g. net.core.somaxconn=1024); on update, replaces the list
     #[arg(long = "sysctl")]
     pub sysctl: Vec<String>,
+    /// Add a custom host-to-IP mapping to /etc/hosts (host:ip); on update, replaces the list
+    #[arg(long = "host")]
+    pub host: Vec<String>,
+    /// Set custom DNS servers (for names outside the cluster); on update, replaces the list
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// Set custom DNS search domains; on update, replaces the list
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// Set DNS options (e.g. ndots:2); on update, replaces the list
+    #[arg(long = "dns-option")]
+    pub dns_option: Vec<String>,
     /// Reserve CPUs on the node (e.g. 0.5; 0 for none)
     #[arg(long)]
     pub reserve_cpu: Option<f64>,
@@ -570,6 +582,19 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
     }
     if !f.sysctl.is_empty() {
         push(key_values("sysctl", &f.sysctl, false).map(Property::Sysctls));
+    }
+    // Checked by the daemon's (and the files') validator in `spec::resolver`.
+    if !f.host.is_empty() {
+        push(Ok(Property::ExtraHosts(f.host.clone())));
+    }
+    if !f.dns.is_empty() {
+        push(Ok(Property::DNS(f.dns.clone())));
+    }
+    if !f.dns_search.is_empty() {
+        push(Ok(Property::DNSSearch(f.dns_search.clone())));
+    }
+    if !f.dns_option.is_empty() {
+        push(Ok(Property::DNSOptions(f.dns_option.clone())));
     }
     if let Some(c) = f.reserve_cpu {
         push(Ok(Property::CPUsReservation(c)));

@@ -245,9 +245,9 @@ pub fn node_ls(rows: &[NodeRow]) -> String {
 pub fn stack_ls(rows: &[StackRow]) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|s| vec![s.name.clone(), s.services.to_string()])
+        .map(|s| vec![s.name.clone(), s.services.to_string(), s.status.clone()])
         .collect();
-    table(&["NAME", "SERVICES"], &body)
+    table(&["NAME", "SERVICES", "STATUS"], &body)
 }
 
 /// `shoal info`: this node, then the cluster section as `docker info` shows Swarm's.

@@ -268,7 +268,7 @@ async fn stacks_deploy_list_and_remove() {
     assert_eq!(out.matches("verify: Service converged").count(), 2, "{out}");
 
     let ls = e.ok(&["stack", "ls"]).await;
-    assert_eq!(ls, "NAME   SERVICES\nshop   2\n");
+    assert_eq!(ls, "NAME   SERVICES   STATUS\nshop   2          deployed\n");
     let services = e.ok(&["stack", "services", "shop"]).await;
     assert_eq!(services.lines().count(), 3, "{services}");
     let ps = e.ok(&["stack", "ps", "shop", "-q"]).await;

@@ -13,14 +13,17 @@ by_name = {
 }
 HOSTNAMES = sorted(by_name)
 MANAGERS = ["manager1", "manager2", "manager3"]
-SERVICE = "demo_web"
+# The stack's service, declared in /etc/shoal/stacks/demo.toml by the module,
+# and a copy of it made from the CLI, which the subtests scale and move.
+STACK_SERVICE = "demo_web"
+SERVICE = "web"
 
 
-def spread(observer: Node, expected: dict[str, int]) -> Callable[[], tuple[bool, Any]]:
-    """Probe: the running tasks of SERVICE per node are exactly `expected`."""
+def spread(observer: Node, expected: dict[str, int], service: str = SERVICE) -> Callable[[], tuple[bool, Any]]:
+    """Probe: the running tasks of `service` per node are exactly `expected`."""
 
     def probe() -> tuple[bool, Any]:
-        counts = running_tasks(observer, SERVICE, HOSTNAMES)
+        counts = running_tasks(observer, service, HOSTNAMES)
         return counts == expected, counts
 
     return probe
@@ -70,19 +73,30 @@ with subtest("five nodes form one cluster from their configuration"):
 
 with subtest("the stack's service spreads over every node"):
     manager2.succeed("shoal stack ls | grep -w demo")
-    wait_for("one demo_web task on each of the five nodes", spread(manager1, {name: 1 for name in HOSTNAMES}))
+    wait_for(
+        "one demo_web task on each of the five nodes",
+        spread(manager1, {name: 1 for name in HOSTNAMES}, STACK_SERVICE),
+    )
     for m in by_name.values():
         wait_for(f"one container in {m.name}'s containerd", containers_probe(m, 1))
+
+with subtest("a stack file's service is changed in its file only"):
+    rc, out = manager2.execute(f"shoal service scale {STACK_SERVICE}=2 2>&1")
+    t.assertNotEqual(rc, 0, out)
+    t.assertIn("/etc/shoal/stacks/demo.toml", out)
+    wait_for_replicas(manager1, STACK_SERVICE, "5/5")
+    cli_copy_of(manager1, STACK_SERVICE, SERVICE, 5)
+    wait_for(f"one {SERVICE} task on each of the five nodes", spread(manager1, {name: 1 for name in HOSTNAMES}))
 
 with subtest("scaling down through a follower"):
     follower = next(name for name in MANAGERS if name != the_leader)
     by_name[follower].succeed(f"shoal service scale {SERVICE}=2")
-    wait_for("demo_web to run 2 tasks", total(manager1, 2, []))
+    wait_for(f"{SERVICE} to run 2 tasks", total(manager1, 2, []))
     wait_for_replicas(worker1, SERVICE, "2/2")
 
 with subtest("scaling up through a worker"):
     worker2.succeed(f"shoal service scale {SERVICE}=5")
-    wait_for("one demo_web task on each node again", spread(manager3, {name: 1 for name in HOSTNAMES}))
+    wait_for(f"one {SERVICE} task on each node again", spread(manager3, {name: 1 for name in HOSTNAMES}))
     wait_for_replicas(manager1, SERVICE, "5/5")
 
 with subtest("a drained worker runs no task; its tasks run elsewhere"):
@@ -91,7 +105,7 @@ with subtest("a drained worker runs no task; its tasks run elsewhere"):
         "worker1 to be drained",
         lambda: (lambda row: (field(row, "availability") == "drain", row))(node(manager2, "worker1")),
     )
-    wait_for("5 demo_web tasks, none on worker1", total(manager1, 5, ["worker1"]))
+    wait_for(f"5 {SERVICE} tasks, none on worker1", total(manager1, 5, ["worker1"]))
     wait_for("worker1's containers to stop", containers_probe(worker1, 0))
     manager1.succeed("shoal node update --availability active worker1")
     wait_for(
@@ -117,4 +131,4 @@ with subtest("a worker promoted to manager, then demoted"):
         ),
     )
     t.assertEqual(wait_for_leader(worker2, MANAGERS), wait_for_leader(manager1, MANAGERS))
-    wait_for("5 demo_web tasks", total(manager2, 5, []))
+    wait_for(f"5 {SERVICE} tasks", total(manager2, 5, []))

@@ -8,7 +8,10 @@ by_name = {
 }
 HOSTNAMES = sorted(by_name)
 MANAGERS = ["manager1", "manager2", "manager3"]
-SERVICE = "demo_web"
+# The stack's service (declared in a file by the module, serving MESSAGE on
+# 8080) is copied from the CLI as SERVICE, which the test scales: a stack
+# file's service is changed in its file only.
+SERVICE = "web"
 MESSAGE = "hello from the cluster"
 
 
@@ -41,7 +44,9 @@ for m in by_name.values():
 for m in by_name.values():
     wait_for_ready_nodes(m, HOSTNAMES)
 wait_for_leader(manager1, MANAGERS)
-wait_for("4 demo_web tasks", running_outside(manager1, [], 4))
+wait_for_replicas(manager1, "demo_web", "4/4")
+cli_copy_of(manager1, "demo_web", SERVICE, 4)
+wait_for(f"4 {SERVICE} tasks", running_outside(manager1, [], 4))
 
 with subtest("a crashed worker is reported Down and its tasks come back on the other nodes"):
     counts = running_tasks(manager1, SERVICE, HOSTNAMES)

@@ -7,6 +7,7 @@
 # functions.
 import json
 import re
+import shlex
 import time
 import typing
 from typing import Any, Callable, Optional
@@ -194,3 +195,18 @@ def wait_for_replicas(machine: Node, service: str, expected: str, timeout: int =
         return column == expected, column
 
     wait_for(f"{machine.name} to report {expected} replicas of {service}", probe, timeout)
+
+
+def cli_copy_of(machine: Node, source: str, name: str, replicas: int) -> None:
+    """Create service `name` from the CLI with the image, command and environment of
+    `source`, with no published port. The services of stacks declared in files are
+    changed in the files only (`shoal service scale` refuses them), so the tests that
+    scale and move tasks use such a copy."""
+    rows = json.loads(machine.succeed(f"shoal service inspect {source}"))
+    task = rows[0]["spec"]["task"]
+    args = ["shoal", "service", "create", "--detach", "--name", name, "--replicas", str(replicas)]
+    for key, value in sorted(task.get("env", {}).items()):
+        args += ["--env", f"{key}={value}"]
+    args.append(task["image"])
+    args += task.get("command") or []
+    machine.succeed(" ".join(shlex.quote(a) for a in args))

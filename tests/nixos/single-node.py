@@ -36,5 +36,11 @@ with subtest("any user reads, only root and the shoal group change"):
     t.assertNotEqual(rc, 0, out)
     t.assertRegex(out, "(?i)denied|permission|not allowed|not authorized", out)
     t.assertEqual(replicas_column(machine, "hello_web"), "1/1")
-    machine.succeed("su -l bob -c 'shoal service scale hello_web=2'")
-    wait_for_replicas(machine, "hello_web", "2/2")
+    # bob (group shoal) may change things; hello_web itself is its stack file's to
+    # change, so he scales a copy made from the CLI.
+    rc, out = machine.execute("su -l bob -c 'shoal service scale hello_web=2' 2>&1")
+    t.assertNotEqual(rc, 0, out)
+    t.assertIn("/etc/shoal/stacks/hello.toml", out)
+    cli_copy_of(machine, "hello_web", "copy", 1)
+    machine.succeed("su -l bob -c 'shoal service scale copy=2'")
+    wait_for_replicas(machine, "copy", "2/2")

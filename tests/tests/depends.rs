@@ -112,4 +112,51 @@ depends_on = ["web"]
         json.contains("\"depends_on\"") && json.contains("\"service_healthy\""),
         "{json}"
     );
+
+    // Over D-Bus, DependsOn cannot be set on a new service nor changed on one: a cycle could
+    // only be refused where the whole stack is seen.
+    let busctl = |args: &[&str]| {
+        std::process::Command::new("busctl")
+            .arg(format!("--address={}", node.bus.address()))
+            .args([
+                "call",
+                "org.shoal.Shoal1",
+                "/org/shoal/Shoal1",
+                "org.shoal.Shoal1.Manager",
+            ])
+            .args(args)
+            .output()
+            .expect("run busctl")
+    };
+    let out = busctl(&[
+        "UpdateService",
+        "sa(sv)",
+        "app_web",
+        "1",
+        "DependsOn",
+        "a{ss}",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("declare depends_on in the service's stack file"),
+        "{err}"
+    );
+    let out = busctl(&[
+        "CreateService",
+        "sa(sv)",
+        "loner",
+        "2",
+        "Image",
+        "s",
+        &img,
+        "DependsOn",
+        "a{ss}",
+        "1",
+        "app_db",
+        "service_started",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("depends_on"), "{err}");
+    assert!(!node.services().iter().any(|s| s.name == "loner"));
 }

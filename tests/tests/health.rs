@@ -250,3 +250,92 @@ fn update_force_restarts_every_task_one_batch_at_a_time_each_healthy_for_monitor
     let inspect = node.shoal_ok(&["service", "inspect", "--pretty", "f"]);
     assert!(inspect.contains("completed"), "{inspect}");
 }
+
+/// Under constant requests through the published port, a start-first update to an image whose
+/// own HEALTHCHECK fails rolls back by itself and not one request fails: the new tasks never
+/// get traffic, the old ones serve until the rollback has replaced them one by one.
+#[test]
+fn a_start_first_update_that_rolls_back_drops_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let node = Node::start();
+    let v1 = image(&node, "v1");
+    let bad_path = node.dir.path().join("bad.tar");
+    ImageBuilder::busybox()
+        .healthcheck(
+            &["CMD-SHELL", "echo broken; exit 1"],
+            Duration::from_millis(300),
+        )
+        .write_oci_archive(&bad_path, true, "example.org/bad:1");
+    let bad = format!("oci-archive:{}", bad_path.display());
+    let port = free_port();
+    let publish = format!("{port}:80");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "zero",
+        "--replicas",
+        "2",
+        "-p",
+        &publish,
+        "--update-order",
+        "start-first",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "2s",
+        "--rollback-order",
+        "start-first",
+        "--health-interval",
+        "300ms",
+        &v1,
+        "sh",
+        "-c",
+        HTTPD,
+    ]);
+    node.wait_for("served", LONG, |_| {
+        http_get(port).is_some_and(|b| b.contains("hello"))
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match http_get(port) {
+                    Some(b) if b.contains("hello") => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        failures.push(format!("{:?}: {other:?}", std::time::SystemTime::now()));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            failures
+        })
+    };
+    let out = node.shoal(&["service", "update", "--image", &bad, "zero"]);
+    assert!(!out.status.success(), "the update rolled back");
+    node.wait_for("rollback completed on two healthy tasks", LONG, |n| {
+        n.shoal_ok(&["service", "inspect", "zero"])
+            .contains("rollback_completed")
+            && n.running("zero").len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.join().unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("requests during the update and rollback: {ok} answered, {failed} failed");
+    assert!(ok > 100, "the load ran: {ok} requests");
+    assert_eq!(failed, 0, "no request dropped: {failures:?}");
+    assert!(
+        node.tasks("zero")
+            .iter()
+            .any(|t| t.error == "task: unhealthy container"),
+        "the new image's tasks failed their check"
+    );
+}

@@ -56,6 +56,20 @@ pub enum PlanError {
     Network { network: String, reason: String },
 }
 
+impl PlanError {
+    /// The stack the error is about (stack networks are named `STACK_NAME`).
+    pub fn stack(&self) -> &str {
+        match self {
+            PlanError::ServiceOwnedElsewhere { stack, .. }
+            | PlanError::NetworkOwnedElsewhere { stack, .. } => stack,
+            PlanError::OwnedByCli(stack) => stack,
+            PlanError::NetworkChanged { network, .. } | PlanError::Network { network, .. } => {
+                network.split('_').next().unwrap_or(network)
+            }
+        }
+    }
+}
+
 /// Plan one stack deploy (from a file or the CLI). `digests` maps each image reference of the
 /// stack to the digest it resolved to. Returns `None` when the stack is already exactly so.
 pub fn plan_stack(
@@ -93,9 +107,11 @@ pub fn plan_stack(
             }
             Some(existing) => {
                 let same_digest = digest.is_none() || existing.image_digest == digest;
-                // Ports published without a number keep the ones they were given.
+                // Ports published without a number keep the ones they were given, and a
+                // `service update --force` is not undone (nor repeated) by a redeploy.
                 let mut desired = svc_spec.clone();
                 model::keep_published_ports(&mut desired, &existing.spec);
+                desired.task.force_update = existing.spec.task.force_update;
                 if existing.spec != desired || !same_digest {
                     change.update.push((existing.id.clone(), desired, digest));
                 }
@@ -196,7 +212,8 @@ pub fn plan_stack_removal(state: &ClusterState, name: &str, now: Millis) -> Opti
     })
 }
 
-/// Plan a reload of the stacks directory: files added, changed (by hash) or gone. Stacks
+/// Plan a reload of the stacks directory: every file's stack is made what the file says (added,
+/// changed, or put back where it drifted), and stacks whose file is gone are removed. Stacks
 /// deployed from the CLI are never touched. All errors are collected.
 pub fn plan_reload(
     state: &ClusterState,
@@ -224,10 +241,8 @@ pub fn plan_reload(
             path: f.path.clone(),
             hash: f.hash.clone(),
         };
-        if existing.is_some_and(|s| s.source == source) {
-            plan.unchanged.push(f.name.clone());
-            continue;
-        }
+        // Every file is planned, changed or not: a service that drifted from its file (changed
+        // by a version of shoal that allowed it) is put back as the file says.
         match plan_stack(&scratch, &f.spec, source, digests, now, ids) {
             Ok(Some(change)) => {
                 for n in &change.networks {

@@ -666,6 +666,57 @@ mod stacks {
     }
 
     #[test]
+    fn reload_puts_back_what_drifted_from_an_unchanged_file_but_keeps_a_forced_restart() {
+        let mut st = ClusterState::default();
+        let mut ids = SeqIds::new("s");
+        let d = BTreeMap::new();
+        let a = file("a", "h1", stack("a", &[("web", "bb:1"), ("db", "bb:1")]));
+        let p = plan_reload(&st, std::slice::from_ref(&a), &d, 1, &mut ids).unwrap();
+        apply(&mut st, &p);
+        let web = st.service_by_name("a_web").unwrap().clone();
+        let db = st.service_by_name("a_db").unwrap().clone();
+
+        // Drift, as an older shoal allowed from the CLI: web scaled and re-imaged, db removed.
+        let mut drifted = web.spec.clone();
+        drifted.mode = ServiceMode::Replicated { replicas: 5 };
+        drifted.task.image = "bb:9".into();
+        st.apply(&Command::UpdateService {
+            id: web.id.clone(),
+            spec: drifted,
+            image_digest: None,
+            now: 2,
+            if_revision: None,
+        })
+        .unwrap();
+        st.apply(&Command::RemoveService { id: db.id.clone() })
+            .unwrap();
+
+        // The same file again: both are back as the file says.
+        let p = plan_reload(&st, std::slice::from_ref(&a), &d, 3, &mut ids).unwrap();
+        assert_eq!(p.changed, vec!["a".to_string()]);
+        apply(&mut st, &p);
+        let web_now = &st.services[&web.id];
+        assert_eq!(web_now.spec.mode, ServiceMode::Replicated { replicas: 1 });
+        assert_eq!(web_now.spec.task.image, "bb:1");
+        assert!(st.service_by_name("a_db").is_some());
+
+        // A `service update --force` (the one change allowed on a file's service) stays.
+        let mut forced = st.services[&web.id].spec.clone();
+        forced.task.force_update += 1;
+        st.apply(&Command::UpdateService {
+            id: web.id.clone(),
+            spec: forced,
+            image_digest: None,
+            now: 4,
+            if_revision: None,
+        })
+        .unwrap();
+        let p = plan_reload(&st, std::slice::from_ref(&a), &d, 5, &mut ids).unwrap();
+        assert_eq!(p.unchanged, vec!["a".to_string()]);
+        assert!(p.command.is_none());
+    }
+
+    #[test]
     fn reload_never_touches_cli_stacks_and_refuses_to_take_them_over() {
         let mut st = ClusterState::default();
         let mut ids = SeqIds::new("s");

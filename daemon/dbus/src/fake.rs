@@ -645,6 +645,7 @@ impl Backend for FakeBackend {
                 source: "cli".into(),
                 path: String::new(),
                 updated_at: 0,
+                status: "deployed".into(),
             })
             .collect())
     }

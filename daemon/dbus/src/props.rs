@@ -44,6 +44,8 @@
 //! | `HealthTest` | `as` | `["CMD", program, args...]`, `["CMD-SHELL", command]`, `["NONE"]` (no healthcheck, not even the image's); empty: the image's test |
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
+//! | `ExtraHosts` | `as` | extra `/etc/hosts` entries, `NAME:ADDRESS`; replaced whole |
+//! | `DNS` / `DNSSearch` / `DNSOptions` | `as` | resolvers for names outside the cluster (at most 3), search domains, resolver options (`ndots:2`); each replaced whole |
 //! | `DependsOn` | `a{ss}` | full service name to condition (`service_started`, `service_healthy`, `service_completed_successfully`); declared by a stack's `depends_on`: `CreateService` and `UpdateService` refuse to set or change it |
 //! | `ForceUpdate` | `b` | true: bump the force-update counter so the tasks roll even if nothing else changed (never returned by `InspectService`) |
 //!
@@ -59,7 +61,7 @@ use model::{
     ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 use serde::{Deserialize, Serialize};
-use spec::{placement, sandbox};
+use spec::{placement, resolver, sandbox};
 use zbus::{OwnedVariant, Variant};
 
 use crate::types::PortRow;
@@ -146,6 +148,10 @@ pub enum Property {
     MemoryReservation(u64),
     HealthTest(Vec<String>),
     DependsOn(BTreeMap<String, String>),
+    ExtraHosts(Vec<String>),
+    DNS(Vec<String>),
+    DNSSearch(Vec<String>),
+    DNSOptions(Vec<String>),
     HealthIntervalUSec(u64),
     HealthTimeoutUSec(u64),
     HealthStartPeriodUSec(u64),
@@ -169,7 +175,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 58] = [
+    pub const NAMES: [&'static str; 62] = [
         "Image",
         "Mode",
         "Replicas",
@@ -223,6 +229,10 @@ impl Property {
         "MemoryReservation",
         "HealthTest",
         "DependsOn",
+        "ExtraHosts",
+        "DNS",
+        "DNSSearch",
+        "DNSOptions",
         "HealthIntervalUSec",
         "HealthTimeoutUSec",
         "HealthStartPeriodUSec",
@@ -287,6 +297,10 @@ impl Property {
             MemoryReservation(_) => "MemoryReservation",
             HealthTest(_) => "HealthTest",
             DependsOn(_) => "DependsOn",
+            ExtraHosts(_) => "ExtraHosts",
+            DNS(_) => "DNS",
+            DNSSearch(_) => "DNSSearch",
+            DNSOptions(_) => "DNSOptions",
             HealthIntervalUSec(_) => "HealthIntervalUSec",
             HealthTimeoutUSec(_) => "HealthTimeoutUSec",
             HealthStartPeriodUSec(_) => "HealthStartPeriodUSec",
@@ -340,7 +354,11 @@ impl Property {
             | CapAdd(v)
             | CapDrop(v)
             | SecurityOpt(v)
-            | HealthTest(v) => ov(v.clone()),
+            | HealthTest(v)
+            | ExtraHosts(v)
+            | DNS(v)
+            | DNSSearch(v)
+            | DNSOptions(v) => ov(v.clone()),
             Env(m) | Labels(m) | ContainerLabels(m) | Sysctls(m) | PortAddresses(m)
             | DependsOn(m) => ov(m.clone()),
             Ulimits(m) => ov(m.clone()),
@@ -467,6 +485,10 @@ impl Property {
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             "HealthTest" => HealthTest(get!(Vec<String>, "as")),
             "DependsOn" => DependsOn(get!(BTreeMap<String, String>, "a{ss}")),
+            "ExtraHosts" => ExtraHosts(get!(Vec<String>, "as")),
+            "DNS" => DNS(get!(Vec<String>, "as")),
+            "DNSSearch" => DNSSearch(get!(Vec<String>, "as")),
+            "DNSOptions" => DNSOptions(get!(Vec<String>, "as")),
             "HealthIntervalUSec" => HealthIntervalUSec(get!(u64, "t")),
             "HealthTimeoutUSec" => HealthTimeoutUSec(get!(u64, "t")),
             "HealthStartPeriodUSec" => HealthStartPeriodUSec(get!(u64, "t")),
@@ -991,6 +1013,38 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     t.healthcheck.get_or_insert_default().retries =
                         u32::try_from(*n).unwrap_or(u32::MAX)
                 }
+                ExtraHosts(v) => {
+                    let mut hosts = Vec::new();
+                    for s in v {
+                        match resolver::parse_extra_host(s) {
+                            Ok(h) => hosts.push(h),
+                            Err(e) => check(Err(format!("ExtraHosts: {e}"))),
+                        }
+                    }
+                    t.extra_hosts = hosts;
+                }
+                DNS(v) => {
+                    let mut servers = Vec::new();
+                    for s in v {
+                        match resolver::parse_dns_server(s) {
+                            Ok(ip) => servers.push(ip),
+                            Err(e) => check(Err(format!("DNS: {e}"))),
+                        }
+                    }
+                    t.dns = servers;
+                }
+                DNSSearch(v) => {
+                    for s in v {
+                        check(resolver::check_dns_search(s).map_err(|e| format!("DNSSearch: {e}")));
+                    }
+                    t.dns_search = v.clone();
+                }
+                DNSOptions(v) => {
+                    for s in v {
+                        check(resolver::check_dns_option(s).map_err(|e| format!("DNSOptions: {e}")));
+                    }
+                    t.dns_options = v.clone();
+                }
                 DependsOn(m) => match depends_on_from(m) {
                     Ok(d) => depends_on = Some(d),
                     Err(e) => check(Err(e)),
@@ -1001,6 +1055,16 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
         if t.healthcheck.as_ref() == Some(&model::Healthcheck::default()) {
             t.healthcheck = None;
         }
+        errors.extend(
+            resolver::check_counts(
+                t.extra_hosts.len(),
+                t.dns.len(),
+                t.dns_search.len(),
+                t.dns_options.len(),
+            )
+            .into_iter()
+            .map(|(_, e)| e),
+        );
     }
     if let Some(d) = depends_on {
         next.depends_on = d;
@@ -1154,6 +1218,17 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
         ),
         MemoryReservation(t.reservations.memory_bytes.unwrap_or(0)),
     ]);
+    out.extend([
+        ExtraHosts(
+            t.extra_hosts
+                .iter()
+                .map(resolver::format_extra_host)
+                .collect(),
+        ),
+        DNS(t.dns.iter().map(|ip| ip.to_string()).collect()),
+        DNSSearch(t.dns_search.clone()),
+        DNSOptions(t.dns_options.clone()),
+    ]);
     if !spec.depends_on.is_empty() {
         out.push(DependsOn(
             spec.depends_on
@@ -1241,6 +1316,13 @@ mod tests {
         spec.networks = vec!["backend".into()];
         spec.depends_on
             .insert("shop_db".into(), model::DependCondition::ServiceHealthy);
+        spec.task.extra_hosts = vec![
+            ("db.local".into(), "10.0.0.5".parse().unwrap()),
+            ("v6".into(), "2001:db8::1".parse().unwrap()),
+        ];
+        spec.task.dns = vec!["10.0.0.2".parse().unwrap()];
+        spec.task.dns_search = vec!["example.com".into()];
+        spec.task.dns_options = vec!["ndots:2".into()];
         spec.restart = model::RestartPolicy {
             condition: RestartCondition::OnFailure,
             delay: 250,

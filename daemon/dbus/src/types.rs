@@ -254,7 +254,7 @@ impl TaskRow {
     }
 }
 
-/// One row of `ListStacks`. Signature `(stsst)`.
+/// One row of `ListStacks`. Signature `(stssts)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
 pub struct StackRow {
     pub name: String,
@@ -265,6 +265,10 @@ pub struct StackRow {
     pub path: String,
     /// Unix milliseconds.
     pub updated_at: u64,
+    /// `deployed`, `updating` (an update in progress, or tasks still starting: `updating: 1 of
+    /// 3 tasks running`) or `failed: REASON` (its file could not be applied at the last
+    /// reload, or an update of one of its services paused or rolled back).
+    pub status: String,
 }
 
 /// One row of `ListImages`: an image record in this node's containerd namespace. Signature
@@ -433,7 +437,7 @@ mod tests {
         assert_eq!(ServiceRow::SIGNATURE.to_string(), "(ssssttsa(qqss)tstt)");
         assert_eq!(ServiceInfo::SIGNATURE.to_string(), "(ssssttttsssbtt)");
         assert_eq!(TaskRow::SIGNATURE.to_string(), "(sssstssssstssitt)");
-        assert_eq!(StackRow::SIGNATURE.to_string(), "(stsst)");
+        assert_eq!(StackRow::SIGNATURE.to_string(), "(stssts)");
         assert_eq!(ChangeReport::SIGNATURE.to_string(), "(asasasas)");
         assert_eq!(ImageRow::SIGNATURE.to_string(), "(ssssttstb)");
         assert_eq!(PruneReport::SIGNATURE.to_string(), "(ast)");

@@ -337,6 +337,19 @@ pub struct TaskSpec {
     pub reservations: crate::Reservations,
     /// The service's healthcheck; `None`: the image's own HEALTHCHECK, if any.
     pub healthcheck: Option<crate::Healthcheck>,
+    /// Extra `/etc/hosts` entries (`extra_hosts`, `--host`): host name and address, in order.
+    /// The stored form leaves out these four when empty, so older specs keep comparing equal.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+    /// Resolvers for names outside the cluster (`dns`, `--dns`); empty: the node's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<std::net::IpAddr>,
+    /// `search` domains of the task's `/etc/resolv.conf` (`dns_search`, `--dns-search`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// `options` of the task's `/etc/resolv.conf` (`dns_opt`, `--dns-option`), e.g. `ndots:2`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

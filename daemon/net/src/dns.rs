@@ -24,11 +24,13 @@ use tokio::sync::watch;
 /// A service as one network's DNS knows it: its name, stack, VIP and running tasks' addresses.
 pub use model::network::ServiceRecord as ServiceName;
 
-/// A task that may ask: the networks it is on and its stack.
+/// A task that may ask: the networks it is on, its stack, and the resolvers its service names
+/// (`dns`) for names outside the cluster (empty: the node's).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Asker {
     pub networks: Vec<String>,
     pub stack: Option<String>,
+    pub upstreams: Vec<SocketAddr>,
 }
 
 /// Everything the server answers from; replaced whole when the node's plan changes.
@@ -153,7 +155,8 @@ pub fn answer(names: &Names, from: Ipv4Addr, bytes: &[u8]) -> Option<Result<Vec<
 }
 
 /// Serves DNS on `socket` until it fails: answers from the latest `names`, forwards the rest to
-/// `upstreams` (one at a time, 2 s each; SERVFAIL when none answers).
+/// the asker's own resolvers if its service names some, else to `upstreams` (one at a time, 2 s
+/// each; SERVFAIL when none answers).
 pub async fn serve(
     socket: UdpSocket,
     names: watch::Receiver<Arc<Names>>,
@@ -176,7 +179,10 @@ pub async fn serve(
             }
             Some(Err(())) => {
                 let socket = socket.clone();
-                let upstreams = upstreams.clone();
+                let upstreams = match current.askers.get(peer4.ip()) {
+                    Some(a) if !a.upstreams.is_empty() => Arc::new(a.upstreams.clone()),
+                    _ => upstreams.clone(),
+                };
                 tokio::spawn(async move {
                     let reply = match forward(&bytes, &upstreams).await {
                         Some(r) => r,
@@ -241,6 +247,7 @@ mod tests {
             Asker {
                 networks: vec!["front".into()],
                 stack: Some("shop".into()),
+                ..Default::default()
             },
         );
         n.askers.insert(
@@ -248,6 +255,7 @@ mod tests {
             Asker {
                 networks: vec!["back".into()],
                 stack: None,
+                ..Default::default()
             },
         );
         n.networks.insert(
@@ -352,5 +360,73 @@ mod tests {
                 "10.1.1.1:53".parse().unwrap()
             ]
         );
+    }
+
+    /// A fake resolver on 127.0.0.1 that answers every query with `addr`.
+    async fn fake_upstream(addr: Ipv4Addr) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+                let query = q.queries[0].clone();
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    0,
+                    RData::A(A(addr)),
+                ));
+                r.add_query(query);
+                let _ = sock.send_to(&r.to_vec().unwrap(), peer).await;
+            }
+        });
+        local
+    }
+
+    async fn ask(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut q = Message::query();
+        q.metadata.id = 7;
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        Message::from_vec(&buf[..n])
+            .unwrap()
+            .answers
+            .iter()
+            .filter_map(|r| match r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_task_whose_service_names_resolvers_is_forwarded_to_them() {
+        let node_resolver = fake_upstream(ip("1.1.1.1")).await;
+        let service_resolver = fake_upstream(ip("2.2.2.2")).await;
+        let mut names = Names::default();
+        let (tx, rx) = watch::channel(Arc::new(names.clone()));
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let server = sock.local_addr().unwrap();
+        tokio::spawn(serve(sock, rx, vec![node_resolver]));
+        // An asker without resolvers of its own: the node's.
+        assert_eq!(ask(server, "example.com.").await, vec![ip("1.1.1.1")]);
+        // The same address as a task whose service sets `dns`: its resolvers.
+        names.askers.insert(
+            ip("127.0.0.1"),
+            Asker {
+                upstreams: vec![service_resolver],
+                ..Default::default()
+            },
+        );
+        tx.send(Arc::new(names)).unwrap();
+        assert_eq!(ask(server, "example.com.").await, vec![ip("2.2.2.2")]);
     }
 }

@@ -1,6 +1,7 @@
 //! The daemon's side of the D-Bus API: reads come from the local copy of the replicated state,
 //! changes go through raft.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -76,8 +77,122 @@ fn find_service<'a>(state: &'a ClusterState, key: &str) -> Result<&'a Service, A
     })
 }
 
+/// Which stack each line of a failed reload's message is about, for `stack ls`: a line that
+/// names a stack's file (`.../NAME.toml:3:1: ...`), the stack (`stack NAME`) or one of its
+/// networks (`network NAME_...`) is that stack's; any other line (the stacks directory is
+/// missing, say) is every stack's. Each stack keeps its first line.
+fn reload_failures_by_stack(message: &str, stacks: &[String]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for line in message.lines().filter(|l| !l.trim().is_empty()) {
+        let named = stacks.iter().filter(|name| {
+            let file = format!("{name}.toml:");
+            let path_hit = line.split_once(".toml:").is_some_and(|(p, _)| {
+                format!("{p}.toml:").ends_with(&format!("/{file}")) || format!("{p}.toml:") == file
+            });
+            let stack_hit = line.match_indices(&format!("stack {name}")).any(|(i, m)| {
+                !line[i + m.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+            path_hit || stack_hit || line.contains(&format!("network {name}_"))
+        });
+        let named: Vec<&String> = named.collect();
+        let targets: Vec<&String> = if named.is_empty() {
+            stacks.iter().collect()
+        } else {
+            named
+        };
+        for name in targets {
+            out.entry(name.clone())
+                .or_insert_with(|| line.trim().to_string());
+        }
+    }
+    out
+}
+
+/// A stack's status for `stack ls`: `failed: REASON` when the last reload on this node could not
+/// apply its file or an update of one of its services paused or rolled back, `updating` while an
+/// update runs or tasks are missing, else `deployed`.
+fn stack_status(state: &ClusterState, stack: &model::Stack, failure: Option<&String>) -> String {
+    if let Some(why) = failure {
+        return format!("failed: {why}");
+    }
+    let mut missing = (0u64, 0u64);
+    for svc in state
+        .services
+        .values()
+        .filter(|s| s.spec.stack.as_deref() == Some(stack.name.as_str()))
+    {
+        if let Some(u) = &svc.update_status {
+            match u.state {
+                UpdateState::Updating | UpdateState::RollbackStarted => {
+                    return "updating".into();
+                }
+                UpdateState::Paused | UpdateState::RollbackPaused => {
+                    return format!("failed: service {}: {}", svc.spec.name, u.message);
+                }
+                UpdateState::RollbackCompleted => {
+                    let declared = stack.spec.services.iter().find(|s| s.name == svc.spec.name);
+                    let runs_declared = declared.is_some_and(|d| {
+                        let mut d = d.clone();
+                        model::keep_published_ports(&mut d, &svc.spec);
+                        d.task.force_update = svc.spec.task.force_update;
+                        d == svc.spec
+                    });
+                    if !runs_declared {
+                        return format!(
+                            "failed: service {} was rolled back and does not run what the stack declares",
+                            svc.spec.name
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        missing.0 += running_count(state, svc);
+        missing.1 += desired_count(state, svc);
+    }
+    if missing.0 < missing.1 {
+        format!("updating: {} of {} tasks running", missing.0, missing.1)
+    } else {
+        "deployed".into()
+    }
+}
+
+/// The stacks deployed from files.
+fn file_stack_names(state: &ClusterState) -> Vec<String> {
+    state
+        .stacks
+        .values()
+        .filter(|s| matches!(s.source, StackSource::File { .. }))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Whether `new` differs from `old` in more than the force-update counter (`--force`, a
+/// restart, changes nothing a stack file declares).
+fn changes_declared(new: &ServiceSpec, old: &ServiceSpec) -> bool {
+    let mut new = new.clone();
+    new.task.force_update = old.task.force_update;
+    new != *old
+}
+
+/// A service of a stack declared by a file stays what the file says: changing it here is
+/// refused with the file's name (`what` says what was asked: "scale", "update", ...).
+fn refuse_if_file_owned(state: &ClusterState, svc: &Service, what: &str) -> Result<(), ApiError> {
+    let Some(stack) = svc.spec.stack.as_deref() else {
+        return Ok(());
+    };
+    match state.stacks.get(stack).map(|s| &s.source) {
+        Some(StackSource::File { path, .. }) => Err(ApiError::Failed(format!(
+            "cannot {what} service {}: it belongs to stack {stack}, declared in {path}; change the file and run `systemctl reload shoald` (or `shoal reload`)",
+            svc.spec.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl DaemonBackend {
-    fn d(&self) -> &Daemon {
+    pub(crate) fn d(&self) -> &Daemon {
         &self.0
     }
 
@@ -163,6 +278,24 @@ impl DaemonBackend {
         let _guard = d.change_lock.lock().await;
         notify::reloading();
         let result = self.reload_locked().await;
+        let failures = match &result {
+            Ok(_) => Default::default(),
+            Err(e) => {
+                let mut names = file_stack_names(&d.state());
+                if let Ok(entries) = std::fs::read_dir(&d.cfg.paths.stacks_dir) {
+                    names.extend(entries.flatten().filter_map(|e| {
+                        let p = e.path();
+                        (p.extension().is_some_and(|x| x == "toml"))
+                            .then(|| p.file_stem()?.to_str().map(str::to_string))
+                            .flatten()
+                    }));
+                }
+                reload_failures_by_stack(&e.message(), &names)
+            }
+        };
+        if let Ok(mut f) = d.reload_failures.lock() {
+            *f = failures;
+        }
         let message = result.as_ref().err().map(ApiError::message);
         match &result {
             Ok(r) => {
@@ -196,8 +329,23 @@ impl DaemonBackend {
             return Ok(ChangeReport::default());
         }
         let dir = &d.cfg.paths.stacks_dir;
-        let loaded =
-            spec::load_stacks_dir(dir).map_err(|e| ApiError::ReloadFailed(e.to_string()))?;
+        let file_stacks = file_stack_names(&d.state());
+        let loaded = if !dir.exists() && file_stacks.is_empty() {
+            // No directory and nothing deployed from files: nothing to do. With file stacks, a
+            // missing directory is an error (a typo in paths.stacks_dir must not remove them).
+            Vec::new()
+        } else {
+            spec::load_stacks_dir(dir).map_err(|e| {
+                let mut msg = e.to_string();
+                if !dir.exists() {
+                    msg.push_str(&format!(
+                        "\nthe stacks deployed from files ({}) were left running",
+                        file_stacks.join(", ")
+                    ));
+                }
+                ApiError::ReloadFailed(msg)
+            })?
+        };
         if !d.store.is_leader() && d.in_cluster() {
             // A follower validated its files; the leader applies them (the managers of a NixOS
             // cluster all carry the same stack files).
@@ -436,6 +584,9 @@ impl Backend for DaemonBackend {
             let svc = find_service(&st, service)?;
             let mut spec = svc.spec.clone();
             patch.apply(&mut spec)?;
+            if changes_declared(&spec, &svc.spec) {
+                refuse_if_file_owned(&st, svc, "update")?;
+            }
             let changed = spec.task.image != svc.spec.task.image || patch.forces_update();
             (spec.task.image, changed)
         };
@@ -459,6 +610,10 @@ impl Backend for DaemonBackend {
                 "a service's mode (replicated or global) cannot change; remove and create it again"
                     .into(),
             ));
+        }
+        if changes_declared(&spec, &svc.spec) {
+            // `--force` alone restarts the tasks of any service; anything else is the file's.
+            refuse_if_file_owned(&st, &svc, "update")?;
         }
         if patch.forces_update() {
             spec.task.force_update += 1;
@@ -489,6 +644,7 @@ impl Backend for DaemonBackend {
         let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
+        refuse_if_file_owned(&st, &svc, "scale")?;
         if svc.spec.mode == ServiceMode::Global {
             return Err(ApiError::InvalidSpec(format!(
                 "scale can only be used with replicated services; {} is global",
@@ -515,6 +671,7 @@ impl Backend for DaemonBackend {
         let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
+        refuse_if_file_owned(&st, &svc, "roll back")?;
         let Some(prev) = svc.previous_spec.clone() else {
             return Err(ApiError::Failed(format!(
                 "service {} has no previous spec to roll back to",
@@ -558,6 +715,7 @@ impl Backend for DaemonBackend {
         let _guard = self.d().change_lock.lock().await;
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
+        refuse_if_file_owned(&st, &svc, "remove")?;
         self.propose(Command::RemoveService { id: svc.id.clone() })
             .await?;
         info!(service = %svc.spec.name, "service removed");
@@ -701,6 +859,7 @@ impl Backend for DaemonBackend {
 
     async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
         let st = self.d().state();
+        let failures = self.d().reload_failures();
         Ok(st
             .stacks
             .values()
@@ -710,6 +869,7 @@ impl Backend for DaemonBackend {
                     StackSource::File { path, .. } => ("file".to_string(), path.clone()),
                 };
                 StackRow {
+                    status: stack_status(&st, s, failures.get(&s.name)),
                     name: s.name.clone(),
                     services: st
                         .services
@@ -1176,6 +1336,37 @@ fn find_node<'a>(st: &'a ClusterState, key: &str, me: &str) -> Result<&'a model:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_reload_is_told_to_the_stacks_it_is_about() {
+        let stacks = ["shop".to_string(), "shop2".to_string(), "web".to_string()];
+        let msg = "/etc/shoal/stacks/shop.toml:3:1: unknown key \"imgae\" in [services.db]\n\
+                   /etc/shoal/stacks/shop.toml:9:1: second problem\n\
+                   stack web was deployed with `shoal stack deploy`; remove it first\n";
+        let f = reload_failures_by_stack(msg, &stacks);
+        assert_eq!(
+            f.get("shop").map(String::as_str),
+            Some("/etc/shoal/stacks/shop.toml:3:1: unknown key \"imgae\" in [services.db]")
+        );
+        assert!(f["web"].starts_with("stack web was deployed"), "{f:?}");
+        assert!(
+            !f.contains_key("shop2"),
+            "a longer name is another stack: {f:?}"
+        );
+
+        let f = reload_failures_by_stack(
+            "network shop2_front exists with subnet 10.0.9.0/24; ...",
+            &stacks,
+        );
+        assert_eq!(f.keys().collect::<Vec<_>>(), vec!["shop2"]);
+
+        // A line about no stack in particular is every stack's.
+        let f = reload_failures_by_stack(
+            "/etc/shoal/stacks: the stacks directory does not exist; create it",
+            &stacks,
+        );
+        assert_eq!(f.len(), 3);
+    }
 
     fn service(id: &str, name: &str, stack: Option<&str>) -> Service {
         let spec = ServiceSpec {

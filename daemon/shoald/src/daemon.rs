@@ -77,6 +77,9 @@ pub struct Daemon {
     /// On a node that asks the leader for the D-Bus object tree's state: the last answer and
     /// its fingerprint, so that an unchanged state is not sent again.
     pub objects_seen: std::sync::Mutex<Option<(u64, shoal_dbus::Snapshot)>>,
+    /// Why the last reload on this node could not apply each stack file, by stack name (empty
+    /// after a reload that succeeded); `stack ls` shows it as the stack's status.
+    pub reload_failures: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// Images and their removal (see `images`).
     pub images: crate::images::NodeImages,
 }
@@ -92,6 +95,14 @@ struct View {
 }
 
 impl Daemon {
+    /// What [`Daemon::reload_failures`] holds now.
+    pub fn reload_failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.reload_failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
+    }
+
     pub fn state(&self) -> Arc<ClusterState> {
         self.store.state()
     }
@@ -546,6 +557,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         leaving: std::sync::atomic::AtomicBool::new(false),
         agent_tx: std::sync::Mutex::new(None),
         objects_seen: std::sync::Mutex::new(None),
+        reload_failures: Default::default(),
         images: crate::images::NodeImages::default(),
     });
     if let Some(cert) = cert {

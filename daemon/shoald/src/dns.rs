@@ -45,6 +45,12 @@ pub fn refresh(d: &Daemon) {
                 Asker {
                     networks: t.networks.iter().map(|a| a.network.clone()).collect(),
                     stack,
+                    upstreams: t
+                        .spec
+                        .dns
+                        .iter()
+                        .map(|ip| std::net::SocketAddr::new(*ip, 53))
+                        .collect(),
                 },
             );
         }

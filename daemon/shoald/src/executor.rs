@@ -258,12 +258,45 @@ impl Executor for ContainerExecutor {
             .collect();
         c.sysctls = spec.sysctls.clone();
         c.network = ctd::NetworkMode::Path(att.netns_path.clone());
+        c.hosts = spec
+            .extra_hosts
+            .iter()
+            .map(|(name, ip)| ctd::HostEntry {
+                ip: *ip,
+                names: vec![name.clone()],
+            })
+            .collect();
         if !task.networks.is_empty() {
-            // Service names resolve through this node's DNS server (which forwards the rest).
+            // Service names resolve through this node's DNS server, which forwards the rest to
+            // the service's `dns` servers, else the node's.
+            let mut options = spec.dns_options.clone();
+            if !options.iter().any(|o| o.starts_with("ndots:")) {
+                options.insert(0, "ndots:0".into());
+            }
             c.dns = Some(ctd::Dns {
                 nameservers: vec![std::net::IpAddr::V4(crate::dns::server_addr(d))],
-                search: Vec::new(),
-                options: vec!["ndots:0".into()],
+                search: spec.dns_search.clone(),
+                options,
+            });
+        } else if !spec.dns.is_empty()
+            || !spec.dns_search.is_empty()
+            || !spec.dns_options.is_empty()
+        {
+            // No overlay network: the task asks its resolvers itself.
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let nameservers = if spec.dns.is_empty() {
+                net::dns::upstreams(&host)
+                    .into_iter()
+                    .map(|a| a.ip())
+                    .filter(|ip| !ip.is_loopback())
+                    .collect()
+            } else {
+                spec.dns.clone()
+            };
+            c.dns = Some(ctd::Dns {
+                nameservers,
+                search: spec.dns_search.clone(),
+                options: spec.dns_options.clone(),
             });
         }
         let mut labels: BTreeMap<String, String> = spec.labels.clone();

@@ -428,7 +428,17 @@ impl Backend for ClusterBackend {
     }
 
     async fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError> {
-        self.read(ApiCall::ListStacks, self.0.list_stacks()).await
+        let mut rows = self.read(ApiCall::ListStacks, self.0.list_stacks()).await?;
+        // A reload that failed here (this node's stack files) is this node's to show.
+        let failures = self.0.d().reload_failures();
+        for row in &mut rows {
+            if let Some(why) = failures.get(&row.name)
+                && !row.status.starts_with("failed")
+            {
+                row.status = format!("failed: {why}");
+            }
+        }
+        Ok(rows)
     }
 
     async fn create_network(

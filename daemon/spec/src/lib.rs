@@ -33,6 +33,7 @@ pub mod compose;
 mod diag;
 pub mod network;
 pub mod placement;
+pub mod resolver;
 pub mod sandbox;
 mod stack;
 pub mod units;

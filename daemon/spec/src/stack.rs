@@ -30,6 +30,8 @@
 //! | `update`, `rollback` | `{ parallelism, delay, order = stop-first/start-first, failure_action = pause/continue/rollback, monitor, max_failure_ratio }` | 1, 0s, stop-first, pause, 5s, 0 |
 //! | `healthcheck` | `{ test = ["CMD", "wget", "-qO-", "http://127.0.0.1/"] (or ["CMD-SHELL", "..."], a string run by the shell, ["NONE"]), interval, timeout, retries, start_period, start_interval, disable = true }` | the image's HEALTHCHECK; else interval 30s, timeout 30s, retries 3, start_period 0s, start_interval 5s |
 //! | `depends_on` | `["db"]` (each `service_started`) or `{ db = { condition = "service_healthy" } }` (`service_started`, `service_healthy`, `service_completed_successfully`): services of this stack; no cycles | none |
+//! | `extra_hosts` | `["db.local:10.0.0.5"]` (or `NAME=ADDRESS`, IPv6 too) or `{ "db.local" = "10.0.0.5" }`: lines of the task's `/etc/hosts` (at most 1000) | |
+//! | `dns`, `dns_search`, `dns_opt` | a string or a list: resolvers for names outside the cluster (at most 3), search domains (at most 6), resolver options like `ndots:2` (at most 16) | the node's resolvers, no search domain, `ndots:0` on overlay networks |
 //! | `networks` | `["front", "back"]`: networks declared in `[networks]` | `["default"]` |
 //! | `endpoint_mode` | `"vip"` (one virtual IP) or `"dnsrr"` (the name resolves to the tasks) | `"vip"` |
 //! | `placement` | `{ constraints = ["node.labels.zone in (a, b)", "node.role != manager"], preferences = [{ spread = "node.labels.zone" }], max_replicas_per_node = N }` (see [`crate::placement`]) | anywhere, no spread, no limit |
@@ -129,6 +131,10 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "tmpfs",
         "healthcheck",
         "depends_on",
+        "extra_hosts",
+        "dns",
+        "dns_search",
+        "dns_opt",
     ],
     unsupported: &[("secrets", ""), ("configs", "")],
     hints: &[
@@ -352,11 +358,17 @@ pub fn load_stack_file(path: &Path) -> Result<LoadedStack, Errors> {
 /// Loads every `*.toml` file of `dir`, sorted by file name, and reports the problems of all
 /// files at once. Hidden files (names starting with `.`, such as editor lock files) are skipped;
 /// a Compose file (`*.yml`, `*.yaml`) is an error that says how to convert it.
-/// A missing directory holds no stacks.
+/// A missing directory is an error, never "no stacks" (which would remove every stack deployed
+/// from files): the caller decides whether it may count as empty.
 pub fn load_stacks_dir(dir: &Path) -> Result<Vec<LoadedStack>, Errors> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Errors(vec![Diagnostic::whole_file(
+                dir,
+                "the stacks directory does not exist; create it (an empty directory removes every stack deployed from files) or fix paths.stacks_dir in the cluster file",
+            )]));
+        }
         Err(e) => {
             return Err(Errors(vec![Diagnostic::whole_file(
                 dir,
@@ -828,11 +840,12 @@ fn service_from_table(
     if let Some(v) = t.get("hostname")
         && let Some(h) = walk::string(sink, v, &p("hostname"))
     {
-        match check_hostname(h) {
+        match crate::resolver::check_hostname(h) {
             Ok(()) => svc.task.hostname = Some(h.to_string()),
             Err(e) => sink.error(v.span(), format!("{}: {e}", p("hostname"))),
         }
     }
+    resolver_settings(sink, path, t, &mut svc.task);
     if let Some(v) = t.get("labels")
         && let Some(labels) = walk::string_map(sink, v, &p("labels"), "label")
     {
@@ -1036,22 +1049,84 @@ fn user(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Option<String> {
     }
 }
 
-fn check_hostname(h: &str) -> Result<(), String> {
-    let ok = !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid hostname \"{h}\": use dot-separated labels of letters, digits and '-' (at most 63 characters each)"
-        ))
+/// A string, or a list of strings (Compose's `dns: 8.8.8.8` or `dns: [8.8.8.8, 1.1.1.1]`).
+fn one_or_list(sink: &mut Sink<'_>, v: &Value<'_>, path: &str) -> Vec<(String, Range<usize>)> {
+    match v.get_ref() {
+        DeValue::String(s) => vec![(s.to_string(), v.span())],
+        DeValue::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| {
+                walk::string(sink, item, &format!("{path}[{i}]"))
+                    .map(|s| (s.to_string(), item.span()))
+            })
+            .collect(),
+        _ => {
+            sink.error(
+                v.span(),
+                format!("{path}: expected a string or a list of strings"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// `extra_hosts` (`["db.local:10.0.0.5"]` or `{ "db.local" = "10.0.0.5" }`), `dns`,
+/// `dns_search` and `dns_opt` (each a string or a list), through [`crate::resolver`].
+fn resolver_settings(sink: &mut Sink<'_>, path: &str, t: &DeTable<'_>, task: &mut TaskSpec) {
+    use crate::resolver;
+    let p = |key: &str| format!("{path}.{key}");
+    if let Some(v) = t.get("extra_hosts") {
+        let entries: Vec<(String, Range<usize>)> = match v.get_ref() {
+            DeValue::Table(table) => walk::entries(table)
+                .into_iter()
+                .filter_map(|(k, item)| {
+                    let addr =
+                        walk::string(sink, item, &format!("{}.{}", p("extra_hosts"), k.get_ref()))?;
+                    Some((format!("{}={addr}", k.get_ref()), item.span()))
+                })
+                .collect(),
+            _ => one_or_list(sink, v, &p("extra_hosts")),
+        };
+        for (s, span) in entries {
+            match resolver::parse_extra_host(&s) {
+                Ok(h) => task.extra_hosts.push(h),
+                Err(e) => sink.error(span, format!("{}: {e}", p("extra_hosts"))),
+            }
+        }
+    }
+    if let Some(v) = t.get("dns") {
+        for (s, span) in one_or_list(sink, v, &p("dns")) {
+            match resolver::parse_dns_server(&s) {
+                Ok(ip) => task.dns.push(ip),
+                Err(e) => sink.error(span, format!("{}: {e}", p("dns"))),
+            }
+        }
+    }
+    if let Some(v) = t.get("dns_search") {
+        for (s, span) in one_or_list(sink, v, &p("dns_search")) {
+            match resolver::check_dns_search(&s) {
+                Ok(()) => task.dns_search.push(s),
+                Err(e) => sink.error(span, format!("{}: {e}", p("dns_search"))),
+            }
+        }
+    }
+    if let Some(v) = t.get("dns_opt") {
+        for (s, span) in one_or_list(sink, v, &p("dns_opt")) {
+            match resolver::check_dns_option(&s) {
+                Ok(()) => task.dns_options.push(s),
+                Err(e) => sink.error(span, format!("{}: {e}", p("dns_opt"))),
+            }
+        }
+    }
+    for e in resolver::check_counts(
+        task.extra_hosts.len(),
+        task.dns.len(),
+        task.dns_search.len(),
+        task.dns_options.len(),
+    ) {
+        let span = walk::key_span(t, e.0).unwrap_or(0..0);
+        sink.error(span, format!("{}: {}", p(e.0), e.1));
     }
 }
 

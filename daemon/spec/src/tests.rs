@@ -491,6 +491,58 @@ depends_on = "a"
 }
 
 #[test]
+fn extra_hosts_and_resolver_settings_are_read_and_checked() {
+    let s = stack_ok(
+        r#"
+[services.a]
+image = "x"
+extra_hosts = ["db.local:10.0.0.5", "v6=2001:db8::1"]
+dns = "10.0.0.2"
+dns_search = ["example.com"]
+dns_opt = "ndots:2"
+
+[services.b]
+image = "x"
+extra_hosts = { "gw.local" = "192.168.1.1" }
+dns = ["10.0.0.2", "10.0.0.3"]
+"#,
+    );
+    let a = &svc(&s, "shop_a").task;
+    assert_eq!(
+        a.extra_hosts,
+        vec![
+            ("db.local".to_string(), "10.0.0.5".parse().unwrap()),
+            ("v6".to_string(), "2001:db8::1".parse().unwrap())
+        ]
+    );
+    assert_eq!(a.dns, vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(a.dns_search, vec!["example.com"]);
+    assert_eq!(a.dns_options, vec!["ndots:2"]);
+    let b = &svc(&s, "shop_b").task;
+    assert_eq!(b.extra_hosts[0].0, "gw.local");
+    assert_eq!(b.dns.len(), 2);
+
+    let errs = stack_errs(
+        r#"
+[services.a]
+image = "x"
+extra_hosts = ["nohost", "a:b"]
+dns = ["1.1.1.1", "2.2.2.2", "3.3.3.3", "4.4.4.4"]
+dns_opt = 5
+"#,
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "4:16: services.a.extra_hosts: invalid extra host \"nohost\": expected NAME:ADDRESS, like db.local:10.0.0.5",
+            "4:26: services.a.extra_hosts: invalid extra host \"a:b\": \"b\" is not an IP address",
+            "5:1: services.a.dns: 4 DNS servers is above the limit of 3",
+            "6:11: services.a.dns_opt: expected a string or a list of strings",
+        ]
+    );
+}
+
+#[test]
 fn stack_networks_are_declared_named_after_the_stack_and_checked() {
     let s = stack_ok(
         r#"
@@ -1053,9 +1105,15 @@ fn invalid_explicit_stack_name() {
 }
 
 #[test]
-fn missing_stacks_dir_means_no_stacks() {
+fn a_missing_stacks_dir_is_an_error_not_an_empty_one() {
     let dir = tempfile::tempdir().unwrap();
-    assert_eq!(load_stacks_dir(&dir.path().join("nope")).unwrap(), vec![]);
+    let e = load_stacks_dir(&dir.path().join("nope")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("nope") && msg.contains("does not exist"),
+        "{msg}"
+    );
+    assert!(msg.contains("paths.stacks_dir"), "{msg}");
 }
 
 #[test]

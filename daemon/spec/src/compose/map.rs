@@ -86,16 +86,16 @@ const SERVICE_KEYS: &[&str] = &[
     "security_opt",
     "healthcheck",
     "depends_on",
+    "extra_hosts",
+    "dns",
+    "dns_search",
+    "dns_opt",
 ];
 
 /// Service keys of Compose that shoal's service model has no place for yet: (key, advice).
 const SERVICE_NOT_YET: &[(&str, &str)] = &[
     ("secrets", ""),
     ("configs", ""),
-    ("extra_hosts", ""),
-    ("dns", ""),
-    ("dns_search", ""),
-    ("dns_opt", ""),
     (
         "logging",
         "task output goes to the journal and `shoal service logs`",
@@ -512,7 +512,7 @@ impl<'a> Mapper<'a> {
                 "image" | "command" | "entrypoint" | "stop_grace_period" | "stop_signal"
                 | "user" | "working_dir" | "hostname" | "read_only" | "init" | "cap_add"
                 | "cap_drop" | "ulimits" | "sysctls" | "security_opt" | "healthcheck"
-                | "depends_on" => {
+                | "depends_on" | "extra_hosts" | "dns" | "dns_search" | "dns_opt" => {
                     if let Some(v) = self.value(&e.value, &cpath) {
                         out.push(key, e.key_pos.clone(), v);
                     }

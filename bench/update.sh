@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Rolling update under load: shoal against Docker Swarm (Debian's docker.io) on this machine.
+#
+# Each side runs a service of REPLICAS (default 20) busybox httpd tasks with a healthcheck
+# behind a published port, then updates it (a new environment value, so every task is
+# replaced) with order start-first, parallelism 1, monitor 0s (Swarm's pace: the next batch
+# starts once the last one is running and healthy) while a client sends requests through the
+# published port one after the other. Prints the seconds from the update command until the
+# update is completed with every task replaced, and the requests answered and failed during it.
+#
+# Not a test: it exits 0 whenever both halves ran (a timed-out step shows as "timeout"). Swarm's
+# published ports go through its ingress network, which needs the kernel's IPVS; where IPVS is
+# missing (as on the project's CI machines) Swarm's service has no published port, its update is
+# still timed, and its request columns say n/a. See bench/README.md.
+#
+# usage: bench/update.sh [--only swarm|shoal] [--replicas N] [--monitor DURATION]
+#                        [--keep-workdir] [--timeout SECONDS]
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=update
+BENCH_NETNS=shoal-bench-update
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
+ARGS=("$@")
+ONLY=""
+KEEP=0
+STEP_TIMEOUT=600
+REPLICAS=20
+MONITOR=0s
+PORT=8080
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --only) ONLY=${2:?--only needs swarm or shoal}; shift 2 ;;
+    --replicas) REPLICAS=${2:?--replicas needs a number}; shift 2 ;;
+    --monitor) MONITOR=${2:?--monitor needs a duration}; shift 2 ;;
+    --keep-workdir) KEEP=1; shift ;;
+    --timeout) STEP_TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    *) echo "update: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$ONLY" in ""|swarm|shoal) ;; *) echo "update: --only takes swarm or shoal" >&2; exit 2 ;; esac
+[[ $REPLICAS =~ ^[1-9][0-9]*$ && $REPLICAS -le 200 ]] ||
+  { echo "update: --replicas takes a number from 1 to 200" >&2; exit 2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "update: run as root (it starts containerd, dockerd and shoald)" >&2
+  exit 1
+fi
+
+bench_enter_netns "${ARGS[@]}"
+
+DOCKER_IMAGE=shoal-bench/busybox:latest
+DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
+SHOALD=${SHOALD:-$REPO/target/release/shoald}
+SHOAL=${SHOAL:-$REPO/target/release/shoal}
+WORK=$(mktemp -d /tmp/shoal-bench-update.XXXXXX)
+
+# What both sides run and check, and how both update.
+# shellcheck disable=SC2016 # $V is the task's variable, expanded by its shell
+SERVE='mkdir -p /www && echo "version $V" > /www/index.html && exec httpd -f -p 80 -h /www'
+HEALTH_FLAGS=(--health-cmd "wget -qO- http://127.0.0.1/ >/dev/null || exit 1"
+  --health-interval 1s --health-timeout 2s --health-retries 3)
+UPDATE_FLAGS=(--update-order start-first --update-parallelism 1 --update-delay 0s
+  --update-monitor "$MONITOR" --update-failure-action pause)
+
+declare -A RESULT # RESULT[shoal:seconds]=12.3, RESULT[shoal:ok]=..., RESULT[shoal:failed]=...
+
+# ---------------------------------------------------------------- the load
+
+# load_start NAME: requests to 127.0.0.1:PORT one after the other (a new connection each, 2 s
+# timeout), until WORK/NAME.stop exists; then it writes "answered failed" to WORK/NAME.count.
+load_start() {
+  rm -f "$WORK/$1.stop" "$WORK/$1.count"
+  python3 - "$PORT" "$WORK/$1.stop" "$WORK/$1.count" <<'EOF' &
+import os, socket, sys, time
+port, stop, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ok = failed = 0
+while not os.path.exists(stop):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            s.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        if data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0] and b"version" in data:
+            ok += 1
+        else:
+            failed += 1
+    except OSError:
+        failed += 1
+with open(out, "w") as f:
+    f.write(f"{ok} {failed}\n")
+EOF
+  STARTED_PIDS+=("$!")
+}
+
+load_stop() { # NAME -> sets RESULT[NAME:ok] and RESULT[NAME:failed]
+  touch "$WORK/$1.stop"
+  wait_for 10 test -s "$WORK/$1.count" || true
+  if [[ -s $WORK/$1.count ]]; then
+    read -r RESULT["$1":ok] RESULT["$1":failed] <"$WORK/$1.count"
+  fi
+}
+
+# ---------------------------------------------------------------- Swarm half
+
+D() { "$DOCKER" -H "unix://$WORK/docker/docker.sock" "$@"; }
+
+swarm_running() { # N VALUE: N running tasks whose containers run with V=VALUE
+  local n
+  n=$(D service ps web --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null |
+    grep -c '^Running' || true)
+  [[ $n -eq $1 ]] || return 1
+  [[ -z ${2:-} ]] || [[ $(D service inspect web --format '{{.UpdateStatus.State}}' 2>/dev/null) == completed ]]
+}
+
+start_swarm() {
+  local dir=$WORK/docker
+  mkdir -p "$dir/data" "$dir/exec"
+  start_containerd "$WORK/swarm-containerd"
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --containerd="$WORK/swarm-containerd/containerd.sock" \
+    --data-root="$dir/data" --exec-root="$dir/exec" --pidfile="$dir/dockerd.pid" \
+    -H "unix://$dir/docker.sock" >"$dir/dockerd.log" 2>&1 &
+  echo $! >"$dir/dockerd.main"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 60 D version >/dev/null 2>&1; then
+    echo "update: dockerd did not answer within 60s; see $dir/dockerd.log" >&2
+    return 1
+  fi
+  D swarm init --advertise-addr 127.0.0.1 >/dev/null
+  python3 "$REPO/scripts/mkimage.py" --format docker --name "$DOCKER_IMAGE" -o "$WORK/busybox-docker.tar"
+  D load -i "$WORK/busybox-docker.tar" >/dev/null
+}
+
+stop_swarm() {
+  local dir=$WORK/docker pid
+  [[ -f $dir/dockerd.main ]] || return 0
+  pid=$(cat "$dir/dockerd.main")
+  if kill -0 "$pid" 2>/dev/null; then
+    D service rm web >/dev/null 2>&1 || true
+    D swarm leave --force >/dev/null 2>&1 || true
+    kill "$pid" 2>/dev/null || true
+    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/dockerd.main"
+  stop_containerd "$WORK/swarm-containerd" moby
+}
+
+run_swarm() {
+  log "swarm: starting containerd, dockerd and swarm init"
+  start_swarm
+  local publish=() t0
+  if [[ -e /proc/net/ip_vs ]]; then
+    publish=(--publish "$PORT:80")
+  else
+    log "swarm: no IPVS in this kernel: Swarm's ingress cannot publish; timing the update without load"
+    RESULT[swarm:ok]="n/a"
+    RESULT[swarm:failed]="n/a (no IPVS)"
+  fi
+  log "swarm: create $REPLICAS replicas with a healthcheck"
+  D service create --detach --no-resolve-image --quiet --name web --replicas "$REPLICAS" \
+    "${publish[@]}" --env V=1 "${HEALTH_FLAGS[@]}" "${UPDATE_FLAGS[@]}" \
+    "$DOCKER_IMAGE" sh -c "$SERVE" >/dev/null
+  if ! wait_for "$STEP_TIMEOUT" swarm_running "$REPLICAS"; then
+    RESULT[swarm:seconds]=timeout
+    stop_swarm
+    return 0
+  fi
+  sleep 2
+  [[ ${#publish[@]} -eq 0 ]] || load_start swarm
+  log "swarm: update (V=2), start-first"
+  t0=$(now)
+  D service update --detach --quiet --env-add V=2 web >/dev/null
+  if wait_for "$STEP_TIMEOUT" swarm_running "$REPLICAS" completed; then
+    RESULT[swarm:seconds]=$(since "$t0")
+  else
+    RESULT[swarm:seconds]=timeout
+  fi
+  [[ ${#publish[@]} -eq 0 ]] || load_stop swarm
+  stop_swarm
+}
+
+# ---------------------------------------------------------------- shoal half
+
+S() { DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/shoal/bus.sock" "$SHOAL" "$@"; }
+
+shoal_done() { # N [completed]: N running tasks (and the update completed)
+  local n
+  n=$(S service ls 2>/dev/null | awk '$2 == "web" { split($4, r, "/"); print r[1] }')
+  [[ ${n:--1} -eq $1 ]] || return 1
+  [[ -z ${2:-} ]] || S service inspect web 2>/dev/null | grep -q '"update_state": "completed"'
+}
+
+start_shoal() {
+  local dir=$WORK/shoal
+  mkdir -p "$dir/state" "$dir/stacks"
+  start_containerd "$WORK/shoal-containerd"
+  start_bus "$dir"
+  cat >"$dir/cluster.toml" <<EOF
+[node]
+name = "bench"
+
+[network]
+listen = "127.0.0.1:4600"
+advertise = "127.0.0.1:4600"
+
+[cluster]
+bootstrap = true
+
+[containerd]
+address = "$WORK/shoal-containerd/containerd.sock"
+namespace = "shoal-bench"
+
+[paths]
+state_dir = "$dir/state"
+stacks_dir = "$dir/stacks"
+
+[images]
+preload = ["oci-archive:$WORK/busybox-oci.tar"]
+EOF
+  build_busybox_oci "$WORK/busybox-oci.tar"
+  DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" "$SHOALD" --config "$dir/cluster.toml" \
+    >"$dir/shoald.log" 2>&1 &
+  echo $! >"$dir/shoald.pid"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 120 S info >/dev/null 2>&1; then
+    echo "update: shoald did not answer 'shoal info' within 120s; see $dir/shoald.log" >&2
+    return 1
+  fi
+}
+
+stop_shoal() {
+  local dir=$WORK/shoal pid
+  if [[ -f $dir/shoald.pid ]]; then
+    pid=$(cat "$dir/shoald.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      S service rm web >/dev/null 2>&1 || true
+      kill "$pid" 2>/dev/null || true
+      wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/shoald.pid"
+  fi
+  stop_containerd "$WORK/shoal-containerd" shoal-bench
+  stop_bus "$dir"
+}
+
+run_shoal() {
+  log "shoal: starting containerd, dbus-daemon and $SHOALD"
+  start_shoal
+  local t0
+  log "shoal: create $REPLICAS replicas with a healthcheck"
+  S service create --detach --name web --replicas "$REPLICAS" --publish "$PORT:80" --env V=1 \
+    "${HEALTH_FLAGS[@]}" "${UPDATE_FLAGS[@]}" \
+    "oci-archive:$WORK/busybox-oci.tar" sh -c "$SERVE" >/dev/null
+  if ! wait_for "$STEP_TIMEOUT" shoal_done "$REPLICAS"; then
+    RESULT[shoal:seconds]=timeout
+    stop_shoal
+    return 0
+  fi
+  sleep 2
+  load_start shoal
+  log "shoal: update (V=2), start-first"
+  t0=$(now)
+  S service update --detach --env-add V=2 web >/dev/null
+  if wait_for "$STEP_TIMEOUT" shoal_done "$REPLICAS" completed; then
+    RESULT[shoal:seconds]=$(since "$t0")
+  else
+    RESULT[shoal:seconds]=timeout
+  fi
+  load_stop shoal
+  stop_shoal
+}
+
+# ---------------------------------------------------------------- cleanup and report
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  touch "$WORK/shoal.stop" "$WORK/swarm.stop" 2>/dev/null
+  stop_shoal 2>/dev/null
+  stop_swarm 2>/dev/null
+  bench_finish "$WORK" "$KEEP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+row() { printf '%-40s %14s %14s %12s\n' "$@"; }
+
+report() {
+  local s h
+  echo
+  echo "rolling update under load: $REPLICAS replicas, start-first, parallelism 1, monitor $MONITOR,"
+  echo "healthcheck every 1s; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "swarm: $(dockerd --version 2>/dev/null | head -1 || echo "not run")"
+  echo "shoal: $([[ -x $SHOALD ]] && "$SHOALD" --version 2>/dev/null | head -1 || echo "not run")"
+  echo
+  row "" swarm shoal swarm/shoal
+  s=${RESULT[swarm:seconds]:-n/a}; h=${RESULT[shoal:seconds]:-n/a}
+  row "update completed (s)" "$s" "$h" "$(ratio "$s" "$h")"
+  row "requests answered during the update" "${RESULT[swarm:ok]:-n/a}" "${RESULT[shoal:ok]:-n/a}" ""
+  row "requests failed during the update" "${RESULT[swarm:failed]:-n/a}" "${RESULT[shoal:failed]:-n/a}" ""
+}
+
+for tool in containerd ctr runc python3 ip dbus-daemon; do
+  command -v "$tool" >/dev/null || { echo "update: $tool is missing; run scripts/install-deps.sh" >&2; exit 1; }
+done
+if [[ $ONLY != shoal ]]; then
+  if [[ -z $DOCKER ]] || ! command -v dockerd >/dev/null; then
+    echo "update: docker.io is missing (scripts/install-deps.sh --bench)" >&2; exit 1
+  fi
+fi
+if [[ $ONLY != swarm ]] && { [[ ! -x $SHOALD ]] || [[ ! -x $SHOAL ]]; }; then
+  echo "update: $SHOALD or $SHOAL not found; build them with:" >&2
+  echo "  cargo build --release -p shoald -p shoal" >&2
+  if [[ $ONLY == shoal ]]; then exit 1; fi
+  echo "update: running the Swarm half only" >&2
+  ONLY=swarm
+fi
+
+[[ $ONLY == shoal ]] || run_swarm
+[[ $ONLY == swarm ]] || run_shoal
+report
