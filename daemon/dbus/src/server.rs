@@ -1,13 +1,13 @@
 //! The server side: the `org.shoal.Shoal1.Manager` interface at `/org/shoal/Shoal1`, answered by
 //! a [`Backend`], and [`Events`] to emit its signals.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::TaskState;
 use zbus::OwnedObjectPath;
 use zbus::object_server::SignalEmitter;
-use zbus::{Connection, Variant, interface};
+use zbus::{Connection, interface};
 
 use crate::backend::{Backend, SpecPatch};
 use crate::error::ApiError;
@@ -494,36 +494,5 @@ impl Events {
             &(&report.added, &report.changed, &report.removed),
         )
         .await
-    }
-
-    /// Emit `PropertiesChanged` for the interface's changing properties with the values in
-    /// `info`. Call it when the node's role, leadership or counts change.
-    pub async fn info_changed(&self, info: &ClusterInfo) -> Result<(), ServerError> {
-        let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
-        changed.insert("NodeName", Variant::from(info.node_name.as_str()));
-        changed.insert("ClusterId", Variant::from(info.cluster_id.as_str()));
-        changed.insert("Role", Variant::from(info.role.as_str()));
-        changed.insert("IsLeader", Variant::from(info.is_leader));
-        changed.insert("LeaderId", Variant::from(info.leader_id.as_str()));
-        changed.insert("Nodes", Variant::from(info.nodes));
-        changed.insert("Services", Variant::from(info.services));
-        changed.insert("Tasks", Variant::from(info.tasks));
-        changed.insert("Running", Variant::from(info.running));
-        changed.insert("Stacks", Variant::from(info.stacks));
-        changed.insert("Status", Variant::from(info.status.as_str()));
-        let invalidated: Vec<&str> = Vec::new();
-        self.conn
-            .emit_signal(
-                None::<&str>,
-                OBJECT_PATH,
-                "org.freedesktop.DBus.Properties",
-                "PropertiesChanged",
-                &(MANAGER_INTERFACE, changed, invalidated),
-            )
-            .await
-            .map_err(|source| ServerError::Emit {
-                signal: "PropertiesChanged",
-                source,
-            })
     }
 }
