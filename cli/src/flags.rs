@@ -12,9 +12,12 @@ use spec::placement;
 /// Flags shared by `service create` and `service update`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct CommonFlags {
-    /// Number of tasks
+    /// Number of tasks (a replicated job: the completions to make)
     #[arg(long)]
     pub replicas: Option<u64>,
+    /// Replicated jobs: the number of tasks run at once (default: --replicas)
+    #[arg(long)]
+    pub max_concurrent: Option<u64>,
     /// Working directory inside the container
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -165,7 +168,7 @@ pub struct CreateFlags {
     /// Service name
     #[arg(long)]
     pub name: Option<String>,
-    /// Service mode ("replicated", "global")
+    /// Service mode ("replicated", "global", "replicated-job", "global-job")
     #[arg(long)]
     pub mode: Option<String>,
     /// Publish a port as a node port (e.g. 8080:80, 8080:80/udp, or
@@ -457,6 +460,9 @@ fn common_properties(f: &CommonFlags, out: &mut Vec<Property>) -> Result<(), Vec
                 .map(Property::Replicas)
                 .map_err(|e| format!("--replicas: {e}")),
         );
+    }
+    if let Some(n) = f.max_concurrent {
+        push(Ok(Property::MaxConcurrent(n)));
     }
     if let Some(n) = f.replicas_max_per_node {
         push(

@@ -865,8 +865,20 @@ fn print_pretty_service(s: &shoal_dbus::ServiceInspect) {
             println!(" Replicas:\t{replicas}");
         }
         model::ServiceMode::Global => println!("Service Mode:\tGlobal"),
+        model::ServiceMode::ReplicatedJob {
+            replicas,
+            max_concurrent,
+        } => {
+            println!("Service Mode:\tReplicated Job");
+            println!(" Max Concurrent:\t{max_concurrent}");
+            println!(" Total Completions:\t{replicas}");
+        }
+        model::ServiceMode::GlobalJob => println!("Service Mode:\tGlobal Job"),
     }
     println!("Running:\t{}/{}", s.info.running, s.info.desired);
+    if spec.mode.is_job() {
+        println!("Completed:\t{}/{}", s.info.completed, s.info.desired);
+    }
     if !s.info.update_state.is_empty() {
         println!("UpdateStatus:");
         println!(" State:\t\t{}", s.info.update_state);

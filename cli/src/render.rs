@@ -93,7 +93,15 @@ pub fn service_ls(rows: &[ServiceRow]) -> String {
                 short_id(&r.id).to_string(),
                 r.name.clone(),
                 r.mode.clone(),
-                format!("{}/{}", r.running, r.desired),
+                if r.mode.ends_with("-job") {
+                    // Swarm's form: running tasks, then completions.
+                    format!(
+                        "{}/{} ({}/{} completed)",
+                        r.running, r.desired, r.completed, r.desired
+                    )
+                } else {
+                    format!("{}/{}", r.running, r.desired)
+                },
                 r.image.clone(),
                 r.ports
                     .iter()

@@ -152,6 +152,39 @@ pub async fn converge(client: &Client, service: &str, opts: WaitOpts) -> Result<
             .collect();
         failures.sort_by_key(|t| t.state_since);
 
+        if inspect.info.mode.ends_with("-job") {
+            // A job is done once each of its tasks completed.
+            let completed = inspect.info.completed;
+            display.show(&[format!(
+                "job progress: {completed} out of {desired} complete"
+            )]);
+            if let Some(last) = failures.last()
+                && failures.len() >= opts.max_failures
+            {
+                bail!(
+                    "job {service} is failing: {} tasks failed, the last with: {}\n  see: shoal service ps {service}",
+                    failures.len(),
+                    if last.error.is_empty() {
+                        &last.state
+                    } else {
+                        &last.error
+                    }
+                );
+            }
+            if completed >= desired {
+                display.line("verify: Job complete");
+                return Ok(());
+            }
+            if start.elapsed() > opts.timeout {
+                bail!(
+                    "timed out after {} waiting for job {service} ({completed} of {desired} complete); it goes on in the background: see shoal service ps {service}",
+                    spec::units::format_duration(opts.timeout.as_millis() as u64)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+
         let mut lines = vec![format!(
             "overall progress: {running} out of {desired} tasks"
         )];

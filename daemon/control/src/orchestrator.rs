@@ -55,11 +55,13 @@ impl Wanted {
 
 pub(crate) fn wanted_slots(state: &ClusterState, svc: &Service) -> Wanted {
     match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => Wanted::Replicas(replicas.min(MAX_REPLICAS)),
+        ServiceMode::Replicated { replicas } | ServiceMode::ReplicatedJob { replicas, .. } => {
+            Wanted::Replicas(replicas.min(MAX_REPLICAS))
+        }
         // A paused node keeps its global tasks (no new ones start there: see
         // `reconcile_service`); a drained or down node, or one that no longer satisfies the
         // constraints, loses them. They are not moved anywhere else.
-        ServiceMode::Global => Wanted::Nodes(
+        ServiceMode::Global | ServiceMode::GlobalJob => Wanted::Nodes(
             state
                 .nodes
                 .values()
@@ -159,7 +161,8 @@ struct Decision {
 fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
     let wanted = wanted_slots(state, svc);
     let slots = tasks_by_slot(state, &svc.id);
-    let global = matches!(svc.spec.mode, ServiceMode::Global);
+    let global = svc.spec.mode.is_global();
+    let job = svc.spec.mode.is_job();
     let mut d = Decision::default();
     let mut stopping: BTreeSet<&str> = BTreeSet::new();
 
@@ -188,7 +191,33 @@ fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
                 stopping.insert(&t.id);
             }
         }
+        if job {
+            // A changed job runs again: tasks of the previous run stop, whatever they did.
+            for t in tasks
+                .iter()
+                .filter(|t| t.is_runnable() && t.spec_version != svc.version)
+            {
+                if !stopping.contains(t.id.as_str()) {
+                    d.shutdown.push(t.id.clone());
+                    stopping.insert(&t.id);
+                }
+            }
+        }
     }
+    // A job runs at most `max_concurrent` tasks at once.
+    let mut job_room = match svc.spec.mode {
+        ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+            let active = slots
+                .values()
+                .filter(|ts| {
+                    ts.iter()
+                        .any(|t| t.is_runnable() && !stopping.contains(t.id.as_str()))
+                })
+                .count() as u64;
+            max_concurrent.max(1).saturating_sub(active)
+        }
+        _ => u64::MAX,
+    };
 
     // Global tasks are placed as they are created: a global dependant gets none until its
     // dependencies are ready (replicated ones wait in the scheduler, PENDING with the reason).
@@ -210,10 +239,33 @@ fn decide(state: &ClusterState, svc: &Service, now: u64) -> Decision {
         if held_back {
             continue;
         }
-        match replacement_for(svc, tasks, now) {
+        let replacement = if job {
+            // Only this run's tasks count: a slot is done once one of them completed.
+            let this_run: Vec<&Task> = tasks
+                .iter()
+                .copied()
+                .filter(|t| t.spec_version == svc.version)
+                .collect();
+            if this_run
+                .iter()
+                .any(|t| t.status.state == TaskState::Complete)
+            {
+                continue;
+            }
+            if job_room == 0 {
+                continue;
+            }
+            replacement_for(svc, &this_run, now)
+        } else {
+            replacement_for(svc, tasks, now)
+        };
+        match replacement {
             Replacement::None => {}
             Replacement::Now => d.create.push((slot, None, 0)),
             Replacement::After { at, attempt } => d.create.push((slot, Some(at), attempt)),
+        }
+        if job && !matches!(replacement, Replacement::None) {
+            job_room -= 1;
         }
     }
     d
@@ -318,7 +370,11 @@ fn replacement_for(svc: &Service, history: &[&Task], now: u64) -> Replacement {
     let policy = &svc.spec.restart;
     match policy.condition {
         RestartCondition::None => return Replacement::None,
-        RestartCondition::OnFailure if last.status.state == TaskState::Complete => {
+        // A job's completed task is done, whatever the condition says.
+        RestartCondition::OnFailure | RestartCondition::Any
+            if last.status.state == TaskState::Complete
+                && (policy.condition == RestartCondition::OnFailure || svc.spec.mode.is_job()) =>
+        {
             return Replacement::None;
         }
         _ => {}

@@ -588,6 +588,7 @@ fn removing_a_service_stops_and_reaps_its_tasks() {
 
 mod depends;
 mod health;
+mod jobs;
 mod multi_node;
 
 mod stacks {

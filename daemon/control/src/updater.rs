@@ -47,6 +47,10 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     let Some(svc) = pass.state.services.get(service_id).cloned() else {
         return;
     };
+    // A changed job is not rolled: it runs again (see the orchestrator).
+    if svc.spec.mode.is_job() {
+        return;
+    }
     let rolling_back = matches!(
         svc.update_status.as_ref().map(|s| s.state),
         Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused)
@@ -247,9 +251,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
     }
     // A global task is placed as it is created: a global dependant's update waits for its
     // dependencies (a replicated one's new tasks wait in the scheduler).
-    if matches!(svc.spec.mode, model::ServiceMode::Global)
-        && pass.state.unmet_dependency(&svc.spec).is_some()
-    {
+    if svc.spec.mode.is_global() && pass.state.unmet_dependency(&svc.spec).is_some() {
         return;
     }
     if let Some(last) = last_running

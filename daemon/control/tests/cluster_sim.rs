@@ -603,6 +603,9 @@ impl World {
                         .values()
                         .filter(|n| s.spec.placement.matches(n))
                         .count(),
+                    ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => {
+                        unreachable!("the simulation makes no jobs")
+                    }
                 };
                 let tasks: Vec<&Task> = self.state.tasks_of(&s.id).collect();
                 let running = tasks

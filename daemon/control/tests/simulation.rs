@@ -332,6 +332,9 @@ impl World {
                         replicas
                     }
                 }
+                ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => {
+                    unreachable!("the simulation makes no jobs")
+                }
                 ServiceMode::Global => eligible,
             };
             let running: Vec<&Task> = self

@@ -19,8 +19,11 @@ pub struct ServiceDetail {
     pub service: Service,
     /// Tasks of the current spec version whose observed state is RUNNING.
     pub running: u64,
-    /// Replicas (replicated) or eligible nodes (global).
+    /// Replicas (replicated) or eligible nodes (global); a job's completions to make.
     pub desired: u64,
+    /// A job's completions so far (0 for services).
+    #[serde(default)]
+    pub completed: u64,
 }
 
 /// Everything the object tree under `/org/shoal/Shoal1` shows, read at once.

@@ -91,9 +91,9 @@ impl State {
                     && t.desired == TaskState::Running
             })
             .count() as u64;
-        let desired = match svc.spec.mode {
-            ServiceMode::Replicated { replicas } => replicas,
-            ServiceMode::Global => u64::from(svc.spec.placement.matches(&FakeBackend::node())),
+        let desired = match svc.spec.mode.replicas() {
+            Some(replicas) => replicas,
+            None => u64::from(svc.spec.placement.matches(&FakeBackend::node())),
         };
         (running, desired)
     }
@@ -238,16 +238,14 @@ impl State {
         let services: Vec<Service> = self.services.values().cloned().collect();
         for svc in services {
             let fits = svc.spec.placement.matches(&node);
-            let slots: Vec<u64> = match svc.spec.mode {
-                ServiceMode::Replicated { replicas } => (1..=replicas).collect(),
-                ServiceMode::Global if fits => vec![0],
-                ServiceMode::Global => vec![],
+            // (Jobs are run like their services: the fake's tasks never finish.)
+            let slots: Vec<u64> = match svc.spec.mode.replicas() {
+                Some(replicas) => (1..=replicas).collect(),
+                None if fits => vec![0],
+                None => vec![],
             };
             for t in self.tasks.values_mut() {
-                let out_of_range = match svc.spec.mode {
-                    ServiceMode::Replicated { replicas } => t.slot > replicas,
-                    ServiceMode::Global => false,
-                };
+                let out_of_range = svc.spec.mode.replicas().is_some_and(|r| t.slot > r);
                 let stale = t.spec_version != svc.version;
                 let misplaced = t.node_id.is_some() && !fits;
                 if t.service_id == svc.id
@@ -498,6 +496,7 @@ impl Backend for FakeBackend {
             service: svc,
             running,
             desired,
+            completed: 0,
         })
     }
 
@@ -531,13 +530,14 @@ impl Backend for FakeBackend {
         let id = st.find(service)?;
         let mut spec = st.services[&id].spec.clone();
         match spec.mode {
-            ServiceMode::Global => {
+            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas },
+            _ => {
                 return Err(ApiError::InvalidSpec(format!(
-                    "scale can only be used with replicated services: {} is global",
-                    spec.name
+                    "scale can only be used with replicated services: {} is {}",
+                    spec.name,
+                    spec.mode.name()
                 )));
             }
-            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas },
         }
         st.replace_spec(&id, spec);
         Ok(())

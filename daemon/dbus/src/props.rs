@@ -44,6 +44,8 @@
 //! | `HealthTest` | `as` | `["CMD", program, args...]`, `["CMD-SHELL", command]`, `["NONE"]` (no healthcheck, not even the image's); empty: the image's test |
 //! | `HealthIntervalUSec` / `HealthTimeoutUSec` / `HealthStartPeriodUSec` / `HealthStartIntervalUSec` | `t` | 0: the image's value, else 30 s / 30 s / 0 / 5 s |
 //! | `HealthRetries` | `t` | failed checks in a row that make a task unhealthy; 0: the image's, else 3 |
+//! | `Mode` values | | also `replicated-job` (tasks run to completion, `Replicas` of them) and `global-job` (once on every eligible node) |
+//! | `MaxConcurrent` | `t` | replicated jobs: tasks running at once (default: `Replicas`) |
 //! | `ExtraHosts` | `as` | extra `/etc/hosts` entries, `NAME:ADDRESS`; replaced whole |
 //! | `DNS` / `DNSSearch` / `DNSOptions` | `as` | resolvers for names outside the cluster (at most 3), search domains, resolver options (`ndots:2`); each replaced whole |
 //! | `DependsOn` | `a{ss}` | full service name to condition (`service_started`, `service_healthy`, `service_completed_successfully`); declared by a stack's `depends_on`: `CreateService` and `UpdateService` refuse to set or change it |
@@ -148,6 +150,7 @@ pub enum Property {
     MemoryReservation(u64),
     HealthTest(Vec<String>),
     DependsOn(BTreeMap<String, String>),
+    MaxConcurrent(u64),
     ExtraHosts(Vec<String>),
     DNS(Vec<String>),
     DNSSearch(Vec<String>),
@@ -175,7 +178,7 @@ fn ms(usec: u64) -> u64 {
 
 impl Property {
     /// Every property name, in the order `spec_to_properties` emits them.
-    pub const NAMES: [&'static str; 62] = [
+    pub const NAMES: [&'static str; 63] = [
         "Image",
         "Mode",
         "Replicas",
@@ -229,6 +232,7 @@ impl Property {
         "MemoryReservation",
         "HealthTest",
         "DependsOn",
+        "MaxConcurrent",
         "ExtraHosts",
         "DNS",
         "DNSSearch",
@@ -297,6 +301,7 @@ impl Property {
             MemoryReservation(_) => "MemoryReservation",
             HealthTest(_) => "HealthTest",
             DependsOn(_) => "DependsOn",
+            MaxConcurrent(_) => "MaxConcurrent",
             ExtraHosts(_) => "ExtraHosts",
             DNS(_) => "DNS",
             DNSSearch(_) => "DNSSearch",
@@ -326,6 +331,7 @@ impl Property {
             | RollbackOrder(s)
             | RollbackFailureAction(s) => ov(s.as_str()),
             Replicas(n)
+            | MaxConcurrent(n)
             | StopGracePeriodUSec(n)
             | RestartDelayUSec(n)
             | RestartMaxDelayUSec(n)
@@ -485,6 +491,7 @@ impl Property {
             "MemoryReservation" => MemoryReservation(get!(u64, "t")),
             "HealthTest" => HealthTest(get!(Vec<String>, "as")),
             "DependsOn" => DependsOn(get!(BTreeMap<String, String>, "a{ss}")),
+            "MaxConcurrent" => MaxConcurrent(get!(u64, "t")),
             "ExtraHosts" => ExtraHosts(get!(Vec<String>, "as")),
             "DNS" => DNS(get!(Vec<String>, "as")),
             "DNSSearch" => DNSSearch(get!(Vec<String>, "as")),
@@ -742,6 +749,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     let mut want_replicas: Option<u64> = None;
     let mut want_addresses: Option<&BTreeMap<String, String>> = None;
     let mut depends_on = None;
+    let mut want_max_concurrent: Option<u64> = None;
     {
         let t = &mut next.task;
         let mut check = |r: Result<(), String>| {
@@ -1013,6 +1021,7 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
                     t.healthcheck.get_or_insert_default().retries =
                         u32::try_from(*n).unwrap_or(u32::MAX)
                 }
+                MaxConcurrent(n) => want_max_concurrent = Some(*n),
                 ExtraHosts(v) => {
                     let mut hosts = Vec::new();
                     for s in v {
@@ -1069,31 +1078,51 @@ pub fn apply_properties(spec: &mut ServiceSpec, props: &[Property]) -> Result<()
     if let Some(d) = depends_on {
         next.depends_on = d;
     }
+    let current = spec.mode.replicas().unwrap_or(1);
     match (want_mode.as_deref(), want_replicas) {
-        (Some("global"), Some(_)) => {
-            errors.push("replicas cannot be set for a global service".into())
+        (Some(m @ ("global" | "global-job")), Some(_)) => {
+            errors.push(format!("replicas cannot be set for a {m} service"))
         }
         (Some("global"), None) => next.mode = ServiceMode::Global,
+        (Some("global-job"), None) => next.mode = ServiceMode::GlobalJob,
         (Some("replicated"), r) => {
-            let current = match spec.mode {
-                ServiceMode::Replicated { replicas } => replicas,
-                ServiceMode::Global => 1,
-            };
             next.mode = ServiceMode::Replicated {
                 replicas: r.unwrap_or(current),
             };
         }
+        (Some("replicated-job"), r) => {
+            let replicas = r.unwrap_or(current);
+            next.mode = ServiceMode::ReplicatedJob {
+                replicas,
+                max_concurrent: replicas,
+            };
+        }
         (Some(other), _) => errors.push(format!(
-            "invalid mode {other:?}: expected replicated or global"
+            "invalid mode {other:?}: expected replicated, global, replicated-job or global-job"
         )),
         (None, Some(r)) => match next.mode {
             ServiceMode::Replicated { .. } => next.mode = ServiceMode::Replicated { replicas: r },
-            ServiceMode::Global => errors.push(format!(
-                "service {} is global: replicas can only be set for replicated services",
-                spec.name
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                next.mode = ServiceMode::ReplicatedJob {
+                    replicas: r,
+                    max_concurrent,
+                }
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => errors.push(format!(
+                "service {} is {}: replicas can only be set for replicated services and jobs",
+                spec.name,
+                next.mode.name()
             )),
         },
         (None, None) => {}
+    }
+    if let Some(n) = want_max_concurrent {
+        match (&mut next.mode, placement::check_replicas(n)) {
+            (_, Err(e)) => errors.push(format!("MaxConcurrent: {e}")),
+            (_, Ok(0)) => errors.push("MaxConcurrent: must be at least 1".into()),
+            (ServiceMode::ReplicatedJob { max_concurrent, .. }, Ok(n)) => *max_concurrent = n,
+            (_, Ok(_)) => errors.push("MaxConcurrent is only for replicated-job services".into()),
+        }
     }
     if let Some(addresses) = want_addresses {
         errors.extend(bind_ports(&mut next.ports, addresses));
@@ -1151,8 +1180,11 @@ pub fn spec_to_properties(spec: &ServiceSpec) -> Vec<Property> {
     use Property::*;
     let t = &spec.task;
     let mut out = vec![Image(t.image.clone()), Mode(spec.mode.name().into())];
-    if let ServiceMode::Replicated { replicas } = spec.mode {
+    if let Some(replicas) = spec.mode.replicas() {
         out.push(Replicas(replicas));
+    }
+    if let ServiceMode::ReplicatedJob { max_concurrent, .. } = spec.mode {
+        out.push(MaxConcurrent(max_concurrent));
     }
     out.extend([
         Command(t.command.clone().unwrap_or_default()),
@@ -1443,6 +1475,14 @@ mod tests {
         let mut spec = full_spec();
         let mut props = spec_to_properties(&spec);
         props.push(Property::ForceUpdate(true));
+        let mut job = spec.clone();
+        job.mode = ServiceMode::ReplicatedJob {
+            replicas: 6,
+            max_concurrent: 2,
+        };
+        let job_props = spec_to_properties(&job);
+        assert_eq!(new_spec("web", &job_props).unwrap().mode, job.mode);
+        props.extend(job_props);
         let names: Vec<&str> = props.iter().map(|p| p.name()).collect();
         for n in Property::NAMES {
             assert!(names.contains(&n), "{n} not produced");

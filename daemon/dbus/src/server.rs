@@ -132,6 +132,7 @@ impl<B: Backend> Manager<B> {
             has_previous_spec: s.previous_spec.is_some(),
             running: d.running,
             desired: d.desired,
+            completed: d.completed,
         };
         Ok((info, props::to_wire(&props::spec_to_properties(&s.spec))))
     }

@@ -111,7 +111,7 @@ impl PortRow {
     }
 }
 
-/// One row of `ListServices`. Signature `(ssssttsa(qqss)tstt)`.
+/// One row of `ListServices`. Signature `(ssssttsa(qqss)tsttt)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
 pub struct ServiceRow {
     pub id: String,
@@ -135,6 +135,8 @@ pub struct ServiceRow {
     pub created_at: u64,
     /// Unix milliseconds.
     pub updated_at: u64,
+    /// Jobs: the tasks of the current spec that completed (0 for services).
+    pub completed: u64,
 }
 
 impl ServiceRow {
@@ -157,12 +159,13 @@ impl ServiceRow {
                 .unwrap_or_default(),
             created_at: svc.created_at,
             updated_at: svc.updated_at,
+            completed: 0,
         }
     }
 }
 
 /// The non-spec half of `InspectService` (the spec travels as an `a(sv)` property list).
-/// Signature `(ssssttttsssbtt)`.
+/// Signature `(ssssttttsssbttt)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
 pub struct ServiceInfo {
     pub id: String,
@@ -184,6 +187,8 @@ pub struct ServiceInfo {
     pub has_previous_spec: bool,
     pub running: u64,
     pub desired: u64,
+    /// Jobs: the tasks of the current spec that completed (0 for services).
+    pub completed: u64,
 }
 
 /// One row of `ListTasks`. Signature `(sssstssssstssitt)`.
@@ -434,8 +439,8 @@ mod tests {
         assert_eq!(ClusterInfo::SIGNATURE.to_string(), "(sssssbsttttttts)");
         assert_eq!(NodeRow::SIGNATURE.to_string(), "(ssssssssa{ss}b)");
         assert_eq!(PortRow::SIGNATURE.to_string(), "(qqss)");
-        assert_eq!(ServiceRow::SIGNATURE.to_string(), "(ssssttsa(qqss)tstt)");
-        assert_eq!(ServiceInfo::SIGNATURE.to_string(), "(ssssttttsssbtt)");
+        assert_eq!(ServiceRow::SIGNATURE.to_string(), "(ssssttsa(qqss)tsttt)");
+        assert_eq!(ServiceInfo::SIGNATURE.to_string(), "(ssssttttsssbttt)");
         assert_eq!(TaskRow::SIGNATURE.to_string(), "(sssstssssstssitt)");
         assert_eq!(StackRow::SIGNATURE.to_string(), "(stssts)");
         assert_eq!(ChangeReport::SIGNATURE.to_string(), "(asasasas)");

@@ -134,6 +134,7 @@ fn service(i: u64, name: &str, replicas: u64) -> ServiceDetail {
         ),
         running: replicas,
         desired: replicas,
+        completed: 0,
     }
 }
 

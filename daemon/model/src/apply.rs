@@ -712,13 +712,18 @@ impl ClusterState {
             ));
         }
         match (svc.spec.mode, t.slot) {
-            (ServiceMode::Replicated { replicas }, slot) if slot == 0 || slot > replicas => {
+            (mode, slot)
+                if mode
+                    .replicas()
+                    .is_some_and(|replicas| slot == 0 || slot > replicas) =>
+            {
                 return stale(format!(
-                    "slot {slot} is outside 1..={replicas} of service {}",
+                    "slot {slot} is outside 1..={} of service {}",
+                    mode.replicas().unwrap_or_default(),
                     svc.spec.name
                 ));
             }
-            (ServiceMode::Global, 0)
+            (ServiceMode::Global | ServiceMode::GlobalJob, 0)
                 if !t
                     .node_id
                     .as_ref()
@@ -727,7 +732,7 @@ impl ClusterState {
             {
                 return stale("its node is gone, not ready and active, or does not match".into());
             }
-            (ServiceMode::Global, slot) if slot != 0 => {
+            (ServiceMode::Global | ServiceMode::GlobalJob, slot) if slot != 0 => {
                 return stale(format!("slot {slot} in global service {}", svc.spec.name));
             }
             _ => {}

@@ -16,6 +16,21 @@
 use crate::{ClusterState, DependCondition, ServiceSpec, TaskState};
 
 impl ClusterState {
+    /// The slots of a job whose task of the current spec completed (0 for services).
+    pub fn completed_count(&self, svc: &crate::Service) -> u64 {
+        if !svc.spec.mode.is_job() {
+            return 0;
+        }
+        let mut slots: Vec<crate::SlotKey> = self
+            .tasks_of(&svc.id)
+            .filter(|t| t.spec_version == svc.version && t.status.state == TaskState::Complete)
+            .map(|t| t.slot_key())
+            .collect();
+        slots.sort();
+        slots.dedup();
+        slots.len() as u64
+    }
+
     /// Why `spec`'s tasks may not start yet: the first dependency (by name) whose condition does
     /// not hold, as a message for `service ps`; `None` when every condition holds.
     pub fn unmet_dependency(&self, spec: &ServiceSpec) -> Option<String> {

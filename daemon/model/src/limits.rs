@@ -168,7 +168,7 @@ impl Check {
 /// Every bound `spec` is outside of (empty when it is within all of them).
 pub fn violations(spec: &ServiceSpec) -> Vec<Violation> {
     let mut c = Check { out: Vec::new() };
-    if let crate::ServiceMode::Replicated { replicas } = spec.mode
+    if let Some(replicas) = spec.mode.replicas()
         && replicas > MAX_REPLICAS
     {
         c.fail(

@@ -137,11 +137,18 @@ impl ServiceSpec {
     /// The bounds every committed spec keeps (see [`MAX_REPLICAS`]). The `spec` crate reports
     /// them with positions before proposing; `ClusterState::apply` refuses a spec outside them.
     pub fn check_bounds(&self) -> Result<(), String> {
-        if let ServiceMode::Replicated { replicas } = self.mode
+        if let Some(replicas) = self.mode.replicas()
             && replicas > MAX_REPLICAS
         {
             return Err(format!(
                 "replicas = {replicas} is above the limit of {MAX_REPLICAS}"
+            ));
+        }
+        if let ServiceMode::ReplicatedJob { max_concurrent, .. } = self.mode
+            && max_concurrent > MAX_REPLICAS
+        {
+            return Err(format!(
+                "max_concurrent = {max_concurrent} is above the limit of {MAX_REPLICAS}"
             ));
         }
         if self.depends_on.len() > crate::limits::MAX_SERVICES_PER_STACK {
@@ -273,8 +280,18 @@ impl std::fmt::Display for PlacementPreference {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceMode {
-    Replicated { replicas: u64 },
+    Replicated {
+        replicas: u64,
+    },
     Global,
+    /// A job: `replicas` tasks must each exit with status 0, at most `max_concurrent` running at
+    /// once; a completed task is not restarted. Changing the spec runs the job again.
+    ReplicatedJob {
+        replicas: u64,
+        max_concurrent: u64,
+    },
+    /// A job that runs to completion once on every eligible node.
+    GlobalJob,
 }
 
 impl Default for ServiceMode {
@@ -288,7 +305,37 @@ impl ServiceMode {
         match self {
             ServiceMode::Replicated { .. } => "replicated",
             ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
         }
+    }
+
+    /// A job mode: tasks run to completion.
+    pub fn is_job(&self) -> bool {
+        matches!(
+            self,
+            ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+        )
+    }
+
+    /// One task per eligible node (a global service or a global job).
+    pub fn is_global(&self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
+    }
+
+    /// The slots `1..=n` of a replicated service or job.
+    pub fn replicas(&self) -> Option<u64> {
+        match self {
+            ServiceMode::Replicated { replicas } | ServiceMode::ReplicatedJob { replicas, .. } => {
+                Some(*replicas)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `other` is the same kind of mode (a service's mode cannot change kind).
+    pub fn same_kind(&self, other: &ServiceMode) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
 }
 

@@ -54,9 +54,9 @@ fn apply_error(e: ApplyError) -> ApiError {
 
 /// Desired task count: replicas, or eligible nodes for global services.
 fn desired_count(state: &ClusterState, svc: &Service) -> u64 {
-    match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => state.nodes.values().filter(|n| n.is_eligible()).count() as u64,
+    match svc.spec.mode.replicas() {
+        Some(replicas) => replicas,
+        None => state.nodes.values().filter(|n| n.is_eligible()).count() as u64,
     }
 }
 
@@ -532,7 +532,10 @@ impl Backend for DaemonBackend {
         let mut rows: Vec<ServiceRow> = st
             .services
             .values()
-            .map(|s| ServiceRow::from_service(s, running_count(&st, s), desired_count(&st, s)))
+            .map(|s| ServiceRow {
+                completed: st.completed_count(s),
+                ..ServiceRow::from_service(s, running_count(&st, s), desired_count(&st, s))
+            })
             .collect();
         rows.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(rows)
@@ -545,6 +548,7 @@ impl Backend for DaemonBackend {
             service: svc.clone(),
             running: running_count(&st, svc),
             desired: desired_count(&st, svc),
+            completed: st.completed_count(svc),
         })
     }
 
@@ -645,16 +649,23 @@ impl Backend for DaemonBackend {
         let st = self.d().state();
         let svc = find_service(&st, service)?.clone();
         refuse_if_file_owned(&st, &svc, "scale")?;
-        if svc.spec.mode == ServiceMode::Global {
+        if svc.spec.mode.is_global() {
             return Err(ApiError::InvalidSpec(format!(
-                "scale can only be used with replicated services; {} is global",
-                svc.spec.name
+                "scale can only be used with replicated services and jobs; {} is {}",
+                svc.spec.name,
+                svc.spec.mode.name()
             )));
         }
         let replicas = spec::placement::check_replicas(replicas)
             .map_err(|e| ApiError::InvalidSpec(format!("replicas: {e}")))?;
         let mut spec = svc.spec.clone();
-        spec.mode = ServiceMode::Replicated { replicas };
+        spec.mode = match svc.spec.mode {
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => ServiceMode::ReplicatedJob {
+                replicas,
+                max_concurrent,
+            },
+            _ => ServiceMode::Replicated { replicas },
+        };
         self.propose(Command::UpdateService {
             id: svc.id.clone(),
             spec,
@@ -841,6 +852,7 @@ impl Backend for DaemonBackend {
                 service: s.clone(),
                 running: running_count(&st, s),
                 desired: desired_count(&st, s),
+                completed: st.completed_count(s),
             })
             .collect();
         let task_health = st

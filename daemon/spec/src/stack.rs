@@ -7,8 +7,9 @@
 //! | key | value | default |
 //! |---|---|---|
 //! | `image` | registry reference, `oci-archive:/abs/path` or `docker-archive:/abs/path` | required |
-//! | `mode` | `"replicated"` or `"global"` | replicated |
-//! | `replicas` | integer from 0 to `model::MAX_REPLICAS` (not with global) | 1 |
+//! | `mode` | `"replicated"`, `"global"`, `"replicated-job"` (tasks run to completion) or `"global-job"` (once on every node) | replicated |
+//! | `replicas` | integer from 0 to `model::MAX_REPLICAS` (not with the global modes); for a replicated job, the completions to make | 1 |
+//! | `max_concurrent` | replicated jobs only: tasks running at once, at least 1 | `replicas` |
 //! | `command`, `entrypoint` | array of strings, or a string split like a shell | the image's |
 //! | `env` | table of strings (numbers and booleans become text) or `["K=V", ...]` | |
 //! | `working_dir`, `user`, `hostname` | absolute path; `NAME`/`UID[:GID]`; DNS name | the image's |
@@ -131,6 +132,7 @@ const SERVICE_KEYS: Keys<'static> = Keys {
         "tmpfs",
         "healthcheck",
         "depends_on",
+        "max_concurrent",
         "extra_hosts",
         "dns",
         "dns_search",
@@ -778,37 +780,80 @@ fn service_from_table(
         }
     }
 
-    let global = match t.get("mode") {
-        None => false,
-        Some(v) => match v.get_ref() {
-            DeValue::String(s) if s == "replicated-job" || s == "global-job" => {
-                sink.error(
-                    v.span(),
-                    format!("{}: mode \"{s}\" is not supported yet", p("mode")),
-                );
-                false
-            }
-            _ => walk::choice(sink, v, &p("mode"), &["replicated", "global"]) == Some("global"),
-        },
+    let mode = match t.get("mode") {
+        None => "replicated",
+        Some(v) => walk::choice(
+            sink,
+            v,
+            &p("mode"),
+            &["replicated", "global", "replicated-job", "global-job"],
+        )
+        .unwrap_or("replicated"),
     };
+    let global = mode == "global" || mode == "global-job";
     if global {
-        svc.mode = ServiceMode::Global;
+        svc.mode = if mode == "global" {
+            ServiceMode::Global
+        } else {
+            ServiceMode::GlobalJob
+        };
         if let Some(span) = walk::key_span(t, "replicas") {
             sink.error(
                 span,
                 format!(
-                    "{}: not allowed with mode = \"global\" (a global service runs one task on every eligible node)",
-                    p("replicas")
+                    "{}: not allowed with mode = \"{mode}\" ({})",
+                    p("replicas"),
+                    if mode == "global" {
+                        "a global service runs one task on every eligible node"
+                    } else {
+                        "a global job runs once on every eligible node"
+                    }
                 ),
             );
         }
-    } else if let Some(v) = t.get("replicas")
-        && let Some(n) = walk::uint(sink, v, &p("replicas"))
-    {
-        match placement::check_replicas(n) {
-            Ok(n) => svc.mode = ServiceMode::Replicated { replicas: n },
-            Err(e) => sink.error(v.span(), format!("{}: {e}", p("replicas"))),
+    } else {
+        let mut replicas = 1;
+        if let Some(v) = t.get("replicas")
+            && let Some(n) = walk::uint(sink, v, &p("replicas"))
+        {
+            match placement::check_replicas(n) {
+                Ok(n) => replicas = n,
+                Err(e) => sink.error(v.span(), format!("{}: {e}", p("replicas"))),
+            }
         }
+        svc.mode = if mode == "replicated" {
+            ServiceMode::Replicated { replicas }
+        } else {
+            // Swarm's default: as many at once as there are completions to make.
+            let mut max_concurrent = replicas;
+            if let Some(v) = t.get("max_concurrent")
+                && let Some(n) = walk::uint(sink, v, &p("max_concurrent"))
+            {
+                match placement::check_replicas(n) {
+                    Ok(0) => sink.error(
+                        v.span(),
+                        format!("{}: must be at least 1", p("max_concurrent")),
+                    ),
+                    Ok(n) => max_concurrent = n,
+                    Err(e) => sink.error(v.span(), format!("{}: {e}", p("max_concurrent"))),
+                }
+            }
+            ServiceMode::ReplicatedJob {
+                replicas,
+                max_concurrent,
+            }
+        };
+    }
+    if mode != "replicated-job"
+        && let Some(span) = walk::key_span(t, "max_concurrent")
+    {
+        sink.error(
+            span,
+            format!(
+                "{}: only for mode = \"replicated-job\"",
+                p("max_concurrent")
+            ),
+        );
     }
 
     if let Some(v) = t.get("command") {

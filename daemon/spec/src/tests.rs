@@ -624,11 +624,39 @@ subnet = "10.1.0.0/16"
 }
 
 #[test]
-fn job_modes_not_supported_yet() {
-    let errs = stack_errs("[services.w]\nimage = \"a\"\nmode = \"replicated-job\"\n");
+fn job_modes_take_replicas_and_max_concurrent() {
+    let s = stack_ok(
+        "[services.j]\nimage = \"a\"\nmode = \"replicated-job\"\nreplicas = 6\nmax_concurrent = 2\n\n\
+         [services.k]\nimage = \"a\"\nmode = \"replicated-job\"\nreplicas = 4\n\n\
+         [services.g]\nimage = \"a\"\nmode = \"global-job\"\n",
+    );
+    assert_eq!(
+        svc(&s, "shop_j").mode,
+        ServiceMode::ReplicatedJob {
+            replicas: 6,
+            max_concurrent: 2
+        }
+    );
+    assert_eq!(
+        svc(&s, "shop_k").mode,
+        ServiceMode::ReplicatedJob {
+            replicas: 4,
+            max_concurrent: 4
+        }
+    );
+    assert_eq!(svc(&s, "shop_g").mode, ServiceMode::GlobalJob);
+    let errs = stack_errs(
+        "[services.w]\nimage = \"a\"\nmax_concurrent = 2\n\n\
+         [services.x]\nimage = \"a\"\nmode = \"replicated-job\"\nmax_concurrent = 0\n\n\
+         [services.y]\nimage = \"a\"\nmode = \"global-job\"\nreplicas = 2\n",
+    );
     assert_eq!(
         errs,
-        vec!["3:8: services.w.mode: mode \"replicated-job\" is not supported yet"]
+        vec![
+            "3:1: services.w.max_concurrent: only for mode = \"replicated-job\"",
+            "8:18: services.x.max_concurrent: must be at least 1",
+            "13:1: services.y.replicas: not allowed with mode = \"global-job\" (a global job runs once on every eligible node)",
+        ]
     );
 }
 
