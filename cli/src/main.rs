@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 failure, 2 usage error.
 
 mod flags;
+mod image;
 mod network;
 mod render;
 mod secret;
@@ -65,6 +66,9 @@ enum Cmd {
     /// Manage configs
     #[command(subcommand)]
     Config(secret::SecretCmd),
+    /// Manage this node's images
+    #[command(subcommand)]
+    Image(image::ImageCmd),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -465,6 +469,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Network(cmd) => network::run(&connect().await?, cmd).await,
         Cmd::Secret(cmd) => secret::run(&connect().await?, model::SecretKind::Secret, cmd).await,
         Cmd::Config(cmd) => secret::run(&connect().await?, model::SecretKind::Config, cmd).await,
+        Cmd::Image(cmd) => image::run(&connect().await?, cmd).await,
     }
 }
 

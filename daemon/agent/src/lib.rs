@@ -40,6 +40,7 @@ mod agent;
 pub mod clock;
 pub mod executor;
 pub mod fake;
+pub mod images;
 pub mod lifecycle;
 mod manager;
 

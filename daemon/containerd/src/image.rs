@@ -9,7 +9,8 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, GetImageRequest, Image, UpdateImageRequest,
+    ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image,
+    ListImagesRequest, UpdateImageRequest,
 };
 use containerd_client::types::Descriptor;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,33 @@ const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+j
 
 /// Label on image records made from archives: identifies the archive file the image came from.
 const SOURCE_STAMP_LABEL: &str = "io.shoal.source.stamp";
+
+/// Label on every image record shoal writes (its pulls and imports): only such records are ever
+/// removed by shoal ([`Runtime::remove_image`] callers check [`ImageRecord::managed`]).
+pub const MANAGED_LABEL: &str = "io.shoal.managed";
+
+/// An image record in shoal's containerd namespace, as [`Runtime::list_images`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The record's name, e.g. `localhost:5000/bb:1` or `localhost:5000/bb@sha256:...`.
+    pub name: String,
+    /// The digest the record points at (the platform manifest, for records shoal wrote).
+    pub digest: String,
+    /// When the record was created on this node (pulled or imported).
+    pub created: std::time::SystemTime,
+    /// Written by shoal (it carries [`MANAGED_LABEL`]).
+    pub managed: bool,
+    /// The content the image consists of: manifest, config and layers, with their sizes in
+    /// bytes (compressed, as stored). Empty when the content is missing.
+    pub blobs: Vec<(String, u64)>,
+}
+
+impl ImageRecord {
+    /// Bytes of content the image consists of.
+    pub fn size(&self) -> u64 {
+        self.blobs.iter().map(|(_, n)| n).sum()
+    }
+}
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -625,14 +653,87 @@ impl Runtime {
         Ok(())
     }
 
-    /// Creates or replaces the image record `name`.
+    /// Every image record in the namespace, sorted by name. An image whose content cannot be
+    /// read is listed with no blobs.
+    pub async fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        let images = self
+            .images()
+            .list(self.request(ListImagesRequest {
+                filters: Vec::new(),
+            }))
+            .await
+            .map_err(|s| Error::grpc("Images.List", format!("namespace {}", self.namespace), s))?
+            .into_inner()
+            .images;
+        let mut out = Vec::with_capacity(images.len());
+        for image in images {
+            let Some(target) = image.target else { continue };
+            let blobs = match self.image_blobs(&image.name, &target.digest).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(Error::InvalidImage { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            out.push(ImageRecord {
+                managed: image.labels.get(MANAGED_LABEL).map(String::as_str) == Some("true"),
+                created: crate::time::from_timestamp(image.created_at.as_ref()),
+                name: image.name,
+                digest: target.digest,
+                blobs,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The blobs an image record's target consists of (index, manifest, config, layers).
+    async fn image_blobs(&self, name: &str, digest: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut digest = digest.to_string();
+        let mut bytes = self.read_blob(&digest).await?;
+        let mut raw = parse_manifest(name, &bytes)?;
+        if is_index(raw.media_type.as_deref().unwrap_or(""), &raw) {
+            out.push((digest.clone(), bytes.len() as u64));
+            digest = pick_platform(name, raw.manifests.as_deref().unwrap_or(&[]))?.digest;
+            bytes = self.read_blob(&digest).await?;
+            raw = parse_manifest(name, &bytes)?;
+        }
+        out.push((digest, bytes.len() as u64));
+        let (config, layers) = manifest_parts(name, &raw)?;
+        for d in std::iter::once(&config).chain(&layers) {
+            out.push((d.digest.clone(), d.size.max(0) as u64));
+        }
+        Ok(out)
+    }
+
+    /// Delete the image record `name` and wait for containerd's garbage collection, which frees
+    /// its content and unpacked layers unless another image or a container still uses them.
+    /// Returns false when there was no such record.
+    pub async fn remove_image(&self, name: &str) -> Result<bool> {
+        match self
+            .images()
+            .delete(self.request(DeleteImageRequest {
+                name: name.to_string(),
+                sync: true,
+                target: None,
+            }))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(Error::grpc("Images.Delete", format!("image {name}"), s)),
+        }
+    }
+
+    /// Creates or replaces the image record `name`, marked as shoal's ([`MANAGED_LABEL`]).
     async fn put_image(
         &self,
         name: &str,
         digest: &str,
         media_type: &str,
-        labels: HashMap<String, String>,
+        mut labels: HashMap<String, String>,
     ) -> Result<()> {
+        labels.insert(MANAGED_LABEL.to_string(), "true".to_string());
         let size = self
             .content()
             .info(self.request(containerd_client::services::v1::InfoRequest {

@@ -78,7 +78,7 @@ pub use container::{
 pub use error::{Error, Result};
 pub use events::ExitEvent;
 pub use exec::ExecOutput;
-pub use image::{ImageConfig, ImageInfo, PullOptions};
+pub use image::{ImageConfig, ImageInfo, ImageRecord, MANAGED_LABEL, PullOptions};
 pub use logger::run_logger;
 pub use reference::{ImageSource, RegistryRef};
 pub use spec::{

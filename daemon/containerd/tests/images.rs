@@ -253,3 +253,53 @@ async fn errors_name_the_problem() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_listed_with_their_size_and_removed_with_their_content() {
+    let env = setup().await;
+    let a_path = env.tmp.path().join("a.tar");
+    let b_path = env.tmp.path().join("b.tar");
+    write_oci_archive(&a_path, false, "bb:a");
+    ImageBuilder::busybox()
+        .file("etc/version", "b")
+        .write_oci_archive(&b_path, false, "bb:b");
+    let opts = PullOptions::default();
+    let a_ref = format!("oci-archive:{}", a_path.display());
+    let b_ref = format!("oci-archive:{}", b_path.display());
+    let a = env.rt.ensure_image(&a_ref, &opts).await.unwrap();
+    let b = env.rt.ensure_image(&b_ref, &opts).await.unwrap();
+    let a_pinned = env
+        .rt
+        .ensure_image_pinned(&a_ref, &a.digest, &opts)
+        .await
+        .unwrap();
+
+    let list = env.rt.list_images().await.unwrap();
+    let names: Vec<&str> = list.iter().map(|i| i.name.as_str()).collect();
+    let mut want = vec![a.name.as_str(), a_pinned.name.as_str(), b.name.as_str()];
+    want.sort();
+    assert_eq!(names, want);
+    for i in &list {
+        assert!(i.managed, "{} was written by shoal: {i:?}", i.name);
+        // Manifest, config and one busybox layer at least.
+        assert!(i.blobs.len() >= 3 && i.size() > 100_000, "{i:?}");
+    }
+    let of = |name: &str| list.iter().find(|i| i.name == name).unwrap().clone();
+    assert_eq!(of(&a.name).digest, a.digest);
+    assert_eq!(of(&a_pinned.name).blobs, of(&a.name).blobs);
+
+    // Removing both records of A leaves B whole and runnable; removing again finds nothing.
+    assert!(env.rt.remove_image(&a.name).await.unwrap());
+    assert!(env.rt.remove_image(&a_pinned.name).await.unwrap());
+    assert!(!env.rt.remove_image(&a.name).await.unwrap());
+    let list = env.rt.list_images().await.unwrap();
+    assert_eq!(
+        list.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        [b.name.as_str()]
+    );
+    run_and_check(&env.rt, b.clone(), "gc-b", env.tmp.path()).await;
+    // Importing A again really imports.
+    let before = env.rt.fetch_count();
+    env.rt.ensure_image(&a_ref, &opts).await.unwrap();
+    assert_eq!(env.rt.fetch_count(), before + 1);
+}

@@ -9,8 +9,8 @@ use model::{Id, Service, ServiceSpec};
 use crate::error::ApiError;
 use crate::props::{InvalidSpec, Property, apply_properties};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceRow, StackRow, TaskFilter,
-    TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeChange, NodeRow, PruneReport, ServiceRow,
+    StackRow, TaskFilter, TaskRow,
 };
 
 /// A service with the task counts only the daemon knows, as `InspectService` returns it.
@@ -339,6 +339,32 @@ pub trait Backend: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<BTreeMap<String, String>>, ApiError>> + Send {
         async { Ok(Vec::new()) }
+    }
+
+    /// `ListImages`: the images in this node's containerd namespace (never another node's:
+    /// images are per node, as with `docker image ls`), sorted by name.
+    fn list_images(&self) -> impl Future<Output = Result<Vec<ImageRow>, ApiError>> + Send {
+        async {
+            Err(ApiError::Failed(
+                "ListImages is not supported by this backend".into(),
+            ))
+        }
+    }
+
+    /// `PruneImages`: remove this node's images that shoal pulled or imported and nothing
+    /// needs now (no unfinished task or container, not the current or previous image of a
+    /// service with tasks here, not preloaded), without waiting for `[images] prune_after`.
+    /// With `all`, keep only what a task or container uses.
+    fn prune_images(
+        &self,
+        all: bool,
+    ) -> impl Future<Output = Result<PruneReport, ApiError>> + Send {
+        let _ = all;
+        async {
+            Err(ApiError::Failed(
+                "PruneImages is not supported by this backend".into(),
+            ))
+        }
     }
 
     /// `RemoveNetwork`: remove a network; refused while a service names it or a task holds an

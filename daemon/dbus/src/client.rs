@@ -12,8 +12,8 @@ use zbus::Connection;
 use crate::error::ApiError;
 use crate::props::{self, Property, PropertyList};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
-    TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceInfo, ServiceRow,
+    StackRow, TAIL_ALL, TaskFilter, TaskRow,
 };
 use crate::{BUS_NAME, OBJECT_PATH};
 
@@ -78,6 +78,8 @@ pub trait Manager {
         stack: &str,
         files: &BTreeMap<String, Vec<u8>>,
     ) -> Result<ChangeReport, ApiError>;
+    fn list_images(&self) -> Result<Vec<ImageRow>, ApiError>;
+    fn prune_images(&self, all: bool) -> Result<PruneReport, ApiError>;
     fn list_tasks(&self, filters: &BTreeMap<String, String>) -> Result<Vec<TaskRow>, ApiError>;
     fn deploy_stack(&self, name: &str, stack: &str) -> Result<ChangeReport, ApiError>;
     fn list_stacks(&self) -> Result<Vec<StackRow>, ApiError>;
@@ -122,6 +124,8 @@ pub trait Manager {
         changed: Vec<String>,
         removed: Vec<String>,
     ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn reload_failed(&self, error: String) -> zbus::Result<()>;
 }
 
 /// What a call through [`Client`] can fail with. Messages say what to do next.
@@ -543,6 +547,16 @@ impl Client {
             .proxy
             .deploy_stack_with_files(name, text, files)
             .await?)
+    }
+
+    /// The images of the node this client talks to.
+    pub async fn list_images(&self) -> Result<Vec<ImageRow>, ClientError> {
+        Ok(self.proxy.list_images().await?)
+    }
+
+    /// Remove the node's images nothing needs now (`all`: that no task uses).
+    pub async fn prune_images(&self, all: bool) -> Result<PruneReport, ClientError> {
+        Ok(self.proxy.prune_images(all).await?)
     }
 
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>, ClientError> {

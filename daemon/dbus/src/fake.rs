@@ -29,7 +29,8 @@ use crate::backend::{Backend, ServiceDetail, SpecPatch};
 use crate::error::ApiError;
 use crate::server::Events;
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceRow, StackRow, TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceRow, StackRow,
+    TaskFilter, TaskRow,
 };
 
 const NODE_ID: &str = "fakenode0000000000000001";
@@ -663,12 +664,34 @@ impl Backend for FakeBackend {
         Ok(services)
     }
 
+    /// The fake node has no containerd: no images, nothing to prune.
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        Ok(Vec::new())
+    }
+
+    async fn prune_images(&self, _all: bool) -> Result<PruneReport, ApiError> {
+        Ok(PruneReport::default())
+    }
+
     async fn reload(&self) -> Result<ChangeReport, ApiError> {
-        match self.lock().reload.clone() {
+        let result = match self.lock().reload.clone() {
             None => Ok(ChangeReport::default()),
             Some(Ok(r)) => Ok(r),
             Some(Err(e)) => Err(ApiError::ReloadFailed(e)),
+        };
+        // As the daemon: the backend announces every reload once, whatever its outcome.
+        let events = self.events.lock().expect("events lock").clone();
+        if let Some(ev) = events {
+            let message = result.as_ref().err().map(ApiError::message);
+            let _ = ev
+                .reload_finished(
+                    result
+                        .as_ref()
+                        .map_err(|_| message.as_deref().unwrap_or("")),
+                )
+                .await;
         }
+        result
     }
 
     async fn open_logs(&self, service: &str, options: LogOptions) -> Result<OwnedFd, ApiError> {

@@ -1,21 +1,21 @@
 //! The server side: the `org.shoal.Shoal1.Manager` interface at `/org/shoal/Shoal1`, answered by
 //! a [`Backend`], and [`Events`] to emit its signals.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use model::{SecretData, SecretKind, TaskState};
 use zbus::OwnedObjectPath;
 use zbus::object_server::SignalEmitter;
-use zbus::{Connection, Variant, interface};
+use zbus::{Connection, interface};
 
 use crate::backend::{Backend, SpecPatch};
 use crate::error::ApiError;
 use crate::objects::path::{Kind, object_path};
 use crate::props::{self, PropertyList};
 use crate::types::{
-    ChangeReport, ClusterInfo, LogOptions, NodeRow, ServiceInfo, ServiceRow, StackRow, TAIL_ALL,
-    TaskFilter, TaskRow,
+    ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeRow, PruneReport, ServiceInfo, ServiceRow,
+    StackRow, TAIL_ALL, TaskFilter, TaskRow,
 };
 use crate::{BUS_NAME, MANAGER_INTERFACE, OBJECT_PATH};
 
@@ -304,6 +304,16 @@ impl<B: Backend> Manager<B> {
             .await?,))
     }
 
+    /// The images of this node, and why each is kept.
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        self.backend.list_images().await
+    }
+
+    /// Remove this node's images that nothing needs now (`all`: that no task uses).
+    async fn prune_images(&self, all: bool) -> Result<(PruneReport,), ApiError> {
+        Ok((self.backend.prune_images(all).await?,))
+    }
+
     /// Set the replica count of a replicated service.
     async fn scale_service(&self, service: &str, replicas: u64) -> Result<(), ApiError> {
         self.backend.scale_service(service, replicas).await
@@ -346,18 +356,11 @@ impl<B: Backend> Manager<B> {
         self.backend.remove_stack(name).await
     }
 
-    /// Re-read the stack files and apply them, or change nothing if any is bad.
-    async fn reload(
-        &self,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> Result<(ChangeReport,), ApiError> {
-        let report = self.backend.reload().await?;
-        if let Err(e) =
-            Self::reloaded(&emitter, &report.added, &report.changed, &report.removed).await
-        {
-            tracing::warn!(error = %e, "failed to emit Reloaded signal");
-        }
-        Ok((report,))
+    /// Re-read the stack files and apply them, or change nothing if any is bad. The backend
+    /// emits `Reloaded` (and `ReloadFailed`), as it does for reloads that do not come through
+    /// this method (SIGHUP, start-up), so that every reload is announced exactly once.
+    async fn reload(&self) -> Result<(ChangeReport,), ApiError> {
+        Ok((self.backend.reload().await?,))
     }
 
     /// A file descriptor the daemon writes the service's log lines into. `tail` is the number
@@ -456,7 +459,8 @@ impl<B: Backend> Manager<B> {
     #[zbus(signal)]
     async fn service_changed(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
 
-    /// A reload applied: stacks added, changed, removed.
+    /// A reload finished (sent once per reload): stacks added, changed, removed. A reload that
+    /// failed changed nothing: its lists are empty and `ReloadFailed` came just before.
     #[zbus(signal)]
     async fn reloaded(
         emitter: &SignalEmitter<'_>,
@@ -464,6 +468,10 @@ impl<B: Backend> Manager<B> {
         changed: &[String],
         removed: &[String],
     ) -> zbus::Result<()>;
+
+    /// A reload failed and changed nothing: every problem, one per line. `Reloaded` follows.
+    #[zbus(signal)]
+    async fn reload_failed(emitter: &SignalEmitter<'_>, error: &str) -> zbus::Result<()>;
 }
 
 /// Connect to the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides the default socket), serve
@@ -534,44 +542,25 @@ impl Events {
         self.emit("ServiceChanged", &(name,)).await
     }
 
-    /// `Reloaded(added, changed, removed)` for a reload that did not come through the `Reload`
-    /// method (SIGHUP); the method emits it by itself.
-    pub async fn reloaded(&self, report: &ChangeReport) -> Result<(), ServerError> {
+    /// Announce the end of a reload, whichever way it came (the `Reload` method, SIGHUP,
+    /// start-up): once per reload. Success: `Reloaded(added, changed, removed)`. Failure:
+    /// `ReloadFailed(error)`, then `Reloaded` with empty lists (nothing was changed).
+    pub async fn reload_finished(
+        &self,
+        outcome: Result<&ChangeReport, &str>,
+    ) -> Result<(), ServerError> {
+        let empty = ChangeReport::default();
+        let report = match outcome {
+            Ok(r) => r,
+            Err(error) => {
+                self.emit("ReloadFailed", &(error,)).await?;
+                &empty
+            }
+        };
         self.emit(
             "Reloaded",
             &(&report.added, &report.changed, &report.removed),
         )
         .await
-    }
-
-    /// Emit `PropertiesChanged` for the interface's changing properties with the values in
-    /// `info`. Call it when the node's role, leadership or counts change.
-    pub async fn info_changed(&self, info: &ClusterInfo) -> Result<(), ServerError> {
-        let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
-        changed.insert("NodeName", Variant::from(info.node_name.as_str()));
-        changed.insert("ClusterId", Variant::from(info.cluster_id.as_str()));
-        changed.insert("Role", Variant::from(info.role.as_str()));
-        changed.insert("IsLeader", Variant::from(info.is_leader));
-        changed.insert("LeaderId", Variant::from(info.leader_id.as_str()));
-        changed.insert("Nodes", Variant::from(info.nodes));
-        changed.insert("Services", Variant::from(info.services));
-        changed.insert("Tasks", Variant::from(info.tasks));
-        changed.insert("Running", Variant::from(info.running));
-        changed.insert("Stacks", Variant::from(info.stacks));
-        changed.insert("Status", Variant::from(info.status.as_str()));
-        let invalidated: Vec<&str> = Vec::new();
-        self.conn
-            .emit_signal(
-                None::<&str>,
-                OBJECT_PATH,
-                "org.freedesktop.DBus.Properties",
-                "PropertiesChanged",
-                &(MANAGER_INTERFACE, changed, invalidated),
-            )
-            .await
-            .map_err(|source| ServerError::Emit {
-                signal: "PropertiesChanged",
-                source,
-            })
     }
 }

@@ -276,6 +276,62 @@ pub struct StackRow {
     pub status: String,
 }
 
+/// One row of `ListImages`: an image record in this node's containerd namespace. Signature
+/// `(ssssttstb)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
+pub struct ImageRow {
+    /// The record's name: `localhost:5000/web:1`, `localhost:5000/web@sha256:...`,
+    /// `oci-archive:/path/web.tar`.
+    pub name: String,
+    /// The name without its tag or digest.
+    pub repository: String,
+    /// The tag; `<none>` for a record pinned by digest or an archive.
+    pub tag: String,
+    /// The manifest digest (`sha256:...`), which services and tasks name.
+    pub digest: String,
+    /// When this node pulled or imported it, Unix milliseconds.
+    pub created_at: u64,
+    /// Bytes of content (manifest, config and compressed layers).
+    pub size: u64,
+    /// Why the node keeps it: `task` (a task on this node that has not finished, or a
+    /// container, uses it), `service` (the current or rollback image of a service with tasks
+    /// on this node), `preload` (`[images] preload`); empty when nothing needs it.
+    pub in_use: String,
+    /// Since when nothing has needed it (Unix milliseconds), as far as this daemon has seen;
+    /// it is removed `[images] prune_after` later. 0 while needed and for images shoal did not
+    /// pull.
+    pub unused_since: u64,
+    /// Pulled or imported by shoal; shoal never removes other images.
+    pub managed: bool,
+}
+
+impl ImageRow {
+    /// Split a record name into repository and tag (`<none>` when it has none: pinned by
+    /// digest, or an archive).
+    pub fn split_name(name: &str) -> (String, String) {
+        if let Some((repo, _digest)) = name.split_once('@') {
+            return (repo.to_string(), "<none>".into());
+        }
+        let last = name.rfind('/').map_or(0, |i| i + 1);
+        match name[last..].rfind(':') {
+            Some(i) if !name.contains(":/") => (
+                name[..last + i].to_string(),
+                name[last + i + 1..].to_string(),
+            ),
+            _ => (name.to_string(), "<none>".into()),
+        }
+    }
+}
+
+/// What `PruneImages` did. Signature `(ast)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
+pub struct PruneReport {
+    /// The records removed.
+    pub removed: Vec<String>,
+    /// Bytes of content freed: what the removed images held that no remaining image shares.
+    pub reclaimed: u64,
+}
+
 /// What `Reload` (stack names) or `DeployStack` (service names) changed. Signature
 /// `(asasasas)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type, Default)]
@@ -388,6 +444,41 @@ mod tests {
         assert_eq!(TaskRow::SIGNATURE.to_string(), "(sssstssssstssitt)");
         assert_eq!(StackRow::SIGNATURE.to_string(), "(stssts)");
         assert_eq!(ChangeReport::SIGNATURE.to_string(), "(asasasas)");
+        assert_eq!(ImageRow::SIGNATURE.to_string(), "(ssssttstb)");
+        assert_eq!(PruneReport::SIGNATURE.to_string(), "(ast)");
+    }
+
+    #[test]
+    fn image_names_split_into_repository_and_tag() {
+        let split = |n: &str| {
+            let (r, t) = ImageRow::split_name(n);
+            (r, t)
+        };
+        let pair = |r: &str, t: &str| (r.to_string(), t.to_string());
+        assert_eq!(
+            split("localhost:5000/web:1"),
+            pair("localhost:5000/web", "1")
+        );
+        assert_eq!(
+            split("docker.io/library/busybox:latest"),
+            pair("docker.io/library/busybox", "latest")
+        );
+        assert_eq!(
+            split("localhost:5000/web@sha256:abc"),
+            pair("localhost:5000/web", "<none>")
+        );
+        assert_eq!(
+            split("localhost:5000/web"),
+            pair("localhost:5000/web", "<none>")
+        );
+        assert_eq!(
+            split("oci-archive:/srv/img/web.tar"),
+            pair("oci-archive:/srv/img/web.tar", "<none>")
+        );
+        assert_eq!(
+            split("oci-archive:/srv/img/web.tar@sha256:abc"),
+            pair("oci-archive:/srv/img/web.tar", "<none>")
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use model::{
     ServiceSpec, StackSource, TaskState, UpdateState, UpdateStatus,
 };
 use shoal_dbus::{
-    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ApiError, Backend, ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeChange, NodeRow,
+    PruneReport, ServiceDetail, ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 use tracing::{error, info};
 
@@ -252,6 +252,14 @@ impl DaemonBackend {
         }
     }
 
+    /// `ServiceChanged` for every service `cmd` (a stack deploy, removal or reload, committed
+    /// on top of `before`) creates, updates or removes.
+    async fn signal_services_of(&self, before: &ClusterState, cmd: &Command) {
+        for name in affected_services(before, cmd) {
+            self.signal_service(&name).await;
+        }
+    }
+
     fn node_name(state: &ClusterState, id: Option<&String>) -> String {
         id.and_then(|n| state.nodes.get(n))
             .map(|n| n.name.clone())
@@ -268,6 +276,9 @@ impl DaemonBackend {
     /// The actual reload, shared by D-Bus `Reload`, SIGHUP and start-up.
     pub async fn do_reload(&self) -> Result<ChangeReport, ApiError> {
         let d = self.d();
+        // Images a change resolves stay until it is committed. Always taken before
+        // `change_lock`, never the other way round.
+        let _images = d.images.in_use.read().await;
         let _guard = d.change_lock.lock().await;
         notify::reloading();
         let result = self.reload_locked().await;
@@ -289,19 +300,26 @@ impl DaemonBackend {
         if let Ok(mut f) = d.reload_failures.lock() {
             *f = failures;
         }
+        let message = result.as_ref().err().map(ApiError::message);
         match &result {
             Ok(r) => {
                 info!(added = ?r.added, changed = ?r.changed, removed = ?r.removed, unchanged = r.unchanged.len(), "stacks reloaded");
                 notify::reloaded(&d.summary());
                 d.set_status(d.summary());
-                let events = d.events.lock().ok().and_then(|e| e.clone());
-                if let Some(events) = events {
-                    let _ = events.reloaded(r).await;
-                }
             }
-            Err(e) => {
-                error!(error = %e.message(), "reload failed; running stacks left as they were");
+            Err(_) => {
+                error!(error = %message.as_deref().unwrap_or_default(), "reload failed; running stacks left as they were");
                 notify::reloaded(&format!("{}; last reload failed", d.summary()));
+            }
+        }
+        // The one place every reload (D-Bus, SIGHUP, start-up) is announced, once.
+        let events = d.events.lock().ok().and_then(|e| e.clone());
+        if let Some(events) = events {
+            let outcome = result
+                .as_ref()
+                .map_err(|_| message.as_deref().unwrap_or_default());
+            if let Err(e) = events.reload_finished(outcome).await {
+                tracing::warn!(error = %e, "failed to announce the reload on D-Bus");
             }
         }
         result
@@ -360,6 +378,7 @@ impl DaemonBackend {
             std::collections::BTreeMap<String, model::SecretData>,
         )>,
     ) -> Result<ChangeReport, ApiError> {
+        let _images = self.d().images.in_use.read().await;
         let _guard = self.d().change_lock.lock().await;
         let mut loaded = Vec::with_capacity(files.len());
         let mut problems = Vec::new();
@@ -417,8 +436,8 @@ impl DaemonBackend {
                 )
             })?;
         if let Some(cmd) = plan.command {
-            match d.propose(cmd).await {
-                Ok(Ok(_)) => {}
+            match d.propose(cmd.clone()).await {
+                Ok(Ok(_)) => self.signal_services_of(&state, &cmd).await,
                 Ok(Err(e)) => return Err(ApiError::ReloadFailed(e.to_string())),
                 Err(e) => {
                     return Err(ApiError::Unavailable(format!(
@@ -552,6 +571,7 @@ impl Backend for DaemonBackend {
                 spec.name
             )));
         }
+        let _images = d.images.in_use.read().await;
         let digest = self.resolve(&spec.task.image).await?;
         let _guard = d.change_lock.lock().await;
         d.state()
@@ -584,6 +604,7 @@ impl Backend for DaemonBackend {
             (spec.task.image, changed)
         };
         spec::units::validate_image(&image).map_err(ApiError::InvalidSpec)?;
+        let _images = d.images.in_use.read().await;
         let mut digest = if needs_digest {
             Some(self.resolve(&image).await?)
         } else {
@@ -790,6 +811,7 @@ impl Backend for DaemonBackend {
             &mut spec::secrets::read_from_map(&files),
         )
         .map_err(|e| ApiError::InvalidSpec(e.to_string()))?;
+        let _images = d.images.in_use.read().await;
         let _guard = d.change_lock.lock().await;
         if let Some(existing) = d.state().stacks.get(name)
             && let StackSource::File { path, .. } = &existing.source
@@ -839,8 +861,10 @@ impl Backend for DaemonBackend {
             .map(|s| s.name.clone())
             .filter(|n| !report.added.contains(n) && !report.changed.contains(n))
             .collect();
-        self.propose(Command::ApplyStack(change)).await?;
+        let cmd = Command::ApplyStack(change);
+        self.propose(cmd.clone()).await?;
         info!(stack = %name, "stack deployed");
+        self.signal_services_of(&state, &cmd).await;
         Ok(report)
     }
 
@@ -922,13 +946,23 @@ impl Backend for DaemonBackend {
             .iter()
             .filter_map(|id| st.services.get(id).map(|s| s.spec.name.clone()))
             .collect();
-        self.propose(Command::ApplyStack(change)).await?;
+        let cmd = Command::ApplyStack(change);
+        self.propose(cmd.clone()).await?;
         info!(stack = %name, "stack removed");
+        self.signal_services_of(&st, &cmd).await;
         Ok(removed)
     }
 
     async fn reload(&self) -> Result<ChangeReport, ApiError> {
         self.do_reload().await
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        crate::images::list(self.d()).await
+    }
+
+    async fn prune_images(&self, all: bool) -> Result<PruneReport, ApiError> {
+        crate::images::prune(self.d(), all).await
     }
 
     async fn open_logs(
@@ -1376,6 +1410,48 @@ impl Backend for DaemonBackend {
     }
 }
 
+/// The names of the services `cmd` creates, updates or removes when applied to `before`, each
+/// once, in the order the command names them.
+fn affected_services(before: &ClusterState, cmd: &Command) -> Vec<String> {
+    fn walk(before: &ClusterState, cmd: &Command, out: &mut Vec<String>) {
+        match cmd {
+            Command::Batch(cmds) => cmds.iter().for_each(|c| walk(before, c, out)),
+            Command::ApplyStack(change) => {
+                out.extend(change.create.iter().map(|s| s.spec.name.clone()));
+                out.extend(change.update.iter().map(|(_, spec, _)| spec.name.clone()));
+                out.extend(
+                    change
+                        .remove
+                        .iter()
+                        .filter_map(|id| before.services.get(id))
+                        .map(|s| s.spec.name.clone()),
+                );
+                if change.stack.is_none() {
+                    // Removing a stack removes every service of it.
+                    out.extend(
+                        before
+                            .services
+                            .values()
+                            .filter(|s| s.spec.stack.as_deref() == Some(change.name.as_str()))
+                            .map(|s| s.spec.name.clone()),
+                    );
+                }
+            }
+            Command::CreateService(s) => out.push(s.spec.name.clone()),
+            Command::UpdateService { spec, .. } => out.push(spec.name.clone()),
+            Command::RemoveService { id } => {
+                out.extend(before.services.get(id).map(|s| s.spec.name.clone()))
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(before, cmd, &mut out);
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|n| seen.insert(n.clone()));
+    out
+}
+
 /// A node by id, unique id prefix, host name, or `self`.
 fn find_node<'a>(st: &'a ClusterState, key: &str, me: &str) -> Result<&'a model::Node, ApiError> {
     let key = if key == "self" { me } else { key };
@@ -1431,5 +1507,53 @@ mod tests {
             &stacks,
         );
         assert_eq!(f.len(), 3);
+    }
+
+    fn service(id: &str, name: &str, stack: Option<&str>) -> Service {
+        let spec = ServiceSpec {
+            name: name.into(),
+            stack: stack.map(String::from),
+            ..Default::default()
+        };
+        Service::new(id.into(), spec, None, 0)
+    }
+
+    #[test]
+    fn a_stack_change_names_every_service_it_touches_once() {
+        let mut st = ClusterState::default();
+        for s in [
+            service("a", "shop_web", Some("shop")),
+            service("b", "shop_db", Some("shop")),
+            service("c", "other", None),
+        ] {
+            st.apply(&Command::CreateService(s)).unwrap();
+        }
+        let web = st.services["a"].spec.clone();
+        let deploy = Command::ApplyStack(model::StackChange {
+            name: "shop".into(),
+            stack: None,
+            create: vec![service("d", "shop_cache", Some("shop"))],
+            update: vec![("a".into(), web, None)],
+            remove: vec!["b".into()],
+            networks: Vec::new(),
+            secrets: Vec::new(),
+            now: 1,
+        });
+        assert_eq!(
+            affected_services(&st, &deploy),
+            ["shop_cache", "shop_web", "shop_db"]
+        );
+        let reload = Command::Batch(vec![Command::ApplyStack(model::StackChange {
+            name: "shop".into(),
+            stack: None,
+            create: Vec::new(),
+            update: Vec::new(),
+            remove: Vec::new(),
+            networks: Vec::new(),
+            secrets: Vec::new(),
+            now: 1,
+        })]);
+        // Removing a stack names its services even when the change lists none of them.
+        assert_eq!(affected_services(&st, &reload), ["shop_web", "shop_db"]);
     }
 }

@@ -49,7 +49,8 @@ pub struct Daemon {
     pub store: store::Store,
     pub runtime: shoal_containerd::Runtime,
     pub net: net::Network,
-    /// Reloads and stack deploys run one at a time.
+    /// Reloads and stack deploys run one at a time. A call that also needs
+    /// `images.in_use` takes that first.
     pub change_lock: Mutex<()>,
     status: std::sync::Mutex<String>,
     /// Milliseconds timestamp of the control loop's last turn; the watchdog pings only while
@@ -79,6 +80,8 @@ pub struct Daemon {
     /// Why the last reload on this node could not apply each stack file, by stack name (empty
     /// after a reload that succeeded); `stack ls` shows it as the stack's status.
     pub reload_failures: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Images and their removal (see `images`).
+    pub images: crate::images::NodeImages,
 }
 
 /// What this node knows of the cluster besides the replicated state (all a worker knows).
@@ -555,6 +558,7 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
         agent_tx: std::sync::Mutex::new(None),
         objects_seen: std::sync::Mutex::new(None),
         reload_failures: Default::default(),
+        images: crate::images::NodeImages::default(),
     });
     if let Some(cert) = cert {
         daemon.install_cert(&cert)?;
@@ -563,7 +567,10 @@ pub async fn start(cfg: ClusterConfig) -> Result<Arc<Daemon>> {
     for image in daemon.cfg.images.preload.clone() {
         daemon.set_status(format!("importing {image}"));
         match daemon.resolve_image(&image).await {
-            Ok(digest) => info!(%image, %digest, "image preloaded"),
+            Ok(digest) => {
+                info!(%image, %digest, "image preloaded");
+                daemon.images.preloaded(digest);
+            }
             Err(e) => error!(%image, error = %e, "failed to preload image"),
         }
     }

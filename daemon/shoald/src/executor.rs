@@ -32,6 +32,9 @@ pub struct ContainerExecutor {
     /// all run the same pinned image, so only the first of them asks containerd. An entry is
     /// dropped when creating a container from it fails (the image may have been removed).
     images: std::sync::Mutex<std::collections::HashMap<(String, String), ImageCell>>,
+    /// The daemon's image epoch when `images` was last trusted: removals bump it, and then
+    /// every image is checked in containerd again.
+    images_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl ContainerExecutor {
@@ -39,6 +42,7 @@ impl ContainerExecutor {
         ContainerExecutor {
             d,
             images: Default::default(),
+            images_epoch: Default::default(),
         }
     }
 
@@ -53,9 +57,24 @@ impl ContainerExecutor {
                 .map_err(classify);
         };
         let key = (task.spec.image.clone(), digest.clone());
+        let epoch = self
+            .d
+            .images
+            .epoch
+            .load(std::sync::atomic::Ordering::SeqCst);
         // One cell per image: the first task asks containerd, the others wait for its answer.
         let cell = match self.images.lock() {
-            Ok(mut m) => m.entry(key).or_default().clone(),
+            Ok(mut m) => {
+                if self
+                    .images_epoch
+                    .swap(epoch, std::sync::atomic::Ordering::SeqCst)
+                    != epoch
+                {
+                    // Images were removed since: what was verified may be gone.
+                    m.clear();
+                }
+                m.entry(key).or_default().clone()
+            }
             Err(_) => ImageCell::default(),
         };
         cell.get_or_try_init(|| async {

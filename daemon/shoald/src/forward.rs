@@ -13,8 +13,8 @@ use rpc::{ErrorKind, Request, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use shoal_dbus::{
-    ApiError, Backend, ChangeReport, ClusterInfo, LogOptions, NodeChange, NodeRow, ServiceDetail,
-    ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
+    ApiError, Backend, ChangeReport, ClusterInfo, ImageRow, LogOptions, NodeChange, NodeRow,
+    PruneReport, ServiceDetail, ServiceRow, Snapshot, SpecPatch, StackRow, TaskFilter, TaskRow,
 };
 
 use crate::backend::DaemonBackend;
@@ -549,6 +549,15 @@ impl Backend for ClusterBackend {
 
     async fn reload(&self) -> Result<ChangeReport, ApiError> {
         self.0.reload().await
+    }
+
+    /// Images are per node: always this one's, never forwarded.
+    async fn list_images(&self) -> Result<Vec<ImageRow>, ApiError> {
+        self.0.list_images().await
+    }
+
+    async fn prune_images(&self, all: bool) -> Result<PruneReport, ApiError> {
+        self.0.prune_images(all).await
     }
 
     async fn open_logs(&self, service: &str, options: LogOptions) -> Result<OwnedFd, ApiError> {

@@ -12,6 +12,7 @@ mod dns;
 mod executor;
 mod forward;
 mod identity;
+mod images;
 mod join;
 mod logs;
 mod notify;
@@ -161,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
     tokio::spawn(daemon::run_overlays(d.clone()));
     tokio::spawn(dns::run(d.clone()));
     tokio::spawn(daemon::run_log_gc(d.clone()));
+    tokio::spawn(images::run_gc(d.clone()));
 
     let backend = Arc::new(forward::ClusterBackend(backend::DaemonBackend(d.clone())));
     let conn = shoal_dbus::serve(backend.clone()).await.context(

@@ -40,11 +40,29 @@ pub struct ClusterConfig {
 }
 
 /// `[images]` (shoal's addition): images imported into containerd when the daemon starts, so
-/// that air-gapped nodes and NixOS `dockerTools` images need no registry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// that air-gapped nodes and NixOS `dockerTools` images need no registry; and how long an image
+/// nothing needs stays on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagesConfig {
     /// `oci-archive:/path`, `docker-archive:/path` or registry references.
     pub preload: Vec<String>,
+    /// Milliseconds an image shoal pulled or imported stays once no task, service (current or
+    /// rollback image) or preload of this node needs it; then it is removed.
+    pub prune_after: u64,
+}
+
+/// The default of `[images] prune_after`: one hour.
+pub const DEFAULT_PRUNE_AFTER: u64 = 3600 * 1000;
+/// `[images] prune_after` is at least this (a second)...
+pub const MIN_PRUNE_AFTER: u64 = 1000;
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            preload: Vec::new(),
+            prune_after: DEFAULT_PRUNE_AFTER,
+        }
+    }
 }
 
 /// `[node]`
@@ -272,7 +290,7 @@ const PATHS_KEYS: Keys<'static> = Keys {
     hints: &[],
 };
 const IMAGES_KEYS: Keys<'static> = Keys {
-    known: &["preload"],
+    known: &["preload", "prune_after"],
     unsupported: &[],
     hints: &[("import", "did you mean \"preload\"?")],
 };
@@ -584,16 +602,30 @@ fn cluster_from_doc(sink: &mut Sink<'_>, doc: &DeTable<'_>) -> ClusterConfig {
         }
     }
 
-    if let Some(t) = section(sink, doc, "images", &IMAGES_KEYS)
-        && let Some(v) = t.get("preload")
-        && let Some(list) = walk::string_list(sink, v, "images.preload")
-    {
-        for image in &list {
-            if let Err(e) = crate::units::validate_image(image) {
-                sink.error(v.span(), format!("images.preload: {e}"));
+    if let Some(t) = section(sink, doc, "images", &IMAGES_KEYS) {
+        if let Some(v) = t.get("preload")
+            && let Some(list) = walk::string_list(sink, v, "images.preload")
+        {
+            for image in &list {
+                if let Err(e) = crate::units::validate_image(image) {
+                    sink.error(v.span(), format!("images.preload: {e}"));
+                }
+            }
+            c.images.preload = list;
+        }
+        if let Some(v) = t.get("prune_after")
+            && let Some(ms) = walk::duration(sink, v, "images.prune_after")
+        {
+            // ...and at most the limit of every duration (24h).
+            if !(MIN_PRUNE_AFTER..=model::limits::MAX_DURATION).contains(&ms) {
+                sink.error(
+                    v.span(),
+                    "images.prune_after: must be between 1s and 24h (how long an unused image stays on the node)",
+                );
+            } else {
+                c.images.prune_after = ms;
             }
         }
-        c.images.preload = list;
     }
     c
 }

@@ -1582,6 +1582,28 @@ mod node_local_additions {
     use std::path::Path;
 
     #[test]
+    fn prune_after_is_a_bounded_duration() {
+        let c =
+            crate::parse_cluster(Path::new("c.toml"), "[images]\nprune_after = \"10m\"\n").unwrap();
+        assert_eq!(c.images.prune_after, 600 * 1000);
+        for (bad, why) in [
+            ("\"0s\"", "between 1s and 24h"),
+            ("\"25h\"", "between 1s and 24h"),
+            ("\"soon\"", "images.prune_after"),
+            ("3", "images.prune_after"),
+        ] {
+            let text = format!("[images]\nprune_after = {bad}\n");
+            let err = crate::parse_cluster(Path::new("c.toml"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("c.toml:2:") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn bridge_subnet_run_dir_and_preload_are_read() {
         let text = r#"
 [network]
@@ -1599,6 +1621,7 @@ preload = ["oci-archive:/var/lib/shoal/images/busybox.tar", "docker-archive:/nix
         assert_eq!(c.network.subnet, "10.99.0.0/24");
         assert_eq!(c.paths.run_dir, Path::new("/tmp/shoal-run"));
         assert_eq!(c.images.preload.len(), 2);
+        assert_eq!(c.images.prune_after, 3600 * 1000, "the default is an hour");
         let d = crate::ClusterConfig::default_single_node();
         assert_eq!(
             (d.network.bridge.as_str(), d.network.subnet.as_str()),
