@@ -1,6 +1,7 @@
 //! Compose files deployed through the real CLI on a real node (containerd, runc, D-Bus): a
 //! Swarm-style `docker-stack.yml` with an override file, a `.env` file, YAML anchors, a named
-//! volume shared by two services, a published port, and keys docker stack deploy ignores.
+//! volume shared by two services, a file secret, two networks, a published port, and keys
+//! docker stack deploy ignores.
 
 use std::time::Duration;
 
@@ -48,9 +49,11 @@ services:
       replicas: 1
   writer:
     <<: *defaults
-    command: ["sh", "-c", "echo hello from $$GREETING > /content/index.html; {SLEEPER}"]
+    command: ["sh", "-c", "echo hello from $$GREETING and $$(cat /run/secrets/signature) > /content/index.html; {SLEEPER}"]
     environment:
       - GREETING=compose
+    secrets:
+      - signature
     networks:
       back: {{}}
     volumes:
@@ -63,6 +66,9 @@ services:
         condition: on-failure
 volumes:
   content:
+secrets:
+  signature:
+    file: ./signature.txt
 networks:
   front:
   back:
@@ -71,6 +77,8 @@ networks:
         ),
     )
     .unwrap();
+    // A file secret beside the Compose file: read by the CLI, mounted into the writer.
+    std::fs::write(app.join("signature.txt"), "the secret sauce\n").unwrap();
     let prod = app.join("docker-stack.prod.yml");
     std::fs::write(&prod, "services:\n  web:\n    deploy:\n      replicas: 2\n").unwrap();
 
@@ -117,7 +125,15 @@ networks:
         body = http_get(port);
         body.is_some()
     });
-    assert_eq!(body.unwrap().trim(), "hello from compose");
+    assert_eq!(
+        body.unwrap().trim(),
+        "hello from compose and the secret sauce"
+    );
+    // The secret is the stack's (named as Swarm names it), and never shown.
+    let secrets = node.shoal_ok(&["secret", "ls"]);
+    assert!(secrets.contains("shop_signature"), "{secrets}");
+    let writer_inspect = node.shoal_ok(&["service", "inspect", "shop_writer"]);
+    assert!(!writer_inspect.contains("secret sauce"), "{writer_inspect}");
     let inspect = node.shoal_ok(&["service", "inspect", "shop_web"]);
     assert!(inspect.contains("shop_content"), "{inspect}");
     // The two networks exist under the stack's name, and the web tasks are on both.

@@ -1,5 +1,5 @@
-//! Converts and validates a Compose file of 200 services (every mapped key used, anchors,
-//! interpolation, an override file) and prints how long it takes.
+//! Converts and validates a Compose file of 200 services (most mapped keys used, a chain of
+//! `depends_on`, anchors, interpolation, an override file) and prints how long it takes.
 //!
 //! `cargo run -p spec --release --example compose_bench [SERVICES] [ROUNDS]`
 //!
@@ -33,6 +33,14 @@ fn compose_file(services: usize) -> String {
       - ./conf:/etc/app:ro
     labels:
       com.example.index: "{i}"
+    healthcheck:
+      test: ["CMD", "wget", "-qO-", "http://127.0.0.1/"]
+      interval: 5s
+    depends_on: [{}]
+    extra_hosts: ["db.local:10.0.0.5"]
+    dns: [10.0.0.2]
+    cap_drop: [NET_RAW]
+    init: true
     deploy:
       replicas: 3
       placement:
@@ -44,7 +52,12 @@ fn compose_file(services: usize) -> String {
       restart_policy: {{condition: on-failure, delay: 5s, max_attempts: 3}}
       update_config: {{parallelism: 1, delay: 10s, order: start-first}}
       labels: [com.example.tier=backend]"#,
-            10000 + i
+            10000 + i,
+            if i == 0 {
+                String::new()
+            } else {
+                format!("svc{}", i - 1)
+            }
         )
         .unwrap();
     }
