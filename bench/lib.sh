@@ -181,3 +181,110 @@ stop_bus() { # DIR
 build_busybox_oci() {
   [[ -s $1 ]] || python3 "$REPO/scripts/mkimage.py" --format oci --name docker.io/library/busybox:latest -o "$1"
 }
+
+# ---------------------------------------------------------------- one Swarm node, one shoal node
+
+# For the scripts that run both side by side in one network namespace (swarm-vs-shoal.sh,
+# update.sh): each under $WORK with its own containerd. The caller sets WORK, DOCKER,
+# DOCKER_IMAGE (the name `docker load` gives the busybox image), SHOALD and SHOAL.
+
+D() { "$DOCKER" -H "unix://$WORK/docker/docker.sock" "$@"; }
+
+start_swarm() {
+  local dir=$WORK/docker
+  mkdir -p "$dir/data" "$dir/exec"
+  start_containerd "$WORK/swarm-containerd"
+  # Docker's defaults (docker0, iptables rules): they land in this run's network namespace.
+  # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE: the swarm agent uses the loaded image instead of trying
+  # a pull from Docker Hub before every task start (shoal uses its local archive too).
+  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --containerd="$WORK/swarm-containerd/containerd.sock" \
+    --data-root="$dir/data" --exec-root="$dir/exec" --pidfile="$dir/dockerd.pid" \
+    -H "unix://$dir/docker.sock" >"$dir/dockerd.log" 2>&1 &
+  echo $! >"$dir/dockerd.main"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 60 D version >/dev/null 2>&1; then
+    echo "$BENCH: dockerd did not answer within 60s; see $dir/dockerd.log" >&2
+    return 1
+  fi
+  D swarm init --advertise-addr 127.0.0.1 >/dev/null
+  python3 "$REPO/scripts/mkimage.py" --format docker --name "$DOCKER_IMAGE" -o "$WORK/busybox-docker.tar"
+  D load -i "$WORK/busybox-docker.tar" >/dev/null
+}
+
+# stop_swarm [DOCKER_DIR [CONTAINERD_DIR]]: removes every service, leaves the swarm and stops
+# dockerd and its containerd (by default the ones start_swarm started).
+# shellcheck disable=SC2120 # the arguments are optional
+stop_swarm() {
+  local dir=${1:-$WORK/docker} ctd=${2:-$WORK/swarm-containerd} pid
+  [[ -f $dir/dockerd.main ]] || return 0
+  pid=$(cat "$dir/dockerd.main")
+  if kill -0 "$pid" 2>/dev/null; then
+    local s
+    for s in $(D service ls -q 2>/dev/null); do D service rm "$s" >/dev/null 2>&1 || true; done
+    D swarm leave --force >/dev/null 2>&1 || true
+    kill "$pid" 2>/dev/null || true
+    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/dockerd.main"
+  stop_containerd "$ctd" moby
+}
+
+S() { DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/shoal/bus.sock" "$SHOAL" "$@"; }
+
+start_shoal() {
+  local dir=$WORK/shoal
+  mkdir -p "$dir/state" "$dir/stacks"
+  start_containerd "$WORK/shoal-containerd"
+  # A private system bus: shoald owns org.shoal.Shoal1 there, the CLI finds it through
+  # DBUS_SYSTEM_BUS_ADDRESS, and the host's bus is left alone.
+  start_bus "$dir"
+  cat >"$dir/cluster.toml" <<EOF
+[node]
+name = "bench"
+
+[network]
+listen = "127.0.0.1:4600"
+advertise = "127.0.0.1:4600"
+
+[cluster]
+bootstrap = true
+
+[containerd]
+address = "$WORK/shoal-containerd/containerd.sock"
+namespace = "shoal-bench"
+
+[paths]
+state_dir = "$dir/state"
+stacks_dir = "$dir/stacks"
+
+# Imported at start, as Swarm gets the image with `docker load` before the clock runs.
+[images]
+preload = ["oci-archive:$WORK/busybox-oci.tar"]
+EOF
+  build_busybox_oci "$WORK/busybox-oci.tar"
+  DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" "$SHOALD" --config "$dir/cluster.toml" \
+    >"$dir/shoald.log" 2>&1 &
+  echo $! >"$dir/shoald.pid"
+  STARTED_PIDS+=("$!")
+  if ! wait_for 120 S info >/dev/null 2>&1; then
+    echo "$BENCH: shoald did not answer 'shoal info' within 120s; see $dir/shoald.log" >&2
+    return 1
+  fi
+}
+
+stop_shoal() {
+  local dir=$WORK/shoal pid
+  if [[ -f $dir/shoald.pid ]]; then
+    pid=$(cat "$dir/shoald.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      local s
+      for s in $(S service ls -q 2>/dev/null); do S service rm "$s" >/dev/null 2>&1 || true; done
+      kill "$pid" 2>/dev/null || true
+      wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$dir/shoald.pid"
+  fi
+  # Tasks outlive shoald by design: stop_containerd kills whatever is left.
+  stop_containerd "$WORK/shoal-containerd" shoal-bench
+  stop_bus "$dir"
+}

@@ -610,28 +610,13 @@ setup_swarm() {
   { in_host sw ip -d addr; in_host sw ip route; in_host sw iptables-save; } >"$dir/network.txt" 2>&1 || true
 }
 
-stop_swarm() {
-  local dir=$WORK/swarm pid
-  [[ -f $dir/dockerd.main ]] || return 0
-  pid=$(cat "$dir/dockerd.main")
-  if kill -0 "$pid" 2>/dev/null; then
-    local s
-    for s in web probe; do D service rm "$s" >/dev/null 2>&1 || true; done
-    D swarm leave --force >/dev/null 2>&1 || true
-    kill "$pid" 2>/dev/null || true
-    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/dockerd.main"
-  stop_containerd "$dir/containerd" moby
-}
-
 # ---------------------------------------------------------------- cleanup and report
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
-  stop_swarm 2>/dev/null
+  stop_swarm "$WORK/swarm" "$WORK/swarm/containerd" 2>/dev/null
   stop_shoal 2>/dev/null
   local p
   for p in "${STARTED_PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done

@@ -108,46 +108,12 @@ load_stop() { # NAME -> sets RESULT[NAME:ok] and RESULT[NAME:failed]
 
 # ---------------------------------------------------------------- Swarm half
 
-D() { "$DOCKER" -H "unix://$WORK/docker/docker.sock" "$@"; }
-
 swarm_running() { # N VALUE: N running tasks whose containers run with V=VALUE
   local n
   n=$(D service ps web --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null |
     grep -c '^Running' || true)
   [[ $n -eq $1 ]] || return 1
   [[ -z ${2:-} ]] || [[ $(D service inspect web --format '{{.UpdateStatus.State}}' 2>/dev/null) == completed ]]
-}
-
-start_swarm() {
-  local dir=$WORK/docker
-  mkdir -p "$dir/data" "$dir/exec"
-  start_containerd "$WORK/swarm-containerd"
-  DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 dockerd --containerd="$WORK/swarm-containerd/containerd.sock" \
-    --data-root="$dir/data" --exec-root="$dir/exec" --pidfile="$dir/dockerd.pid" \
-    -H "unix://$dir/docker.sock" >"$dir/dockerd.log" 2>&1 &
-  echo $! >"$dir/dockerd.main"
-  STARTED_PIDS+=("$!")
-  if ! wait_for 60 D version >/dev/null 2>&1; then
-    echo "update: dockerd did not answer within 60s; see $dir/dockerd.log" >&2
-    return 1
-  fi
-  D swarm init --advertise-addr 127.0.0.1 >/dev/null
-  python3 "$REPO/scripts/mkimage.py" --format docker --name "$DOCKER_IMAGE" -o "$WORK/busybox-docker.tar"
-  D load -i "$WORK/busybox-docker.tar" >/dev/null
-}
-
-stop_swarm() {
-  local dir=$WORK/docker pid
-  [[ -f $dir/dockerd.main ]] || return 0
-  pid=$(cat "$dir/dockerd.main")
-  if kill -0 "$pid" 2>/dev/null; then
-    D service rm web >/dev/null 2>&1 || true
-    D swarm leave --force >/dev/null 2>&1 || true
-    kill "$pid" 2>/dev/null || true
-    wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/dockerd.main"
-  stop_containerd "$WORK/swarm-containerd" moby
 }
 
 run_swarm() {
@@ -186,66 +152,11 @@ run_swarm() {
 
 # ---------------------------------------------------------------- shoal half
 
-S() { DBUS_SYSTEM_BUS_ADDRESS="unix:path=$WORK/shoal/bus.sock" "$SHOAL" "$@"; }
-
 shoal_done() { # N [completed]: N running tasks (and the update completed)
   local n
   n=$(S service ls 2>/dev/null | awk '$2 == "web" { split($4, r, "/"); print r[1] }')
   [[ ${n:--1} -eq $1 ]] || return 1
   [[ -z ${2:-} ]] || S service inspect web 2>/dev/null | grep -q '"update_state": "completed"'
-}
-
-start_shoal() {
-  local dir=$WORK/shoal
-  mkdir -p "$dir/state" "$dir/stacks"
-  start_containerd "$WORK/shoal-containerd"
-  start_bus "$dir"
-  cat >"$dir/cluster.toml" <<EOF
-[node]
-name = "bench"
-
-[network]
-listen = "127.0.0.1:4600"
-advertise = "127.0.0.1:4600"
-
-[cluster]
-bootstrap = true
-
-[containerd]
-address = "$WORK/shoal-containerd/containerd.sock"
-namespace = "shoal-bench"
-
-[paths]
-state_dir = "$dir/state"
-stacks_dir = "$dir/stacks"
-
-[images]
-preload = ["oci-archive:$WORK/busybox-oci.tar"]
-EOF
-  build_busybox_oci "$WORK/busybox-oci.tar"
-  DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" "$SHOALD" --config "$dir/cluster.toml" \
-    >"$dir/shoald.log" 2>&1 &
-  echo $! >"$dir/shoald.pid"
-  STARTED_PIDS+=("$!")
-  if ! wait_for 120 S info >/dev/null 2>&1; then
-    echo "update: shoald did not answer 'shoal info' within 120s; see $dir/shoald.log" >&2
-    return 1
-  fi
-}
-
-stop_shoal() {
-  local dir=$WORK/shoal pid
-  if [[ -f $dir/shoald.pid ]]; then
-    pid=$(cat "$dir/shoald.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-      S service rm web >/dev/null 2>&1 || true
-      kill "$pid" 2>/dev/null || true
-      wait_for 30 bash -c "! kill -0 $pid 2>/dev/null" || kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$dir/shoald.pid"
-  fi
-  stop_containerd "$WORK/shoal-containerd" shoal-bench
-  stop_bus "$dir"
 }
 
 run_shoal() {

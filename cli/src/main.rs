@@ -8,6 +8,7 @@ mod flags;
 mod image;
 mod network;
 mod render;
+mod rows;
 mod secret;
 mod stackfile;
 mod wait;

@@ -9,7 +9,7 @@ use shoal_dbus::{Client, ClientError};
 use crate::render;
 use crate::{FormatArgs, ListArgs};
 
-type Row = BTreeMap<String, String>;
+use crate::rows::{self, Row, get};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum NetworkCmd {
@@ -47,21 +47,9 @@ pub(crate) enum NetworkCmd {
     },
 }
 
-fn get<'a>(r: &'a Row, k: &str) -> &'a str {
-    r.get(k).map_or("", String::as_str)
-}
-
 /// A network by exact id, exact name, or unique id prefix, as the daemon resolves names.
 fn find<'a>(rows: &'a [Row], key: &str) -> Option<&'a Row> {
-    rows.iter()
-        .find(|r| get(r, "Id") == key || get(r, "Name") == key)
-        .or_else(|| {
-            let mut it = rows.iter().filter(|r| get(r, "Id").starts_with(key));
-            match (it.next(), it.next()) {
-                (Some(r), None) if !key.is_empty() => Some(r),
-                _ => None,
-            }
-        })
+    rows::find(rows, key, |r| get(r, "Id") == key || get(r, "Name") == key)
 }
 
 pub(crate) async fn run(c: &Client, cmd: NetworkCmd) -> Result<()> {

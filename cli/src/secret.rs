@@ -14,7 +14,7 @@ use shoal_dbus::{Client, ClientError};
 use crate::render;
 use crate::{FormatArgs, ListArgs};
 
-type Row = BTreeMap<String, String>;
+use crate::rows::{self, Row, get};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SecretCmd {
@@ -45,25 +45,11 @@ pub(crate) enum SecretCmd {
     },
 }
 
-fn get<'a>(r: &'a Row, k: &str) -> &'a str {
-    r.get(k).map_or("", String::as_str)
-}
-
 /// By exact id, current version of a name, or unique id prefix, as the daemon resolves them.
 fn find<'a>(rows: &'a [Row], key: &str) -> Option<&'a Row> {
-    rows.iter()
-        .find(|r| get(r, "Id") == key)
-        .or_else(|| {
-            rows.iter()
-                .find(|r| get(r, "Name") == key && get(r, "Current") == "true")
-        })
-        .or_else(|| {
-            let mut it = rows.iter().filter(|r| get(r, "Id").starts_with(key));
-            match (it.next(), it.next()) {
-                (Some(r), None) if !key.is_empty() => Some(r),
-                _ => None,
-            }
-        })
+    rows::find(rows, key, |r| {
+        get(r, "Id") == key || (get(r, "Name") == key && get(r, "Current") == "true")
+    })
 }
 
 /// Unix milliseconds as docker prints a creation time.
@@ -75,13 +61,10 @@ fn ago(ms: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let s = now.saturating_sub(ms) / 1000;
-    match s {
-        0..60 => format!("{s} seconds ago"),
-        60..3600 => format!("{} minutes ago", s / 60),
-        3600..86400 => format!("{} hours ago", s / 3600),
-        _ => format!("{} days ago", s / 86400),
-    }
+    format!(
+        "{} ago",
+        crate::render::human_duration(now.saturating_sub(ms))
+    )
 }
 
 fn read_data(kind: SecretKind, file: &PathBuf) -> Result<Vec<u8>> {

@@ -9,6 +9,18 @@ use shoal_tests::node::{Node, free_port, http_get};
 
 const LONG: Duration = Duration::from_secs(120);
 
+/// An image whose own HEALTHCHECK always fails ("broken", every 300 ms); its process runs fine.
+fn unhealthy_image(node: &Node) -> String {
+    let path = node.dir.path().join("bad.tar");
+    ImageBuilder::busybox()
+        .healthcheck(
+            &["CMD-SHELL", "echo broken; exit 1"],
+            Duration::from_millis(300),
+        )
+        .write_oci_archive(&path, true, "example.org/bad:1");
+    format!("oci-archive:{}", path.display())
+}
+
 #[test]
 fn a_failing_healthcheck_fails_and_replaces_the_task_which_never_runs_nor_gets_traffic() {
     let node = Node::start();
@@ -139,15 +151,7 @@ fn a_passing_healthcheck_makes_the_task_running_only_after_the_first_pass() {
 fn an_update_to_an_image_whose_healthcheck_fails_rolls_back_by_itself() {
     let node = Node::start();
     let v1 = image(&node, "v1");
-    let bad_path = node.dir.path().join("bad.tar");
-    // The image's own HEALTHCHECK always fails; its process runs fine.
-    ImageBuilder::busybox()
-        .healthcheck(
-            &["CMD-SHELL", "echo broken; exit 1"],
-            Duration::from_millis(300),
-        )
-        .write_oci_archive(&bad_path, true, "example.org/bad:1");
-    let bad = format!("oci-archive:{}", bad_path.display());
+    let bad = unhealthy_image(&node);
     let port = free_port();
     let publish = format!("{port}:80");
     node.shoal_ok(&[
@@ -261,14 +265,7 @@ fn a_start_first_update_that_rolls_back_drops_no_request() {
 
     let node = Node::start();
     let v1 = image(&node, "v1");
-    let bad_path = node.dir.path().join("bad.tar");
-    ImageBuilder::busybox()
-        .healthcheck(
-            &["CMD-SHELL", "echo broken; exit 1"],
-            Duration::from_millis(300),
-        )
-        .write_oci_archive(&bad_path, true, "example.org/bad:1");
-    let bad = format!("oci-archive:{}", bad_path.display());
+    let bad = unhealthy_image(&node);
     let port = free_port();
     let publish = format!("{port}:80");
     node.shoal_ok(&[

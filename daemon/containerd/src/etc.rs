@@ -121,12 +121,32 @@ pub(crate) fn hosts_file(c: &ContainerConfig) -> String {
     s
 }
 
-/// Contents of `/etc/resolv.conf`: from `dns`, or the host's file without loopback
-/// nameservers (they are unreachable from another network namespace).
+/// Contents of `/etc/resolv.conf`: from `dns` (with the host's nameservers when it names none),
+/// or the host's file; either way without loopback nameservers in a network namespace of its
+/// own (they are unreachable from there).
 pub(crate) fn resolv_conf(dns: Option<&Dns>, host_resolv: &str, own_netns: bool) -> String {
+    let reachable = |line: &str| {
+        let mut words = line.split_whitespace();
+        !(own_netns
+            && words.next() == Some("nameserver")
+            && words
+                .next()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .is_some_and(|ip| ip.is_loopback()))
+    };
     match dns {
         Some(d) => {
             let mut s = String::new();
+            if d.nameservers.is_empty() {
+                for line in host_resolv
+                    .lines()
+                    .filter(|l| l.split_whitespace().next() == Some("nameserver"))
+                    .filter(|l| reachable(l))
+                {
+                    s.push_str(line.trim());
+                    s.push('\n');
+                }
+            }
             for ns in &d.nameservers {
                 let _ = writeln!(s, "nameserver {ns}");
             }
@@ -140,17 +160,7 @@ pub(crate) fn resolv_conf(dns: Option<&Dns>, host_resolv: &str, own_netns: bool)
         }
         None => {
             let mut s = String::new();
-            for line in host_resolv.lines() {
-                let mut words = line.split_whitespace();
-                if own_netns
-                    && words.next() == Some("nameserver")
-                    && words
-                        .next()
-                        .and_then(|ip| ip.parse::<IpAddr>().ok())
-                        .is_some_and(|ip| ip.is_loopback())
-                {
-                    continue;
-                }
+            for line in host_resolv.lines().filter(|l| reachable(l)) {
                 s.push_str(line);
                 s.push('\n');
             }
@@ -301,6 +311,16 @@ mod tests {
         assert_eq!(
             resolv_conf(Some(&dns), host, true),
             "nameserver 10.1.1.1\nsearch svc\noptions ndots:0\n"
+        );
+        // Search domains or options alone keep the host's (reachable) nameservers.
+        let only_search = Dns {
+            nameservers: vec![],
+            search: vec!["corp".into()],
+            options: vec![],
+        };
+        assert_eq!(
+            resolv_conf(Some(&only_search), host, true),
+            "nameserver 10.0.0.2\nsearch corp\n"
         );
     }
 }

@@ -284,19 +284,9 @@ impl Executor for ContainerExecutor {
             || !spec.dns_search.is_empty()
             || !spec.dns_options.is_empty()
         {
-            // No overlay network: the task asks its resolvers itself.
-            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            let nameservers = if spec.dns.is_empty() {
-                net::dns::upstreams(&host)
-                    .into_iter()
-                    .map(|a| a.ip())
-                    .filter(|ip| !ip.is_loopback())
-                    .collect()
-            } else {
-                spec.dns.clone()
-            };
+            // No overlay network: the task asks its resolvers itself (none named: the node's).
             c.dns = Some(ctd::Dns {
-                nameservers,
+                nameservers: spec.dns.clone(),
                 search: spec.dns_search.clone(),
                 options: spec.dns_options.clone(),
             });
