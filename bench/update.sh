@@ -14,7 +14,7 @@
 # still timed, and its request columns say n/a. See bench/README.md.
 #
 # usage: bench/update.sh [--only swarm|shoal] [--replicas N] [--monitor DURATION]
-#                        [--keep-workdir] [--timeout SECONDS]
+#                        [--interval DURATION] [--keep-workdir] [--timeout SECONDS]
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +28,7 @@ KEEP=0
 STEP_TIMEOUT=600
 REPLICAS=20
 MONITOR=0s
+INTERVAL=1s
 PORT=8080
 
 while [[ $# -gt 0 ]]; do
@@ -35,6 +36,7 @@ while [[ $# -gt 0 ]]; do
     --only) ONLY=${2:?--only needs swarm or shoal}; shift 2 ;;
     --replicas) REPLICAS=${2:?--replicas needs a number}; shift 2 ;;
     --monitor) MONITOR=${2:?--monitor needs a duration}; shift 2 ;;
+    --interval) INTERVAL=${2:?--interval needs a duration}; shift 2 ;;
     --keep-workdir) KEEP=1; shift ;;
     --timeout) STEP_TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -62,7 +64,7 @@ WORK=$(mktemp -d /tmp/shoal-bench-update.XXXXXX)
 # shellcheck disable=SC2016 # $V is the task's variable, expanded by its shell
 SERVE='mkdir -p /www && echo "version $V" > /www/index.html && exec httpd -f -p 80 -h /www'
 HEALTH_FLAGS=(--health-cmd "wget -qO- http://127.0.0.1/ >/dev/null || exit 1"
-  --health-interval 1s --health-timeout 2s --health-retries 3)
+  --health-interval "$INTERVAL" --health-timeout 2s --health-retries 3)
 UPDATE_FLAGS=(--update-order start-first --update-parallelism 1 --update-delay 0s
   --update-monitor "$MONITOR" --update-failure-action pause)
 
@@ -71,29 +73,50 @@ declare -A RESULT # RESULT[shoal:seconds]=12.3, RESULT[shoal:ok]=..., RESULT[sho
 # ---------------------------------------------------------------- the load
 
 # load_start NAME: requests to 127.0.0.1:PORT one after the other (a new connection each, 2 s
-# timeout), until WORK/NAME.stop exists; then it writes "answered failed" to WORK/NAME.count.
+# timeout), until WORK/NAME.stop exists; then it writes "answered failed" to WORK/NAME.count and
+# the time and reason of each failure to WORK/NAME.failures.
 load_start() {
-  rm -f "$WORK/$1.stop" "$WORK/$1.count"
-  python3 - "$PORT" "$WORK/$1.stop" "$WORK/$1.count" <<'EOF' &
-import os, socket, sys, time
-port, stop, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-ok = failed = 0
-while not os.path.exists(stop):
+  rm -f "$WORK/$1.stop" "$WORK/$1.count" "$WORK/$1.failures"
+  python3 - "$PORT" "$WORK/$1.stop" "$WORK/$1.count" "$WORK/$1.failures" <<'EOF' &
+import datetime, os, socket, sys
+port, stop, out, failures = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ok = 0
+failed = []
+def conntrack(local):
+    """The conntrack entry of the connection from local port `local`, if there is one."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.settimeout(2)
-            s.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        if data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0] and b"version" in data:
+        with open("/proc/net/nf_conntrack") as f:
+            return " ".join(l.split(None, 2)[2].strip() for l in f if f"sport={local} " in l)
+    except OSError:
+        return ""
+while not os.path.exists(stop):
+    start = datetime.datetime.now(datetime.timezone.utc)
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        status = data.split(b"\r\n", 1)[0]
+        if data.startswith(b"HTTP/1.") and b" 200 " in status and b"version" in data:
             ok += 1
         else:
-            failed += 1
-    except OSError:
-        failed += 1
+            failed.append((start, f"answer {status[:60]!r}"))
+    except OSError as e:
+        try:
+            local = s.getsockname()[1]
+        except OSError:
+            local = None
+        failed.append((start, f"{type(e).__name__}: {e} [from port {local}] {conntrack(local)}"))
+    finally:
+        s.close()
+with open(failures, "w") as f:
+    for when, why in failed:
+        f.write(f"{when:%H:%M:%S.%f} {why}\n")
 with open(out, "w") as f:
-    f.write(f"{ok} {failed}\n")
+    f.write(f"{ok} {len(failed)}\n")
 EOF
   STARTED_PIDS+=("$!")
 }
@@ -103,6 +126,10 @@ load_stop() { # NAME -> sets RESULT[NAME:ok] and RESULT[NAME:failed]
   wait_for 10 test -s "$WORK/$1.count" || true
   if [[ -s $WORK/$1.count ]]; then
     read -r RESULT["$1":ok] RESULT["$1":failed] <"$WORK/$1.count"
+  fi
+  if [[ -s $WORK/$1.failures ]]; then
+    log "$1: failed requests (start time, UTC, and reason):"
+    head -20 "$WORK/$1.failures" >&2
   fi
 }
 
@@ -208,7 +235,7 @@ report() {
   local s h
   echo
   echo "rolling update under load: $REPLICAS replicas, start-first, parallelism 1, monitor $MONITOR,"
-  echo "healthcheck every 1s; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "healthcheck every $INTERVAL; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "swarm: $(dockerd --version 2>/dev/null | head -1 || echo "not run")"
   echo "shoal: $([[ -x $SHOALD ]] && "$SHOALD" --version 2>/dev/null | head -1 || echo "not run")"
   echo

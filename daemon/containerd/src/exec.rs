@@ -22,10 +22,6 @@ pub struct ExecOutput {
     pub output: Vec<u8>,
 }
 
-/// How long the output is still read after the process exited (the shim copies it
-/// asynchronously).
-const DRAIN: Duration = Duration::from_millis(100);
-
 impl Runtime {
     /// Runs `args` in the running container `id`, killing it after `timeout`. Keeps the last
     /// `keep` bytes of its output. The exec process is removed from containerd afterwards,
@@ -96,22 +92,33 @@ impl Runtime {
             .open_receiver(&fifo)
             .map_err(|e| Error::io("cannot open", fifo.clone(), e))?;
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        // Reads until told to stop, then takes what is still in the FIFO and ends. The stop
+        // comes once containerd has removed the exec, which waits for the shim to have copied
+        // all of the output into the FIFO: so nothing is lost and nothing is waited for.
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let collect = {
             let kept = kept.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-                            kept.extend_from_slice(&buf[..n]);
-                            if kept.len() > 2 * keep.max(1) {
-                                let cut = kept.len() - keep;
-                                kept.drain(..cut);
-                            }
-                        }
+                let push = |bytes: &[u8]| {
+                    let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                    kept.extend_from_slice(bytes);
+                    if kept.len() > 2 * keep.max(1) {
+                        let cut = kept.len() - keep;
+                        kept.drain(..cut);
                     }
+                };
+                loop {
+                    tokio::select! {
+                        read = reader.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => push(&buf[..n]),
+                        },
+                        _ = &mut stop_rx => break,
+                    }
+                }
+                while let Ok(n @ 1..) = reader.try_read(&mut buf) {
+                    push(&buf[..n]);
                 }
             })
         };
@@ -186,11 +193,12 @@ impl Runtime {
                 None
             }
         };
-        // Let the shim copy what is left, then stop reading.
-        tokio::time::sleep(DRAIN).await;
+        // Removing the exec waits for the shim's copy of its output; then the reader takes
+        // what is left.
         let _ = self.delete_exec(id, &exec_id).await;
         cleanup.done = true;
-        collect.abort();
+        let _ = stop_tx.send(());
+        let _ = collect.await;
         let mut output = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
         if output.len() > keep {
             output.drain(..output.len() - keep);

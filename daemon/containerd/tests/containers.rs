@@ -369,3 +369,78 @@ async fn logs_go_to_journald_when_present() {
     assert!(lines.contains(&(Stream::Stderr, "bad".to_string())));
     env.rt.delete("journal").await.unwrap();
 }
+
+fn sh(script: &str) -> Vec<String> {
+    args(&["sh", "-c", script])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_returns_all_output_written_up_to_the_exit() {
+    let env = setup().await;
+    let dir = env.tmp.path();
+    let image = busybox(&env.rt, dir).await;
+    let mut c = ContainerConfig::new("exec-out", image);
+    c.set_process(None, Some(args(LONG_RUNNING)));
+    env.rt.create(&c).await.unwrap();
+    env.rt.start("exec-out").await.unwrap();
+    let timeout = Duration::from_secs(30);
+    // Output written the moment before the exit, on both streams: every byte arrives, each
+    // time (the exec is removed only once the shim has copied it all).
+    for round in 0..20 {
+        let out = env
+            .rt
+            .exec(
+                "exec-out",
+                &sh(&format!("echo out-{round}; echo err-{round} >&2; exit 3")),
+                timeout,
+                4096,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, Some(3), "round {round}");
+        // Two pipes copied apart: the lines may come in either order.
+        let text = String::from_utf8_lossy(&out.output).into_owned();
+        let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [format!("err-{round}\n"), format!("out-{round}\n")],
+            "round {round}: {text:?}"
+        );
+    }
+    // More than a pipe holds (64 KiB): only the last `keep` bytes are kept, and they are the last.
+    let out = env
+        .rt
+        .exec(
+            "exec-out",
+            &sh("i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done; printf end"),
+            timeout,
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    let all: String = (0..20000)
+        .map(|i| format!("line-{i}\n"))
+        .collect::<String>()
+        + "end";
+    assert_eq!(String::from_utf8_lossy(&out.output), all[all.len() - 20..]);
+    // A command that outlives its timeout is killed and reported as such.
+    let out = env
+        .rt
+        .exec(
+            "exec-out",
+            &sh("echo started; sleep 30"),
+            Duration::from_millis(300),
+            4096,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, None);
+    assert_eq!(String::from_utf8_lossy(&out.output), "started\n");
+    env.rt
+        .stop("exec-out", libc::SIGKILL, Duration::from_secs(1))
+        .await
+        .unwrap();
+    env.rt.delete("exec-out").await.unwrap();
+}
