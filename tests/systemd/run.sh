@@ -3,7 +3,8 @@
 # container run by a private containerd, installs shoald, shoal, the unit, the D-Bus policy and the
 # tmpfiles snippet from systemd/ into it, and checks through real systemctl and journalctl:
 # readiness (Type=notify), the status line, reload of an added/changed/broken/removed stack file,
-# restart and watchdog restarts that leave the tasks running, structured journal fields, and
+# restart and watchdog restarts that leave the tasks running, structured journal fields, a file
+# secret that reaches its task and never the journal (at SHOAL_LOG=debug), and
 # `systemd-analyze verify`.
 #
 # usage: tests/systemd/run.sh          (as root; never prompts)
@@ -585,7 +586,65 @@ r=$?
 check "journalctl SHOAL_SERVICE=web_httpd has the tasks' output with CONTAINER_NAME ($out)" $r \
   "$(tail -n 3 "$WORK/tasks.json")"
 
+# A secret from a file outside the stacks directory (as agenix or sops-nix give it), with shoald
+# logging at debug level: the task reads it, and its value is nowhere in the journal (any unit,
+# any field), nor in what `secret inspect`, `secret ls` and `service inspect` print.
+VAULT=/etc/shoal/stacks/vault.toml
+secret_value="systemd-secret-$$-$RANDOM$RANDOM$RANDOM"
+secret_sum=$(printf '%s' "$secret_value" | sha256sum | cut -d' ' -f1)
+mkdir -p "$ROOT/etc/systemd/system/shoald.service.d" "$ROOT/var/lib/keys"
+printf '# written by tests/systemd/run.sh\n[Service]\nEnvironment=SHOAL_LOG=debug\n' \
+  >"$ROOT/etc/systemd/system/shoald.service.d/debug.conf"
+(umask 077 && printf '%s' "$secret_value" >"$ROOT/var/lib/keys/db_password")
+cat >"$ROOT$VAULT" <<'EOF'
+# written by tests/systemd/run.sh
+[secrets.db_password]
+file = "/var/lib/keys/db_password"
+
+[services.app]
+image = "oci-archive:/var/lib/shoal/images/busybox.tar"
+command = ["sh", "-c", "echo sum=$(sha256sum < /run/secrets/db_password | cut -d' ' -f1); trap 'exit 0' TERM; while :; do sleep 1; done"]
+secrets = ["db_password"]
+stop_grace_period = "2s"
+EOF
+gx systemctl daemon-reload >/dev/null 2>&1
+cursor=$(gx journalctl -n 0 --show-cursor --no-pager 2>/dev/null | sed -n 's/^-- cursor: //p')
+gx -t 180 systemctl restart shoald >/dev/null 2>&1
+wait_for 30 active
+out=$(gx -t 120 systemctl reload shoald 2>&1)
+reload_status=$?
+secret_read() {
+  count_is 1 vault_app &&
+    gx journalctl SHOAL_SERVICE=vault_app --no-pager -o cat 2>/dev/null | grep -qx "sum=$secret_sum"
+}
+[[ $reload_status -eq 0 ]] && wait_for 90 secret_read
+read_status=$?
+gx journalctl --no-pager -o json >"$WORK/journal-all.json" 2>/dev/null
+# tracing-journald writes tracing's DEBUG at journald priority 6 (info), its INFO at 5 (notice).
+debug_lines=$(gx journalctl --no-pager -u shoald -p info..info ${cursor:+--after-cursor="$cursor"} 2>/dev/null |
+  grep -c .)
+shown=$(
+  gx shoal secret inspect vault_db_password 2>&1
+  gx shoal secret ls --format json 2>&1
+  gx shoal service inspect vault_app 2>&1
+  gx shoal service inspect vault_app --format json 2>&1
+)
+leaks=$(grep -c -F -e "$secret_value" "$WORK/journal-all.json")
+shown_leaks=$(grep -c -F -e "$secret_value" <<<"$shown")
+[[ $reload_status -eq 0 && $read_status -eq 0 && $debug_lines -gt 10 && $leaks -eq 0 &&
+  $shown_leaks -eq 0 ]] && grep -q vault_db_password <<<"$shown"
+r=$?
+check "a file secret reaches its task (sha256 in the task's journal), and at SHOAL_LOG=debug ($debug_lines debug lines) its value is in none of the journal's $(wc -l <"$WORK/journal-all.json") entries nor in secret/service inspect" $r \
+  "reload: $reload_status $out
+entries holding the value: $leaks; CLI lines holding it: $shown_leaks
+$(gx journalctl SHOAL_SERVICE=vault_app --no-pager -o cat 2>&1 | tail -n 5)
+$(gx shoal service ps vault_app 2>&1)
+$shown"
+rm -f "$ROOT/etc/systemd/system/shoald.service.d/debug.conf"
+gx systemctl daemon-reload >/dev/null 2>&1
+
 # Reload: a removed stack file removes its services and tasks.
+rm -f "$ROOT$VAULT"
 remember_nested
 rm -f "$ROOT$STACK"
 out=$(gx -t 120 systemctl reload shoald 2>&1)
