@@ -30,6 +30,21 @@ const PROPOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 #[derive(Clone)]
 pub struct DaemonBackend(pub Arc<Daemon>);
 
+/// A stack file read by a follower, for the leader: its path, its text, and the contents of the
+/// secret and config files it names (the leader cannot read this node's files).
+pub type StackFileWire = (
+    String,
+    String,
+    std::collections::BTreeMap<String, model::SecretData>,
+);
+
+/// What a reload did under the locks: applied the files here, or left them to forward to the
+/// leader once the locks are released.
+enum ReloadStep {
+    Applied(ChangeReport),
+    Forward(Vec<StackFileWire>),
+}
+
 fn failed(e: impl std::fmt::Display) -> ApiError {
     ApiError::Failed(e.to_string())
 }
@@ -276,12 +291,26 @@ impl DaemonBackend {
     /// The actual reload, shared by D-Bus `Reload`, SIGHUP and start-up.
     pub async fn do_reload(&self) -> Result<ChangeReport, ApiError> {
         let d = self.d();
-        // Images a change resolves stay until it is committed. Always taken before
-        // `change_lock`, never the other way round.
-        let _images = d.images.in_use.read().await;
-        let _guard = d.change_lock.lock().await;
         notify::reloading();
-        let result = self.reload_locked().await;
+        let step = {
+            // Images a change resolves stay until it is committed. Always taken before
+            // `change_lock`, never the other way round.
+            let _images = d.images.in_use.read().await;
+            let _guard = d.change_lock.lock().await;
+            self.reload_locked().await
+        };
+        // A follower forwards without holding the locks: should it become the leader meanwhile,
+        // the forward applies the files here and takes them itself (and so does the leader's
+        // handler, should the forward reach this very node).
+        let result = match step {
+            Ok(ReloadStep::Applied(report)) => Ok(report),
+            Ok(ReloadStep::Forward(files)) => {
+                crate::forward::ClusterBackend(self.clone())
+                    .apply_stack_files(files)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let failures = match &result {
             Ok(_) => Default::default(),
             Err(e) => {
@@ -325,12 +354,14 @@ impl DaemonBackend {
         result
     }
 
-    async fn reload_locked(&self) -> Result<ChangeReport, ApiError> {
+    /// Reads and checks the stack files; applies them on the leader, or says what to forward
+    /// on a follower. The caller holds `images.in_use` and `change_lock`.
+    async fn reload_locked(&self) -> Result<ReloadStep, ApiError> {
         let d = self.d();
         if d.role() == NodeRole::Worker && d.in_cluster() {
             // Workers hold no cluster state: stack files are applied by the managers.
             info!("stack files are applied by managers; nothing to reload on a worker");
-            return Ok(ChangeReport::default());
+            return Ok(ReloadStep::Applied(ChangeReport::default()));
         }
         let dir = &d.cfg.paths.stacks_dir;
         let file_stacks = file_stack_names(&d.state());
@@ -361,22 +392,16 @@ impl DaemonBackend {
                 let secrets = spec::secrets::stack_file_contents(&f.spec);
                 files.push((f.path.display().to_string(), text, secrets));
             }
-            return crate::forward::ClusterBackend(self.clone())
-                .apply_stack_files(files)
-                .await;
+            return Ok(ReloadStep::Forward(files));
         }
-        self.apply_loaded(loaded).await
+        self.apply_loaded(loaded).await.map(ReloadStep::Applied)
     }
 
     /// On the leader: apply stack files a follower read (path, text and the contents of the
     /// secret and config files of each).
     pub async fn apply_stack_files(
         &self,
-        files: Vec<(
-            String,
-            String,
-            std::collections::BTreeMap<String, model::SecretData>,
-        )>,
+        files: Vec<StackFileWire>,
     ) -> Result<ChangeReport, ApiError> {
         let _images = self.d().images.in_use.read().await;
         let _guard = self.d().change_lock.lock().await;

@@ -219,7 +219,7 @@ impl ClusterBackend {
     /// secret files).
     pub async fn apply_stack_files(
         &self,
-        files: Vec<(String, String, BTreeMap<String, model::SecretData>)>,
+        files: Vec<crate::backend::StackFileWire>,
     ) -> Result<ChangeReport, ApiError> {
         if self.local() {
             return self.0.apply_stack_files(files).await;
