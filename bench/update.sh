@@ -14,7 +14,13 @@
 # still timed, and its request columns say n/a. See bench/README.md.
 #
 # usage: bench/update.sh [--only swarm|shoal] [--replicas N] [--monitor DURATION]
-#                        [--interval DURATION] [--keep-workdir] [--timeout SECONDS]
+#                        [--interval DURATION] [--start-interval DURATION] [--keep-workdir]
+#                        [--timeout SECONDS]
+#
+# --start-interval adds a 30 s start period checked every DURATION (Docker 25's
+# --health-start-interval). Swarm gets it only when its dockerd speaks API 1.44 or newer; Debian
+# 12's docker.io (20.10, API 1.41) does not, and then checks a new task first after --interval;
+# the report says which.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +35,7 @@ STEP_TIMEOUT=600
 REPLICAS=20
 MONITOR=0s
 INTERVAL=1s
+START_INTERVAL=
 PORT=8080
 
 while [[ $# -gt 0 ]]; do
@@ -37,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --replicas) REPLICAS=${2:?--replicas needs a number}; shift 2 ;;
     --monitor) MONITOR=${2:?--monitor needs a duration}; shift 2 ;;
     --interval) INTERVAL=${2:?--interval needs a duration}; shift 2 ;;
+    --start-interval) START_INTERVAL=${2:?--start-interval needs a duration}; shift 2 ;;
     --keep-workdir) KEEP=1; shift ;;
     --timeout) STEP_TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -65,6 +73,11 @@ WORK=$(mktemp -d /tmp/shoal-bench-update.XXXXXX)
 SERVE='mkdir -p /www && echo "version $V" > /www/index.html && exec httpd -f -p 80 -h /www'
 HEALTH_FLAGS=(--health-cmd "wget -qO- http://127.0.0.1/ >/dev/null || exit 1"
   --health-interval "$INTERVAL" --health-timeout 2s --health-retries 3)
+[[ -z $START_INTERVAL ]] || HEALTH_FLAGS+=(--health-start-period 30s)
+# --health-start-interval, for the sides that know it (set in run_swarm, run_shoal).
+START_FLAGS=()
+[[ -z $START_INTERVAL ]] || START_FLAGS=(--health-start-interval "$START_INTERVAL")
+SWARM_START="not asked"
 UPDATE_FLAGS=(--update-order start-first --update-parallelism 1 --update-delay 0s
   --update-monitor "$MONITOR" --update-failure-action pause)
 
@@ -154,9 +167,19 @@ run_swarm() {
     RESULT[swarm:ok]="n/a"
     RESULT[swarm:failed]="n/a (no IPVS)"
   fi
+  local start=() api
+  if [[ -n $START_INTERVAL ]]; then
+    api=$(D version --format '{{.Server.APIVersion}}' 2>/dev/null || echo 0)
+    if [[ $(printf '%s\n1.44\n' "$api" | sort -V | head -n 1) == 1.44 ]]; then
+      start=("${START_FLAGS[@]}")
+      SWARM_START="every $START_INTERVAL"
+    else
+      SWARM_START="not supported (dockerd API $api < 1.44): first check after $INTERVAL"
+    fi
+  fi
   log "swarm: create $REPLICAS replicas with a healthcheck"
   D service create --detach --no-resolve-image --quiet --name web --replicas "$REPLICAS" \
-    "${publish[@]}" --env V=1 "${HEALTH_FLAGS[@]}" "${UPDATE_FLAGS[@]}" \
+    "${publish[@]}" --env V=1 "${HEALTH_FLAGS[@]}" "${start[@]}" "${UPDATE_FLAGS[@]}" \
     "$DOCKER_IMAGE" sh -c "$SERVE" >/dev/null
   if ! wait_for "$STEP_TIMEOUT" swarm_running "$REPLICAS"; then
     RESULT[swarm:seconds]=timeout
@@ -192,7 +215,7 @@ run_shoal() {
   local t0
   log "shoal: create $REPLICAS replicas with a healthcheck"
   S service create --detach --name web --replicas "$REPLICAS" --publish "$PORT:80" --env V=1 \
-    "${HEALTH_FLAGS[@]}" "${UPDATE_FLAGS[@]}" \
+    "${HEALTH_FLAGS[@]}" "${START_FLAGS[@]}" "${UPDATE_FLAGS[@]}" \
     "oci-archive:$WORK/busybox-oci.tar" sh -c "$SERVE" >/dev/null
   if ! wait_for "$STEP_TIMEOUT" shoal_done "$REPLICAS"; then
     RESULT[shoal:seconds]=timeout
@@ -236,6 +259,9 @@ report() {
   echo
   echo "rolling update under load: $REPLICAS replicas, start-first, parallelism 1, monitor $MONITOR,"
   echo "healthcheck every $INTERVAL; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  if [[ -n $START_INTERVAL ]]; then
+    echo "start period 30s checked every $START_INTERVAL: shoal yes; swarm $SWARM_START"
+  fi
   echo "swarm: $(dockerd --version 2>/dev/null | head -1 || echo "not run")"
   echo "shoal: $([[ -x $SHOALD ]] && "$SHOALD" --version 2>/dev/null | head -1 || echo "not run")"
   echo
