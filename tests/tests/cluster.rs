@@ -339,6 +339,19 @@ async fn answers_without_certificate(addr: &str, ca_pem: &str) -> (Vec<u8>, Vec<
     (over_tls, plain)
 }
 
+/// Run the CLI against `node`, giving up after `secs` seconds (the CLI itself waits as long as
+/// the daemon takes).
+fn shoal_within(node: &Node, secs: u32, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(shoal_tests::node::bin("shoal"))
+        .args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", node.bus.address())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run timeout shoal")
+}
+
 /// Wait until `node` sees `n` nodes, all ready, with exactly one leader and `managers` managers.
 fn wait_for_cluster(node: &Node, n: usize, managers: usize) {
     node.wait_for(
@@ -394,19 +407,57 @@ fn three_managers_survive_the_loss_of_the_leader() {
         m.running("one").len() == 3
     });
 
+    // Both followers carry the same stack file (as the managers of a NixOS cluster do) and
+    // reload it over and over while the leader dies, so that one of them may become the leader
+    // in the middle of its own reload.
+    let stack = format!("[services.app]\nimage = \"{image}\"\ncommand = [\"sleep\", \"3600\"]\n");
+    for n in [&n2, &n3] {
+        std::fs::write(n.stacks_dir.join("demo.toml"), &stack).unwrap();
+    }
+    let stop_reloading = std::sync::atomic::AtomicBool::new(false);
+
     // The leader dies: a new leader takes over and changes keep working from any node.
     if std::env::var_os("SHOAL_TEST_DEBUG").is_some() {
         eprintln!("M1LOG {}", m1.log());
     }
     let started = std::time::Instant::now();
-    m1.kill_daemon();
-    n2.wait_for("a new leader", Duration::from_secs(60), |n| {
-        node_names(n)
-            .iter()
-            .any(|(name, (_, ms))| ms == "leader" && *name != m1_name)
+    let failover = std::thread::scope(|scope| {
+        for n in [&n2, &n3] {
+            let stop = &stop_reloading;
+            scope.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Errors are expected while there is no leader; a reload that never
+                    // answers shows below.
+                    let _ = shoal_within(n, 60, &["reload"]);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        m1.kill_daemon();
+        n2.wait_for("a new leader", Duration::from_secs(60), |n| {
+            node_names(n)
+                .iter()
+                .any(|(name, (_, ms))| ms == "leader" && *name != m1_name)
+        });
+        let failover = started.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        stop_reloading.store(true, std::sync::atomic::Ordering::Relaxed);
+        failover
     });
-    let failover = started.elapsed();
     eprintln!("new leader known {failover:?} after the old one was killed");
+    // Reloads on both survivors answer again (a reload that hung would keep its locks and every
+    // later one would hang too), and the stack runs.
+    for n in [&n2, &n3] {
+        n.wait_for(
+            "a reload to succeed after the failover",
+            Duration::from_secs(60),
+            |n| shoal_within(n, 30, &["reload"]).status.success(),
+        );
+    }
+    n2.wait_for("the reloaded stack to run", Duration::from_secs(90), |n| {
+        n.running("demo_app").len() == 1
+    });
     n3.shoal_ok(&[
         "service",
         "create",
