@@ -61,7 +61,7 @@ pub enum ApiCall {
     RemoveSecret(model::SecretKind, String),
     DeployStackWithFiles(String, String, BTreeMap<String, model::SecretData>),
     /// A follower's reload with the contents of its stacks' secret files.
-    ApplyStackFilesWithSecrets(Vec<(String, String, BTreeMap<String, model::SecretData>)>),
+    ApplyStackFilesWithSecrets(Vec<crate::backend::StackFileWire>),
     /// The state of the D-Bus object tree; the fingerprint of the state the caller has (0 for
     /// none) spares sending it again unchanged.
     Snapshot(u64),
