@@ -5,8 +5,9 @@
 # behind a published port, then updates it (a new environment value, so every task is
 # replaced) with order start-first, parallelism 1, monitor 0s (Swarm's pace: the next batch
 # starts once the last one is running and healthy) while a client sends requests through the
-# published port one after the other. Prints the seconds from the update command until the
-# update is completed with every task replaced, and the requests answered and failed during it.
+# published port (one after the other, or --rate N a second). Prints the seconds from the
+# update command until the update is completed with every task replaced, and the requests
+# answered and failed during it.
 #
 # Not a test: it exits 0 whenever both halves ran (a timed-out step shows as "timeout"). Swarm's
 # published ports go through its ingress network, which needs the kernel's IPVS; where IPVS is
@@ -14,8 +15,14 @@
 # still timed, and its request columns say n/a. See bench/README.md.
 #
 # usage: bench/update.sh [--only swarm|shoal] [--replicas N] [--monitor DURATION]
-#                        [--interval DURATION] [--start-interval DURATION] [--keep-workdir]
-#                        [--timeout SECONDS]
+#                        [--interval DURATION] [--start-interval DURATION] [--rate N|max]
+#                        [--keep-workdir] [--timeout SECONDS]
+#
+# --rate N sends N requests a second whatever the answers take (open loop: a late request goes
+# at once, without a burst to catch up); the default, max, sends the next request as soon as the
+# last one is answered (closed loop), which keeps a core busy with the client and the proxy
+# alone: on a 2-core machine that measures the update under CPU starvation as much as the
+# update itself.
 #
 # --start-interval adds a 30 s start period checked every DURATION (Docker 25's
 # --health-start-interval). Swarm gets it only when its dockerd speaks API 1.44 or newer; Debian
@@ -34,6 +41,7 @@ KEEP=0
 STEP_TIMEOUT=600
 REPLICAS=20
 MONITOR=0s
+RATE=max
 INTERVAL=1s
 START_INTERVAL=
 PORT=8080
@@ -43,6 +51,7 @@ while [[ $# -gt 0 ]]; do
     --only) ONLY=${2:?--only needs swarm or shoal}; shift 2 ;;
     --replicas) REPLICAS=${2:?--replicas needs a number}; shift 2 ;;
     --monitor) MONITOR=${2:?--monitor needs a duration}; shift 2 ;;
+    --rate) RATE=${2:?--rate needs requests a second or max}; shift 2 ;;
     --interval) INTERVAL=${2:?--interval needs a duration}; shift 2 ;;
     --start-interval) START_INTERVAL=${2:?--start-interval needs a duration}; shift 2 ;;
     --keep-workdir) KEEP=1; shift ;;
@@ -85,16 +94,18 @@ declare -A RESULT # RESULT[shoal:seconds]=12.3, RESULT[shoal:ok]=..., RESULT[sho
 
 # ---------------------------------------------------------------- the load
 
-# load_start NAME: requests to 127.0.0.1:PORT one after the other (a new connection each, 2 s
-# timeout), until WORK/NAME.stop exists; then it writes "answered failed" to WORK/NAME.count and
-# the time and reason of each failure to WORK/NAME.failures.
+# load_start NAME: requests to 127.0.0.1:PORT one after the other or RATE a second (a new
+# connection each, 2 s timeout), until WORK/NAME.stop exists; then it writes "answered failed"
+# to WORK/NAME.count and the time and reason of each failure to WORK/NAME.failures.
 load_start() {
   rm -f "$WORK/$1.stop" "$WORK/$1.count" "$WORK/$1.failures"
-  python3 - "$PORT" "$WORK/$1.stop" "$WORK/$1.count" "$WORK/$1.failures" <<'EOF' &
-import datetime, os, socket, sys
+  python3 - "$PORT" "$WORK/$1.stop" "$WORK/$1.count" "$WORK/$1.failures" "$RATE" <<'EOF' &
+import datetime, os, socket, sys, time
 port, stop, out, failures = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+gap = 0.0 if sys.argv[5] == "max" else 1.0 / float(sys.argv[5])
 ok = 0
 failed = []
+due = time.monotonic()
 def conntrack(local):
     """The conntrack entry of the connection from local port `local`, if there is one."""
     try:
@@ -103,6 +114,15 @@ def conntrack(local):
     except OSError:
         return ""
 while not os.path.exists(stop):
+    if gap:
+        # Open loop: a request every `gap` seconds whatever the answers take; a late one is
+        # sent at once, without a burst to catch up.
+        due += gap
+        wait = due - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        else:
+            due = time.monotonic()
     start = datetime.datetime.now(datetime.timezone.utc)
     s = socket.socket()
     s.settimeout(2)
@@ -258,7 +278,8 @@ report() {
   local s h
   echo
   echo "rolling update under load: $REPLICAS replicas, start-first, parallelism 1, monitor $MONITOR,"
-  echo "healthcheck every $INTERVAL; $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "healthcheck every $INTERVAL; load: $([[ $RATE == max ]] && echo "closed loop" || echo "$RATE requests/s");"
+  echo "$(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
   if [[ -n $START_INTERVAL ]]; then
     echo "start period 30s checked every $START_INTERVAL: shoal yes; swarm $SWARM_START"
   fi

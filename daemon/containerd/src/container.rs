@@ -586,21 +586,26 @@ impl Runtime {
         }
     }
 
-    /// Creates the container's task and starts it; returns the pid of its init process.
+    /// Creates the container's task unless it has one: its shim runs and runc has set the
+    /// container up, but the process waits to be started. Doing this while a task is prepared
+    /// leaves `start` only the `Tasks.Start` call. A task that ran already is left alone (it is
+    /// never run a second time); one whose state is unknown is replaced.
+    pub async fn create_task(&self, id: &str) -> Result<()> {
+        if let Some(process) = self.task_process(id).await? {
+            if Status::try_from(process.status).unwrap_or(Status::Unknown) != Status::Unknown {
+                return Ok(());
+            }
+            ignore_not_found(self.delete_task(id).await.map(|_| ()))?;
+        }
+        self.new_task(id).await
+    }
+
+    /// Starts the container's task (creating it first when `create_task` did not); returns the
+    /// pid of its init process.
     ///
-    /// A task that exists already is reused when it was never started, or replaced when it
-    /// has stopped.
+    /// A task that exists already is reused when it was never started, or replaced when its
+    /// state is unknown.
     pub async fn start(&self, id: &str) -> Result<u32> {
-        let container = self
-            .containers()
-            .get(self.request(GetContainerRequest { id: id.to_string() }))
-            .await
-            .map_err(|s| Error::grpc("Containers.Get", format!("container {id}"), s))?
-            .into_inner()
-            .container
-            .ok_or_else(|| Error::NotFound {
-                what: format!("container {id}"),
-            })?;
         if let Some(process) = self.task_process(id).await? {
             match Status::try_from(process.status).unwrap_or(Status::Unknown) {
                 Status::Running | Status::Paused | Status::Pausing => return Ok(process.pid),
@@ -613,6 +618,26 @@ impl Runtime {
                 }
             }
         }
+        self.new_task(id).await?;
+        self.start_task(id).await
+    }
+
+    /// The container record `id` (`Containers.Get`).
+    pub(crate) async fn container(&self, id: &str) -> Result<Container> {
+        self.containers()
+            .get(self.request(GetContainerRequest { id: id.to_string() }))
+            .await
+            .map_err(|s| Error::grpc("Containers.Get", format!("container {id}"), s))?
+            .into_inner()
+            .container
+            .ok_or_else(|| Error::NotFound {
+                what: format!("container {id}"),
+            })
+    }
+
+    /// `Tasks.Create` for a container that has no task.
+    async fn new_task(&self, id: &str) -> Result<()> {
+        let container = self.container(id).await?;
         let mounts = self
             .snapshots()
             .mounts(self.request(MountsRequest {
@@ -642,7 +667,7 @@ impl Runtime {
             }))
             .await
             .map_err(|s| Error::grpc("Tasks.Create", format!("task {id}"), s))?;
-        self.start_task(id).await
+        Ok(())
     }
 
     async fn start_task(&self, id: &str) -> Result<u32> {

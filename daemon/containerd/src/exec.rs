@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, StartRequest,
-    WaitRequest,
+    DeleteProcessRequest, ExecProcessRequest, KillRequest, StartRequest, WaitRequest,
 };
 use tokio::io::AsyncReadExt;
 
@@ -33,16 +32,7 @@ impl Runtime {
         timeout: Duration,
         keep: usize,
     ) -> Result<ExecOutput> {
-        let container = self
-            .containers()
-            .get(self.request(GetContainerRequest { id: id.to_string() }))
-            .await
-            .map_err(|s| Error::grpc("Containers.Get", format!("container {id}"), s))?
-            .into_inner()
-            .container
-            .ok_or_else(|| Error::NotFound {
-                what: format!("container {id}"),
-            })?;
+        let container = self.container(id).await?;
         let spec: serde_json::Value = container
             .spec
             .as_ref()

@@ -313,6 +313,59 @@ async fn a_new_connection_adopts_running_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_created_ahead_waits_unstarted_then_starts_or_is_deleted() {
+    let env = setup().await;
+    let dir = env.tmp.path();
+    let image = busybox(&env.rt, dir).await;
+    for id in ["ahead", "dropped"] {
+        let mut c = ContainerConfig::new(id, image.clone());
+        c.set_process(None, Some(sh("echo ran >> /tmp/marker; exec sleep 600")));
+        c.log = Some(log_config(dir.join(format!("{id}.log"))));
+        env.rt.create(&c).await.unwrap();
+        env.rt.create_task(id).await.unwrap();
+        // Idempotent: a second call finds the task and leaves it as it is.
+        env.rt.create_task(id).await.unwrap();
+    }
+    let listed = env.rt.list().await.unwrap();
+    for s in &listed {
+        assert_eq!(s.status, ContainerStatus::Created, "{s:?}");
+        assert!(
+            s.pid.is_some_and(|p| p > 0),
+            "runc's created container: {s:?}"
+        );
+    }
+    assert_eq!(listed.len(), 2);
+
+    // Start finds the created task and only starts it; the process runs once.
+    let pid = env.rt.start("ahead").await.unwrap();
+    assert_eq!(env.rt.start("ahead").await.unwrap(), pid);
+    env.rt.create_task("ahead").await.unwrap();
+    let out = env
+        .rt
+        .exec(
+            "ahead",
+            &sh("cat /tmp/marker"),
+            Duration::from_secs(30),
+            4096,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.output).trim(), "ran");
+
+    // A task created but never started is deleted without waiting for a stop grace period.
+    let t0 = std::time::Instant::now();
+    env.rt.delete("dropped").await.unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "deleting an unstarted task took {:?}",
+        t0.elapsed()
+    );
+    env.rt.delete("ahead").await.unwrap();
+    assert!(env.rt.list().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_go_to_journald_when_present() {
     let env = setup().await;
     let dir = env.tmp.path();

@@ -456,6 +456,103 @@ fn rolling_update_start_first_keeps_capacity() {
 }
 
 #[test]
+fn start_first_stages_the_next_batch_and_releases_it_in_turn() {
+    let mut sim = Sim::new(&["n1"]);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 4 }, "v1");
+    sim.run_until("4", |s| s.converged(&svc, 4));
+    sim.update(&svc, |s| {
+        s.task.image = "v2".into();
+        s.update.order = UpdateOrder::StartFirst;
+        s.update.parallelism = 1;
+        s.update.monitor = 1_000;
+    });
+    let mut saw_staged_while_in_flight = false;
+    for _ in 0..400 {
+        sim.step();
+        let new: Vec<_> = sim
+            .state
+            .tasks_of(&svc)
+            .filter(|t| t.spec.image == "v2" && t.is_runnable())
+            .collect();
+        let staged: Vec<_> = new
+            .iter()
+            .filter(|t| t.desired == TaskState::Ready)
+            .collect();
+        let released_not_running = new
+            .iter()
+            .filter(|t| t.desired == TaskState::Running && t.status.state < TaskState::Running)
+            .count();
+        assert!(staged.len() <= 1, "at most a batch is staged: {staged:?}");
+        assert!(released_not_running <= 1, "one batch at a time");
+        for t in &staged {
+            // A staged task is prepared but never started while its slot's old task serves.
+            assert!(t.status.state <= TaskState::Ready, "{t:?}");
+            assert!(
+                sim.running(&svc)
+                    .iter()
+                    .any(|o| o.slot == t.slot && o.spec.image == "v1"),
+                "slot {} keeps serving while its new task is staged",
+                t.slot
+            );
+        }
+        if !staged.is_empty() && new.iter().any(|t| t.desired == TaskState::Running) {
+            saw_staged_while_in_flight = true;
+        }
+    }
+    assert!(
+        saw_staged_while_in_flight,
+        "the next batch is staged while the current one is watched"
+    );
+    assert!(sim.converged(&svc, 4));
+    assert!(sim.running(&svc).iter().all(|t| t.spec.image == "v2"));
+    // Each slot got exactly one new task: the staged ones were released, not replaced.
+    let made = sim
+        .state
+        .tasks_of(&svc)
+        .filter(|t| t.spec.image == "v2")
+        .count();
+    assert_eq!(made, 4, "one new task per slot");
+    let st = sim.state.services[&svc].update_status.clone().unwrap();
+    assert_eq!(st.state, UpdateState::Completed, "{st:?}");
+
+    // A paused update shuts its staged tasks down; a newer spec retires them.
+    for (action, image) in [
+        (FailureAction::Pause, "bad"),
+        (FailureAction::Rollback, "bad"),
+    ] {
+        let mut sim = Sim::new(&["n1"]);
+        let svc = sim.create("web", ServiceMode::Replicated { replicas: 4 }, "v1");
+        sim.run_until("4", |s| s.converged(&svc, 4));
+        sim.update(&svc, |s| {
+            s.task.image = image.into();
+            s.update.order = UpdateOrder::StartFirst;
+            s.update.parallelism = 1;
+            s.update.failure_action = action;
+        });
+        for _ in 0..300 {
+            sim.step();
+        }
+        let held: Vec<_> = sim
+            .state
+            .tasks_of(&svc)
+            .filter(|t| t.is_runnable() && t.desired == TaskState::Ready)
+            .collect();
+        assert!(
+            held.is_empty(),
+            "{action:?} leaves nothing staged: {held:?}"
+        );
+        let old = sim
+            .running(&svc)
+            .iter()
+            .filter(|t| t.spec.image == "v1")
+            .count();
+        // Paused after the first slot failed: the three others still serve the old spec.
+        let want = if action == FailureAction::Pause { 3 } else { 4 };
+        assert_eq!(old, want, "{action:?}: the old tasks keep serving");
+    }
+}
+
+#[test]
 fn failing_update_pauses_or_rolls_back() {
     for action in [
         FailureAction::Pause,

@@ -13,6 +13,13 @@
 //! - stop-first: the old task gets desired SHUTDOWN and the new one is created with desired
 //!   READY; it is released to RUNNING once the old task has stopped.
 //! - start-first: the new task starts at once; the old one is shut down when the new one runs.
+//!   When a batch starts, the next batch's new tasks are *staged*: created with desired READY
+//!   while their slots' old tasks still serve, so their nodes pull the image, attach the network
+//!   and create the container (and its runtime task) while the current batch is watched. When
+//!   their turn comes they are released to RUNNING and only have to start. A staged task is not
+//!   in flight and does not count as updated until released; one that fails while being
+//!   prepared counts as a failure of the update. Staged tasks of a spec that is no longer
+//!   current are retired like any unfinished new task, and a paused update shuts them down.
 //! - A new task that fails (or exits) before RUNNING, or within `monitor` of it, counts as a
 //!   failure (an unhealthy task is one: its node fails it); above `max_failure_ratio` the
 //!   `failure_action` applies: pause, continue, or rollback to the previous spec (a failing
@@ -92,7 +99,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         .map(|s| s.started_at)
         .unwrap_or(svc.updated_at);
     let Progress {
-        dirty,
+        mut dirty,
         in_flight,
         release,
         shut_old,
@@ -161,6 +168,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
             match (config.failure_action, rolling_back) {
                 (FailureAction::Continue, _) => {}
                 (_, true) => {
+                    shut_staged(pass, &dirty);
                     set_status(
                         pass,
                         UpdateState::RollbackPaused,
@@ -170,6 +178,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                     return;
                 }
                 (FailureAction::Pause, false) => {
+                    shut_staged(pass, &dirty);
                     set_status(
                         pass,
                         UpdateState::Paused,
@@ -195,6 +204,7 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
                             if_revision: Some(revision),
                         });
                     } else {
+                        shut_staged(pass, &dirty);
                         set_status(
                             pass,
                             UpdateState::Paused,
@@ -262,17 +272,49 @@ pub(crate) fn update_service(pass: &mut Pass<'_>, service_id: &Id) {
         pass.plan.wake(last + config.delay);
         return;
     }
-    let batch: Vec<_> = dirty
-        .into_iter()
-        .take(room.min(usize::MAX as u64) as usize)
-        .collect();
-    start_batch(pass, &svc, &config, batch);
+    // Staged slots go first (the sort is stable: the rest keep their slot order).
+    dirty.sort_by_key(|d| d.staged.is_none());
+    let take = room.min(dirty.len() as u64) as usize;
+    let rest = dirty.split_off(take);
+    // Stage the batch after this one (start-first with a batch size only: stop-first keeps its
+    // promise that a slot's new task is set up only once the old one is gone).
+    let stage = if config.order == UpdateOrder::StartFirst && config.parallelism > 0 {
+        let staged = rest.iter().filter(|d| d.staged.is_some()).count() as u64;
+        let more = config.parallelism.saturating_sub(staged) as usize;
+        rest.into_iter()
+            .filter(|d| d.staged.is_none())
+            .take(more)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    start_batch(pass, &svc, &config, dirty, stage);
+}
+
+/// A slot whose runnable task is of an older version.
+struct Dirty {
+    slot: SlotKey,
+    /// The old task that serves the slot until it is replaced (none when it died).
+    old: Vec<Id>,
+    /// The slot's new task staged at desired READY, waiting for its batch.
+    staged: Option<Id>,
+}
+
+/// A paused update leaves the serving tasks alone and shuts the staged ones down.
+fn shut_staged(pass: &mut Pass<'_>, dirty: &[Dirty]) {
+    let staged: Vec<Id> = dirty.iter().filter_map(|d| d.staged.clone()).collect();
+    if !staged.is_empty() {
+        pass.push(Command::SetDesired {
+            task_ids: staged,
+            desired: TaskState::Shutdown,
+        });
+    }
 }
 
 /// What the tasks say about a service's update, read in one go from the state.
 struct Progress {
     /// Slots whose runnable task is of an older version, with the task to replace.
-    dirty: Vec<(SlotKey, Vec<Id>)>,
+    dirty: Vec<Dirty>,
     in_flight: u64,
     /// stop-first new tasks whose old task has stopped: release them to RUNNING.
     release: Vec<Id>,
@@ -338,6 +380,12 @@ fn progress(
                 && t.node_id.is_some()
         });
 
+        // The slot's new task waits at READY while an old one serves: staged for a later batch.
+        let staged = new
+            .first()
+            .filter(|n| n.desired == TaskState::Ready && !old.is_empty())
+            .map(|n| n.id.clone());
+
         // A slot whose new task failed is done for the update (its failure counts, the
         // restart policy replaces it): the update goes on with the next slot, as Swarm's.
         let mut slot_failed = false;
@@ -345,7 +393,7 @@ fn progress(
             .iter()
             .filter(|t| t.spec_version == svc.version && t.created_at >= started_at)
         {
-            if t.restart_attempt == 0 {
+            if t.restart_attempt == 0 && staged.as_ref() != Some(&t.id) {
                 updated += 1;
             }
             if t.status.state == TaskState::Running {
@@ -369,23 +417,30 @@ fn progress(
 
         // Failures count per slot, like the updated tasks (restarts in a slot do not add up).
         failed += u64::from(slot_failed);
+        if staged.is_some() || (new.is_empty() && !old.is_empty()) {
+            // Still to be replaced. When a newer spec interrupted an update of this slot, keep
+            // the task that serves (the newest running one, else the newest) and retire the
+            // unfinished others.
+            let keep = old
+                .iter()
+                .filter(|t| t.status.state == TaskState::Running)
+                .max_by_key(|t| t.created_at)
+                .or_else(|| old.iter().max_by_key(|t| t.created_at))
+                .map(|t| t.id.clone());
+            shut_old.extend(
+                old.iter()
+                    .filter(|t| Some(&t.id) != keep.as_ref())
+                    .map(|t| t.id.clone()),
+            );
+            dirty.push(Dirty {
+                slot: slot.clone(),
+                old: keep.into_iter().collect(),
+                staged,
+            });
+            continue;
+        }
         match (new.first(), old.is_empty()) {
-            (None, false) => {
-                // A newer spec interrupted an update of this slot: keep the task that serves
-                // (the newest running one, else the newest), retire the unfinished others.
-                let keep = old
-                    .iter()
-                    .filter(|t| t.status.state == TaskState::Running)
-                    .max_by_key(|t| t.created_at)
-                    .or_else(|| old.iter().max_by_key(|t| t.created_at))
-                    .map(|t| t.id.clone());
-                shut_old.extend(
-                    old.iter()
-                        .filter(|t| Some(&t.id) != keep.as_ref())
-                        .map(|t| t.id.clone()),
-                );
-                dirty.push((slot.clone(), keep.into_iter().collect::<Vec<_>>()));
-            }
+            (None, _) => {}
             (Some(n), _) => {
                 if n.desired == TaskState::Ready {
                     // stop-first: wait for the old task to stop, then release the new one.
@@ -415,7 +470,6 @@ fn progress(
                     }
                 }
             }
-            (None, true) => {}
         }
     }
 
@@ -441,24 +495,50 @@ fn progress(
     }
 }
 
+/// Starts `batch` (releasing the slots' staged tasks, creating new ones for the others) and
+/// stages `stage`.
 fn start_batch(
     pass: &mut Pass<'_>,
     svc: &Service,
     config: &UpdateConfig,
-    batch: Vec<(SlotKey, Vec<Id>)>,
+    batch: Vec<Dirty>,
+    stage: Vec<Dirty>,
 ) {
     let mut tasks = Vec::new();
     let mut stop = Vec::new();
-    for (slot, old) in batch {
-        let Some(mut t) = new_task(pass, svc, &slot) else {
-            // No free address on one of its networks: this slot waits for the next pass.
+    let mut release = Vec::new();
+    for d in batch {
+        let stop_first = config.order == UpdateOrder::StopFirst;
+        match d.staged {
+            // stop-first (the order changed since it was staged): it is released once the old
+            // task has stopped, as any stop-first new task.
+            Some(_) if stop_first => stop.extend(d.old),
+            Some(id) => release.push(id),
+            None => {
+                let Some(mut t) = new_task(pass, svc, &d.slot) else {
+                    // No free address on one of its networks: this slot waits for the next pass.
+                    continue;
+                };
+                if stop_first {
+                    t.desired = TaskState::Ready;
+                    stop.extend(d.old);
+                }
+                tasks.push(t);
+            }
+        }
+    }
+    for d in stage {
+        let Some(mut t) = new_task(pass, svc, &d.slot) else {
             continue;
         };
-        if config.order == UpdateOrder::StopFirst {
-            t.desired = TaskState::Ready;
-            stop.extend(old);
-        }
+        t.desired = TaskState::Ready;
         tasks.push(t);
+    }
+    if !release.is_empty() {
+        pass.push(Command::SetDesired {
+            task_ids: release,
+            desired: TaskState::Running,
+        });
     }
     if !stop.is_empty() {
         pass.push(Command::SetDesired {

@@ -320,6 +320,13 @@ impl Executor for ContainerExecutor {
                 return Err(classify(e));
             }
         }
+        // The task's shim and runc's container are set up now, so that starting it (perhaps
+        // a task held READY by a rolling update until its turn) is one `Tasks.Start` call. A
+        // failure here is left to `start`, which creates the task again and reports the error
+        // as a start failure, as before.
+        if let Err(e) = d.runtime.create_task(&cid).await {
+            tracing::debug!(task = %task.id, error = %e, "task not created ahead of its start");
+        }
         tracing::debug!(
             task = %task.id,
             image_ms = t_image.as_millis() as u64,
