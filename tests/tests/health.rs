@@ -336,3 +336,73 @@ fn a_start_first_update_that_rolls_back_drops_no_request() {
         "the new image's tasks failed their check"
     );
 }
+
+/// A start-first update prepares the next batch while the current one is watched: its task
+/// waits READY (desired `ready`) next to the old task that still serves its slot, and its turn
+/// releases that same task to RUNNING rather than making another.
+#[test]
+fn a_start_first_update_stages_the_next_batch_and_releases_it_in_turn() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "st",
+        "--replicas",
+        "3",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "300ms",
+        "--update-order",
+        "start-first",
+        "--update-monitor",
+        "1s",
+        &img,
+        "sh",
+        "-c",
+        SLEEPER,
+    ]);
+    let before: Vec<String> = node.running("st").into_iter().map(|t| t.id).collect();
+    assert_eq!(before.len(), 3);
+    node.shoal_ok(&["service", "update", "--detach", "--force", "st"]);
+    let mut staged = std::collections::BTreeSet::new();
+    node.wait_for("the update completed", LONG, |n| {
+        let tasks = n.tasks("st");
+        for t in tasks
+            .iter()
+            .filter(|t| t.desired == "ready" && !before.contains(&t.id))
+        {
+            assert!(
+                ["pending", "assigned", "accepted", "preparing", "ready"]
+                    .contains(&t.state.as_str()),
+                "a staged task is never started: {t:?}"
+            );
+            assert!(
+                tasks
+                    .iter()
+                    .any(|o| o.slot == t.slot && before.contains(&o.id) && o.running()),
+                "its slot's old task serves meanwhile: {tasks:?}"
+            );
+            if t.state == "ready" {
+                staged.insert(t.id.clone());
+            }
+        }
+        n.shoal_ok(&["service", "inspect", "--pretty", "st"])
+            .contains("completed")
+            && n.running("st").iter().all(|t| !before.contains(&t.id))
+    });
+    let tasks = node.tasks("st");
+    let new: Vec<_> = tasks.iter().filter(|t| !before.contains(&t.id)).collect();
+    assert_eq!(new.len(), 3, "one new task per slot: {tasks:?}");
+    assert!(new.iter().all(|t| t.running()), "{new:?}");
+    assert!(
+        !staged.is_empty(),
+        "a task of a later batch was seen prepared and waiting: {tasks:?}"
+    );
+    assert!(
+        staged.iter().all(|id| new.iter().any(|t| &t.id == id)),
+        "the staged tasks are the ones that run now"
+    );
+}
