@@ -6,6 +6,9 @@
 //! the service first, ties by value), then fewest tasks of the service, then fewest tasks in
 //! total, then node id (deterministic).
 //!
+//! Within a service, tasks wanted running are placed before tasks a rolling update staged at
+//! desired READY, so a staged task never takes the room of the batch under way.
+//!
 //! A task that fits nowhere stays PENDING with `status.err` set to Swarm's explanation, e.g.
 //! "no suitable node (scheduling constraints not satisfied on 3 nodes)"; it is retried on every
 //! pass (a node joining, becoming active, or a label change), and the error is written only
@@ -31,7 +34,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use model::{ClusterState, Command, Id, Node, PlacementPreference, Reservations, Service, Task};
+use model::{
+    ClusterState, Command, Id, Node, PlacementPreference, Reservations, Service, Task, TaskState,
+};
 
 use crate::Pass;
 
@@ -67,7 +72,11 @@ fn plan(state: &ClusterState) -> (Assignments, Errors) {
         .map(|n| (n.as_str(), state.runnable_on(n)))
         .collect();
     let mut reserved: Option<Reserved> = None;
-    for (service_id, tasks) in pending {
+    for (service_id, mut tasks) in pending {
+        // Tasks wanted running go before those a rolling update stages at desired READY: a
+        // staged task must never take the room the batch under way needs (it would wait for
+        // that batch, which would wait for the room).
+        tasks.sort_by_key(|t| t.desired == TaskState::Ready);
         let Some(svc) = state.services.get(service_id) else {
             continue;
         };

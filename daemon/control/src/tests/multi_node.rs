@@ -607,3 +607,35 @@ fn the_ingress_network_gives_every_node_an_address_and_carries_the_mesh() {
         .unwrap_err();
     assert!(err.to_string().contains("node n2's"), "{err}");
 }
+
+#[test]
+fn a_staged_task_never_takes_the_room_its_batch_needs() {
+    let mut sim = Sim::new(&["n1"]);
+    resources(&mut sim, "n1", 4, 4 << 30);
+    let svc = sim.create("web", ServiceMode::Replicated { replicas: 3 }, "v1");
+    sim.update(&svc, |s| {
+        s.task.reservations.nano_cpus = Some(1_000_000_000);
+    });
+    sim.run_until("3", |s| s.converged(&svc, 3));
+    // Room for one more task. The update's first pass makes the first batch's task (u9) and
+    // stages the next (u10), which sorts first: the scheduler must still give the room to u9.
+    sim.ids = SeqIds {
+        prefix: "u".into(),
+        next: 8,
+    };
+    sim.update(&svc, |s| {
+        s.task.image = "v2".into();
+        s.update.order = UpdateOrder::StartFirst;
+        s.update.parallelism = 1;
+    });
+    sim.step();
+    let batch = &sim.state.tasks["u9"];
+    let staged = &sim.state.tasks["u10"];
+    assert_eq!(batch.desired, TaskState::Running, "{batch:?}");
+    assert_eq!(staged.desired, TaskState::Ready, "{staged:?}");
+    assert!(staged.id < batch.id);
+    assert!(batch.node_id.is_some(), "the batch's task got the room");
+    sim.run_until("updated", |s| {
+        s.converged(&svc, 3) && s.running(&svc).iter().all(|t| t.spec.image == "v2")
+    });
+}
