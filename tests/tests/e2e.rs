@@ -280,17 +280,19 @@ fn image_update_rolls_tasks_one_at_a_time() {
             .expect("old task in history");
         assert_eq!(old.state, "shutdown", "old task {id} shut down: {old:?}");
     }
-    // The new tasks came one after another.
+    // The new tasks started one after another, each once the last had run for the monitor
+    // period (5s). (The next batch's task is created ahead, staged, so creation times say
+    // nothing about the pace.)
     let mut starts: Vec<u64> = tasks
         .iter()
-        .filter(|t| t.spec_version == 2)
-        .map(|t| t.created_at)
+        .filter(|t| t.spec_version == 2 && t.running())
+        .map(|t| t.state_since)
         .collect();
     starts.sort();
-    assert_eq!(starts.len(), 3);
+    assert_eq!(starts.len(), 3, "{tasks:?}");
     assert!(
-        starts[0] < starts[1] && starts[1] < starts[2],
-        "one slot at a time: {starts:?}"
+        starts.windows(2).all(|w| w[1] >= w[0] + 5_000),
+        "one slot at a time, each after the last ran for monitor: {starts:?}"
     );
     // The update completes once the last new task has run for the monitor period (5s).
     node.wait_for("update status completed", LONG, |n| {
