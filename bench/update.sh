@@ -5,9 +5,9 @@
 # behind a published port, then updates it (a new environment value, so every task is
 # replaced) with order start-first, parallelism 1, monitor 0s (Swarm's pace: the next batch
 # starts once the last one is running and healthy) while a client sends requests through the
-# published port (one after the other, or --rate N a second). Prints the seconds from the
-# update command until the update is completed with every task replaced, and the requests
-# answered and failed during it.
+# published port (100 a second, see --rate). Prints the seconds from the update command until
+# the update is completed with every task replaced, and the requests answered and failed during
+# it.
 #
 # Not a test: it exits 0 whenever both halves ran (a timed-out step shows as "timeout"). Swarm's
 # published ports go through its ingress network, which needs the kernel's IPVS; where IPVS is
@@ -18,11 +18,12 @@
 #                        [--interval DURATION] [--start-interval DURATION] [--rate N|max]
 #                        [--keep-workdir] [--timeout SECONDS]
 #
-# --rate N sends N requests a second whatever the answers take (open loop: a late request goes
-# at once, without a burst to catch up); the default, max, sends the next request as soon as the
-# last one is answered (closed loop), which keeps a core busy with the client and the proxy
-# alone: on a 2-core machine that measures the update under CPU starvation as much as the
-# update itself.
+# --rate N sends N requests a second (default 100) whatever the answers take (open loop: a late
+# request goes at once, without a burst to catch up): a constant load. --rate max sends the next
+# request as soon as the last one is answered (closed loop, what this script did before
+# 2026-12-02), which keeps a core busy with the client and the proxy alone: on a 2-core machine
+# that measures the update under CPU starvation as much as the update itself, and where IPVS is
+# missing only shoal carries that load.
 #
 # --start-interval adds a 30 s start period checked every DURATION (Docker 25's
 # --health-start-interval). Swarm gets it only when its dockerd speaks API 1.44 or newer; Debian
@@ -41,7 +42,7 @@ KEEP=0
 STEP_TIMEOUT=600
 REPLICAS=20
 MONITOR=0s
-RATE=max
+RATE=100
 INTERVAL=1s
 START_INTERVAL=
 PORT=8080
