@@ -173,6 +173,46 @@ fn a_worker_joins_runs_tasks_and_its_death_moves_them() {
     let tail = manager.shoal_ok(&["service", "logs", "--tail", "1", "talk"]);
     assert_eq!(tail.lines().count(), 1, "{tail}");
 
+    // A start-first update across both nodes, from the worker's CLI: the next slot's task is
+    // staged (prepared on its node, desired ready) while the current one is watched, then
+    // released: one new task a slot, none thrown away.
+    let before: std::collections::BTreeSet<String> =
+        manager.running("web").into_iter().map(|t| t.id).collect();
+    worker.shoal_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--force",
+        "--update-order",
+        "start-first",
+        "--update-monitor",
+        "1s",
+        "web",
+    ]);
+    let mut staged = std::collections::BTreeSet::new();
+    manager.wait_for("web updated on both nodes", Duration::from_secs(90), |m| {
+        for t in m.tasks("web") {
+            if t.desired == "ready" && t.state == "ready" && !before.contains(&t.id) {
+                staged.insert(t.id.clone());
+            }
+        }
+        let running = m.running("web");
+        running.len() == 2
+            && running.iter().all(|t| !before.contains(&t.id))
+            && m.shoal_ok(&["service", "inspect", "web"])
+                .contains("\"update_state\": \"completed\"")
+    });
+    let new: Vec<_> = manager
+        .tasks("web")
+        .into_iter()
+        .filter(|t| !before.contains(&t.id))
+        .collect();
+    assert_eq!(new.len(), 2, "one new task a slot: {new:?}");
+    assert!(
+        !staged.is_empty() && staged.iter().all(|id| new.iter().any(|t| &t.id == id)),
+        "a staged task was seen and is one of those that run: {staged:?} {new:?}"
+    );
+
     // Placement across nodes: a constraint pins tasks, one that no node meets leaves the task
     // PENDING with the reason in service ps.
     manager.shoal_ok(&[
