@@ -320,11 +320,14 @@ impl Executor for ContainerExecutor {
                 return Err(classify(e));
             }
         }
-        // The task's shim and runc's container are set up now, so that starting it (perhaps
-        // a task held READY by a rolling update until its turn) is one `Tasks.Start` call. A
+        // A task held READY (staged by a rolling update until its turn) gets its shim and
+        // runc's container now, so that its start is one `Tasks.Start` call. Others start at
+        // once: for them this would only move work (a deploy measured slower with it). A
         // failure here is left to `start`, which creates the task again and reports the error
         // as a start failure, as before.
-        if let Err(e) = d.runtime.create_task(&cid).await {
+        if task.desired == model::TaskState::Ready
+            && let Err(e) = d.runtime.create_task(&cid).await
+        {
             tracing::debug!(task = %task.id, error = %e, "task not created ahead of its start");
         }
         tracing::debug!(
