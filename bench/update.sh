@@ -29,6 +29,12 @@
 # --health-start-interval). Swarm gets it only when its dockerd speaks API 1.44 or newer; Debian
 # 12's docker.io (20.10, API 1.41) does not, and then checks a new task first after --interval;
 # the report says which.
+#
+# The same healthcheck runs on a different schedule on each side, and the report says so: Swarm
+# checks a new task first one interval (or start interval) after its start; shoal also checks a
+# starting task early, at its start and then after 100 ms, 200 ms, 400 ms... (README, "A
+# starting task is checked early"). So shoal's time barely depends on --interval while Swarm's
+# grows by an interval a batch.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -284,6 +290,7 @@ report() {
   if [[ -n $START_INTERVAL ]]; then
     echo "start period 30s checked every $START_INTERVAL: shoal yes; swarm $SWARM_START"
   fi
+  echo "first check of a new task: swarm after ${START_INTERVAL:-$INTERVAL}; shoal at its start, then early checks"
   echo "swarm: $(dockerd --version 2>/dev/null | head -1 || echo "not run")"
   echo "shoal: $([[ -x $SHOALD ]] && "$SHOALD" --version 2>/dev/null | head -1 || echo "not run")"
   echo

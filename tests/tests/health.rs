@@ -1,5 +1,5 @@
-//! Healthchecks on real parts: checks run inside the task through containerd exec, a task is
-//! RUNNING (and gets traffic) only once a check passed, an unhealthy task is failed and
+//! Healthchecks on real parts: checks run inside the task through containerd exec (early ones
+//! from the start on), a task is RUNNING (and gets traffic) only once a check passed, an unhealthy task is failed and
 //! replaced, and a rolling update to an image whose own HEALTHCHECK fails rolls back by itself.
 
 use std::time::Duration;
@@ -145,6 +145,51 @@ fn a_passing_healthcheck_makes_the_task_running_only_after_the_first_pass() {
     assert!(ps.contains("(healthy)"), "{ps}");
     let inspect = node.shoal_ok(&["service", "inspect", "web"]);
     assert!(inspect.contains("\"output\": \"ready\\n\""), "{inspect}");
+}
+
+#[test]
+fn a_starting_task_is_checked_early_so_it_runs_once_ready_not_an_interval_later() {
+    let node = Node::start();
+    let img = image(&node, "bb");
+    // Ready two seconds after the start; the interval is a minute, and one counted failure
+    // would make the task unhealthy.
+    let cmd = format!("(sleep 2; touch /tmp/ready) & {HTTPD}");
+    node.shoal_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--health-cmd",
+        "test -f /tmp/ready && echo ready",
+        "--health-interval",
+        "60s",
+        "--health-retries",
+        "1",
+        &img,
+        "sh",
+        "-c",
+        &cmd,
+    ]);
+    node.wait_for("the task running once an early check passed", LONG, |n| {
+        n.running("web").len() == 1
+    });
+    let t = node.running("web").remove(0);
+    assert!(
+        t.state_since >= t.created_at + 2_000,
+        "running only once ready: {t:?}"
+    );
+    assert!(
+        t.state_since < t.created_at + 30_000,
+        "running long before the first regular check (60 s): {t:?}"
+    );
+    let health = t.health.clone().expect("health of a running task");
+    assert_eq!(
+        (health.status.as_str(), health.output.as_str()),
+        ("healthy", "ready\n")
+    );
+    // The early checks that failed did not count: the first task is the only one.
+    assert_eq!(node.tasks("web").len(), 1, "{:?}", node.tasks("web"));
 }
 
 #[test]

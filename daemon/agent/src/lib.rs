@@ -21,7 +21,8 @@
 //! - Desired SHUTDOWN or REMOVE stops the process with the task's stop signal and grace period
 //!   and reports SHUTDOWN. A task that left the assignment is stopped and removed silently.
 //! - A task with a healthcheck (its service's, else its image's) stays STARTING once its
-//!   process runs, until a check passes; then it is RUNNING. Checks run in a tokio task of
+//!   process runs, until a check passes; then it is RUNNING. The first checks run early, from
+//!   the start on (`model::health::Schedule`), then Docker's. Checks run in a tokio task of
 //!   their own (through [`Executor::exec`]) while the manager waits for the process; a task
 //!   that becomes unhealthy is stopped and reported FAILED (`task: unhealthy container`). The
 //!   health and the last check's exit code and output are reported with the status.

@@ -537,8 +537,9 @@ async fn next_health(run: &mut Option<HealthRun>) -> Option<TaskHealth> {
     }
 }
 
-/// A task's healthcheck loop, in a tokio task of its own: waits the interval, runs the check in
-/// the container, records the result and sends the health on; ends once the task is unhealthy
+/// A task's healthcheck loop, in a tokio task of its own: waits for the next check of its
+/// [`health::Schedule`] (early ones while it starts, then every interval), runs it in the
+/// container, records the result and sends the health on; ends once the task is unhealthy
 /// (or when the manager drops the receiver). `since` is when the process started.
 async fn probe<E: Executor>(
     shared: Arc<Shared<E>>,
@@ -548,9 +549,11 @@ async fn probe<E: Executor>(
     mut health: TaskHealth,
     tx: mpsc::Sender<TaskHealth>,
 ) {
+    let mut schedule = health::Schedule::new(&check);
     loop {
         let elapsed = shared.clock.now().saturating_sub(since);
-        sleep(Duration::from_millis(health.next_delay(&check, elapsed))).await;
+        let next = schedule.next(&check, &health, elapsed);
+        sleep(Duration::from_millis(next.delay)).await;
         let started_at = shared.clock.now();
         let timeout = Duration::from_millis(check.timeout);
         let (exit_code, output) = match shared
@@ -577,7 +580,12 @@ async fn probe<E: Executor>(
             ended_at: shared.clock.now(),
         };
         debug!(container = %container.container_id, exit_code, "healthcheck ran");
-        let status = health.record(&check, result, started_at.saturating_sub(since));
+        let since_start = started_at.saturating_sub(since);
+        let status = if next.early {
+            health.record_early(&check, result, since_start)
+        } else {
+            health.record(&check, result, since_start)
+        };
         if tx.send(health.clone()).await.is_err() || status == HealthStatus::Unhealthy {
             return;
         }

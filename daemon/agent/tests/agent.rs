@@ -742,8 +742,9 @@ async fn a_task_with_a_healthcheck_is_running_only_after_a_check_passes() {
         started.health.as_ref().map(|h| h.status),
         Some(model::HealthStatus::Starting)
     );
-    // The first check runs one interval after the start, as Docker's.
-    assert_eq!(running.timestamp, EPOCH + 5_000);
+    // The first check is an early one, at the start: a task ready at once runs at once
+    // (Docker would first check it one interval later).
+    assert_eq!(running.timestamp, EPOCH);
     let health = running.health.clone().unwrap();
     assert_eq!(health.status, model::HealthStatus::Healthy);
     let last = health.last.unwrap();
@@ -764,6 +765,32 @@ async fn a_task_with_a_healthcheck_is_running_only_after_a_check_passes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_starting_task_is_checked_early_and_early_failures_do_not_count() {
+    let exec = Arc::new(FakeExecutor::new());
+    exec.set_health("t1", Some(1));
+    // One counted failure would make it unhealthy.
+    let t = with_health(task("t1", 1), &["CMD", "check"], 5_000, 1);
+    let mut node = Node::start(exec.clone(), vec![t]);
+    node.eventually("three early checks ran", |e| e.execs("t1") == 3)
+        .await;
+    exec.set_health("t1", Some(0));
+    let running = node.until("t1", Running).await;
+    // Early checks at 0, 100 and 300 ms failed, the one at 700 ms passed.
+    assert_eq!(running.timestamp, EPOCH + 700);
+    assert_eq!(exec.execs("t1"), 4);
+    assert!(
+        !node.states("t1").contains(&Failed),
+        "{:?}",
+        node.states("t1")
+    );
+    // The failed early checks were shown while starting, without a failing streak.
+    assert!(node.history["t1"].iter().any(|s| s.state == Starting
+        && s.health.as_ref().is_some_and(|h| {
+            h.failing_streak == 0 && h.last.as_ref().is_some_and(|l| l.exit_code == 1)
+        })));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_task_whose_checks_fail_never_runs_and_is_stopped_and_failed() {
     let exec = Arc::new(FakeExecutor::new());
     exec.set_health("t1", Some(1));
@@ -776,6 +803,8 @@ async fn a_task_whose_checks_fail_never_runs_and_is_stopped_and_failed() {
         node.states("t1")
     );
     assert_eq!(failed.err.as_deref(), Some(model::health::UNHEALTHY_ERROR));
+    // Early checks at 0, 100, 300 and 700 ms failed without counting; the regular ones at 1 s
+    // and 2 s made the two failures in a row.
     assert_eq!(failed.timestamp, EPOCH + 2_000);
     let health = failed.health.unwrap();
     assert_eq!(health.status, model::HealthStatus::Unhealthy);
@@ -785,7 +814,7 @@ async fn a_task_whose_checks_fail_never_runs_and_is_stopped_and_failed() {
         node.exec.count(
             |c| matches!(c, Call::Exec { command, .. } if command == &["/bin/sh", "-c", "exit 1"])
         ),
-        2
+        6
     );
     assert_eq!(
         node.exec
@@ -831,7 +860,11 @@ async fn the_images_healthcheck_applies_unless_the_service_turns_it_off() {
     });
     let mut node = Node::start(exec.clone(), vec![task("t1", 1), off]);
     let running = node.until("t1", Running).await;
-    assert_eq!(running.timestamp, EPOCH + 3_000);
+    assert_eq!(running.timestamp, EPOCH);
+    assert_eq!(
+        running.health.unwrap().last.unwrap().output,
+        "check exited 0\n"
+    );
     let off = node.until("off", Running).await;
     assert_eq!(off.timestamp, EPOCH);
     assert_eq!(off.health, None);

@@ -439,35 +439,32 @@ fn progress(
             });
             continue;
         }
-        match (new.first(), old.is_empty()) {
-            (None, _) => {}
-            (Some(n), _) => {
-                if n.desired == TaskState::Ready {
-                    // stop-first: wait for the old task to stop, then release the new one.
-                    if !old_stopping && old.is_empty() {
-                        release.push(n.id.clone());
-                    }
-                    if !slot_failed {
-                        in_flight += 1;
-                    }
-                } else if n.status.state < TaskState::Running {
-                    if !slot_failed {
-                        in_flight += 1;
-                    }
-                } else {
-                    if !old.is_empty() {
-                        // start-first: the new task runs, retire the old one.
-                        shut_old.extend(old.iter().map(|t| t.id.clone()));
-                    }
-                    // Running: still in flight until it stayed so for `monitor`.
-                    if n.created_at >= started_at
-                        && let Some(s) = n.started_at
-                        && s + config.monitor > now
-                    {
-                        in_flight += 1;
-                        let until = s + config.monitor;
-                        monitor_until = Some(monitor_until.map_or(until, |u| u.min(until)));
-                    }
+        if let Some(n) = new.first() {
+            if n.desired == TaskState::Ready {
+                // stop-first: wait for the old task to stop, then release the new one.
+                if !old_stopping && old.is_empty() {
+                    release.push(n.id.clone());
+                }
+                if !slot_failed {
+                    in_flight += 1;
+                }
+            } else if n.status.state < TaskState::Running {
+                if !slot_failed {
+                    in_flight += 1;
+                }
+            } else {
+                if !old.is_empty() {
+                    // start-first: the new task runs, retire the old one.
+                    shut_old.extend(old.iter().map(|t| t.id.clone()));
+                }
+                // Running: still in flight until it stayed so for `monitor`.
+                if n.created_at >= started_at
+                    && let Some(s) = n.started_at
+                    && s + config.monitor > now
+                {
+                    in_flight += 1;
+                    let until = s + config.monitor;
+                    monitor_until = Some(monitor_until.map_or(until, |u| u.min(until)));
                 }
             }
         }

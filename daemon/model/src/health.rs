@@ -5,7 +5,9 @@
 //!
 //! A task with a healthcheck stays STARTING until a check passes, then becomes RUNNING; once
 //! `retries` checks in a row fail (failures inside `start_period` do not count while the task
-//! has never been healthy) it is unhealthy, and its node stops it and reports it FAILED.
+//! has never been healthy) it is unhealthy, and its node stops it and reports it FAILED. A
+//! starting task is also checked early, from its start on ([`Schedule`]), so that a task ready
+//! at once does not wait an interval to be RUNNING.
 
 use serde::{Deserialize, Serialize};
 
@@ -238,6 +240,112 @@ impl TaskHealth {
     }
 }
 
+/// The gap between the first early check (at the start) and the second; each next gap doubles.
+pub const EARLY_FIRST_GAP: Millis = 100;
+
+/// When one task's checks run. Docker runs a task's first check one `interval` (in a start
+/// period, one `start_interval`) after its start, so a task ready at once waits that long to
+/// become RUNNING and a rolling update advances one interval a batch. Here a starting task is
+/// also checked early, as Kubernetes probes at once: at its start, then after 100 ms, 200 ms,
+/// 400 ms... (doubling) while it has never passed and the next early check still begins before
+/// the first regular one. An early check that passes makes the task healthy; one that fails
+/// does not count against `retries` (it is shown as the last check, as a failure in a start
+/// period is). The regular checks keep Docker's times, so a task is never unhealthy sooner than
+/// under Docker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// The first regular check, after the start.
+    first_regular: Millis,
+    /// The wait before the next early check; `None` once the early checks are over.
+    early_gap: Option<Millis>,
+    /// Early checks handed out so far.
+    early_checks: u32,
+    /// The first regular check is yet to run.
+    before_regular: bool,
+}
+
+/// The next check of a [`Schedule`]: when, and whether it is an early one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextCheck {
+    /// How long from now.
+    pub delay: Millis,
+    pub early: bool,
+}
+
+impl Schedule {
+    pub fn new(check: &ResolvedHealthcheck) -> Self {
+        let first_regular = if check.start_period > 0 {
+            check.start_interval
+        } else {
+            check.interval
+        };
+        Schedule {
+            first_regular,
+            early_gap: Some(0),
+            early_checks: 0,
+            before_regular: true,
+        }
+    }
+
+    /// The next check of a task whose process started `since_start` ago and whose health is
+    /// `health`.
+    pub fn next(
+        &mut self,
+        check: &ResolvedHealthcheck,
+        health: &TaskHealth,
+        since_start: Millis,
+    ) -> NextCheck {
+        if let Some(gap) = self.early_gap {
+            if health.status == HealthStatus::Starting
+                && since_start.saturating_add(gap) < self.first_regular
+            {
+                self.early_gap = Some(if gap == 0 {
+                    EARLY_FIRST_GAP
+                } else {
+                    gap.saturating_mul(2)
+                });
+                self.early_checks += 1;
+                return NextCheck {
+                    delay: gap,
+                    early: true,
+                };
+            }
+            self.early_gap = None;
+        }
+        if std::mem::take(&mut self.before_regular)
+            && (since_start < self.first_regular || self.early_checks > 0)
+        {
+            // At its time, or at once after an early check that ran past it. (An agent that
+            // restarts long after a task's start checks it one interval later, as ever.)
+            return NextCheck {
+                delay: self.first_regular.saturating_sub(since_start),
+                early: false,
+            };
+        }
+        NextCheck {
+            delay: health.next_delay(check, since_start),
+            early: false,
+        }
+    }
+}
+
+impl TaskHealth {
+    /// Records an early check (see [`Schedule`]): a pass counts as [`TaskHealth::record`]'s,
+    /// a failure only becomes the last check.
+    pub fn record_early(
+        &mut self,
+        check: &ResolvedHealthcheck,
+        result: CheckResult,
+        since_start: Millis,
+    ) -> HealthStatus {
+        if result.passed() || self.status != HealthStatus::Starting {
+            return self.record(check, result, since_start);
+        }
+        self.last = Some(result);
+        self.status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +451,114 @@ mod tests {
         assert_eq!(h.next_delay(&check, 1_000), 30_000);
         // Once healthy, a failure counts even inside the start period.
         assert_eq!(h.record(&check, result(1), 2_000), HealthStatus::Unhealthy);
+    }
+
+    #[test]
+    fn a_starting_task_is_checked_early_then_on_dockers_schedule() {
+        let mut spec = hc(&["CMD", "x"]);
+        spec.interval = 1_000;
+        spec.retries = 1;
+        let check = resolve(Some(&spec), None).unwrap();
+        let mut h = TaskHealth::default();
+        let mut sched = Schedule::new(&check);
+        // Early checks at 0, 100, 300 and 700 ms (each check here takes no time), then the
+        // first regular one at the interval, then every interval.
+        let mut at = 0;
+        let mut runs = vec![];
+        for _ in 0..7 {
+            let next = sched.next(&check, &h, at);
+            at += next.delay;
+            runs.push((at, next.early));
+            if next.early {
+                // Failed early checks do not count, even with retries = 1.
+                assert_eq!(
+                    h.record_early(&check, result(1), at),
+                    HealthStatus::Starting
+                );
+                assert_eq!(h.failing_streak, 0);
+                assert_eq!(h.last.as_ref().map(|l| l.exit_code), Some(1));
+            } else {
+                h.record(&check, result(0), at);
+            }
+        }
+        assert_eq!(
+            runs,
+            [
+                (0, true),
+                (100, true),
+                (300, true),
+                (700, true),
+                (1_000, false),
+                (2_000, false),
+                (3_000, false)
+            ]
+        );
+
+        // A pass at the start makes the task healthy at once; the next check is regular.
+        let mut h = TaskHealth::default();
+        let mut sched = Schedule::new(&check);
+        assert_eq!(
+            sched.next(&check, &h, 0),
+            NextCheck {
+                delay: 0,
+                early: true
+            }
+        );
+        assert_eq!(h.record_early(&check, result(0), 0), HealthStatus::Healthy);
+        assert_eq!(
+            sched.next(&check, &h, 60),
+            NextCheck {
+                delay: 940,
+                early: false
+            }
+        );
+        assert_eq!(
+            sched.next(&check, &h, 1_000),
+            NextCheck {
+                delay: 1_000,
+                early: false
+            }
+        );
+
+        // A slow early check that ends after the first regular one was due: it runs at once.
+        let mut h = TaskHealth::default();
+        let mut sched = Schedule::new(&check);
+        sched.next(&check, &h, 0);
+        h.record_early(&check, result(1), 0);
+        assert_eq!(
+            sched.next(&check, &h, 1_200),
+            NextCheck {
+                delay: 0,
+                early: false
+            }
+        );
+
+        // An agent that restarts long after the start goes on with the regular checks.
+        let h = TaskHealth::default();
+        let mut sched = Schedule::new(&check);
+        assert_eq!(
+            sched.next(&check, &h, 60_000),
+            NextCheck {
+                delay: 1_000,
+                early: false
+            }
+        );
+
+        // In a start period the first regular check comes after start_interval, and the
+        // next ones too while the task is starting.
+        spec.start_period = 30_000;
+        spec.start_interval = 250;
+        let check = resolve(Some(&spec), None).unwrap();
+        let h = TaskHealth::default();
+        let mut sched = Schedule::new(&check);
+        let mut at = 0;
+        let mut runs = vec![];
+        for _ in 0..4 {
+            let next = sched.next(&check, &h, at);
+            at += next.delay;
+            runs.push((at, next.early));
+        }
+        assert_eq!(runs, [(0, true), (100, true), (250, false), (500, false)]);
     }
 
     #[test]
