@@ -142,7 +142,8 @@ pub struct CommonFlags {
     /// Command to run to check health, run by the task's shell (/bin/sh -c)
     #[arg(long)]
     pub health_cmd: Option<String>,
-    /// Time between running the check (ms|s|m|h) (default 30s)
+    /// Time between running the check (ms|s|m|h) (default 30s); a starting task is also
+    /// checked early, from its start on, until it passes or the first interval is over
     #[arg(long)]
     pub health_interval: Option<String>,
     /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
