@@ -21,6 +21,25 @@ fn unhealthy_image(node: &Node) -> String {
     format!("oci-archive:{}", path.display())
 }
 
+/// Creates the service `web` of one httpd task whose check (`test -f /tmp/ready && echo
+/// ready`) passes only from `secs` seconds after its start, with the other `flags`.
+fn create_web_ready_after(node: &Node, img: &str, secs: u32, flags: &[&str]) {
+    let cmd = format!("(sleep {secs}; touch /tmp/ready) & {HTTPD}");
+    let check = "test -f /tmp/ready && echo ready";
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--health-cmd",
+        check,
+    ];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&[img, "sh", "-c", &cmd]);
+    node.shoal_ok(&args);
+}
+
 #[test]
 fn a_failing_healthcheck_fails_and_replaces_the_task_which_never_runs_nor_gets_traffic() {
     let node = Node::start();
@@ -94,26 +113,19 @@ fn a_passing_healthcheck_makes_the_task_running_only_after_the_first_pass() {
     let port = free_port();
     let publish = format!("{port}:80");
     // Ready (and serving) only once /tmp/ready exists, three seconds after the start.
-    let cmd = format!("(sleep 3; touch /tmp/ready) & {HTTPD}");
-    node.shoal_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        "web",
-        "-p",
-        &publish,
-        "--health-cmd",
-        "test -f /tmp/ready && echo ready",
-        "--health-interval",
-        "300ms",
-        "--health-retries",
-        "1000",
+    create_web_ready_after(
+        &node,
         &img,
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+        3,
+        &[
+            "--health-interval",
+            "300ms",
+            "--health-retries",
+            "1000",
+            "-p",
+            &publish,
+        ],
+    );
     node.wait_for("the task starting with its process up", LONG, |n| {
         n.tasks("web").iter().any(|t| {
             t.state == "starting"
@@ -153,24 +165,12 @@ fn a_starting_task_is_checked_early_so_it_runs_once_ready_not_an_interval_later(
     let img = image(&node, "bb");
     // Ready two seconds after the start; the interval is a minute, and one counted failure
     // would make the task unhealthy.
-    let cmd = format!("(sleep 2; touch /tmp/ready) & {HTTPD}");
-    node.shoal_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        "web",
-        "--health-cmd",
-        "test -f /tmp/ready && echo ready",
-        "--health-interval",
-        "60s",
-        "--health-retries",
-        "1",
+    create_web_ready_after(
+        &node,
         &img,
-        "sh",
-        "-c",
-        &cmd,
-    ]);
+        2,
+        &["--health-interval", "60s", "--health-retries", "1"],
+    );
     node.wait_for("the task running once an early check passed", LONG, |n| {
         n.running("web").len() == 1
     });

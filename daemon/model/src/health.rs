@@ -256,12 +256,18 @@ pub const EARLY_FIRST_GAP: Millis = 100;
 pub struct Schedule {
     /// The first regular check, after the start.
     first_regular: Millis,
-    /// The wait before the next early check; `None` once the early checks are over.
-    early_gap: Option<Millis>,
-    /// Early checks handed out so far.
-    early_checks: u32,
-    /// The first regular check is yet to run.
-    before_regular: bool,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Early checks, with the wait before the next one (0: none ran yet).
+    Early(Millis),
+    /// The first regular check is next.
+    FirstRegular {
+        after_early: bool,
+    },
+    Regular,
 }
 
 /// The next check of a [`Schedule`]: when, and whether it is an early one.
@@ -281,9 +287,7 @@ impl Schedule {
         };
         Schedule {
             first_regular,
-            early_gap: Some(0),
-            early_checks: 0,
-            before_regular: true,
+            phase: Phase::Early(0),
         }
     }
 
@@ -295,25 +299,28 @@ impl Schedule {
         health: &TaskHealth,
         since_start: Millis,
     ) -> NextCheck {
-        if let Some(gap) = self.early_gap {
+        if let Phase::Early(gap) = self.phase {
             if health.status == HealthStatus::Starting
                 && since_start.saturating_add(gap) < self.first_regular
             {
-                self.early_gap = Some(if gap == 0 {
+                let next_gap = if gap == 0 {
                     EARLY_FIRST_GAP
                 } else {
                     gap.saturating_mul(2)
-                });
-                self.early_checks += 1;
+                };
+                self.phase = Phase::Early(next_gap);
                 return NextCheck {
                     delay: gap,
                     early: true,
                 };
             }
-            self.early_gap = None;
+            self.phase = Phase::FirstRegular {
+                after_early: gap > 0,
+            };
         }
-        if std::mem::take(&mut self.before_regular)
-            && (since_start < self.first_regular || self.early_checks > 0)
+        if let Phase::FirstRegular { after_early } =
+            std::mem::replace(&mut self.phase, Phase::Regular)
+            && (since_start < self.first_regular || after_early)
         {
             // At its time, or at once after an early check that ran past it. (An agent that
             // restarts long after a task's start checks it one interval later, as ever.)
